@@ -1,0 +1,204 @@
+"""The one canonical binary encoding: versioned msgpack arrays, schema-checked.
+
+Every protocol object is a msgpack array ``[tag, version, field1, field2, ...]``
+with fields in declaration order and no maps, floats, bools, nils or extension
+types anywhere. An encoding is canonical when re-encoding the decoded value
+gives the same bytes (msgpack-python always emits the shortest form), so a
+content hash identifies exactly one object and a peer cannot vary the bytes of
+a message without changing its id. `decode` checks every size and shape limit
+and raises only `DecodeError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+import msgpack
+
+from consensus.crypto import sha256
+from consensus.errors import DecodeError
+
+ENCODING_VERSION = 1
+SIGNING_DOMAIN = b"zkpot/sig/v1/"
+
+
+@dataclass(frozen=True)
+class UInt:
+    """A non-negative integer in [lo, hi]."""
+
+    lo: int = 0
+    hi: int = 2**64 - 1
+
+
+@dataclass(frozen=True)
+class Bytes:
+    """A msgpack bin of length in [lo, hi]."""
+
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class Text:
+    """Printable ASCII of length in [lo, hi]: names only, never free-form data."""
+
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """An array of `item`; `strictly_sorted` makes order canonical and items unique."""
+
+    item: Kind
+    hi: int
+    lo: int = 0
+    strictly_sorted: bool = False
+
+
+@dataclass(frozen=True)
+class Struct:
+    """A nested protocol object, encoded as its own tagged array."""
+
+    cls: type[Wire]
+
+
+Kind = UInt | Bytes | Text | ListOf | Struct
+
+
+def wire(kind: Kind) -> Any:
+    """Declare a dataclass field's wire kind (its schema)."""
+    return dataclasses.field(metadata={"wire": kind})
+
+
+class Wire:
+    """Base of protocol objects: frozen dataclasses whose fields carry a wire kind."""
+
+    TAG: ClassVar[int]
+    NAME: ClassVar[str]
+    MAX_BYTES: ClassVar[int]
+
+    def to_obj(self) -> list[Any]:
+        out: list[Any] = [self.TAG, ENCODING_VERSION]
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            out.append(_to_obj(getattr(self, f.name)))
+        return out
+
+    def encode(self) -> bytes:
+        return pack(self.to_obj())
+
+    def hash(self) -> bytes:
+        """Content id: sha256 of the canonical encoding."""
+        return sha256(self.encode())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise DecodeError(f"{cls.NAME}: expected bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) > cls.MAX_BYTES:
+            raise DecodeError(f"{cls.NAME}: {len(data)} bytes exceeds the limit of {cls.MAX_BYTES}")
+        value = unpack(data, cls.NAME)
+        obj: Self = _from_obj(cls, value, cls.NAME)
+        if pack(obj.to_obj()) != data:
+            raise DecodeError(f"{cls.NAME}: non-canonical encoding (re-encoding differs)")
+        return obj
+
+
+class Signed(Wire):
+    """A Wire object whose last field, `signature`, signs all the others."""
+
+    signature: bytes
+
+    def signing_bytes(self, chain_id: bytes) -> bytes:
+        """Domain-separated by type and chain, so a signature never replays elsewhere."""
+        body = self.to_obj()[:-1]
+        return SIGNING_DOMAIN + self.NAME.encode() + b"\x00" + chain_id + pack(body)
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types; all mean "malformed"
+        raise DecodeError(f"{what}: malformed msgpack ({type(exc).__name__}: {exc})") from None
+
+
+def _to_obj(value: Any) -> Any:
+    if isinstance(value, Wire):
+        return value.to_obj()
+    if isinstance(value, tuple):
+        return [_to_obj(v) for v in value]
+    return value
+
+
+def _from_obj(cls: type[Wire], value: Any, path: str) -> Any:
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if not isinstance(value, list):
+        raise DecodeError(f"{path}: expected an array, got {_tname(value)}")
+    if len(value) != len(fields) + 2:
+        raise DecodeError(f"{path}: expected {len(fields) + 2} elements, got {len(value)}")
+    tag, version = value[0], value[1]
+    if not _is_int(tag) or tag != cls.TAG:
+        raise DecodeError(f"{path}: type tag {tag!r} is not {cls.NAME} (tag {cls.TAG})")
+    if not _is_int(version) or version != ENCODING_VERSION:
+        raise DecodeError(f"{path}: unsupported encoding version {version!r}")
+    kwargs = {
+        f.name: _check(f.metadata["wire"], v, f"{path}.{f.name}")
+        for f, v in zip(fields, value[2:], strict=True)
+    }
+    return cls(**kwargs)
+
+
+def _check(kind: Kind, value: Any, path: str) -> Any:
+    if isinstance(kind, UInt):
+        if not _is_int(value):
+            raise DecodeError(f"{path}: expected an integer, got {_tname(value)}")
+        if not kind.lo <= value <= kind.hi:
+            raise DecodeError(f"{path}: {value} is outside [{kind.lo}, {kind.hi}]")
+        return value
+    if isinstance(kind, Bytes):
+        if not isinstance(value, bytes):
+            raise DecodeError(f"{path}: expected bytes, got {_tname(value)}")
+        if not kind.lo <= len(value) <= kind.hi:
+            raise DecodeError(f"{path}: length {len(value)} is outside [{kind.lo}, {kind.hi}]")
+        return value
+    if isinstance(kind, Text):
+        if not isinstance(value, str):
+            raise DecodeError(f"{path}: expected a string, got {_tname(value)}")
+        if not kind.lo <= len(value) <= kind.hi:
+            raise DecodeError(f"{path}: length {len(value)} is outside [{kind.lo}, {kind.hi}]")
+        if not all(" " <= ch <= "~" for ch in value):
+            raise DecodeError(f"{path}: only printable ASCII is allowed")
+        return value
+    if isinstance(kind, ListOf):
+        if not isinstance(value, list):
+            raise DecodeError(f"{path}: expected an array, got {_tname(value)}")
+        if not kind.lo <= len(value) <= kind.hi:
+            raise DecodeError(f"{path}: {len(value)} items is outside [{kind.lo}, {kind.hi}]")
+        items = tuple(_check(kind.item, v, f"{path}[{i}]") for i, v in enumerate(value))
+        if kind.strictly_sorted and any(a >= b for a, b in itertools.pairwise(items)):
+            raise DecodeError(f"{path}: items must be strictly ascending (sorted, no duplicates)")
+        return items
+    return _from_obj(kind.cls, value, path)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _tname(value: Any) -> str:
+    return "nil" if value is None else type(value).__name__

@@ -1,0 +1,108 @@
+"""Fork choice: the heaviest chain by cumulative proven score, never across finality.
+
+A block's weight is its proposer's proven k (at least 1, so a child is always
+strictly heavier than its parent). The head is the block with the greatest
+cumulative score among those descending from the finalized block; equal scores
+go to the lower block hash (bytewise). The block at height `head.height -
+finality_depth` on the head's chain is final: from then on no block that does
+not descend from it is accepted. Given the same blocks, the head is the same
+whatever order they arrive in, as long as no arrival order finalizes a block
+another order would not (finality is irreversible by design).
+
+`ForkChoice` is deterministic bookkeeping over values, like the Ethereum spec's
+`Store` with `on_block`: no I/O, no clock. The node persists what it decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consensus.crypto import HASH_LEN, ZERO_HASH
+from consensus.errors import ForkChoiceError
+
+
+@dataclass(frozen=True)
+class ChainNode:
+    hash: bytes
+    parent: bytes
+    height: int
+    score: int  # cumulative
+
+
+def is_better(a: ChainNode, b: ChainNode) -> bool:
+    """True iff `a` should be head rather than `b`."""
+    return a.score > b.score or (a.score == b.score and a.hash < b.hash)
+
+
+class ForkChoice:
+    def __init__(self, genesis_hash: bytes, finality_depth: int) -> None:
+        if len(genesis_hash) != HASH_LEN:
+            raise ValueError("genesis hash must be 32 bytes")
+        if finality_depth < 1:
+            raise ValueError("finality_depth must be >= 1")
+        root = ChainNode(genesis_hash, ZERO_HASH, 0, 0)
+        self.finality_depth = finality_depth
+        self.nodes: dict[bytes, ChainNode] = {genesis_hash: root}
+        self.genesis = genesis_hash
+        self.head = genesis_hash
+        self.finalized = genesis_hash
+
+    def node(self, block_hash: bytes) -> ChainNode:
+        try:
+            return self.nodes[block_hash]
+        except KeyError:
+            raise ForkChoiceError(f"unknown block {block_hash.hex()}") from None
+
+    def __contains__(self, block_hash: bytes) -> bool:
+        return block_hash in self.nodes
+
+    def ancestor_at(self, block_hash: bytes, height: int) -> bytes:
+        node = self.node(block_hash)
+        if not 0 <= height <= node.height:
+            raise ValueError(f"height {height} is not on the chain of a block at {node.height}")
+        while node.height > height:
+            node = self.nodes[node.parent]
+        return node.hash
+
+    def descends_from(self, block_hash: bytes, ancestor: bytes) -> bool:
+        """True iff `ancestor` is `block_hash` or one of its ancestors."""
+        a = self.node(ancestor)
+        n = self.node(block_hash)
+        return n.height >= a.height and self.ancestor_at(block_hash, a.height) == ancestor
+
+    def is_final(self, block_hash: bytes) -> bool:
+        return self.descends_from(self.finalized, block_hash)
+
+    def on_block(self, block_hash: bytes, parent: bytes, k: int) -> ChainNode:
+        """Add a validated block whose proposer proved `k`; returns its node.
+
+        Raises ForkChoiceError for an unknown parent or a block that conflicts
+        with finality; the state is unchanged then. Re-adding a block is a no-op.
+        """
+        if len(block_hash) != HASH_LEN:
+            raise ValueError("block hash must be 32 bytes")
+        if block_hash in self.nodes:
+            return self.nodes[block_hash]
+        if k < 1:
+            raise ForkChoiceError("a block's proven score must be at least 1")
+        if parent not in self.nodes:
+            raise ForkChoiceError(f"parent {parent.hex()} is unknown; fetch it first")
+        p = self.nodes[parent]
+        if not self.descends_from(parent, self.finalized):
+            fin = self.nodes[self.finalized]
+            raise ForkChoiceError(
+                f"block {block_hash.hex()[:16]}… does not descend from the finalized block "
+                f"{fin.hash.hex()[:16]}… at height {fin.height}; reorgs never cross finality"
+            )
+        node = ChainNode(block_hash, parent, p.height + 1, p.score + k)
+        self.nodes[block_hash] = node
+        if is_better(node, self.nodes[self.head]):
+            self.head = block_hash
+            self._advance_finality()
+        return node
+
+    def _advance_finality(self) -> None:
+        head = self.nodes[self.head]
+        target = head.height - self.finality_depth
+        if target > self.nodes[self.finalized].height:
+            self.finalized = self.ancestor_at(self.head, target)

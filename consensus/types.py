@@ -1,0 +1,203 @@
+"""Protocol objects and their limits.
+
+Each is a frozen dataclass; its fields' wire kinds are its schema, checked at
+decode time (see `consensus.encoding`). Times are integer milliseconds since
+the Unix epoch; rates are integer parts-per-million: no floats anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consensus.crypto import HASH_LEN, PUBKEY_LEN, SIG_LEN
+from consensus.encoding import Bytes, ListOf, Signed, Struct, Text, UInt, Wire, wire
+
+MAX_PARTICIPANTS = 256
+MAX_EVAL_BATCH = 1024
+MAX_NUM_BATCHES = 1 << 20
+MAX_MERKLE_DEPTH = 20  # ceil(log2(MAX_NUM_BATCHES))
+MAX_INPUT_DIMS = 4
+MAX_BATCH_INPUT_BYTES = 512 * 1024
+MAX_COMMITMENT_BYTES = 16 * 1024
+MAX_PROOF_BYTES = 128 * 1024
+MAX_CLASSES = 1000
+MAX_NAME = 64
+INPUT_ITEM_BYTES = 4  # each input element: int32, little-endian, at the plan's input scale
+
+_HASH = Bytes(HASH_LEN, HASH_LEN)
+_KEY = Bytes(PUBKEY_LEN, PUBKEY_LEN)
+_SIG = Bytes(SIG_LEN, SIG_LEN)
+_NAME = Text(1, MAX_NAME)
+_MS = UInt(0, 2**62)
+
+
+@dataclass(frozen=True)
+class Timing(Wire):
+    """The round clock: round r starts at genesis_ms + r * round_ms."""
+
+    TAG = 10
+    NAME = "Timing"
+    MAX_BYTES = 256
+
+    genesis_ms: int = wire(_MS)
+    round_ms: int = wire(UInt(1, 2**40))
+    commit_ms: int = wire(UInt(1, 2**40))  # commit deadline, after the round start
+    proof_ms: int = wire(UInt(1, 2**40))  # proof deadline, after the commit deadline
+    fallback_ms: int = wire(UInt(1, 2**40))  # delay between successive proposer ranks
+    max_rank: int = wire(UInt(1, MAX_PARTICIPANTS))  # highest rank that may still propose
+
+
+@dataclass(frozen=True)
+class Task(Wire):
+    """What participants train: dataset, architecture and hyper-parameters."""
+
+    TAG = 11
+    NAME = "Task"
+    MAX_BYTES = 1024
+
+    dataset: str = wire(_NAME)
+    architecture: str = wire(_NAME)
+    local_epochs: int = wire(UInt(1, 10_000))
+    train_batch_size: int = wire(UInt(1, 1 << 16))
+    learning_rate_ppm: int = wire(UInt(1, 10_000_000))
+    partition: str = wire(_NAME)  # "iid" or "dirichlet"
+    dirichlet_alpha_ppm: int = wire(UInt(0, 1 << 40))
+    data_seed: int = wire(UInt(0, 2**63))
+
+
+@dataclass(frozen=True)
+class EvalPlan(Wire):
+    """The publisher's held-out batches, fixed at genesis by a Merkle root."""
+
+    TAG = 12
+    NAME = "EvalPlan"
+    MAX_BYTES = 256
+
+    batch_size: int = wire(UInt(1, MAX_EVAL_BATCH))
+    num_batches: int = wire(UInt(1, MAX_NUM_BATCHES))
+    input_shape: tuple[int, ...] = wire(ListOf(UInt(1, 1 << 16), MAX_INPUT_DIMS, lo=1))
+    input_scale_bits: int = wire(UInt(0, 30))
+    num_classes: int = wire(UInt(2, MAX_CLASSES))
+    merkle_root: bytes = wire(_HASH)
+
+
+@dataclass(frozen=True)
+class CircuitSpec(Wire):
+    """sha256 of every circuit artifact: one circuit serves the whole chain."""
+
+    TAG = 13
+    NAME = "CircuitSpec"
+    MAX_BYTES = 512
+
+    commitment: str = wire(_NAME)  # "polycommit"
+    settings_hash: bytes = wire(_HASH)
+    compiled_hash: bytes = wire(_HASH)
+    vk_hash: bytes = wire(_HASH)
+    srs_hash: bytes = wire(_HASH)
+
+
+@dataclass(frozen=True)
+class Genesis(Wire):
+    """The chain's constitution; its content hash is the chain id."""
+
+    TAG = 1
+    NAME = "Genesis"
+    MAX_BYTES = 64 * 1024
+
+    chain_name: str = wire(_NAME)
+    timing: Timing = wire(Struct(Timing))
+    finality_depth: int = wire(UInt(1, 100_000))
+    participants: tuple[bytes, ...] = wire(
+        ListOf(_KEY, MAX_PARTICIPANTS, lo=1, strictly_sorted=True)
+    )
+    publisher: bytes = wire(_KEY)
+    task: Task = wire(Struct(Task))
+    eval_plan: EvalPlan = wire(Struct(EvalPlan))
+    circuit: CircuitSpec = wire(Struct(CircuitSpec))
+    initial_model_hash: bytes = wire(_HASH)
+
+
+@dataclass(frozen=True)
+class EvalBatch(Wire):
+    """One held-out batch: quantised inputs (int32 LE, row-major) and labels (uint8)."""
+
+    TAG = 6
+    NAME = "EvalBatch"
+    MAX_BYTES = MAX_BATCH_INPUT_BYTES + MAX_EVAL_BATCH + 64
+
+    index: int = wire(UInt(0, MAX_NUM_BATCHES - 1))
+    inputs: bytes = wire(Bytes(1, MAX_BATCH_INPUT_BYTES))
+    labels: bytes = wire(Bytes(1, MAX_EVAL_BATCH))
+
+
+@dataclass(frozen=True)
+class CommitTx(Signed):
+    """A participant's binding commitment to the weights it trained this round."""
+
+    TAG = 2
+    NAME = "CommitTx"
+    MAX_BYTES = MAX_COMMITMENT_BYTES + 256
+
+    round: int = wire(UInt(0, MAX_NUM_BATCHES - 1))
+    parent: bytes = wire(_HASH)  # the block whose model it trained from
+    participant: bytes = wire(_KEY)
+    commitment: bytes = wire(Bytes(1, MAX_COMMITMENT_BYTES))
+    signature: bytes = wire(_SIG)
+
+
+@dataclass(frozen=True)
+class Reveal(Signed):
+    """The publisher's round batch, its Merkle proof, and the sealed commit ids."""
+
+    TAG = 3
+    NAME = "Reveal"
+    MAX_BYTES = EvalBatch.MAX_BYTES + MAX_MERKLE_DEPTH * 40 + MAX_PARTICIPANTS * 40 + 256
+
+    round: int = wire(UInt(0, MAX_NUM_BATCHES - 1))
+    batch: EvalBatch = wire(Struct(EvalBatch))
+    merkle_proof: tuple[bytes, ...] = wire(ListOf(_HASH, MAX_MERKLE_DEPTH))
+    sealed: tuple[bytes, ...] = wire(ListOf(_HASH, MAX_PARTICIPANTS, strictly_sorted=True))
+    signature: bytes = wire(_SIG)
+
+
+@dataclass(frozen=True)
+class ProofTx(Signed):
+    """A zk proof that the model committed in `commit_id` scores k on the round batch."""
+
+    TAG = 4
+    NAME = "ProofTx"
+    MAX_BYTES = MAX_PROOF_BYTES + 256
+
+    round: int = wire(UInt(0, MAX_NUM_BATCHES - 1))
+    commit_id: bytes = wire(_HASH)
+    participant: bytes = wire(_KEY)
+    k: int = wire(UInt(0, MAX_EVAL_BATCH))
+    proof: bytes = wire(Bytes(1, MAX_PROOF_BYTES))
+    signature: bytes = wire(_SIG)
+
+
+@dataclass(frozen=True)
+class Block(Signed):
+    """Round r's block: the reveal, the sealed commits and proofs, the winner's model hash."""
+
+    TAG = 5
+    NAME = "Block"
+    MAX_BYTES = (
+        Reveal.MAX_BYTES + MAX_PARTICIPANTS * (CommitTx.MAX_BYTES + ProofTx.MAX_BYTES) + 1024
+    )
+
+    round: int = wire(UInt(0, MAX_NUM_BATCHES - 1))
+    parent: bytes = wire(_HASH)
+    height: int = wire(UInt(1, 2**62))
+    proposer: bytes = wire(_KEY)
+    rank: int = wire(UInt(1, MAX_PARTICIPANTS))
+    reveal: Reveal = wire(Struct(Reveal))
+    commits: tuple[CommitTx, ...] = wire(ListOf(Struct(CommitTx), MAX_PARTICIPANTS, lo=1))
+    proofs: tuple[ProofTx, ...] = wire(ListOf(Struct(ProofTx), MAX_PARTICIPANTS, lo=1))
+    model_hash: bytes = wire(_HASH)
+    signature: bytes = wire(_SIG)
+
+
+def chain_id(genesis: Genesis) -> bytes:
+    """The chain id is the genesis content hash; every signature is bound to it."""
+    return genesis.hash()

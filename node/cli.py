@@ -1,0 +1,115 @@
+"""The `zkpot` command line.
+
+Until the daemon lands (issue 5) it offers what the foundation can already do:
+decode and check protocol objects and chain stores. `zkpot testnet` says plainly
+that the live testnet is not built yet instead of pretending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+from consensus import rules
+from consensus.errors import ConsensusError
+from consensus.types import Genesis
+from storage import ChainStore, StoreError
+
+
+def _cmd_testnet(args: argparse.Namespace) -> int:
+    print(
+        "zkpot: the live local testnet is not built yet (it arrives with the node daemon).\n"
+        "What works today: `zkpot genesis check FILE` and `zkpot store check DIR`;\n"
+        "`make test` runs the protocol, encoding and storage test suite.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _cmd_genesis_check(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        print(f"zkpot: cannot read genesis file {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        genesis = Genesis.decode(data)
+        rules.check_genesis(genesis)
+    except ConsensusError as exc:
+        print(f"zkpot: {path} is not a valid genesis: {exc}", file=sys.stderr)
+        return 1
+    summary = {
+        "chain_id": genesis.hash().hex(),
+        "chain_name": genesis.chain_name,
+        "participants": len(genesis.participants),
+        "rounds": genesis.eval_plan.num_batches,
+        "eval_batch_size": genesis.eval_plan.batch_size,
+        "task": f"{genesis.task.dataset}/{genesis.task.architecture}",
+        "finality_depth": genesis.finality_depth,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:<16} {value}")
+    return 0
+
+
+def _cmd_store_check(args: argparse.Namespace) -> int:
+    try:
+        with ChainStore.open(args.dir, create=False) as store:
+            problems = store.check_consistency()
+            head = store.head() if not problems else None
+            height = store.get_meta(head).height if head is not None else None  # type: ignore[union-attr]
+    except StoreError as exc:
+        print(f"zkpot: {exc}", file=sys.stderr)
+        return 1
+    if problems:
+        for p in problems:
+            print(f"problem: {p}")
+        return 1
+    print(f"consistent: head {head.hex() if head else '-'} at height {height}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zkpot", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"zkpot {version('zkpot')}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("testnet", help="run a local testnet (not built yet)")
+    p.set_defaults(func=_cmd_testnet)
+
+    genesis = sub.add_parser("genesis", help="genesis files").add_subparsers(
+        dest="sub", required=True
+    )
+    p = genesis.add_parser("check", help="decode and validate a genesis file")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_genesis_check)
+
+    store = sub.add_parser("store", help="chain stores").add_subparsers(dest="sub", required=True)
+    p = store.add_parser("check", help="check a chain store's consistency (node must be stopped)")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_store_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def run() -> None:
+    """Console-script entry: exit with main()'s status."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,171 @@
+"""Canonical encoding: round-trips, and every malformed or non-canonical input is a DecodeError."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consensus.errors import DecodeError
+from consensus.types import Block, CommitTx, EvalBatch, Genesis, ProofTx, Reveal
+from tests.chainfactory import make_chain
+
+CHAIN = make_chain()
+BLOCK, _ = CHAIN.round_block(0, CHAIN.cid, 1, {0: 3, 1: 2, 2: 1})
+SAMPLES = [
+    CHAIN.genesis,
+    BLOCK,
+    BLOCK.reveal,
+    BLOCK.commits[0],
+    BLOCK.proofs[0],
+    BLOCK.reveal.batch,
+]
+TYPES = [Genesis, Block, Reveal, CommitTx, ProofTx, EvalBatch]
+
+hashes = st.binary(min_size=32, max_size=32)
+
+
+@pytest.mark.parametrize("obj", SAMPLES, ids=lambda o: type(o).__name__)
+def test_round_trip_gives_identical_object_and_bytes(obj: object) -> None:
+    data = obj.encode()  # type: ignore[attr-defined]
+    back = type(obj).decode(data)  # type: ignore[attr-defined]
+    assert back == obj
+    assert back.encode() == data
+    assert back.hash() == obj.hash()  # type: ignore[attr-defined]
+
+
+@given(
+    rnd=st.integers(0, (1 << 20) - 1),
+    parent=hashes,
+    who=hashes,
+    commitment=st.binary(min_size=1, max_size=2000),
+    sig=st.binary(min_size=64, max_size=64),
+)
+def test_commit_round_trip_any_values(
+    rnd: int, parent: bytes, who: bytes, commitment: bytes, sig: bytes
+) -> None:
+    tx = CommitTx(rnd, parent, who, commitment, sig)
+    assert CommitTx.decode(tx.encode()) == tx
+
+
+@given(k=st.integers(0, 1024), proof=st.binary(min_size=1, max_size=5000), cid=hashes)
+def test_proof_round_trip_any_values(k: int, proof: bytes, cid: bytes) -> None:
+    tx = ProofTx(5, cid, bytes(32), k, proof, bytes(64))
+    assert ProofTx.decode(tx.encode()) == tx
+
+
+def test_non_minimal_integer_is_rejected() -> None:
+    tx = BLOCK.commits[0]
+    obj = tx.to_obj()
+    good = msgpack.packb(obj, use_bin_type=True)
+    # round 0 is the positive fixint 0x00 at index 3 (after array header, tag, version):
+    # re-encode it as uint8 0xcc 0x00, which decodes to the same value.
+    assert good[3] == 0x00
+    bad = good[:3] + b"\xcc\x00" + good[4:]
+    assert msgpack.unpackb(bad) == msgpack.unpackb(good)
+    with pytest.raises(DecodeError, match="non-canonical"):
+        CommitTx.decode(bad)
+
+
+def test_bin32_header_for_short_bytes_is_rejected() -> None:
+    tx = BLOCK.commits[0]
+    good = tx.encode()
+    i = good.index(b"\xc4\x20" + tx.parent)  # bin8 header of the 32-byte parent
+    bad = good[:i] + b"\xc6" + struct.pack(">I", 32) + good[i + 2 :]
+    with pytest.raises(DecodeError, match="non-canonical"):
+        CommitTx.decode(bad)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda o: [*o, 1], "expected 7 elements"),
+        (lambda o: o[:-1], "expected 7 elements"),
+        (lambda o: [99, *o[1:]], "type tag"),
+        (lambda o: [o[0], 2, *o[2:]], "version"),
+        (lambda o: [*o[:2], 1.0, *o[3:]], "expected an integer"),
+        (lambda o: [*o[:2], True, *o[3:]], "expected an integer"),
+        (lambda o: [*o[:2], None, *o[3:]], "expected an integer"),
+        (lambda o: [*o[:2], -1, *o[3:]], "outside"),
+        (lambda o: [*o[:3], b"short", *o[4:]], "length 5"),
+        (lambda o: [*o[:3], "a" * 32, *o[4:]], "expected bytes"),
+        (lambda o: [*o[:5], b"", o[6]], "length 0"),
+    ],
+)
+def test_malformed_fields_are_rejected_with_a_reason(mutate: object, message: str) -> None:
+    obj = BLOCK.commits[0].to_obj()
+    data = msgpack.packb(mutate(obj), use_bin_type=True)  # type: ignore[operator]
+    with pytest.raises(DecodeError, match=message):
+        CommitTx.decode(data)
+
+
+def test_map_instead_of_array_is_rejected() -> None:
+    with pytest.raises(DecodeError):
+        CommitTx.decode(msgpack.packb({"round": 1}))
+
+
+def test_trailing_bytes_are_rejected() -> None:
+    with pytest.raises(DecodeError, match="malformed"):
+        CommitTx.decode(BLOCK.commits[0].encode() + b"\x00")
+
+
+def test_truncated_message_is_rejected() -> None:
+    data = BLOCK.encode()
+    for cut in (1, 10, len(data) // 2, len(data) - 1):
+        with pytest.raises(DecodeError):
+            Block.decode(data[:cut])
+
+
+def test_oversized_message_is_rejected_before_parsing() -> None:
+    with pytest.raises(DecodeError, match="exceeds the limit"):
+        CommitTx.decode(b"\x00" * (CommitTx.MAX_BYTES + 1))
+
+
+def test_unsorted_participants_are_rejected() -> None:
+    obj = CHAIN.genesis.to_obj()
+    obj[5] = list(reversed(obj[5]))
+    with pytest.raises(DecodeError, match="strictly ascending"):
+        Genesis.decode(msgpack.packb(obj, use_bin_type=True))
+
+
+def test_non_ascii_name_is_rejected() -> None:
+    obj = CHAIN.genesis.to_obj()
+    obj[2] = "t\u00e9st"
+    with pytest.raises(DecodeError, match="printable ASCII"):
+        Genesis.decode(msgpack.packb(obj, use_bin_type=True))
+
+
+def test_nested_object_of_wrong_type_is_rejected() -> None:
+    obj = BLOCK.to_obj()
+    obj[7] = BLOCK.commits[0].to_obj()  # a commit where the reveal belongs
+    with pytest.raises(DecodeError, match=r"Block\.reveal"):
+        Block.decode(msgpack.packb(obj, use_bin_type=True))
+
+
+@settings(max_examples=300)
+@given(data=st.binary(max_size=600))
+def test_random_bytes_raise_only_decode_error(data: bytes) -> None:
+    for cls in TYPES:
+        with contextlib.suppress(DecodeError):
+            cls.decode(data)
+
+
+@settings(max_examples=300)
+@given(pos=st.integers(0, 10_000), byte=st.integers(0, 255))
+def test_single_byte_corruption_raises_decode_error_or_changes_the_hash(
+    pos: int, byte: int
+) -> None:
+    data = bytearray(BLOCK.encode())
+    pos %= len(data)
+    if data[pos] == byte:
+        return
+    data[pos] = byte
+    try:
+        back = Block.decode(bytes(data))
+    except DecodeError:
+        return
+    assert back.hash() != BLOCK.hash()

@@ -1,0 +1,419 @@
+"""Stateless validity rules: signatures, the genesis Merkle root, sealing, ranking, blocks."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consensus import rules
+from consensus.crypto import SigningKey, sha256
+from consensus.errors import InvalidError
+from consensus.merkle import merkle_proof, merkle_root, verify_merkle_proof
+from consensus.rules import ParentInfo, sign
+from consensus.types import Block, Genesis, Timing, chain_id
+from tests.chainfactory import (
+    Chain,
+    hash_verify,
+    make_batch,
+    make_chain,
+    model_commitment,
+    model_score,
+)
+
+
+@pytest.fixture
+def chain() -> Chain:
+    return make_chain()
+
+
+GENESIS_PARENT = ParentInfo(hash=b"", round=-1, height=0)
+
+
+def _check(chain: Chain, block: Block, model: bytes, parent: ParentInfo | None = None) -> int:
+    p = parent or ParentInfo(chain.cid, -1, 0)
+    return rules.check_block(
+        chain.genesis, chain.cid, p, block, model, hash_verify, model_commitment, model_score
+    )
+
+
+def _proposer_model(chain: Chain, block: Block, models: dict[int, bytes]) -> bytes:
+    return models[chain.participants.index(chain.key_of(block.proposer))]
+
+
+def _flip(data: bytes, i: int = 0) -> bytes:
+    return data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :]
+
+
+# --- Merkle ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13])
+def test_merkle_proofs_verify_every_leaf_and_nothing_else(n: int) -> None:
+    leaves = [sha256(bytes([i])) for i in range(n)]
+    root = merkle_root(leaves)
+    for i in range(n):
+        proof = merkle_proof(leaves, i)
+        assert verify_merkle_proof(root, n, i, leaves[i], proof)
+        assert not verify_merkle_proof(root, n, i, sha256(b"other"), proof)
+        assert not verify_merkle_proof(root, n, (i + 1) % n, leaves[i], proof) or n == 1
+        assert not verify_merkle_proof(root, n, i, leaves[i], [*proof, bytes(32)])
+        if proof:
+            assert not verify_merkle_proof(root, n, i, leaves[i], proof[:-1])
+
+
+def test_merkle_root_known_vector() -> None:
+    """Pins the tree layout so a second implementation can check itself against it."""
+    leaves = [sha256(b"a"), sha256(b"b"), sha256(b"c")]
+    l0, l1, l2 = (sha256(b"\x00" + h) for h in leaves)
+    expected = sha256(b"\x01" + sha256(b"\x01" + l0 + l1) + sha256(b"\x01" + l2 + bytes(32)))
+    assert merkle_root(leaves) == expected
+
+
+# --- genesis -----------------------------------------------------------------------------
+
+
+def test_valid_genesis_passes(chain: Chain) -> None:
+    rules.check_genesis(chain.genesis)
+
+
+def test_genesis_whose_proposal_window_overruns_the_round_is_rejected(chain: Chain) -> None:
+    timing = dataclasses.replace(chain.genesis.timing, max_rank=8)
+    g = dataclasses.replace(chain.genesis, timing=timing)
+    with pytest.raises(InvalidError, match="round_ms"):
+        rules.check_genesis(g)
+
+
+def test_genesis_with_unknown_partition_is_rejected(chain: Chain) -> None:
+    g = dataclasses.replace(
+        chain.genesis, task=dataclasses.replace(chain.genesis.task, partition="random")
+    )
+    with pytest.raises(InvalidError, match="partition"):
+        rules.check_genesis(g)
+
+
+def test_chain_id_changes_with_any_genesis_field(chain: Chain) -> None:
+    g2 = dataclasses.replace(
+        chain.genesis, timing=Timing(**{**vars(chain.genesis.timing), "round_ms": 10_001})
+    )
+    assert chain_id(g2) != chain.cid
+    assert Genesis.decode(g2.encode()) == g2
+
+
+# --- commits -----------------------------------------------------------------------------
+
+
+def test_valid_commit_passes(chain: Chain) -> None:
+    rules.check_commit(
+        chain.genesis, chain.cid, chain.commit(chain.participants[0], 0, chain.cid, b"m")
+    )
+
+
+def test_commit_with_tampered_signature_is_rejected(chain: Chain) -> None:
+    tx = chain.commit(chain.participants[0], 0, chain.cid, b"m")
+    bad = dataclasses.replace(tx, signature=_flip(tx.signature, 5))
+    with pytest.raises(InvalidError, match="bad signature"):
+        rules.check_commit(chain.genesis, chain.cid, bad)
+
+
+@pytest.mark.parametrize("field", ["round", "parent", "commitment"])
+def test_commit_with_tampered_field_is_rejected(chain: Chain, field: str) -> None:
+    tx = chain.commit(chain.participants[0], 1, chain.cid, b"m")
+    value = getattr(tx, field)
+    new = value + 1 if isinstance(value, int) else _flip(value)
+    with pytest.raises(InvalidError, match="bad signature"):
+        rules.check_commit(chain.genesis, chain.cid, dataclasses.replace(tx, **{field: new}))
+
+
+def test_commit_signed_for_another_chain_is_rejected(chain: Chain) -> None:
+    tx = chain.commit(chain.participants[0], 0, chain.cid, b"m")
+    other = sign(tx, chain.participants[0], sha256(b"another chain"))
+    with pytest.raises(InvalidError, match="bad signature"):
+        rules.check_commit(chain.genesis, chain.cid, other)
+
+
+def test_commit_from_non_participant_is_rejected(chain: Chain) -> None:
+    outsider = SigningKey(sha256(b"outsider"))
+    tx = chain.commit(outsider, 0, chain.cid, b"m")
+    with pytest.raises(InvalidError, match="not a genesis participant"):
+        rules.check_commit(chain.genesis, chain.cid, tx)
+
+
+def test_commit_beyond_the_evaluation_plan_is_rejected(chain: Chain) -> None:
+    tx = chain.commit(chain.participants[0], 8, chain.cid, b"m")
+    with pytest.raises(InvalidError, match="beyond the evaluation plan"):
+        rules.check_commit(chain.genesis, chain.cid, tx)
+
+
+# --- reveals -----------------------------------------------------------------------------
+
+
+def test_valid_reveal_passes(chain: Chain) -> None:
+    rules.check_reveal(chain.genesis, chain.cid, chain.reveal(3, [sha256(b"c")]))
+
+
+def test_reveal_of_a_batch_not_in_the_genesis_root_is_rejected(chain: Chain) -> None:
+    r = chain.reveal(2, [])
+    batch = dataclasses.replace(r.batch, inputs=_flip(r.batch.inputs, 7))
+    forged = sign(dataclasses.replace(r, batch=batch), chain.publisher, chain.cid)
+    with pytest.raises(InvalidError, match="does not match the genesis Merkle root"):
+        rules.check_reveal(chain.genesis, chain.cid, forged)
+
+
+def test_reveal_of_another_rounds_batch_is_rejected(chain: Chain) -> None:
+    r = chain.reveal(2, [])
+    forged = sign(dataclasses.replace(r, round=3), chain.publisher, chain.cid)
+    with pytest.raises(InvalidError, match="must reveal batch 3"):
+        rules.check_reveal(chain.genesis, chain.cid, forged)
+
+
+def test_reveal_with_wrong_label_count_is_rejected(chain: Chain) -> None:
+    r = chain.reveal(2, [])
+    batch = dataclasses.replace(r.batch, labels=r.batch.labels[:-1])
+    forged = sign(dataclasses.replace(r, batch=batch), chain.publisher, chain.cid)
+    with pytest.raises(InvalidError, match="labels"):
+        rules.check_reveal(chain.genesis, chain.cid, forged)
+
+
+def test_reveal_not_signed_by_the_publisher_is_rejected(chain: Chain) -> None:
+    r = sign(chain.reveal(2, []), chain.participants[0], chain.cid)
+    with pytest.raises(InvalidError, match="bad signature"):
+        rules.check_reveal(chain.genesis, chain.cid, r)
+
+
+def test_reveal_with_tampered_sealed_set_is_rejected(chain: Chain) -> None:
+    r = chain.reveal(2, [sha256(b"a")])
+    forged = dataclasses.replace(r, sealed=(sha256(b"a"), sha256(b"b"))[::1])
+    with pytest.raises(InvalidError, match="bad signature"):
+        rules.check_reveal(chain.genesis, chain.cid, forged)
+
+
+# --- proofs ------------------------------------------------------------------------------
+
+
+def _round(chain: Chain, sealed_ids: list[int] | None = None):  # type: ignore[no-untyped-def]
+    ps = chain.participants
+    commits = [chain.commit(p, 0, chain.cid, bytes([i]) + b"model") for i, p in enumerate(ps)]
+    ids = [c.hash() for c in commits]
+    sealed = ids if sealed_ids is None else [ids[i] for i in sealed_ids]
+    reveal = chain.reveal(0, sealed)
+    return commits, reveal
+
+
+def test_valid_proof_passes(chain: Chain) -> None:
+    commits, reveal = _round(chain)
+    tx = chain.proof(chain.participants[1], commits[1], reveal.batch, 3)
+    rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
+
+
+def test_proof_for_an_unsealed_commit_is_rejected(chain: Chain) -> None:
+    commits, reveal = _round(chain, sealed_ids=[0, 2])
+    tx = chain.proof(chain.participants[1], commits[1], reveal.batch, 3)
+    with pytest.raises(InvalidError, match="not in the reveal's sealed set"):
+        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
+
+
+def test_proof_claiming_another_k_is_rejected(chain: Chain) -> None:
+    commits, reveal = _round(chain)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2)
+    inflated = sign(dataclasses.replace(tx, k=4), chain.participants[0], chain.cid)
+    with pytest.raises(InvalidError, match="does not verify"):
+        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], inflated, hash_verify)
+
+
+def test_proof_against_another_participants_commit_is_rejected(chain: Chain) -> None:
+    commits, reveal = _round(chain)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2)
+    with pytest.raises(InvalidError, match="commit_id"):
+        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
+
+
+def test_copier_resigning_someone_elses_proof_is_rejected(chain: Chain) -> None:
+    commits, reveal = _round(chain)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2)
+    stolen = sign(
+        dataclasses.replace(tx, participant=chain.participants[1].public),
+        chain.participants[1],
+        chain.cid,
+    )
+    with pytest.raises(InvalidError, match="someone other"):
+        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], stolen, hash_verify)
+
+
+def test_proof_with_k_above_batch_size_is_rejected(chain: Chain) -> None:
+    commits, reveal = _round(chain)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 5)
+    with pytest.raises(InvalidError, match="exceeds the batch size"):
+        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], tx, hash_verify)
+
+
+def test_proof_with_tampered_signature_is_rejected(chain: Chain) -> None:
+    commits, reveal = _round(chain)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2)
+    bad = dataclasses.replace(tx, signature=_flip(tx.signature, 63))
+    with pytest.raises(InvalidError, match="bad signature"):
+        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], bad, hash_verify)
+
+
+# --- ranking -----------------------------------------------------------------------------
+
+
+@given(st.lists(st.integers(0, 4), min_size=3, max_size=3), st.permutations(range(3)))
+def test_ranking_is_by_k_then_tiebreak_and_order_independent(
+    ks: list[int], perm: list[int]
+) -> None:
+    chain = make_chain()
+    commits, reveal = _round(chain)
+    proofs = [
+        chain.proof(p, commits[i], reveal.batch, ks[i]) for i, p in enumerate(chain.participants)
+    ]
+    a = rules.rank_proofs(chain.cid, 0, proofs)
+    b = rules.rank_proofs(chain.cid, 0, [proofs[i] for i in perm])
+    assert a == b
+    assert [r.rank for r in a] == [1, 2, 3]
+    for x, y in itertools.pairwise(a):
+        assert x.k > y.k or (
+            x.k == y.k
+            and rules.tiebreak_key(chain.cid, 0, x.participant)
+            < rules.tiebreak_key(chain.cid, 0, y.participant)
+        )
+
+
+def test_tiebreak_rotates_between_rounds(chain: Chain) -> None:
+    firsts = {
+        min(chain.participants, key=lambda p: rules.tiebreak_key(chain.cid, r, p.public)).public
+        for r in range(40)
+    }
+    assert len(firsts) > 1
+
+
+# --- blocks ------------------------------------------------------------------------------
+
+
+def test_valid_block_passes_and_scores_the_proposers_k(chain: Chain) -> None:
+    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    assert _check(chain, block, _proposer_model(chain, block, models)) == 4
+
+
+def test_fallback_proposer_with_its_true_rank_passes(chain: Chain) -> None:
+    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1}, proposer=0)
+    assert block.rank == 2
+    assert _check(chain, block, models[0]) == 3
+
+
+def test_block_claiming_a_better_rank_is_rejected(chain: Chain) -> None:
+    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1}, proposer=0)
+    liar = sign(dataclasses.replace(block, rank=1), chain.participants[0], chain.cid)
+    with pytest.raises(InvalidError, match="claims 1"):
+        _check(chain, liar, models[0])
+
+
+def test_block_with_tampered_signature_is_rejected(chain: Chain) -> None:
+    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    bad = dataclasses.replace(block, signature=_flip(block.signature))
+    with pytest.raises(InvalidError, match="bad signature"):
+        _check(chain, bad, _proposer_model(chain, block, models))
+
+
+def test_block_whose_model_blob_mismatches_its_hash_is_rejected(chain: Chain) -> None:
+    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    with pytest.raises(InvalidError, match="model_hash"):
+        _check(chain, block, _proposer_model(chain, block, models) + b"x")
+
+
+def test_copier_cannot_propose_with_a_model_that_does_not_match_its_commitment(
+    chain: Chain,
+) -> None:
+    """A copier gossips a copy of the best commitment C and re-signs the winner's proof.
+
+    Its copied proof verifies (the proof binds C, not the signer), so it may even rank
+    first, but it cannot reveal weights matching C: its block is invalid.
+    """
+    honest, copier = chain.participants[0], chain.participants[1]
+    model = bytes([4]) + b"honest model"
+    c_honest = chain.commit(honest, 0, chain.cid, model)
+    c_copy = sign(dataclasses.replace(c_honest, participant=copier.public), copier, chain.cid)
+    reveal = chain.reveal(0, [c_honest.hash(), c_copy.hash()])
+    p_honest = chain.proof(honest, c_honest, reveal.batch, 4)
+    p_copy = sign(
+        dataclasses.replace(p_honest, participant=copier.public, commit_id=c_copy.hash()),
+        copier,
+        chain.cid,
+    )
+    rules.check_proof_tx(chain.genesis, chain.cid, reveal, c_copy, p_copy, hash_verify)
+    ranking = rules.rank_proofs(chain.cid, 0, [p_honest, p_copy])
+    own_model = bytes([4]) + b"copier's own model"
+    block = sign(
+        Block(
+            0,
+            chain.cid,
+            1,
+            copier.public,
+            next(r.rank for r in ranking if r.participant == copier.public),
+            reveal,
+            tuple(sorted([c_honest, c_copy], key=lambda c: c.hash())),
+            tuple(sorted([p_honest, p_copy], key=lambda p: p.commit_id)),
+            sha256(own_model),
+            bytes(64),
+        ),
+        copier,
+        chain.cid,
+    )
+    with pytest.raises(InvalidError, match="does not match the proposer's commitment"):
+        _check(chain, block, own_model)
+
+
+def test_block_whose_model_scores_differently_in_the_clear_is_rejected(chain: Chain) -> None:
+    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    model = _proposer_model(chain, block, models)
+    # Same commitment function input can't change, so swap the evaluator instead.
+    with pytest.raises(InvalidError, match="in the clear"):
+        rules.check_block(
+            chain.genesis,
+            chain.cid,
+            ParentInfo(chain.cid, -1, 0),
+            block,
+            model,
+            hash_verify,
+            model_commitment,
+            lambda m, b: model_score(m, b) - 1,
+        )
+
+
+def test_block_including_an_unsealed_commit_is_rejected(chain: Chain) -> None:
+    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    reveal = chain.reveal(0, list(block.reveal.sealed[:-1]))
+    forged = sign(
+        dataclasses.replace(block, reveal=reveal), chain.key_of(block.proposer), chain.cid
+    )
+    with pytest.raises(InvalidError, match="sealed"):
+        _check(chain, forged, _proposer_model(chain, block, models))
+
+
+def test_block_at_the_wrong_height_or_parent_is_rejected(chain: Chain) -> None:
+    block, models = chain.round_block(0, chain.cid, 2, {0: 3, 1: 4, 2: 1})
+    with pytest.raises(InvalidError, match="height"):
+        _check(chain, block, _proposer_model(chain, block, models))
+    block, models = chain.round_block(0, sha256(b"elsewhere"), 1, {0: 3, 1: 4, 2: 1})
+    with pytest.raises(InvalidError, match="parent"):
+        _check(chain, block, _proposer_model(chain, block, models))
+
+
+def test_block_repeating_the_parents_round_is_rejected(chain: Chain) -> None:
+    block, models = chain.round_block(3, chain.cid, 1, {0: 3, 1: 4})
+    with pytest.raises(InvalidError, match="does not follow"):
+        _check(chain, block, _proposer_model(chain, block, models), ParentInfo(chain.cid, 3, 0))
+
+
+def test_block_whose_proposer_scored_zero_is_rejected(chain: Chain) -> None:
+    block, models = chain.round_block(0, chain.cid, 1, {0: 0, 1: 0})
+    with pytest.raises(InvalidError, match="at least 1"):
+        _check(chain, block, _proposer_model(chain, block, models))
+
+
+def test_block_batch_helper_is_deterministic() -> None:
+    assert make_batch(3) == make_batch(3)
+    assert make_batch(3).hash() != make_batch(4).hash()
