@@ -1,0 +1,121 @@
+"""The jobs a prover worker process runs: plain values in, plain values out.
+
+Each job takes and returns only msgpack-able values (bytes, ints, strs, lists),
+so the node's event loop never touches torch or ezkl objects, and a job can be
+replayed from its arguments. Heavy imports happen in the worker, not the node.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from consensus.types import EvalBatch
+from prover import circuit
+from prover.models import build_model, model_from_bytes, model_to_bytes
+from prover.quant import (
+    FixedPoint,
+    IntArray,
+    QuantError,
+    accuracy_count,
+    mlp_logits,
+    quantise_params,
+)
+
+
+def _provable(net: nn.Module) -> None:
+    """The exact evaluator covers Linear/ReLU stacks: refuse anything else before ezkl sees it."""
+    for m in net.modules():
+        if not isinstance(m, nn.Sequential | nn.Linear | nn.ReLU | nn.Flatten):
+            raise QuantError(
+                f"layer {type(m).__name__} is not supported by the accuracy circuit yet"
+            )
+
+
+def decode_batch(batch: EvalBatch, input_dim: int) -> tuple[IntArray, np.ndarray[Any, Any]]:
+    xq = np.frombuffer(batch.inputs, dtype="<i4").astype(np.int64)
+    labels = np.frombuffer(batch.labels, dtype=np.uint8).astype(np.int64)
+    if xq.size != len(labels) * input_dim:
+        raise QuantError(f"batch holds {xq.size} inputs, expected {len(labels)} x {input_dim}")
+    return xq.reshape(len(labels), input_dim), labels
+
+
+def build_circuit(
+    arch: str, batch_size: int, out: str, seed: int, logrows: int, srs: str | None
+) -> dict[str, Any]:
+    net = build_model(arch, seed)
+    _provable(net)
+    fp = FixedPoint()
+    q = quantise_params(list(net.parameters()), fp.param_scale)
+    first = next(m for m in net.modules() if isinstance(m, nn.Linear))
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    manifest = circuit.build(
+        arch,
+        net,
+        q,
+        batch_size=batch_size,
+        input_dim=first.in_features,
+        num_classes=last.out_features,
+        out=Path(out),
+        fp=fp,
+        logrows=logrows,
+        srs=Path(srs) if srs else None,
+    )
+    return {**manifest.__dict__, "initial_model": model_to_bytes(net)}
+
+
+def commit(artifacts: str, arch: str, weights: bytes) -> bytes:
+    directory = Path(artifacts)
+    manifest = circuit.Manifest.load(directory)
+    net = model_from_bytes(arch, weights)
+    _provable(net)
+    q = quantise_params(list(net.parameters()), manifest.param_scale)
+    return circuit.commit(directory, net, q)
+
+
+def prove(artifacts: str, arch: str, weights: bytes, batch: bytes) -> list[Any]:
+    directory = Path(artifacts)
+    manifest = circuit.Manifest.load(directory)
+    net = model_from_bytes(arch, weights)
+    _provable(net)
+    q = quantise_params(list(net.parameters()), manifest.param_scale)
+    xq, labels = decode_batch(EvalBatch.decode(batch), manifest.input_dim)
+    k, proof = circuit.prove(directory, net, q, xq, labels)
+    return [k, proof]
+
+
+def verify(artifacts: str, proof: bytes, batch: bytes, commitment: bytes, k: int) -> list[Any]:
+    directory = Path(artifacts)
+    manifest = circuit.Manifest.load(directory)
+    xq, labels = decode_batch(EvalBatch.decode(batch), manifest.input_dim)
+    ok, reason = circuit.verify(directory, proof, xq, labels, commitment, k)
+    return [ok, reason]
+
+
+def evaluate(artifacts: str, arch: str, weights: bytes, batch: bytes) -> int:
+    """The plain quantised re-evaluation nodes use to re-check a proposer's claimed k."""
+    manifest = circuit.Manifest.load(Path(artifacts))
+    net = model_from_bytes(arch, weights)
+    _provable(net)
+    fp = manifest.fixed_point
+    q = quantise_params(list(net.parameters()), fp.param_scale)
+    xq, labels = decode_batch(EvalBatch.decode(batch), manifest.input_dim)
+    logits, scale = mlp_logits(q, xq, fp)
+    return accuracy_count(logits, scale, labels, fp)
+
+
+def regenerate_pk(artifacts: str) -> None:
+    circuit.regenerate_pk(Path(artifacts))
+
+
+JOBS = {
+    "build_circuit": build_circuit,
+    "commit": commit,
+    "prove": prove,
+    "verify": verify,
+    "evaluate": evaluate,
+    "regenerate_pk": regenerate_pk,
+}

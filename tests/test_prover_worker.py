@@ -1,0 +1,92 @@
+"""Worker processes: results, failures, timeouts, crashes and cancellation never hang the caller."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+
+from prover.worker import JobFailed, JobTimeout, Worker, WorkerCrashed, worker_pool
+
+TARGET = "tests.worker_jobs:JOBS"
+
+
+async def test_job_result_comes_back() -> None:
+    async with worker_pool(1, TARGET) as pool:
+        assert await pool.run("echo", [1, b"two", "three"], timeout=60) == [1, b"two", "three"]
+
+
+async def test_job_exception_is_reported_with_its_message_and_worker_survives() -> None:
+    async with worker_pool(1, TARGET) as pool:
+        await pool.run("echo", 0, timeout=60)
+        pid = pool.workers[0].pid
+        with pytest.raises(JobFailed, match="bad input here"):
+            await pool.run("fail", "bad input here", timeout=60)
+        assert await pool.run("echo", 5, timeout=60) == 5
+        assert pool.workers[0].pid == pid and pool.workers[0].restarts == 0
+
+
+async def test_timeout_kills_the_worker_and_the_next_job_runs_on_a_new_one() -> None:
+    async with worker_pool(1, TARGET) as pool:
+        await pool.run("echo", 0, timeout=60)
+        first = pool.workers[0].pid
+        with pytest.raises(JobTimeout):
+            await pool.run("sleep", 600, timeout=1)
+        assert await pool.run("echo", 7, timeout=60) == 7
+        assert pool.workers[0].pid != first
+
+
+async def test_crashed_worker_fails_its_job_and_is_restarted_with_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="zkpot.worker")
+    async with worker_pool(1, TARGET) as pool:
+        with pytest.raises(WorkerCrashed, match="exit code 3"):
+            await pool.run("crash", 3, timeout=60)
+        assert await pool.run("echo", "alive", timeout=60) == "alive"
+    assert any("crashed" in r.message for r in caplog.records)
+
+
+async def test_killed_worker_process_is_replaced(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="zkpot.worker")
+    w = Worker("victim", TARGET)
+    try:
+        await w.call("echo", 1, timeout=60)
+        w._proc.kill()
+        w._proc.join()
+        assert await w.call("echo", 2, timeout=60) == 2
+        assert w.restarts == 1
+        assert any("restarting" in r.message for r in caplog.records)
+    finally:
+        w.kill()
+
+
+async def test_cancelling_a_job_kills_its_worker() -> None:
+    async with worker_pool(1, TARGET) as pool:
+        await pool.run("echo", 0, timeout=60)
+        worker = pool.workers[0]
+        proc = worker._proc
+        with trio.move_on_after(1):
+            await pool.run("sleep", 600, timeout=600)
+        assert not proc.is_alive()
+        assert await pool.run("echo", 3, timeout=60) == 3
+
+
+async def test_pool_runs_jobs_in_parallel_processes() -> None:
+    results: list[list[float]] = []
+    async with worker_pool(2, TARGET) as pool:
+        # warm both workers up so start-up time does not hide overlap
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(lambda: pool.run("sleep", 0.5, timeout=60))
+
+        async def one() -> None:
+            results.append(await pool.run("whoami", 1.5, timeout=60))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one)
+            nursery.start_soon(one)
+    (pid_a, start_a, end_a), (pid_b, start_b, end_b) = results
+    assert pid_a != pid_b
+    assert start_a < end_b and start_b < end_a  # the two jobs overlapped in time
