@@ -8,6 +8,7 @@ that the live testnet is not built yet instead of pretending.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -77,6 +78,71 @@ def _cmd_store_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_circuit_build(args: argparse.Namespace) -> int:
+    import trio
+
+    from prover.models import ARCHITECTURES
+    from prover.worker import WorkerError, worker_pool
+
+    if args.task not in ARCHITECTURES:
+        print(
+            f"zkpot: unknown task {args.task!r}; choose one of {', '.join(ARCHITECTURES)}",
+            file=sys.stderr,
+        )
+        return 2
+    if not 1 <= args.eval_batch <= 1024:
+        print("zkpot: --eval-batch must be between 1 and 1024", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    srs = None
+    if args.srs:
+        srs = Path(args.srs)
+        if not srs.is_file():
+            print(f"zkpot: SRS file {srs} does not exist", file=sys.stderr)
+            return 2
+        digest = hashlib.sha256(srs.read_bytes()).hexdigest()
+        if args.srs_sha256 and digest != args.srs_sha256.lower():
+            print(
+                f"zkpot: SRS file {srs} has sha256 {digest}, not the expected {args.srs_sha256}",
+                file=sys.stderr,
+            )
+            return 1
+
+    async def build() -> dict[str, object]:
+        async with worker_pool(1, name="circuit") as pool:
+            result: dict[str, object] = await pool.run(
+                "build_circuit",
+                args.task,
+                args.eval_batch,
+                str(out),
+                args.seed,
+                args.logrows,
+                str(srs) if srs else None,
+                timeout=args.timeout,
+            )
+            return result
+
+    try:
+        result = trio.run(build)
+    except WorkerError as exc:
+        print(f"zkpot: circuit build failed: {exc}", file=sys.stderr)
+        return 1
+    initial = result.pop("initial_model")
+    assert isinstance(initial, bytes)
+    (out / "initial_model.bin").write_bytes(initial)
+    result["initial_model_hash"] = hashlib.sha256(initial).hexdigest()
+    result["srs"] = (
+        "imported" if srs else "generated (test-only: its secret is known to this machine)"
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"circuit artifacts in {out}")
+        for key, value in result.items():
+            print(f"  {key:<20} {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zkpot", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"zkpot {version('zkpot')}")
@@ -92,6 +158,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_genesis_check)
+
+    circuit = sub.add_parser("circuit", help="the accuracy circuit").add_subparsers(
+        dest="sub", required=True
+    )
+    p = circuit.add_parser(
+        "build", help="build the chain's circuit artifacts and print the manifest"
+    )
+    p.add_argument("--task", default="digits-mlp", help="architecture name (default: digits-mlp)")
+    p.add_argument("--eval-batch", type=int, default=16, help="examples per evaluation batch")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial global model")
+    p.add_argument("--logrows", type=int, default=14, help="circuit size: 2^logrows rows")
+    p.add_argument("--srs", help="import this SRS file instead of generating a test-only one")
+    p.add_argument("--srs-sha256", help="expected sha256 of --srs")
+    p.add_argument(
+        "--timeout", type=float, default=1800, help="seconds before the build is abandoned"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_circuit_build)
 
     store = sub.add_parser("store", help="chain stores").add_subparsers(dest="sub", required=True)
     p = store.add_parser("check", help="check a chain store's consistency (node must be stopped)")

@@ -16,6 +16,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -141,15 +142,18 @@ def export_onnx(
     model = AccuracyHead(net).eval()
     x = torch.zeros(batch, dim)
     y = torch.zeros(batch, classes)
-    torch.onnx.export(
-        model,
-        (x, y),
-        str(path),
-        input_names=["x", "y"],
-        output_names=["k"],
-        dynamo=False,
-        opset_version=17,
-    )
+    # The TorchScript exporter is deprecated, but it is the one whose graphs ezkl reads.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x, y),
+            str(path),
+            input_names=["x", "y"],
+            output_names=["k"],
+            dynamo=False,
+            opset_version=17,
+        )
     graph = onnx.load(str(path)).graph
     for node in graph.node:
         if node.op_type == "Constant":

@@ -1,0 +1,187 @@
+"""Prover benchmark: cost of the accuracy circuit per (architecture, batch, settings).
+
+Each measurement runs in fresh spawned processes so peak RSS is the job's own:
+one builds the artifacts, one regenerates the proving key (the setup a joining
+participant pays), one proves and verifies a trained model on a held-out batch.
+Prints a table and writes bench/results/prover.json.
+
+    .venv/bin/python bench/prover.py            # the default grid
+    .venv/bin/python bench/prover.py --quick    # the default task only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# (architecture, eval batch, decomp_base, decomp_legs, logrows)
+DEFAULT = ("digits-mlp", 16, 4096, 3, 14)
+GRID = [
+    DEFAULT,
+    ("digits-mlp", 16, 16384, 2, 15),  # ezkl's default decomposition
+    ("digits-mlp", 16, 1024, 4, 13),
+    ("digits-mlp-tiny", 16, 4096, 3, 14),
+    ("digits-mlp", 32, 4096, 3, 15),
+    ("digits-mlp", 64, 4096, 3, 16),
+    ("mnist-mlp", 16, 4096, 3, 16),
+]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _build(cfg: tuple[str, int, int, int, int], out: str) -> dict[str, Any]:
+    from prover import circuit
+    from prover.models import build_model
+    from prover.quant import FixedPoint, quantise_params
+
+    arch, batch, base, legs, logrows = cfg
+    net = build_model(arch, 0)
+    fp = FixedPoint(decomp_base=base, decomp_legs=legs)
+    q = quantise_params(list(net.parameters()), fp.param_scale)
+    linears = [m for m in net.modules() if hasattr(m, "in_features")]
+    t = time.perf_counter()
+    m = circuit.build(
+        arch,
+        net,
+        q,
+        batch_size=batch,
+        input_dim=linears[0].in_features,
+        num_classes=linears[-1].out_features,
+        out=Path(out),
+        fp=fp,
+        logrows=logrows,
+    )
+    settings = json.loads((Path(out) / circuit.SETTINGS).read_text())
+    return {
+        "build_s": time.perf_counter() - t,
+        "rows": settings.get("num_rows"),
+        "proof_bytes": m.proof_bytes,
+        "pk_bytes": (Path(out) / circuit.PK).stat().st_size,
+        "build_peak_mb": _peak_mb(),
+    }
+
+
+def _setup(out: str) -> dict[str, Any]:
+    from prover import circuit
+
+    (Path(out) / circuit.PK).unlink()
+    t = time.perf_counter()
+    circuit.regenerate_pk(Path(out))
+    return {"setup_s": time.perf_counter() - t, "setup_peak_mb": _peak_mb()}
+
+
+def _prove(cfg: tuple[str, int, int, int, int], out: str) -> dict[str, Any]:
+    import numpy as np
+
+    from prover import circuit
+    from prover.data import load_dataset
+    from prover.models import build_model, model_from_bytes, model_to_bytes
+    from prover.quant import quantise_inputs, quantise_params
+    from prover.train import train_local
+
+    arch, batch = cfg[0], cfg[1]
+    ds = load_dataset("digits") if arch.startswith("digits") else None
+    m = circuit.Manifest.load(Path(out))
+    if ds is not None:
+        x, y = ds.x.reshape(len(ds.x), -1), ds.y
+        weights = train_local(
+            arch,
+            model_to_bytes(build_model(arch, 0)),
+            x[:1200],
+            y[:1200],
+            epochs=3,
+            batch_size=32,
+            lr=0.1,
+            seed=1,
+        )
+        xs, ys = x[1300 : 1300 + batch], y[1300 : 1300 + batch]
+    else:  # no local MNIST here: a random model on random inputs costs the same to prove
+        rng = np.random.default_rng(0)
+        weights = model_to_bytes(build_model(arch, 1))
+        xs, ys = rng.random((batch, m.input_dim)), rng.integers(0, m.num_classes, batch)
+    net = model_from_bytes(arch, weights)
+    q = quantise_params(list(net.parameters()), m.param_scale)
+    xq = quantise_inputs(xs, m.input_scale).astype(np.int64)
+    t = time.perf_counter()
+    c = circuit.commit(Path(out), net, q)
+    commit_s = time.perf_counter() - t
+    t = time.perf_counter()
+    k, proof = circuit.prove(Path(out), net, q, xq, ys)
+    prove_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ok, reason = circuit.verify(Path(out), proof, xq, ys, c, k)
+    verify_s = time.perf_counter() - t
+    assert ok, reason
+    return {
+        "commit_s": commit_s,
+        "prove_s": prove_s,
+        "verify_s": verify_s,
+        "k": k,
+        "prove_peak_mb": _peak_mb(),
+    }
+
+
+def _in_child(fn: Any, *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        result: dict[str, Any] = pool.apply(fn, args)
+    return result
+
+
+def measure(cfg: tuple[str, int, int, int, int]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="zkpot-bench-") as out:
+        row: dict[str, Any] = dict(
+            zip(["arch", "batch", "decomp_base", "decomp_legs", "logrows"], cfg, strict=True)
+        )
+        row["commitment"] = "polycommit"
+        row.update(_in_child(_build, cfg, out))
+        row.update(_in_child(_setup, out))
+        row.update(_in_child(_prove, cfg, out))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only the default task")
+    args = parser.parse_args()
+    rows = [measure(cfg) for cfg in ([DEFAULT] if args.quick else GRID)]
+    cols = [
+        "arch",
+        "batch",
+        "decomp_base",
+        "decomp_legs",
+        "logrows",
+        "rows",
+        "setup_s",
+        "commit_s",
+        "prove_s",
+        "verify_s",
+        "proof_bytes",
+        "pk_bytes",
+        "prove_peak_mb",
+    ]
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "prover.json").write_text(
+        json.dumps({"machine_cores": mp.cpu_count(), "rows": rows}, indent=2)
+    )
+    print(f"wrote {RESULTS / 'prover.json'}")
+
+
+if __name__ == "__main__":
+    main()
