@@ -7,6 +7,7 @@ replayed from its arguments. Heavy imports happen in the worker, not the node.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from consensus.types import EvalBatch
 from prover import circuit
+from prover.data import Dataset, load_dataset
 from prover.models import build_model, model_from_bytes, model_to_bytes
 from prover.quant import (
     FixedPoint,
@@ -22,8 +24,10 @@ from prover.quant import (
     QuantError,
     accuracy_count,
     mlp_logits,
+    quantise_inputs,
     quantise_params,
 )
+from prover.train import train_local
 
 
 def _provable(net: nn.Module) -> None:
@@ -33,6 +37,14 @@ def _provable(net: nn.Module) -> None:
             raise QuantError(
                 f"layer {type(m).__name__} is not supported by the accuracy circuit yet"
             )
+
+
+def make_eval_batch(
+    index: int, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], input_scale: int
+) -> EvalBatch:
+    """The publisher's wire form of a held-out batch: int32 LE inputs at the circuit's scale, uint8 labels."""
+    xq = quantise_inputs(np.asarray(x).reshape(len(x), -1), input_scale)
+    return EvalBatch(index, xq.astype("<i4").tobytes(), np.asarray(y).astype(np.uint8).tobytes())
 
 
 def decode_batch(batch: EvalBatch, input_dim: int) -> tuple[IntArray, np.ndarray[Any, Any]]:
@@ -107,6 +119,41 @@ def evaluate(artifacts: str, arch: str, weights: bytes, batch: bytes) -> int:
     return accuracy_count(logits, scale, labels, fp)
 
 
+@cache
+def _dataset(name: str, path: str | None) -> Dataset:
+    return load_dataset(name, path)
+
+
+def train(
+    arch: str,
+    global_weights: bytes,
+    dataset: str,
+    data_path: str | None,
+    shard: bytes,
+    epochs: int,
+    batch_size: int,
+    learning_rate_ppm: int,
+    seed: int,
+) -> bytes:
+    """Local training on this participant's shard (int64 LE indices into the dataset)."""
+    ds = _dataset(dataset, data_path)
+    idx = np.frombuffer(shard, dtype="<i8")
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= len(ds.y):
+        raise QuantError("shard indices are empty or outside the dataset")
+    x = ds.x[idx].reshape(len(idx), -1)
+    trained: bytes = train_local(
+        arch,
+        global_weights,
+        x,
+        ds.y[idx],
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=learning_rate_ppm / 1e6,
+        seed=seed,
+    )
+    return trained
+
+
 def regenerate_pk(artifacts: str) -> None:
     circuit.regenerate_pk(Path(artifacts))
 
@@ -118,4 +165,5 @@ JOBS = {
     "verify": verify,
     "evaluate": evaluate,
     "regenerate_pk": regenerate_pk,
+    "train": train,
 }

@@ -5,7 +5,6 @@ A tiny circuit (digits-mlp-tiny, batch 4) keeps the suite fast; every proof here
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from consensus.types import (
 )
 from prover import circuit, jobs
 from prover.models import build_model, model_from_bytes, model_to_bytes
-from prover.quant import FixedPoint, QuantError, quantise_inputs, quantise_params
+from prover.quant import FixedPoint, QuantError, quantise_params
 from prover.train import train_local
 from prover.worker import worker_pool
 
@@ -72,10 +71,7 @@ def trained(digits: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]) -> bytes:
 
 
 def batch_of(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], index: int = 0) -> EvalBatch:
-    xq = quantise_inputs(x, FP.input_scale)
-    return EvalBatch(
-        index, struct.pack(f"<{xq.size}i", *xq.ravel().tolist()), bytes(y.astype(np.uint8))
-    )
+    return jobs.make_eval_batch(index, x, y, FP.input_scale)
 
 
 @pytest.fixture(scope="module")

@@ -90,3 +90,38 @@ async def test_pool_runs_jobs_in_parallel_processes() -> None:
     (pid_a, start_a, end_a), (pid_b, start_b, end_b) = results
     assert pid_a != pid_b
     assert start_a < end_b and start_b < end_a  # the two jobs overlapped in time
+
+
+async def test_training_runs_in_a_worker_and_improves_the_model() -> None:
+    """The real train job: a participant's shard, the task's hyper-parameters, a fresh seed."""
+    import numpy as np
+
+    from prover.data import load_dataset, partition, split
+    from prover.models import build_model, model_to_bytes
+    from prover.train import evaluate_float, fresh_seed
+
+    ds = load_dataset("digits")
+    sp = split(ds, seed=1, eval_batch_size=16, num_eval_batches=4, test_fraction=0.2)
+    shards = partition(sp.pool_y, 3, scheme="iid", seed=2)
+    start = model_to_bytes(build_model("digits-mlp", 0))
+    shard = sp.pool_index[shards[0]].astype("<i8").tobytes()
+    async with worker_pool(1) as pool:
+        trained = await pool.run(
+            "train",
+            "digits-mlp",
+            start,
+            "digits",
+            None,
+            shard,
+            5,
+            16,
+            100_000,
+            fresh_seed(),
+            timeout=300,
+        )
+    tx = sp.test_x.reshape(len(sp.test_x), -1)
+    assert (
+        evaluate_float("digits-mlp", trained, tx, sp.test_y)
+        > evaluate_float("digits-mlp", start, tx, sp.test_y) + 0.3
+    )
+    assert isinstance(trained, bytes) and np.isfinite(len(trained))
