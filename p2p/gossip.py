@@ -1,0 +1,304 @@
+"""GossipSub topics for one chain: the round messages and the blocks.
+
+Topics carry the chain id in hex, so two chains never share a mesh:
+
+- `/zkpot/<chain-id-hex>/round/1`: CommitTx, Reveal and ProofTx, canonical encodings;
+- `/zkpot/<chain-id-hex>/blocks/1`: a Block when its encoding is at most
+  `GossipConfig.block_inline_max` bytes, otherwise a `BlockAnnounce` (hash, parent,
+  height, round, size): receivers fetch the block by content hash over the sync
+  protocol (p2p.sync), in chunks, from the peer that forwarded the announce.
+
+Every incoming message passes `_validate` before it is relayed or delivered: size
+limit, then the canonical decode (both free of the node's state), then the node's
+validator (consensus checks, zk verification through the prover pool). A validator
+returns ACCEPT, REJECT or IGNORE and never raises into libp2p: an exception or a
+REJECT penalises the forwarding peer; IGNORE (e.g. a proof whose reveal is not
+here yet) drops the message without penalty. Rejected and ignored messages are
+never relayed. Accepted messages arrive in order on `Gossip.inbox`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+
+from consensus.crypto import sha256
+from consensus.encoding import Bytes, UInt, Wire, wire
+from consensus.errors import DecodeError
+from consensus.types import Block, CommitTx, ProofTx, Reveal
+from p2p import hardening
+
+if TYPE_CHECKING:
+    from p2p.host import P2PHost
+
+log = logging.getLogger(__name__)
+
+GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
+# Largest gossip payload: a Reveal (536 672 bytes) fits; py-libp2p silently drops
+# frames above ~1 MiB, so everything bigger goes over sync streams.
+MAX_GOSSIP_PAYLOAD = 640 * 1024
+_PENALTY_INVALID = 10.0  # see p2p.host: ten invalid messages get a peer banned
+
+
+@dataclass(frozen=True)
+class BlockAnnounce(Wire):
+    """Announces a block too large to gossip; fetch it by hash over sync."""
+
+    TAG = 20
+    NAME = "BlockAnnounce"
+    MAX_BYTES = 256
+
+    block_hash: bytes = wire(Bytes(32, 32))
+    parent: bytes = wire(Bytes(32, 32))
+    height: int = wire(UInt(1, 2**62))
+    round: int = wire(UInt(0, 2**20 - 1))
+    size: int = wire(UInt(1, Block.MAX_BYTES))
+
+
+GossipItem = CommitTx | Reveal | ProofTx | Block | BlockAnnounce
+
+ROUND_TYPES: dict[int, type[Wire]] = {
+    CommitTx.TAG: CommitTx,
+    Reveal.TAG: Reveal,
+    ProofTx.TAG: ProofTx,
+}
+BLOCK_TYPES: dict[int, type[Wire]] = {Block.TAG: Block, BlockAnnounce.TAG: BlockAnnounce}
+
+
+class Verdict(enum.Enum):
+    ACCEPT = "accept"  # relay and deliver
+    REJECT = "reject"  # invalid: drop and penalise the forwarder
+    IGNORE = "ignore"  # not useful now (duplicate, too early): drop, no penalty
+
+
+# The node's check of one decoded message; `forwarder` is the peer that sent it to us.
+Validator = Callable[[GossipItem, ID], Awaitable[Verdict]]
+
+
+async def accept_all(item: GossipItem, forwarder: ID) -> Verdict:
+    """Default validator: the canonical decode alone (the node installs the real one)."""
+    return Verdict.ACCEPT
+
+
+class TopicKind(enum.Enum):
+    ROUND = "round"
+    BLOCKS = "blocks"
+
+
+def topic_name(chain_id: bytes, kind: TopicKind) -> str:
+    return f"/zkpot/{chain_id.hex()}/{kind.value}/1"
+
+
+def _peek_tag(data: bytes) -> int | None:
+    """The type tag of a canonical `[tag, version, ...]` array, without a full decode."""
+    if len(data) >= 2 and 0x90 <= data[0] <= 0x9F:
+        return data[1]
+    if len(data) >= 4 and data[0] == 0xDC:
+        return data[3]
+    return None
+
+
+def decode_gossip(kind: TopicKind, data: bytes) -> GossipItem:
+    """Decode one payload of a topic; raises only `DecodeError`."""
+    if len(data) > MAX_GOSSIP_PAYLOAD:
+        raise DecodeError(f"gossip payload of {len(data)} bytes exceeds {MAX_GOSSIP_PAYLOAD}")
+    types = ROUND_TYPES if kind is TopicKind.ROUND else BLOCK_TYPES
+    tag = _peek_tag(data)
+    cls = types.get(tag) if tag is not None else None
+    if cls is None:
+        raise DecodeError(f"type tag {tag!r} is not allowed on the {kind.value} topic")
+    item: GossipItem = cls.decode(data)  # type: ignore[assignment]
+    return item
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    """GossipSub parameters, set explicitly (py-libp2p's defaults lose messages)."""
+
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    heartbeat_interval_s: int = 1  # py-libp2p's default is 120 s: meshes would form slowly
+    # py-libp2p's spam filter drops above 10 msgs/s per peer and topic, silently; keep one
+    # only against floods, far above any honest rate.
+    max_msgs_per_topic_per_s: float = 2000.0
+    block_inline_max: int = 512 * 1024
+    validation_timeout_s: float = 30.0  # zk verification can queue behind the prover pool
+    max_concurrent_validations: int = 32
+    publish_wait_s: float = 10.0  # backpressure: wait this long for peer queues to drain
+    queue_high_water: int = 256  # of hardening.OUTBOUND_QUEUE_SIZE
+    inbox_size: int = 10_000
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """An accepted gossip message for the node."""
+
+    kind: TopicKind
+    item: GossipItem
+    raw: bytes
+    origin: ID  # the peer that published it (signed by its libp2p key)
+
+
+class Gossip:
+    """Both topics of one chain: validation, delivery and publishing with backpressure."""
+
+    def __init__(self, host: P2PHost, chain_id: bytes, config: GossipConfig) -> None:
+        self._host = host
+        self.config = config
+        self.topics = {kind: topic_name(chain_id, kind) for kind in TopicKind}
+        self._kind_of = {name: kind for kind, name in self.topics.items()}
+        self._validators: dict[TopicKind, Validator] = dict.fromkeys(TopicKind, accept_all)
+        self.router: Any = GossipSub(
+            protocols=GOSSIPSUB_PROTOCOLS,
+            degree=config.degree,
+            degree_low=config.degree_low,
+            degree_high=config.degree_high,
+            heartbeat_initial_delay=0.1,
+            heartbeat_interval=config.heartbeat_interval_s,
+            spam_protection_enabled=True,
+            max_messages_per_topic_per_second=config.max_msgs_per_topic_per_s,
+            # Eclipse protection wants 3 distinct IPs in a mesh; a loopback testnet has one.
+            eclipse_protection_enabled=False,
+        )
+        self.pubsub: Any = Pubsub(
+            host.libp2p,
+            self.router,
+            strict_signing=True,
+            msg_id_constructor=lambda msg: sha256(msg.data),  # content id: dedup across origins
+            max_concurrent_validator_count=config.max_concurrent_validations,
+            validation_timeout=config.validation_timeout_s + 5.0,
+            # py-libp2p caches verdicts per message id; IGNORE must not stick for long.
+            validation_cache_ttl=2,
+            max_subscriptions_per_peer=16,
+            allowed_topics=set(self.topics.values()),
+        )
+        hardening.guard_pubsub(self.pubsub, host.misbehaved)
+        send, self.inbox = trio.open_memory_channel[Delivered](config.inbox_size)
+        self._inbox_send = send
+        self._slow: set[ID] = set()  # peers whose outbound queue stayed full
+        self.dropped = 0  # deliveries lost because the node did not drain the inbox
+        self.stats = {v: 0 for v in Verdict}
+
+    def set_validator(self, kind: TopicKind, validator: Validator) -> None:
+        self._validators[kind] = validator
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        for kind, name in self.topics.items():
+            self.pubsub.set_topic_validator(name, self._make_validator(kind), True)
+            sub = await self.pubsub.subscribe(name)
+            nursery.start_soon(self._drain, kind, sub)
+
+    def _make_validator(self, kind: TopicKind) -> Callable[[ID, Any], Awaitable[bool]]:
+        async def validate(forwarder: ID, msg: Any) -> bool:
+            verdict = await self._validate(kind, forwarder, msg)
+            self.stats[verdict] += 1
+            return verdict is Verdict.ACCEPT
+
+        return validate
+
+    async def _validate(self, kind: TopicKind, forwarder: ID, msg: Any) -> Verdict:
+        """Never raises: decode errors and validator exceptions are REJECT."""
+        try:
+            data = bytes(msg.data)
+            item = decode_gossip(kind, data)
+        except DecodeError as exc:
+            self._host.penalise(forwarder, _PENALTY_INVALID, f"undecodable gossip: {exc}")
+            return Verdict.REJECT
+        except Exception as exc:
+            self._host.penalise(forwarder, _PENALTY_INVALID, f"bad gossip message: {exc!r}")
+            return Verdict.REJECT
+        verdict = Verdict.IGNORE
+        with trio.move_on_after(self.config.validation_timeout_s):
+            try:
+                verdict = await self._validators[kind](item, forwarder)
+            except Exception:
+                log.exception("gossip validator raised on %s from %s", item.NAME, forwarder)
+                verdict = Verdict.REJECT
+        if not isinstance(verdict, Verdict):
+            log.error("gossip validator returned %r, not a Verdict; rejecting", verdict)
+            verdict = Verdict.REJECT
+        if verdict is Verdict.REJECT:
+            self._host.penalise(forwarder, _PENALTY_INVALID, f"invalid {item.NAME}")
+        return verdict
+
+    async def _drain(self, kind: TopicKind, sub: Any) -> None:
+        """Empty py-libp2p's 32-slot subscription queue continuously (a full one drops)."""
+        while True:
+            msg = await sub.get()
+            try:
+                data = bytes(msg.data)
+                delivered = Delivered(kind, decode_gossip(kind, data), data, ID(msg.from_id))
+            except Exception:  # validated already; a failure here is a bug, not input
+                log.exception("accepted gossip message failed to decode again")
+                continue
+            try:
+                self._inbox_send.send_nowait(delivered)
+            except trio.WouldBlock:
+                self.dropped += 1
+                log.warning("gossip inbox full; dropped a %s", delivered.item.NAME)
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, item: CommitTx | Reveal | ProofTx | Block) -> None:
+        """Publish our message (it passes our own validator too), waiting for queue room."""
+        if isinstance(item, Block):
+            raw = item.encode()
+            if len(raw) > self.config.block_inline_max:
+                announce = BlockAnnounce(
+                    sha256(raw), item.parent, item.height, item.round, len(raw)
+                )
+                await self._publish(TopicKind.BLOCKS, announce.encode())
+            else:
+                await self._publish(TopicKind.BLOCKS, raw)
+            return
+        await self._publish(TopicKind.ROUND, item.encode())
+
+    async def publish_raw(self, kind: TopicKind, data: bytes) -> None:
+        """Publish already-encoded bytes (tests, relaying); same limits as `publish`."""
+        await self._publish(kind, data)
+
+    async def _publish(self, kind: TopicKind, data: bytes) -> None:
+        if len(data) > MAX_GOSSIP_PAYLOAD:
+            raise ValueError(f"{len(data)} bytes is over the gossip limit of {MAX_GOSSIP_PAYLOAD}")
+        await self._wait_for_room()
+        await self.pubsub.publish(self.topics[kind], data)
+
+    async def _wait_for_room(self) -> None:
+        """Backpressure: py-libp2p drops RPCs when a peer's queue is full, so wait instead.
+
+        A peer whose queue stays full for `publish_wait_s` (a slow reader) is marked slow
+        and no longer holds publishing up until its queue drains: it loses messages,
+        honest fast peers do not.
+        """
+        high = self.config.queue_high_water
+
+        def full() -> list[ID]:
+            queues = list(self.pubsub.peer_queues.items())
+            for peer, q in queues:
+                if peer in self._slow and len(q) < high // 2:
+                    self._slow.discard(peer)
+            return [p for p, q in queues if len(q) >= high and p not in self._slow]
+
+        with trio.move_on_after(self.config.publish_wait_s):
+            while full():
+                await trio.sleep(0.002)
+            return
+        stuck = full()
+        self._slow.update(stuck)
+        log.warning("publish: %d slow peer(s) will lose messages: %s", len(stuck), stuck)
+
+    def mesh_peers(self, kind: TopicKind) -> set[ID]:
+        return set(self.router.mesh.get(self.topics[kind], set()))
+
+    def topic_peers(self, kind: TopicKind) -> set[ID]:
+        return set(self.pubsub.peer_topics.get(self.topics[kind], set()))

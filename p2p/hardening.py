@@ -1,0 +1,142 @@
+"""Every patch and wrapper around py-libp2p 0.8.1 internals lives here, one per trap.
+
+py-libp2p runs stream handlers and pubsub work as tasks in nurseries it owns; an
+exception that escapes any of them cancels the whole swarm or pubsub service, so a
+single crafted frame from any peer can end the node. The patches below make every
+entry point a peer can reach catch-all at its boundary: the stream is reset, the
+peer is reported to `on_misbehaviour` (which penalises it) and the node goes on.
+
+Patches, and the trap each closes (tests in tests/test_p2p_hardening.py):
+
+1. `guard_stream_handlers`: the swarm's common stream handler (protocol negotiation
+   plus the protocol's handler) is wrapped. Trap: garbage during multistream-select
+   raises something other than `MultiselectError` (or a handler raises) and the
+   exception escapes into the connection nursery, killing the host.
+2. `guard_pubsub`: the pubsub read loop is re-registered behind a catch-all. Trap:
+   `ParseFromString` raises protobuf's `DecodeError`, which `Pubsub.stream_handler`
+   does not catch (it catches libp2p's own `ParseError`), and a malformed signed
+   record or control message raises from inside the loop: either kills pubsub.
+3. `guard_pubsub` also wraps `push_msg` for remote messages. Trap: `push_msg` runs as
+   a pubsub service task; an undecodable `from`, key or signature raises there and
+   the service manager cancels pubsub.
+4. `install_queue_size`: the per-peer outbound RPC queue grows from 32 to
+   `OUTBOUND_QUEUE_SIZE`. Trap: bursts above 32 RPCs per peer are silently dropped.
+   The gossip publish path adds backpressure on top (p2p.gossip).
+5. Listener close, negative dial cache and 250 ms dial delay are handled in p2p.host
+   (see `P2PHost.run` and `P2PHost._dial`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from libp2p.pubsub import pubsub as _pubsub_mod
+from libp2p.pubsub import rpc_queue as _rpc_queue_mod
+
+log = logging.getLogger(__name__)
+
+OUTBOUND_QUEUE_SIZE = 1024
+
+# Called with (peer id or None, what happened); must not raise.
+Misbehaviour = Callable[[Any, str], None]
+
+
+def _peer_of(stream: Any) -> Any:
+    try:
+        return stream.muxed_conn.peer_id
+    except Exception:
+        return None
+
+
+async def _reset_quietly(stream: Any) -> None:
+    # the stream may already be gone; there is nothing more to do then
+    with trio.move_on_after(2), contextlib.suppress(Exception):
+        await stream.reset()
+
+
+def guard_stream_handlers(host: Any, on_misbehaviour: Misbehaviour) -> None:
+    """Patch 1: no exception from negotiation or a protocol handler reaches the swarm."""
+    network = host.get_network()
+    inner: Callable[[Any], Awaitable[None]] = host._swarm_stream_handler
+
+    async def guarded(stream: Any) -> None:
+        try:
+            await inner(stream)
+        except Exception as exc:
+            peer = _peer_of(stream)
+            log.info("stream from %s failed: %s: %s", peer, type(exc).__name__, exc)
+            on_misbehaviour(peer, f"stream error {type(exc).__name__}")
+            await _reset_quietly(stream)
+
+    network.set_stream_handler(guarded)
+
+
+def safe_handler(
+    handler: Callable[[Any], Awaitable[None]], on_misbehaviour: Misbehaviour, name: str
+) -> Callable[[Any], Awaitable[None]]:
+    """Our own protocol handlers: an exception resets the stream, it never propagates."""
+
+    async def guarded(stream: Any) -> None:
+        try:
+            await handler(stream)
+        except Exception as exc:
+            peer = _peer_of(stream)
+            log.warning("%s handler failed for %s: %s: %s", name, peer, type(exc).__name__, exc)
+            on_misbehaviour(peer, f"{name} handler error")
+            await _reset_quietly(stream)
+
+    return guarded
+
+
+def guard_pubsub(pubsub: Any, on_misbehaviour: Misbehaviour) -> None:
+    """Patches 2 and 3, on one `Pubsub` instance (set before the service starts)."""
+
+    async def read_loop(stream: Any) -> None:
+        peer = _peer_of(stream)
+        try:
+            await pubsub.continuously_read_stream(stream)
+        except Exception as exc:
+            log.info("pubsub stream from %s failed: %s: %s", peer, type(exc).__name__, exc)
+            on_misbehaviour(peer, f"malformed pubsub stream ({type(exc).__name__})")
+            await _reset_quietly(stream)
+            try:
+                pubsub._handle_dead_peer(peer)
+            except Exception:  # bookkeeping only; the stream is already reset
+                log.debug("pubsub dead-peer cleanup failed for %s", peer, exc_info=True)
+
+    for protocol in pubsub.router.get_protocols():
+        pubsub.host.set_stream_handler(protocol, read_loop)
+
+    inner_push: Callable[[Any, Any], Awaitable[None]] = pubsub.push_msg
+
+    async def push_msg(forwarder: Any, msg: Any) -> None:
+        if forwarder == pubsub.my_id:
+            await inner_push(forwarder, msg)  # our own publish: let the caller see errors
+            return
+        try:
+            await inner_push(forwarder, msg)
+        except Exception as exc:
+            log.info("gossip message from %s failed: %s: %s", forwarder, type(exc).__name__, exc)
+            on_misbehaviour(forwarder, f"undecodable gossip message ({type(exc).__name__})")
+
+    pubsub.push_msg = push_msg
+
+
+class _LargerRpcQueue(_rpc_queue_mod.RpcQueue):
+    def __init__(
+        self,
+        max_size: int = OUTBOUND_QUEUE_SIZE,
+        max_message_size: int = _rpc_queue_mod.DefaultMaxMessageSize,
+    ) -> None:
+        super().__init__(max(max_size, OUTBOUND_QUEUE_SIZE), max_message_size)
+
+
+def install_queue_size() -> None:
+    """Patch 4 (process-wide, idempotent): pubsub builds its peer queues from this name."""
+    namespace = vars(_pubsub_mod)
+    if namespace.get("RpcQueue") is not _LargerRpcQueue:
+        namespace["RpcQueue"] = _LargerRpcQueue

@@ -1,0 +1,363 @@
+"""The node's libp2p host: identity, transports, peers, penalties, reconnects, shutdown.
+
+Everything py-libp2p gets wrong by default is fixed here or in `p2p.hardening`:
+Noise only (plaintext, secio and TLS are never offered), Yamux only, one connection
+per peer (py-libp2p otherwise waits 250 ms per connect for a second dial), the
+negative dial cache is lifted before each reconnect (a failed dial would otherwise
+refuse the peer for 60 s), and leaving `run()` closes listeners and connections
+(leaving py-libp2p's `host.run()` leaves the listening socket open).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import INotifee
+from libp2p.crypto.ed25519 import Ed25519PrivateKey
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2p import hardening
+from p2p.gossip import Gossip, GossipConfig
+
+log = logging.getLogger(__name__)
+
+StreamHandler = Callable[[Any], Awaitable[None]]
+
+# Penalty points per class of misbehaviour; a peer is banned past `ban_threshold`.
+PENALTY_STREAM_ERROR = 2.0
+PENALTY_MALFORMED = 20.0
+PENALTY_INVALID = 10.0
+PENALTY_LIE = 50.0
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """What a node operator configures; defaults suit a loopback testnet."""
+
+    seed: bytes  # the node's ed25519 seed: the same key signs proof txs and blocks
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: tuple[str, ...] = ()  # full multiaddrs with /p2p/<peer id>
+    max_connections: int = 64
+    reconnect_interval_s: float = 2.0
+    dial_timeout_s: float = 10.0
+    ban_threshold: float = 100.0
+    penalty_decay_per_s: float = 1.0
+    ban_s: float = 300.0
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+
+
+def key_pair_from_seed(seed: bytes) -> KeyPair:
+    """libp2p identity from the node's 32-byte ed25519 seed (peer id = its public key)."""
+    if len(seed) != 32:
+        raise ValueError(f"ed25519 seed must be 32 bytes, got {len(seed)}")
+    private = Ed25519PrivateKey.new(seed)
+    return KeyPair(private, private.get_public_key())
+
+
+def peer_id_from_seed(seed: bytes) -> ID:
+    return ID.from_pubkey(key_pair_from_seed(seed).public_key)
+
+
+def public_key_of(peer: ID) -> bytes | None:
+    """The raw ed25519 key inside a peer id (None for non-ed25519 or unparsable ids)."""
+    try:
+        key = peer.extract_public_key()
+    except Exception:
+        return None
+    if key is None:
+        return None
+    raw: bytes = key.to_bytes()
+    return raw if len(raw) == 32 else None
+
+
+@dataclass
+class _Standing:
+    score: float = 0.0
+    updated: float = 0.0
+    banned_until: float = 0.0
+
+
+class _Notifee(INotifee):
+    """Refuses connections from banned peers and beyond the connection limit."""
+
+    def __init__(self, owner: P2PHost) -> None:
+        self._owner = owner
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        self._owner._on_connected(conn.muxed_conn.peer_id)
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen(self, network: Any, maddr: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen_close(self, network: Any, maddr: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class P2PHost:
+    """A hardened libp2p host with gossip for one chain; run it with `async with host.run()`."""
+
+    def __init__(self, config: HostConfig, chain_id: bytes) -> None:
+        hardening.install_queue_size()
+        self.config = config
+        self.chain_id = chain_id
+        key_pair = key_pair_from_seed(config.seed)
+        self._listen = [multiaddr.Multiaddr(a) for a in config.listen]
+        noise = NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
+        self.libp2p: Any = new_host(
+            key_pair=key_pair,
+            sec_opt={NOISE_PROTOCOL_ID: noise},
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            listen_addrs=self._listen,
+            connection_config=ConnectionConfig(
+                max_connections=config.max_connections,
+                # Our reconnect loop keeps known peers connected; libp2p's auto-connector
+                # and pruner would fight it, so its watermarks are neutral.
+                min_connections=0,
+                low_watermark=0,
+                high_watermark=config.max_connections,
+                max_connections_per_peer=1,
+                dial_timeout=config.dial_timeout_s,
+                inbound_stream_protocol_negotiation_timeout=10.0,
+                outbound_stream_protocol_negotiation_timeout=10.0,
+            ),
+        )
+        self.peer_id: ID = self.libp2p.get_id()
+        self._standing: dict[ID, _Standing] = {}
+        self._known: dict[ID, list[multiaddr.Multiaddr]] = {}
+        for addr in config.bootstrap:
+            self.add_peer_addr(addr)
+        self._nursery: trio.Nursery | None = None
+        self._running = False
+        hardening.guard_stream_handlers(self.libp2p, self.misbehaved)
+        self.libp2p.get_network().register_notifee(_Notifee(self))
+        self.gossip = Gossip(self, chain_id, config.gossip)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator[P2PHost]:
+        """Listen, start gossip and the reconnect loop; on exit close everything we opened."""
+        network = self.libp2p.get_network()
+        try:
+            async with AsyncExitStack() as stack:
+                await stack.enter_async_context(self.libp2p.run(self._listen))
+                await stack.enter_async_context(background_trio_service(self.gossip.pubsub))
+                await stack.enter_async_context(background_trio_service(self.gossip.router))
+                await self.gossip.pubsub.wait_until_ready()
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._running = True
+                    await self.gossip.start(nursery)
+                    nursery.start_soon(self._reconnect_loop)
+                    try:
+                        yield self
+                    finally:
+                        self._running = False
+                        nursery.cancel_scope.cancel()
+                self._nursery = None
+                # Close connections and listeners while the swarm service still runs:
+                # leaving host.run() alone would leave the listening socket open.
+                with trio.move_on_after(5) as scope:
+                    scope.shield = True
+                    await self._close_network(network)
+        finally:
+            self._running = False
+            self._nursery = None
+
+    async def _close_network(self, network: Any) -> None:
+        for peer in list(network.connections):
+            try:
+                await network.close_peer(peer)
+            except Exception:
+                log.debug("closing connection to %s failed", peer, exc_info=True)
+        for name, listener in list(network.listeners.items()):
+            try:
+                await listener.close()
+            except Exception:
+                log.debug("closing listener %s failed", name, exc_info=True)
+        network.listeners.clear()
+
+    @property
+    def addrs(self) -> list[str]:
+        """Dialable addresses with the real (bound) ports and our /p2p/ id."""
+        return [str(a) for a in self.libp2p.get_addrs()]
+
+    # ------------------------------------------------------------------ peers
+
+    def add_peer_addr(self, addr: str) -> ID:
+        """Remember a peer's address; the reconnect loop keeps us connected to it."""
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        if info.peer_id != self.peer_id:
+            known = self._known.setdefault(info.peer_id, [])
+            for a in info.addrs:
+                if a not in known:
+                    known.append(a)
+        return info.peer_id
+
+    def connected_peers(self) -> list[ID]:
+        return list(self.libp2p.get_network().connections)
+
+    def is_connected(self, peer: ID) -> bool:
+        return bool(self.libp2p.get_network().connections.get(peer))
+
+    async def connect(self, addr: str) -> ID:
+        """Dial `addr` now (and remember it); raises `ConnectionError` on failure."""
+        peer = self.add_peer_addr(addr)
+        if not await self._dial(peer):
+            raise ConnectionError(f"could not connect to {addr}")
+        return peer
+
+    async def _dial(self, peer: ID) -> bool:
+        if self.is_banned(peer) or peer == self.peer_id:
+            return False
+        addrs = self._known.get(peer, [])
+        if not addrs:
+            return False
+        network = self.libp2p.get_network()
+        # A failed dial puts the peer in a 60 s negative cache; a restarted peer must
+        # be reachable as soon as it listens again.
+        network.unblock_peer(peer)
+        with trio.move_on_after(self.config.dial_timeout_s):
+            try:
+                await self.libp2p.connect(PeerInfo(peer, addrs))
+                return True
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                log.debug("dial %s failed: %s: %s", peer, type(exc).__name__, exc)
+        return False
+
+    async def _reconnect_loop(self) -> None:
+        while True:
+            missing = [p for p in self._known if not self.is_connected(p) and not self.is_banned(p)]
+            room = self.config.max_connections - len(self.connected_peers())
+            if missing and room > 0:
+                async with trio.open_nursery() as nursery:
+                    for peer in missing[:room]:
+                        nursery.start_soon(self._dial, peer)
+            self._expire_bans()
+            await trio.sleep(self.config.reconnect_interval_s)
+
+    def _on_connected(self, peer: ID) -> None:
+        if self.is_banned(peer):
+            reason = "banned"
+        elif len(self.connected_peers()) > self.config.max_connections and peer not in self._known:
+            reason = "connection limit"
+        else:
+            return
+        log.info("refusing connection from %s (%s)", peer, reason)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._disconnect, peer)
+
+    async def _disconnect(self, peer: ID) -> None:
+        with trio.move_on_after(5):
+            try:
+                await self.libp2p.disconnect(peer)
+            except Exception:
+                log.debug("disconnect %s failed", peer, exc_info=True)
+
+    # ------------------------------------------------------------------ penalties
+
+    def penalise(self, peer: ID | None, points: float, reason: str) -> None:
+        """Add penalty points (they decay over time); past the threshold, ban the peer."""
+        if peer is None or peer == self.peer_id:
+            return
+        now = time.monotonic()
+        st = self._standing.setdefault(peer, _Standing(updated=now))
+        st.score = max(0.0, st.score - (now - st.updated) * self.config.penalty_decay_per_s)
+        st.score += points
+        st.updated = now
+        log.info("penalty %.0f for %s: %s (score %.0f)", points, peer, reason, st.score)
+        if st.score >= self.config.ban_threshold and st.banned_until <= now:
+            self.ban(peer, reason)
+
+    def misbehaved(self, peer: Any, reason: str) -> None:
+        """Hook for p2p.hardening: protocol-level garbage from `peer`."""
+        points = PENALTY_STREAM_ERROR if reason.startswith("stream error") else PENALTY_MALFORMED
+        if isinstance(peer, ID):
+            self.penalise(peer, points, reason)
+
+    def ban(self, peer: ID, reason: str) -> None:
+        st = self._standing.setdefault(peer, _Standing(updated=time.monotonic()))
+        st.banned_until = time.monotonic() + self.config.ban_s
+        log.warning("banning %s for %.0f s: %s", peer, self.config.ban_s, reason)
+        try:
+            self.gossip.pubsub.add_to_blacklist(peer)
+        except Exception:
+            log.debug("pubsub blacklist failed for %s", peer, exc_info=True)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._disconnect, peer)
+
+    def is_banned(self, peer: ID) -> bool:
+        st = self._standing.get(peer)
+        return st is not None and st.banned_until > time.monotonic()
+
+    def penalty_score(self, peer: ID) -> float:
+        st = self._standing.get(peer)
+        if st is None:
+            return 0.0
+        decayed = st.score - (time.monotonic() - st.updated) * self.config.penalty_decay_per_s
+        return max(0.0, decayed)
+
+    def _expire_bans(self) -> None:
+        now = time.monotonic()
+        for peer, st in list(self._standing.items()):
+            if 0 < st.banned_until <= now:
+                st.banned_until = 0.0
+                st.score = 0.0
+                self.gossip.pubsub.remove_from_blacklist(peer)
+
+    # ------------------------------------------------------------------ streams
+
+    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Register a request/response protocol; its exceptions never leave the handler."""
+        name = protocol.rsplit("/", 2)[-2] if protocol.count("/") >= 2 else protocol
+        self.libp2p.set_stream_handler(
+            TProtocol(protocol), hardening.safe_handler(handler, self.misbehaved, name)
+        )
+
+    async def new_stream(self, peer: ID, protocol: str, timeout_s: float = 10.0) -> Any:
+        """Open a stream (dialling known addresses if needed); raises `ConnectionError`."""
+        with trio.move_on_after(timeout_s):
+            if not self.is_connected(peer) and not await self._dial(peer):
+                raise ConnectionError(f"peer {peer} is not reachable")
+            try:
+                return await self.libp2p.new_stream(peer, [TProtocol(protocol)])
+            except trio.Cancelled:
+                raise
+            except Exception as exc:
+                raise ConnectionError(
+                    f"cannot open {protocol} to {peer}: {type(exc).__name__}: {exc}"
+                ) from None
+        raise ConnectionError(f"opening {protocol} to {peer} timed out after {timeout_s} s")
+
+    def __repr__(self) -> str:
+        return f"P2PHost({self.peer_id}, {len(self.connected_peers())} peers)"

@@ -1,0 +1,135 @@
+"""Shared helpers for the p2p tests: real hosts on 127.0.0.1, polling waits, validators."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import trio
+from libp2p.peer.id import ID
+
+from consensus import rules
+from consensus.errors import InvalidError
+from consensus.types import Block, CommitTx, Genesis, ProofTx, Reveal
+from p2p import Delivered, GossipConfig, GossipItem, HostConfig, P2PHost, TopicKind, Verdict
+from storage import BlockMeta, ChainStore
+from tests.chainfactory import Chain
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 30.0  # generous: a loaded 2-core machine
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def seed(name: str) -> bytes:
+    return hashlib.sha256(b"p2p-test-seed/" + name.encode()).digest()
+
+
+def config(name: str, **kw: object) -> HostConfig:
+    gossip = kw.pop("gossip", GossipConfig())
+    return HostConfig(seed=seed(name), gossip=gossip, **kw)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(hosts: list[P2PHost]) -> AsyncIterator[list[P2PHost]]:
+    async with AsyncExitStack() as stack:
+        for h in hosts:
+            await stack.enter_async_context(h.run())
+        yield hosts
+
+
+async def wait_for(pred: Callable[[], bool], timeout: float = TIMEOUT, what: str = "") -> None:
+    with trio.fail_after(timeout):
+        while not pred():
+            await trio.sleep(0.05)
+
+
+async def connect_line(hosts: list[P2PHost]) -> None:
+    """h0 - h1 - ... - hn, and wait until every link carries both topics."""
+    for a, b in itertools.pairwise(hosts):
+        await b.connect(a.addrs[0])
+    await wait_links(hosts)
+
+
+async def wait_links(hosts: list[P2PHost]) -> None:
+    for a, b in itertools.pairwise(hosts):
+        for kind in TopicKind:
+            await wait_for(lambda a=a, b=b, kind=kind: b.peer_id in a.gossip.topic_peers(kind))
+            await wait_for(lambda a=a, b=b, kind=kind: a.peer_id in b.gossip.topic_peers(kind))
+            await wait_for(lambda a=a, b=b, kind=kind: b.peer_id in a.gossip.mesh_peers(kind))
+            await wait_for(lambda a=a, b=b, kind=kind: a.peer_id in b.gossip.mesh_peers(kind))
+
+
+async def receive(
+    host: P2PHost, pred: Callable[[Delivered], bool], timeout: float = TIMEOUT
+) -> Delivered:
+    """The first delivery matching `pred` (others are skipped)."""
+    with trio.fail_after(timeout):
+        while True:
+            d = await host.gossip.inbox.receive()
+            if pred(d):
+                return d
+
+
+async def absent(host: P2PHost, pred: Callable[[Delivered], bool], wait: float) -> bool:
+    """True if nothing matching `pred` arrives within `wait` seconds."""
+    with trio.move_on_after(wait):
+        while True:
+            d = await host.gossip.inbox.receive()
+            if pred(d):
+                return False
+    return True
+
+
+def consensus_validator(chain: Chain) -> Callable[[GossipItem, ID], object]:
+    """The stateless consensus checks a node runs on gossip (no zk here)."""
+    genesis: Genesis = chain.genesis
+
+    async def validate(item: GossipItem, forwarder: ID) -> Verdict:
+        try:
+            if isinstance(item, CommitTx):
+                rules.check_commit(genesis, chain.cid, item)
+            elif isinstance(item, Reveal):
+                rules.check_reveal(genesis, chain.cid, item)
+            elif isinstance(item, ProofTx):
+                if item.participant not in genesis.participants:
+                    return Verdict.REJECT
+            elif isinstance(item, Block):
+                rules.check_reveal(genesis, chain.cid, item.reveal)
+        except InvalidError:
+            return Verdict.REJECT
+        return Verdict.ACCEPT
+
+    return validate
+
+
+def forged_commit(chain: Chain, rnd: int, tag: bytes) -> CommitTx:
+    """A well-formed commit whose signature is wrong: decodes, fails consensus."""
+    good = chain.commit(chain.participants[0], rnd, chain.cid, b"model" + tag)
+    return dataclasses.replace(good, signature=bytes(64))
+
+
+def build_store(path: Path, chain: Chain, blocks: int) -> tuple[ChainStore, list[Block]]:
+    """A real LevelDB store with `blocks` valid blocks on the canonical chain."""
+    store = ChainStore.open(path)
+    store.init_genesis(chain.cid, chain.genesis.encode())
+    parent, score, out = chain.cid, 0, []
+    for i in range(blocks):
+        block, models = chain.round_block(i, parent, i + 1, {0: 3, 1: 2, 2: 1})
+        score += rules.block_score(block)
+        raw = block.encode()
+        store.put_block(block.hash(), raw, BlockMeta(parent, i + 1, score), new_head=True)
+        for m in models.values():
+            store.put_blob(m)
+        parent = block.hash()
+        out.append(block)
+    return store, out

@@ -1,0 +1,251 @@
+"""Never crash on input: one test per class of hostile bytes (see p2p.hardening).
+
+Topology: honest A - target B - honest C, plus an attacker X (a bare py-libp2p host or
+a raw TCP socket) talking to B. Each test sends its garbage, then asserts that B is
+still up and still relays gossip from A to C.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import multiaddr
+import pytest
+import trio
+from libp2p import new_host
+from libp2p.crypto.x25519 import create_new_key_pair as x25519
+from libp2p.custom_types import TProtocol
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
+from libp2p.security.noise.transport import Transport as Noise
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from consensus.types import CommitTx
+from p2p import P2PHost, SyncLimits, SyncServer, TopicKind, key_pair_from_seed
+from p2p.framing import encode_frame, encode_varint
+from p2p.gossip import GOSSIPSUB_PROTOCOLS
+from p2p.sync import sync_protocol
+from storage import ChainStore
+from tests.chainfactory import make_chain
+from tests.p2p_util import config, connect_line, receive, running
+
+CHAIN = make_chain()
+MESHSUB = TProtocol(GOSSIPSUB_PROTOCOLS[0])
+_counter = [0]
+
+
+@asynccontextmanager
+async def honest_line() -> AsyncIterator[list[P2PHost]]:
+    hosts = [P2PHost(config(f"h{name}"), CHAIN.cid) for name in "ABC"]
+    async with running(hosts):
+        await connect_line(hosts)
+        yield hosts
+
+
+async def still_gossiping(hosts: list[P2PHost]) -> None:
+    """B is alive and relays a fresh message from A to C."""
+    _counter[0] += 1
+    tx = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, b"alive %d" % _counter[0])
+    await hosts[0].gossip.publish(tx)
+    d = await receive(hosts[2], lambda d: isinstance(d.item, CommitTx) and d.item == tx)
+    assert d.item == tx
+
+
+@asynccontextmanager
+async def attacker() -> AsyncIterator[Any]:
+    """A bare py-libp2p host (no hardening) to hand-build streams with."""
+    kp = key_pair_from_seed(os.urandom(32))
+    host = new_host(
+        key_pair=kp,
+        sec_opt={NOISE: Noise(kp, noise_privkey=x25519().private_key)},
+        muxer_opt={TProtocol(YAMUX): Yamux},
+    )
+    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        yield host
+
+
+async def open_raw(x: Any, target: P2PHost, protocol: TProtocol) -> Any:
+    await x.connect(info_from_p2p_addr(multiaddr.Multiaddr(target.addrs[0])))
+    return await x.new_stream(target.peer_id, [protocol])
+
+
+async def send_and_close(stream: Any, data: bytes) -> None:
+    try:
+        await stream.write(data)
+        await trio.sleep(0.3)
+        await stream.close()
+    except Exception:
+        pass  # the target may reset us first: that is the point
+
+
+def rpc_frame(rpc: Any) -> bytes:
+    return encode_frame(rpc.SerializeToString())
+
+
+async def test_garbage_on_raw_tcp_before_the_handshake() -> None:
+    async with honest_line() as hosts:
+        port = int(hosts[1].addrs[0].split("/")[4])
+        for junk in (os.urandom(5000), b"\x13/multistream/1.0.0\n" + os.urandom(300), b"\x00" * 64):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(junk)
+        await still_gossiping(hosts)
+
+
+async def test_garbage_during_stream_protocol_negotiation() -> None:
+    async with honest_line() as hosts, attacker() as x:
+        await x.connect(info_from_p2p_addr(multiaddr.Multiaddr(hosts[1].addrs[0])))
+        conn = x.get_network().connections[hosts[1].peer_id][0]
+        for junk in (
+            os.urandom(200),
+            b"\x13/multistream/1.0.0\n" + b"\xff\xff\xff\xff\x0f",  # huge varint
+            b"\x13/multistream/1.0.0\n\x05abc",  # truncated
+            b"\x13/multistream/1.0.0\n\x0e/no/such/prot\n" * 3,
+        ):
+            stream = await conn.new_stream()
+            await send_and_close(stream, junk)
+        await still_gossiping(hosts)
+
+
+async def test_malformed_protobuf_on_the_pubsub_stream() -> None:
+    async with honest_line() as hosts, attacker() as x:
+        for junk in (b"\xff" * 40, os.urandom(300), b"\x0a\xff\xff\xff\xff\x0f"):
+            stream = await open_raw(x, hosts[1], MESHSUB)
+            await send_and_close(stream, encode_frame(junk))
+        await still_gossiping(hosts)
+
+
+async def test_undecodable_keys_and_signatures_in_gossip_messages() -> None:
+    async with honest_line() as hosts, attacker() as x:
+        topic = hosts[1].gossip.topics[TopicKind.ROUND]
+        stream = await open_raw(x, hosts[1], MESHSUB)
+        sub = rpc_pb2.RPC(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=topic)])
+        msgs = [
+            rpc_pb2.Message(from_id=os.urandom(7), data=b"x", seqno=b"1", topicIDs=[topic]),
+            rpc_pb2.Message(
+                from_id=x.get_id().to_bytes(),
+                data=b"x",
+                seqno=b"2",
+                topicIDs=[topic],
+                key=os.urandom(50),
+                signature=os.urandom(64),
+            ),
+            rpc_pb2.Message(
+                from_id=b"\x00\x24" + os.urandom(36),  # identity multihash of garbage
+                data=b"y",
+                seqno=b"3",
+                topicIDs=[topic],
+                key=b"\x08\x01\x12\x20" + os.urandom(5),  # truncated ed25519 key protobuf
+                signature=b"\x01",
+            ),
+            rpc_pb2.Message(from_id=b"", data=b"", seqno=b"", topicIDs=[topic], signature=b"s"),
+        ]
+        try:
+            await stream.write(rpc_frame(sub))
+            for m in msgs:
+                await stream.write(rpc_frame(rpc_pb2.RPC(publish=[m])))
+            await trio.sleep(0.5)
+        except Exception:
+            pass
+        await still_gossiping(hosts)
+
+
+async def test_oversized_and_truncated_pubsub_frames() -> None:
+    async with honest_line() as hosts, attacker() as x:
+        stream = await open_raw(x, hosts[1], MESHSUB)
+        await send_and_close(stream, encode_varint(64 * 1024 * 1024) + b"\x00" * 1000)
+        stream = await open_raw(x, hosts[1], MESHSUB)
+        await send_and_close(stream, encode_varint(5000) + b"\x0a" * 100)  # then EOF
+        stream = await open_raw(x, hosts[1], MESHSUB)
+        await send_and_close(stream, b"\xff" * 12)  # varint that never ends
+        await still_gossiping(hosts)
+
+
+async def test_flood_of_control_messages_and_subscriptions() -> None:
+    async with honest_line() as hosts, attacker() as x:
+        stream = await open_raw(x, hosts[1], MESHSUB)
+        topic = hosts[1].gossip.topics[TopicKind.ROUND]
+        control = rpc_pb2.ControlMessage(
+            ihave=[rpc_pb2.ControlIHave(topicID=topic, messageIDs=[os.urandom(32)] * 500)],
+            iwant=[rpc_pb2.ControlIWant(messageIDs=[os.urandom(32) for _ in range(500)])],
+            graft=[rpc_pb2.ControlGraft(topicID=f"t{i}") for i in range(200)],
+            prune=[rpc_pb2.ControlPrune(topicID=topic, backoff=2**40)],
+        )
+        subs = [rpc_pb2.RPC.SubOpts(subscribe=True, topicid=f"/spam/{i}") for i in range(3000)]
+        try:
+            for _ in range(50):
+                await stream.write(rpc_frame(rpc_pb2.RPC(control=control)))
+            await stream.write(rpc_frame(rpc_pb2.RPC(subscriptions=subs)))
+        except Exception:
+            pass
+        await still_gossiping(hosts)
+
+
+async def test_raising_stream_handler_resets_only_its_stream() -> None:
+    async def broken(stream: object) -> None:
+        raise RuntimeError("handler bug")
+
+    async with honest_line() as hosts, attacker() as x:
+        hosts[1].set_stream_handler("/zkpot/test/broken/1", broken)
+        failed = 0
+        for _ in range(5):
+            try:
+                stream = await open_raw(x, hosts[1], TProtocol("/zkpot/test/broken/1"))
+                await send_and_close(stream, b"hello")
+            except Exception:  # the reset can race the end of negotiation
+                failed += 1
+        assert hosts[1].penalty_score(x.get_id()) > 0  # the handler did run and fail
+        await still_gossiping(hosts)
+
+
+@pytest.mark.slow
+async def test_sync_survives_garbage_slow_readers_and_stream_floods(tmp_path: Any) -> None:
+    store = ChainStore.open(tmp_path / "s")
+    store.init_genesis(CHAIN.cid, CHAIN.genesis.encode())
+    blob_hash = store.put_blob(os.urandom(8 * 1024 * 1024))
+    proto = TProtocol(sync_protocol(CHAIN.cid))
+    try:
+        async with honest_line() as hosts, attacker() as x:
+            limits = SyncLimits(request_timeout_s=2, write_timeout_s=2, max_streams_per_peer=4)
+            SyncServer(hosts[1], store, limits)
+            # garbage requests, oversized and truncated frames
+            for junk in (
+                encode_frame(os.urandom(40)),
+                encode_varint(10**9),
+                encode_varint(300) + b"\x92",
+                encode_frame(b"\x92\x1f\x01"),
+            ):
+                await send_and_close(await open_raw(x, hosts[1], proto), junk)
+            # slow readers: ask for 4 MiB chunks and never read them
+            from p2p.sync import ContentRequest
+
+            slow = []
+            for _ in range(4):
+                s = await open_raw(x, hosts[1], proto)
+                await s.write(encode_frame(ContentRequest(blob_hash, 0, 4 * 1024 * 1024).encode()))
+                slow.append(s)
+            # a flood of idle streams
+            idle = []
+            for _ in range(30):
+                try:
+                    idle.append(await open_raw(x, hosts[1], proto))
+                except Exception:
+                    break
+            # an honest peer is still served and gossip still flows
+            from p2p import SyncClient
+
+            with trio.fail_after(60):
+                status = await SyncClient(hosts[0]).status(hosts[1].peer_id)
+            assert status.genesis_hash == CHAIN.cid
+            await still_gossiping(hosts)
+            for s in slow + idle:
+                with trio.move_on_after(1):
+                    with suppress(Exception):
+                        await s.reset()
+    finally:
+        store.close()
