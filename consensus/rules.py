@@ -40,6 +40,7 @@ Evaluator = Callable[[bytes, EvalBatch], int]
 PARTITIONS = ("iid", "dirichlet")
 COMMITMENT_MODES = ("polycommit",)
 TIEBREAK_DOMAIN = b"zkpot/tiebreak/v1"
+BINDING_DOMAIN = b"zkpot/commit/v1"
 
 S = TypeVar("S", CommitTx, Reveal, ProofTx, Block)
 
@@ -150,6 +151,15 @@ def is_sealed(reveal: Reveal, commit_id: bytes) -> bool:
 # --- commits and proofs --------------------------------------------------------
 
 
+def commit_binding(
+    chain: bytes, participant: bytes, rnd: int, parent: bytes, commitment: bytes
+) -> bytes:
+    """What a CommitTx carries: C bound to its participant, round, parent and chain."""
+    return sha256(
+        BINDING_DOMAIN + chain + participant + rnd.to_bytes(8, "big") + parent + commitment
+    )
+
+
 def check_commit(genesis: Genesis, chain_id: bytes, tx: CommitTx) -> None:
     """Stateless: whether its parent is known is for the caller (node or block check)."""
     if tx.participant not in genesis.participants:
@@ -186,18 +196,44 @@ def check_proof_tx(
         raise InvalidError(
             f"ProofTx: k={tx.k} exceeds the batch size {genesis.eval_plan.batch_size}"
         )
+    if len(tx.proof) != genesis.circuit.proof_bytes:
+        raise InvalidError(
+            f"ProofTx: proof is {len(tx.proof)} bytes, this chain's proofs are {genesis.circuit.proof_bytes}"
+        )
+    if len(tx.commitment) != genesis.circuit.commitment_bytes:
+        raise InvalidError(
+            f"ProofTx: commitment is {len(tx.commitment)} bytes, expected {genesis.circuit.commitment_bytes}"
+        )
+    if (
+        commit_binding(chain_id, commit.participant, commit.round, commit.parent, tx.commitment)
+        != commit.binding
+    ):
+        raise InvalidError("ProofTx: the disclosed commitment does not open the commit's binding")
     check_commit(genesis, chain_id, commit)
     _check_signature(tx, tx.participant, chain_id)
-    if not verify(tx.proof, reveal.batch, commit.commitment, tx.k):
+    if not _call(verify, tx.proof, reveal.batch, tx.commitment, tx.k):
         raise InvalidError("ProofTx: the zk proof does not verify for this batch, commitment and k")
+
+
+def _call(fn: Callable[..., object], *args: object) -> object:
+    """Injected functions (prover, evaluator) are outside consensus: any failure is a verdict."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise InvalidError(f"check failed: {type(exc).__name__}: {exc}") from None
 
 
 # --- ranking -------------------------------------------------------------------
 
 
-def tiebreak_key(parent: bytes, rnd: int, participant: bytes) -> bytes:
-    """Equal scores rank by this hash, ascending: deterministic yet rotating per round."""
-    return sha256(TIEBREAK_DOMAIN + parent + rnd.to_bytes(8, "big") + participant)
+def tiebreak_key(batch_hash: bytes, participant: bytes) -> bytes:
+    """Equal scores rank by this hash, ascending.
+
+    Seeded by the round's batch hash: fixed at genesis (Merkle root), unknown to
+    participants until the reveal, and out of reach of the previous proposer (a
+    parent hash would let it grind ties of the next round).
+    """
+    return sha256(TIEBREAK_DOMAIN + batch_hash + participant)
 
 
 @dataclass(frozen=True)
@@ -208,9 +244,10 @@ class Ranked:
     commit_id: bytes
 
 
-def rank_proofs(parent: bytes, rnd: int, proofs: Iterable[ProofTx]) -> list[Ranked]:
+def rank_proofs(batch: EvalBatch, proofs: Iterable[ProofTx]) -> list[Ranked]:
     """Order valid proofs by k descending, then by `tiebreak_key` ascending."""
-    ordered = sorted(proofs, key=lambda p: (-p.k, tiebreak_key(parent, rnd, p.participant)))
+    seed = batch_hash(batch)
+    ordered = sorted(proofs, key=lambda p: (-p.k, tiebreak_key(seed, p.participant)))
     return [Ranked(i + 1, p.participant, p.k, p.commit_id) for i, p in enumerate(ordered)]
 
 
@@ -287,7 +324,7 @@ def check_block(
     score = block_score(block)
     if score < 1:
         raise InvalidError("Block: the proposer's proven k must be at least 1")
-    ranking = rank_proofs(block.parent, block.round, block.proofs)
+    ranking = rank_proofs(block.reveal.batch, block.proofs)
     mine = next(r for r in ranking if r.participant == block.proposer)
     if mine.rank != block.rank:
         raise InvalidError(
@@ -295,12 +332,12 @@ def check_block(
         )
     if sha256(model_blob) != block.model_hash:
         raise InvalidError("Block: the model blob does not match model_hash")
-    proposer_commit = commits[mine.commit_id]
-    if commitment_of(model_blob) != proposer_commit.commitment:
+    proposer_proof = next(p for p in block.proofs if p.participant == block.proposer)
+    if _call(commitment_of, model_blob) != proposer_proof.commitment:
         raise InvalidError("Block: the revealed model does not match the proposer's commitment")
     for p in block.proofs:
         check_proof_tx(genesis, chain_id, block.reveal, commits[p.commit_id], p, verify)
-    recomputed = evaluate(model_blob, block.reveal.batch)
+    recomputed = _call(evaluate, model_blob, block.reveal.batch)
     if recomputed != score:
         raise InvalidError(
             f"Block: the revealed model scores {recomputed} in the clear, the proof claims {score}"

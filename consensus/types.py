@@ -90,6 +90,8 @@ class CircuitSpec(Wire):
     MAX_BYTES = 512
 
     commitment: str = wire(_NAME)  # "polycommit"
+    commitment_bytes: int = wire(UInt(1, MAX_COMMITMENT_BYTES))  # length of every C
+    proof_bytes: int = wire(UInt(1, MAX_PROOF_BYTES))  # length of every proof
     settings_hash: bytes = wire(_HASH)
     compiled_hash: bytes = wire(_HASH)
     vk_hash: bytes = wire(_HASH)
@@ -132,16 +134,21 @@ class EvalBatch(Wire):
 
 @dataclass(frozen=True)
 class CommitTx(Signed):
-    """A participant's binding commitment to the weights it trained this round."""
+    """A participant's binding to the weights it trained this round.
+
+    `binding` = commit_binding(chain, participant, round, parent, C): the weight
+    commitment C itself stays hidden until the proof tx discloses it, after the
+    reveal has sealed the commits, so nobody can copy another's C under their own key.
+    """
 
     TAG = 2
     NAME = "CommitTx"
-    MAX_BYTES = MAX_COMMITMENT_BYTES + 256
+    MAX_BYTES = 256
 
     round: int = wire(UInt(0, MAX_NUM_BATCHES - 1))
     parent: bytes = wire(_HASH)  # the block whose model it trained from
     participant: bytes = wire(_KEY)
-    commitment: bytes = wire(Bytes(1, MAX_COMMITMENT_BYTES))
+    binding: bytes = wire(_HASH)
     signature: bytes = wire(_SIG)
 
 
@@ -162,15 +169,19 @@ class Reveal(Signed):
 
 @dataclass(frozen=True)
 class ProofTx(Signed):
-    """A zk proof that the model committed in `commit_id` scores k on the round batch."""
+    """A zk proof that the model committed in `commit_id` scores k on the round batch.
+
+    Discloses the weight commitment C, which must open the commit's binding.
+    """
 
     TAG = 4
     NAME = "ProofTx"
-    MAX_BYTES = MAX_PROOF_BYTES + 256
+    MAX_BYTES = MAX_PROOF_BYTES + MAX_COMMITMENT_BYTES + 256
 
     round: int = wire(UInt(0, MAX_NUM_BATCHES - 1))
     commit_id: bytes = wire(_HASH)
     participant: bytes = wire(_KEY)
+    commitment: bytes = wire(Bytes(1, MAX_COMMITMENT_BYTES))
     k: int = wire(UInt(0, MAX_EVAL_BATCH))
     proof: bytes = wire(Bytes(1, MAX_PROOF_BYTES))
     signature: bytes = wire(_SIG)

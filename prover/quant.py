@@ -21,6 +21,8 @@ FIELD_MODULUS = 2188824287183927522224640574525727508854836440041603434369820418
 
 IntArray = npt.NDArray[np.int64]
 
+MAX_PARAM = 1 << 31  # quantised parameters must fit int32: a protocol bound, not ezkl's
+
 
 class QuantError(ValueError):
     """A model or batch that the circuit cannot represent exactly."""
@@ -50,7 +52,14 @@ def quantise_params(tensors: list[torch.Tensor], param_scale: int) -> list[IntAr
     """
     out = []
     for t in tensors:
-        q = np.round(t.detach().to(torch.float64).numpy() * (1 << param_scale)).astype(np.int64)
+        scaled = np.round(t.detach().to(torch.float64).numpy() * (1 << param_scale))
+        # Casting an out-of-range float to int64 is CPU-dependent (x86 wraps, ARM
+        # saturates): nodes would disagree on C. Refuse before casting.
+        if not np.all(np.abs(scaled) <= MAX_PARAM):
+            raise QuantError(
+                f"a weight exceeds ±{MAX_PARAM} at scale 2^{param_scale}: not representable"
+            )
+        q = scaled.astype(np.int64)
         if not q.any():
             q.flat[0] = 1
         out.append(q)
@@ -92,9 +101,9 @@ def mlp_logits(qparams: list[IntArray], xq: IntArray, fp: FixedPoint) -> tuple[I
             raise QuantError(f"layer {i}: shapes {w.shape}, {b.shape} do not fit input {h.shape}")
         h = h @ w.T + (b << scale)
         scale += fp.param_scale
+        _check_range(h, fp, f"layer {i}")  # before ReLU too: the circuit range-checks it
         if i < layers - 1:
             h = np.maximum(h, 0)
-        _check_range(h, fp, f"layer {i}")
     return h, scale
 
 

@@ -74,7 +74,8 @@ class Chain:
         return next(k for k in self.participants if k.public == public)
 
     def commit(self, who: SigningKey, rnd: int, parent: bytes, model: bytes) -> CommitTx:
-        tx = CommitTx(rnd, parent, who.public, model_commitment(model), bytes(64))
+        binding = rules.commit_binding(self.cid, who.public, rnd, parent, model_commitment(model))
+        tx = CommitTx(rnd, parent, who.public, binding, bytes(64))
         return sign(tx, who, self.cid)
 
     def reveal(self, rnd: int, sealed: list[bytes]) -> Reveal:
@@ -88,14 +89,12 @@ class Chain:
         )
         return sign(r, self.publisher, self.cid)
 
-    def proof(self, who: SigningKey, commit: CommitTx, batch: EvalBatch, k: int) -> ProofTx:
+    def proof(
+        self, who: SigningKey, commit: CommitTx, batch: EvalBatch, k: int, model: bytes
+    ) -> ProofTx:
+        c = model_commitment(model)
         tx = ProofTx(
-            commit.round,
-            commit.hash(),
-            who.public,
-            k,
-            hash_proof(batch, commit.commitment, k),
-            bytes(64),
+            commit.round, commit.hash(), who.public, c, k, hash_proof(batch, c, k), bytes(64)
         )
         return sign(tx, who, self.cid)
 
@@ -114,10 +113,10 @@ class Chain:
         commits = {i: self.commit(self.participants[i], rnd, parent, m) for i, m in models.items()}
         reveal = self.reveal(rnd, [c.hash() for c in commits.values()])
         proofs = {
-            i: self.proof(self.participants[i], c, reveal.batch, scores[i])
+            i: self.proof(self.participants[i], c, reveal.batch, scores[i], models[i])
             for i, c in commits.items()
         }
-        ranking = rules.rank_proofs(parent, rnd, proofs.values())
+        ranking = rules.rank_proofs(reveal.batch, proofs.values())
         if proposer is None:
             who = self.key_of(ranking[0].participant)
         else:
@@ -163,7 +162,9 @@ def make_chain(n: int = 3, num_batches: int = 8, finality_depth: int = 3) -> Cha
         eval_plan=EvalPlan(
             BATCH, num_batches, SHAPE, 8, CLASSES, merkle_root([b.hash() for b in batches])
         ),
-        circuit=CircuitSpec("polycommit", sha256(b"s"), sha256(b"c"), sha256(b"v"), sha256(b"r")),
+        circuit=CircuitSpec(
+            "polycommit", 32, 32, sha256(b"s"), sha256(b"c"), sha256(b"v"), sha256(b"r")
+        ),
         initial_model_hash=sha256(b"initial model"),
     )
     return Chain(participants, publisher, genesis, batches)

@@ -42,19 +42,24 @@ def test_round_trip_gives_identical_object_and_bytes(obj: object) -> None:
     rnd=st.integers(0, (1 << 20) - 1),
     parent=hashes,
     who=hashes,
-    commitment=st.binary(min_size=1, max_size=2000),
+    binding=hashes,
     sig=st.binary(min_size=64, max_size=64),
 )
 def test_commit_round_trip_any_values(
-    rnd: int, parent: bytes, who: bytes, commitment: bytes, sig: bytes
+    rnd: int, parent: bytes, who: bytes, binding: bytes, sig: bytes
 ) -> None:
-    tx = CommitTx(rnd, parent, who, commitment, sig)
+    tx = CommitTx(rnd, parent, who, binding, sig)
     assert CommitTx.decode(tx.encode()) == tx
 
 
-@given(k=st.integers(0, 1024), proof=st.binary(min_size=1, max_size=5000), cid=hashes)
-def test_proof_round_trip_any_values(k: int, proof: bytes, cid: bytes) -> None:
-    tx = ProofTx(5, cid, bytes(32), k, proof, bytes(64))
+@given(
+    k=st.integers(0, 1024),
+    proof=st.binary(min_size=1, max_size=5000),
+    cid=hashes,
+    c=st.binary(min_size=1, max_size=300),
+)
+def test_proof_round_trip_any_values(k: int, proof: bytes, cid: bytes, c: bytes) -> None:
+    tx = ProofTx(5, cid, bytes(32), c, k, proof, bytes(64))
     assert ProofTx.decode(tx.encode()) == tx
 
 

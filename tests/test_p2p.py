@@ -96,7 +96,7 @@ async def test_validator_verdicts_ignore_and_raise_never_relay_and_raise_penalis
 
     async def picky(item: object, forwarder: object) -> Verdict:
         assert isinstance(item, CommitTx)
-        calls.append(item.commitment.hex())
+        calls.append(item.binding.hex())
         if item.round == 1:
             return Verdict.IGNORE
         if item.round == 2:

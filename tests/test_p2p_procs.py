@@ -127,7 +127,7 @@ async def through(a: P2PHost, c: P2PHost, tag: bytes) -> None:
             await a.gossip.publish(tx)
             with trio.move_on_after(1):
                 d = await receive(c, lambda d: True)
-                assert isinstance(d.item, CommitTx) and d.item.commitment
+                assert isinstance(d.item, CommitTx) and d.item.binding
                 return
 
 

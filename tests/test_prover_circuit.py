@@ -284,13 +284,21 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
             B, len(batches), (64,), FP.input_scale, 10, merkle_root([b.hash() for b in batches])
         ),
         CircuitSpec(
-            "polycommit", h(m.settings_hash), h(m.compiled_hash), h(m.vk_hash), h(m.srs_hash)
+            "polycommit",
+            m.commitment_points * circuit.COMPRESSED_BYTES,
+            m.proof_bytes,
+            h(m.settings_hash),
+            h(m.compiled_hash),
+            h(m.vk_hash),
+            h(m.srs_hash),
         ),
         sha256(b"initial"),
     )
     cid = chain_id(genesis)
-    c_honest = sign(CommitTx(0, cid, honest.public, c, bytes(64)), honest, cid)
-    c_copy = sign(CommitTx(0, cid, copier.public, c, bytes(64)), copier, cid)
+    binding = rules.commit_binding(cid, honest.public, 0, cid, c)
+    c_honest = sign(CommitTx(0, cid, honest.public, binding, bytes(64)), honest, cid)
+    # The copier can only copy the binding before the reveal: C is not public yet.
+    c_copy = sign(CommitTx(0, cid, copier.public, binding, bytes(64)), copier, cid)
     reveal = sign(
         Reveal(
             0,
@@ -302,8 +310,8 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
         publisher,
         cid,
     )
-    p_honest = sign(ProofTx(0, c_honest.hash(), honest.public, k, proof, bytes(64)), honest, cid)
-    p_copy = sign(ProofTx(0, c_copy.hash(), copier.public, k, proof, bytes(64)), copier, cid)
+    p_honest = sign(ProofTx(0, c_honest.hash(), honest.public, c, k, proof, bytes(64)), honest, cid)
+    p_copy = sign(ProofTx(0, c_copy.hash(), copier.public, c, k, proof, bytes(64)), copier, cid)
 
     def verify(pf: bytes, batch: EvalBatch, commitment: bytes, kk: int) -> bool:
         return bool(jobs.verify(str(art), pf, batch.encode(), commitment, kk)[0])
@@ -314,9 +322,10 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
     def evaluate(model: bytes, batch: EvalBatch) -> int:
         return int(jobs.evaluate(str(art), ARCH, model, batch.encode()))
 
-    ranking = rules.rank_proofs(cid, 0, [p_honest, p_copy])
-
-    def block_by(who: SigningKey, model: bytes) -> Block:
+    def block_by(who: SigningKey, model: bytes, with_copy: bool) -> Block:
+        commits = [c_honest, c_copy] if with_copy else [c_honest]
+        proofs = [p_honest, p_copy] if with_copy else [p_honest]
+        ranking = rules.rank_proofs(reveal.batch, proofs)
         rank = next(r.rank for r in ranking if r.participant == who.public)
         return sign(
             Block(
@@ -326,8 +335,8 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
                 who.public,
                 rank,
                 reveal,
-                tuple(sorted([c_honest, c_copy], key=lambda x: x.hash())),
-                tuple(sorted([p_honest, p_copy], key=lambda x: x.commit_id)),
+                tuple(sorted(commits, key=lambda x: x.hash())),
+                tuple(sorted(proofs, key=lambda x: x.commit_id)),
                 sha256(model),
                 bytes(64),
             ),
@@ -336,12 +345,39 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
         )
 
     parent = ParentInfo(cid, -1, 0)
+    with pytest.raises(InvalidError, match="does not open the commit's binding"):
+        rules.check_proof_tx(genesis, cid, reveal, c_copy, p_copy, verify)
+    # Even reusing the winner's own model blob, the copier's block carries its bad proof.
+    with pytest.raises(InvalidError, match="does not open the commit's binding"):
+        rules.check_block(
+            genesis,
+            cid,
+            parent,
+            block_by(copier, trained, True),
+            trained,
+            verify,
+            commitment_of,
+            evaluate,
+        )
     own = model_to_bytes(build_model(ARCH, 42))
     with pytest.raises(InvalidError, match="does not match the proposer's commitment"):
         rules.check_block(
-            genesis, cid, parent, block_by(copier, own), own, verify, commitment_of, evaluate
+            genesis, cid, parent, block_by(honest, own, False), own, verify, commitment_of, evaluate
         )
-    good = block_by(honest, trained)
+    good = block_by(honest, trained, False)
     assert (
         rules.check_block(genesis, cid, parent, good, trained, verify, commitment_of, evaluate) == k
     )
+
+
+def test_a_weight_beyond_the_protocol_bound_is_refused_not_wrapped(
+    art: Path, batches: list[EvalBatch]
+) -> None:
+    """int64 casts of huge floats differ between CPUs; nodes would disagree on C."""
+    net = build_model(ARCH, 8)
+    with torch.no_grad():
+        next(iter(net.parameters()))[0, 0] = 1e20
+    with pytest.raises(QuantError, match="exceeds"):
+        jobs.evaluate(str(art), ARCH, model_to_bytes(net), batches[0].encode())
+    with pytest.raises(QuantError, match="exceeds"):
+        jobs.commit(str(art), ARCH, model_to_bytes(net))

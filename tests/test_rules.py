@@ -119,7 +119,7 @@ def test_commit_with_tampered_signature_is_rejected(chain: Chain) -> None:
         rules.check_commit(chain.genesis, chain.cid, bad)
 
 
-@pytest.mark.parametrize("field", ["round", "parent", "commitment"])
+@pytest.mark.parametrize("field", ["round", "parent", "binding"])
 def test_commit_with_tampered_field_is_rejected(chain: Chain, field: str) -> None:
     tx = chain.commit(chain.participants[0], 1, chain.cid, b"m")
     value = getattr(tx, field)
@@ -194,9 +194,12 @@ def test_reveal_with_tampered_sealed_set_is_rejected(chain: Chain) -> None:
 # --- proofs ------------------------------------------------------------------------------
 
 
+MODELS = [bytes([i]) + b"model" for i in range(3)]
+
+
 def _round(chain: Chain, sealed_ids: list[int] | None = None):  # type: ignore[no-untyped-def]
     ps = chain.participants
-    commits = [chain.commit(p, 0, chain.cid, bytes([i]) + b"model") for i, p in enumerate(ps)]
+    commits = [chain.commit(p, 0, chain.cid, MODELS[i]) for i, p in enumerate(ps)]
     ids = [c.hash() for c in commits]
     sealed = ids if sealed_ids is None else [ids[i] for i in sealed_ids]
     reveal = chain.reveal(0, sealed)
@@ -205,20 +208,20 @@ def _round(chain: Chain, sealed_ids: list[int] | None = None):  # type: ignore[n
 
 def test_valid_proof_passes(chain: Chain) -> None:
     commits, reveal = _round(chain)
-    tx = chain.proof(chain.participants[1], commits[1], reveal.batch, 3)
+    tx = chain.proof(chain.participants[1], commits[1], reveal.batch, 3, MODELS[1])
     rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
 
 
 def test_proof_for_an_unsealed_commit_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain, sealed_ids=[0, 2])
-    tx = chain.proof(chain.participants[1], commits[1], reveal.batch, 3)
+    tx = chain.proof(chain.participants[1], commits[1], reveal.batch, 3, MODELS[1])
     with pytest.raises(InvalidError, match="not in the reveal's sealed set"):
         rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
 
 
 def test_proof_claiming_another_k_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain)
-    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
     inflated = sign(dataclasses.replace(tx, k=4), chain.participants[0], chain.cid)
     with pytest.raises(InvalidError, match="does not verify"):
         rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], inflated, hash_verify)
@@ -226,14 +229,14 @@ def test_proof_claiming_another_k_is_rejected(chain: Chain) -> None:
 
 def test_proof_against_another_participants_commit_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain)
-    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
     with pytest.raises(InvalidError, match="commit_id"):
         rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
 
 
 def test_copier_resigning_someone_elses_proof_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain)
-    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
     stolen = sign(
         dataclasses.replace(tx, participant=chain.participants[1].public),
         chain.participants[1],
@@ -245,14 +248,14 @@ def test_copier_resigning_someone_elses_proof_is_rejected(chain: Chain) -> None:
 
 def test_proof_with_k_above_batch_size_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain)
-    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 5)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 5, MODELS[0])
     with pytest.raises(InvalidError, match="exceeds the batch size"):
         rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], tx, hash_verify)
 
 
 def test_proof_with_tampered_signature_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain)
-    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
     bad = dataclasses.replace(tx, signature=_flip(tx.signature, 63))
     with pytest.raises(InvalidError, match="bad signature"):
         rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], bad, hash_verify)
@@ -268,24 +271,25 @@ def test_ranking_is_by_k_then_tiebreak_and_order_independent(
     chain = make_chain()
     commits, reveal = _round(chain)
     proofs = [
-        chain.proof(p, commits[i], reveal.batch, ks[i]) for i, p in enumerate(chain.participants)
+        chain.proof(p, commits[i], reveal.batch, ks[i], MODELS[i])
+        for i, p in enumerate(chain.participants)
     ]
-    a = rules.rank_proofs(chain.cid, 0, proofs)
-    b = rules.rank_proofs(chain.cid, 0, [proofs[i] for i in perm])
+    a = rules.rank_proofs(reveal.batch, proofs)
+    b = rules.rank_proofs(reveal.batch, [proofs[i] for i in perm])
     assert a == b
     assert [r.rank for r in a] == [1, 2, 3]
     for x, y in itertools.pairwise(a):
         assert x.k > y.k or (
             x.k == y.k
-            and rules.tiebreak_key(chain.cid, 0, x.participant)
-            < rules.tiebreak_key(chain.cid, 0, y.participant)
+            and rules.tiebreak_key(reveal.batch.hash(), x.participant)
+            < rules.tiebreak_key(reveal.batch.hash(), y.participant)
         )
 
 
 def test_tiebreak_rotates_between_rounds(chain: Chain) -> None:
     firsts = {
-        min(chain.participants, key=lambda p: rules.tiebreak_key(chain.cid, r, p.public)).public
-        for r in range(40)
+        min(chain.participants, key=lambda p: rules.tiebreak_key(b.hash(), p.public)).public
+        for b in chain.batches
     }
     assert len(firsts) > 1
 
@@ -324,46 +328,62 @@ def test_block_whose_model_blob_mismatches_its_hash_is_rejected(chain: Chain) ->
         _check(chain, block, _proposer_model(chain, block, models) + b"x")
 
 
-def test_copier_cannot_propose_with_a_model_that_does_not_match_its_commitment(
-    chain: Chain,
-) -> None:
-    """A copier gossips a copy of the best commitment C and re-signs the winner's proof.
+def test_copier_of_a_commit_cannot_open_it_under_its_own_key(chain: Chain) -> None:
+    """A copier re-signs the best participant's binding before the reveal (C itself is hidden).
 
-    Its copied proof verifies (the proof binds C, not the signer), so it may even rank
-    first, but it cannot reveal weights matching C: its block is invalid.
+    After the reveal it re-signs the winner's proof, disclosing the winner's C: the
+    binding includes the winner's key, so C does not open the copier's commit.
     """
     honest, copier = chain.participants[0], chain.participants[1]
     model = bytes([4]) + b"honest model"
     c_honest = chain.commit(honest, 0, chain.cid, model)
     c_copy = sign(dataclasses.replace(c_honest, participant=copier.public), copier, chain.cid)
     reveal = chain.reveal(0, [c_honest.hash(), c_copy.hash()])
-    p_honest = chain.proof(honest, c_honest, reveal.batch, 4)
+    p_honest = chain.proof(honest, c_honest, reveal.batch, 4, model)
     p_copy = sign(
         dataclasses.replace(p_honest, participant=copier.public, commit_id=c_copy.hash()),
         copier,
         chain.cid,
     )
-    rules.check_proof_tx(chain.genesis, chain.cid, reveal, c_copy, p_copy, hash_verify)
-    ranking = rules.rank_proofs(chain.cid, 0, [p_honest, p_copy])
-    own_model = bytes([4]) + b"copier's own model"
-    block = sign(
-        Block(
-            0,
-            chain.cid,
-            1,
-            copier.public,
-            next(r.rank for r in ranking if r.participant == copier.public),
-            reveal,
-            tuple(sorted([c_honest, c_copy], key=lambda c: c.hash())),
-            tuple(sorted([p_honest, p_copy], key=lambda p: p.commit_id)),
-            sha256(own_model),
-            bytes(64),
-        ),
-        copier,
+    rules.check_proof_tx(chain.genesis, chain.cid, reveal, c_honest, p_honest, hash_verify)
+    with pytest.raises(InvalidError, match="does not open the commit's binding"):
+        rules.check_proof_tx(chain.genesis, chain.cid, reveal, c_copy, p_copy, hash_verify)
+
+
+def test_copier_cannot_propose_with_a_model_that_does_not_match_its_commitment(
+    chain: Chain,
+) -> None:
+    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    winner = chain.participants.index(chain.key_of(block.proposer))
+    other = next(i for i in range(3) if i != winner)
+    forged = sign(
+        dataclasses.replace(block, model_hash=sha256(models[other])),
+        chain.key_of(block.proposer),
         chain.cid,
     )
     with pytest.raises(InvalidError, match="does not match the proposer's commitment"):
-        _check(chain, block, own_model)
+        _check(chain, forged, models[other])
+
+
+def test_proof_of_another_length_is_rejected(chain: Chain) -> None:
+    commits, reveal = _round(chain)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
+    padded = sign(
+        dataclasses.replace(tx, proof=tx.proof + b"\x00"), chain.participants[0], chain.cid
+    )
+    with pytest.raises(InvalidError, match="proofs are 32"):
+        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], padded, hash_verify)
+
+
+def test_a_verifier_that_raises_is_a_rejection_not_a_crash(chain: Chain) -> None:
+    commits, reveal = _round(chain)
+    tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
+
+    def broken(*args: object) -> bool:
+        raise IndexError("label out of range")
+
+    with pytest.raises(InvalidError, match="IndexError"):
+        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], tx, broken)
 
 
 def test_block_whose_model_scores_differently_in_the_clear_is_rejected(chain: Chain) -> None:
