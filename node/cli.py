@@ -18,17 +18,42 @@ from pathlib import Path
 from consensus import rules
 from consensus.errors import ConsensusError
 from consensus.types import Genesis
+from node.client import add_client_commands
 from storage import ChainStore, StoreError
 
 
-def _cmd_testnet(args: argparse.Namespace) -> int:
-    print(
-        "zkpot: the live local testnet is not built yet (it arrives with the node daemon).\n"
-        "What works today: `zkpot genesis check FILE` and `zkpot store check DIR`;\n"
-        "`make test` runs the protocol, encoding and storage test suite.",
-        file=sys.stderr,
+def _cmd_node_start(args: argparse.Namespace) -> int:
+    from node.daemon import start
+
+    return start(args.home, args.bootstrap)
+
+
+def _cmd_testnet_init(args: argparse.Namespace) -> int:
+    from node.testnet import TestnetSpec, init
+
+    spec = TestnetSpec(
+        nodes=args.nodes,
+        participants=args.participants,
+        task=args.task,
+        round_seconds=args.round_seconds,
+        eval_batch=args.eval_batch,
+        rounds=args.rounds,
+        logrows=args.logrows,
+        start_delay_s=args.start_delay,
+        p2p_base_port=args.p2p_port,
+        api_base_port=args.api_port,
     )
-    return 2
+    try:
+        summary = init(Path(args.out), spec)
+    except (ValueError, OSError) as exc:
+        print(f"zkpot: testnet init failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:<14} {value}")
+    return 0
 
 
 def _cmd_genesis_check(args: argparse.Namespace) -> int:
@@ -143,13 +168,68 @@ def _cmd_circuit_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_testnet_up(args: argparse.Namespace) -> int:
+    from node.testnet import up
+
+    try:
+        return up(Path(args.dir), args.rounds, timeout_s=args.timeout)
+    except (ValueError, OSError) as exc:
+        print(f"zkpot: testnet up failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("zkpot: interrupted; nodes stopped", file=sys.stderr)
+        return 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zkpot", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"zkpot {version('zkpot')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("testnet", help="run a local testnet (not built yet)")
-    p.set_defaults(func=_cmd_testnet)
+    node = sub.add_parser("node", help="run a node").add_subparsers(dest="sub", required=True)
+    p = node.add_parser("start", help="run a node in the foreground until SIGINT/SIGTERM")
+    p.add_argument("--home", required=True, help="the node's home directory")
+    p.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="extra peer to dial (repeatable)",
+    )
+    p.set_defaults(func=_cmd_node_start)
+
+    testnet = sub.add_parser("testnet", help="a local testnet").add_subparsers(
+        dest="sub", required=True
+    )
+    p = testnet.add_parser("init", help="write every node's home for a local testnet")
+    p.add_argument(
+        "--out", required=True, help="directory for the node homes (must be new or empty)"
+    )
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--participants", type=int, default=3)
+    p.add_argument("--task", default="digits-mlp")
+    p.add_argument("--round-seconds", type=int, default=60)
+    p.add_argument("--eval-batch", type=int, default=16)
+    p.add_argument(
+        "--rounds", type=int, default=40, help="held-out batches, i.e. rounds the chain can run"
+    )
+    p.add_argument("--logrows", type=int, default=14)
+    p.add_argument(
+        "--start-delay", type=int, default=45, help="seconds from now until round 0 starts"
+    )
+    p.add_argument(
+        "--p2p-port", type=int, default=27100, help="first node's p2p port (others follow)"
+    )
+    p.add_argument(
+        "--api-port", type=int, default=8645, help="first node's API port (others follow)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_testnet_init)
+    p = testnet.add_parser("up", help="run every node of DIR until R blocks are final everywhere")
+    p.add_argument("dir")
+    p.add_argument("--rounds", type=int, default=5, help="stop after this many final blocks")
+    p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
+    p.set_defaults(func=_cmd_testnet_up)
 
     genesis = sub.add_parser("genesis", help="genesis files").add_subparsers(
         dest="sub", required=True
@@ -182,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = store.add_parser("check", help="check a chain store's consistency (node must be stopped)")
     p.add_argument("dir")
     p.set_defaults(func=_cmd_store_check)
+
+    # status, chain, peers, model: inspect a running node through its HTTP API.
+    add_client_commands(sub)
     return parser
 
 

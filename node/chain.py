@@ -1,0 +1,219 @@
+"""The node's chain: the store, fork choice and complete block validation.
+
+Validation needs the prover (zk verification, the commitment of a revealed model,
+its plain re-evaluation), which runs in worker processes; this module gathers those
+answers asynchronously first, then hands them to the pure `consensus.rules.check_block`
+as lookups, so the rule itself stays a function of values.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from consensus import rules
+from consensus.crypto import sha256
+from consensus.errors import ConsensusError, ForkChoiceError, InvalidError
+from consensus.forkchoice import ForkChoice
+from consensus.rules import ParentInfo
+from consensus.types import Block, EvalBatch, Genesis, chain_id
+from prover.worker import WorkerError, WorkerPool
+from storage import BlockMeta, ChainStore
+
+log = logging.getLogger("zkpot.chain")
+
+
+@dataclass(frozen=True)
+class Applied:
+    block_hash: bytes
+    height: int
+    head_changed: bool
+    reorg: bool
+
+
+class ProofChecker:
+    """zk verification in the pool, with verdicts cached by (proof, batch, C, k)."""
+
+    def __init__(self, pool: WorkerPool, artifacts: Path, timeout_s: float) -> None:
+        self.pool = pool
+        self.artifacts = artifacts
+        self.timeout_s = timeout_s
+        self._cache: dict[bytes, tuple[bool, str]] = {}
+
+    @staticmethod
+    def _key(proof: bytes, batch: EvalBatch, commitment: bytes, k: int) -> bytes:
+        return sha256(sha256(proof) + batch.hash() + sha256(commitment) + k.to_bytes(4, "big"))
+
+    def known(self, proof: bytes, batch: EvalBatch, commitment: bytes, k: int) -> bool | None:
+        v = self._cache.get(self._key(proof, batch, commitment, k))
+        return None if v is None else v[0]
+
+    async def check(
+        self, proof: bytes, batch: EvalBatch, commitment: bytes, k: int
+    ) -> tuple[bool, str]:
+        key = self._key(proof, batch, commitment, k)
+        if key in self._cache:
+            return self._cache[key]
+        try:
+            ok, reason = await self.pool.run(
+                "verify",
+                str(self.artifacts),
+                proof,
+                batch.encode(),
+                commitment,
+                k,
+                timeout=self.timeout_s,
+            )
+        except WorkerError as exc:
+            return False, f"verification did not complete: {exc}"  # not cached: may be transient
+        self._cache[key] = (bool(ok), str(reason))
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        return bool(ok), str(reason)
+
+
+class Chain:
+    def __init__(self, store: ChainStore, genesis: Genesis, initial_model: bytes) -> None:
+        self.store = store
+        self.genesis = genesis
+        self.cid = chain_id(genesis)
+        if sha256(initial_model) != genesis.initial_model_hash:
+            raise ValueError("initial model does not match the genesis initial_model_hash")
+        store.init_genesis(self.cid, genesis.encode())
+        store.put_blob(initial_model)
+        self.forks = ForkChoice(self.cid, genesis.finality_depth)
+        metas = sorted(store.iter_blocks(), key=lambda hm: hm[1].height)
+        for h, meta in metas:
+            if h == self.cid:
+                continue
+            parent = store.get_meta(meta.parent)
+            assert parent is not None
+            try:
+                self.forks.on_block(h, meta.parent, meta.score - parent.score)
+            except ForkChoiceError as exc:
+                log.info("stored block %s stays off fork choice: %s", h.hex()[:16], exc)
+        # The store's finality survives restarts even if replay order differs.
+        self._lock = trio.Lock()
+
+    # ---------------------------------------------------------------- reading
+
+    @property
+    def head(self) -> bytes:
+        return self.forks.head
+
+    def head_height(self) -> int:
+        return self.forks.node(self.forks.head).height
+
+    def has(self, block_hash: bytes) -> bool:
+        return block_hash in self.forks or self.store.has_block(block_hash)
+
+    def block(self, block_hash: bytes) -> Block | None:
+        raw = self.store.get_block(block_hash)
+        if raw is None or block_hash == self.cid:
+            return None
+        return Block.decode(raw)
+
+    def parent_info(self, block_hash: bytes) -> ParentInfo | None:
+        if block_hash == self.cid:
+            return ParentInfo(self.cid, -1, 0)
+        b = self.block(block_hash)
+        meta = self.store.get_meta(block_hash)
+        if b is None or meta is None:
+            return None
+        return ParentInfo(block_hash, b.round, meta.height)
+
+    def model_of(self, block_hash: bytes) -> bytes:
+        """The global model a block carries (the genesis's initial model for the genesis)."""
+        if block_hash == self.cid:
+            want = self.genesis.initial_model_hash
+        else:
+            block = self.block(block_hash)
+            if block is None:
+                raise LookupError(f"block {block_hash.hex()} is not stored")
+            want = block.model_hash
+        blob = self.store.get_blob(want)
+        if blob is None:
+            raise LookupError(f"model blob {want.hex()} is missing from the store")
+        return blob
+
+    # ---------------------------------------------------------------- validation
+
+    async def validate(
+        self, block: Block, model: bytes, checker: ProofChecker, pool: WorkerPool, timeout_s: float
+    ) -> int:
+        """Complete validation; returns the proposer's score or raises InvalidError."""
+        parent = self.parent_info(block.parent)
+        if parent is None:
+            raise InvalidError("Block: parent is unknown")
+        rules.check_block_header(self.genesis, self.cid, parent, block)
+        verdicts: dict[tuple[bytes, bytes, int], bool] = {}
+
+        async def verify_one(proof: bytes, commitment: bytes, k: int) -> None:
+            ok, _ = await checker.check(proof, block.reveal.batch, commitment, k)
+            verdicts[(proof, commitment, k)] = ok
+
+        arch = self.genesis.task.architecture
+        artifacts = str(checker.artifacts)
+        extra: dict[str, object] = {}
+
+        async def commitment_job() -> None:
+            extra["C"] = await pool.run("commit", artifacts, arch, model, timeout=timeout_s)
+
+        async def evaluate_job() -> None:
+            extra["k"] = await pool.run(
+                "evaluate", artifacts, arch, model, block.reveal.batch.encode(), timeout=timeout_s
+            )
+
+        if sha256(model) != block.model_hash:
+            raise InvalidError("Block: the model blob does not match model_hash")
+        try:
+            async with trio.open_nursery() as nursery:
+                for p in block.proofs:
+                    nursery.start_soon(verify_one, p.proof, p.commitment, p.k)
+                nursery.start_soon(commitment_job)
+                nursery.start_soon(evaluate_job)
+        except WorkerError as exc:
+            raise InvalidError(f"Block: the revealed model cannot be evaluated: {exc}") from None
+
+        return rules.check_block(
+            self.genesis,
+            self.cid,
+            parent,
+            block,
+            model,
+            lambda proof, batch, c, k: verdicts.get((proof, c, k), False),
+            lambda m: extra["C"],  # type: ignore[arg-type,return-value]
+            lambda m, b: extra["k"],  # type: ignore[arg-type,return-value]
+        )
+
+    # ---------------------------------------------------------------- applying
+
+    async def apply(self, block: Block, raw: bytes, model: bytes, score: int) -> Applied:
+        """Store a validated block and its model, run fork choice, persist head and finality."""
+        async with self._lock:
+            h = sha256(raw)
+            if h in self.forks:
+                return Applied(h, self.forks.node(h).height, False, False)
+            old_head = self.forks.head
+            node = self.forks.on_block(h, block.parent, score)  # raises ForkChoiceError
+            self.store.put_blob(model)
+            parent_meta = self.store.get_meta(block.parent)
+            assert parent_meta is not None
+            head_changed = self.forks.head != old_head
+            self.store.put_block(
+                h, raw, BlockMeta(block.parent, node.height, node.score), new_head=head_changed
+            )
+            reorg = head_changed and block.parent != old_head
+            if self.store.finalized() != self.forks.finalized:
+                self.store.set_finalized(self.forks.finalized)
+            return Applied(h, node.height, head_changed, reorg)
+
+
+def safe_decode_block(raw: bytes) -> Block | None:
+    try:
+        return Block.decode(raw)
+    except ConsensusError:
+        return None

@@ -1,0 +1,535 @@
+"""The ZKPoT round loop and the handlers of gossip and sync: the node's behaviour.
+
+Per round r (consensus.schedule): participants train from the head's model and
+gossip a commit before the commit deadline; the publisher reveals batch r and the
+sealed commits at the deadline; sealed participants prove and gossip proof txs;
+every node verifies them; from the proof deadline the rank-i participant proposes
+at its fallback time if no valid block for its parent has arrived. Blocks are
+validated completely (Chain.validate) before fork choice sees them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from libp2p.peer.id import ID
+
+from consensus import rules, schedule
+from consensus.crypto import SigningKey, sha256
+from consensus.errors import ConsensusError, ForkChoiceError, InvalidError
+from consensus.merkle import merkle_proof
+from consensus.rules import sign
+from consensus.types import Block, CommitTx, EvalBatch, ProofTx, Reveal
+from node.chain import Chain, ProofChecker
+from node.roundlog import ProofSeen, RoundLog
+from p2p import BlockAnnounce, P2PHost, SyncClient, SyncError, TopicKind, Verdict
+from p2p.gossip import GossipItem
+from p2p.host import public_key_of
+from prover.train import fresh_seed
+from prover.worker import WorkerError, WorkerPool
+
+log = logging.getLogger("zkpot.node")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class RoundState:
+    commits: dict[bytes, CommitTx] = field(default_factory=dict)
+    received_ms: dict[bytes, int] = field(default_factory=dict)
+    reveal: Reveal | None = None
+    revealed: trio.Event = field(default_factory=trio.Event)
+    proofs: dict[bytes, ProofTx] = field(default_factory=dict)  # commit id -> valid proof
+    mine: tuple[bytes, CommitTx, bytes] | None = None  # (weights, commit, C)
+    my_proof: ProofTx | None = None
+    blocks: set[bytes] = field(default_factory=set)  # parents that got a valid block this round
+
+
+@dataclass
+class Roles:
+    participant: bool
+    publisher: bool
+
+    @property
+    def name(self) -> str:
+        parts = [
+            n for n, on in (("participant", self.participant), ("publisher", self.publisher)) if on
+        ]
+        return "+".join(parts) or "observer"
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        key: SigningKey,
+        chain: Chain,
+        host: P2PHost,
+        prover: WorkerPool,
+        verifier: WorkerPool,
+        artifacts: Path,
+        roundlog: RoundLog,
+        shard: bytes | None,
+        dataset_path: str | None,
+        batches: list[EvalBatch] | None,
+        verify_timeout_s: float,
+        prove_timeout_s: float,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.key = key
+        self.chain = chain
+        self.genesis = chain.genesis
+        self.cid = chain.cid
+        self.host = host
+        self.prover = prover
+        self.verifier = verifier
+        self.artifacts = artifacts
+        self.roundlog = roundlog
+        self.shard = shard
+        self.dataset_path = dataset_path or None
+        self.batches = batches
+        self.verify_timeout_s = verify_timeout_s
+        self.prove_timeout_s = prove_timeout_s
+        self.clock = clock
+        self.roles = Roles(
+            key.public in self.genesis.participants, key.public == self.genesis.publisher
+        )
+        if self.roles.participant and shard is None:
+            raise ValueError("a participant needs its training shard")
+        if self.roles.publisher and not batches:
+            raise ValueError("the publisher needs the held-out batches")
+        self.checker = ProofChecker(verifier, artifacts, verify_timeout_s)
+        self.sync = SyncClient(host)
+        self.rounds: dict[int, RoundState] = {}
+        self._sync_wanted = trio.Event()
+        host.gossip.set_validator(TopicKind.ROUND, self._validate_round_msg)
+        host.gossip.set_validator(TopicKind.BLOCKS, self._validate_block_msg)
+
+    # ------------------------------------------------------------------ state
+
+    def state(self, rnd: int) -> RoundState:
+        st = self.rounds.get(rnd)
+        if st is None:
+            st = self.rounds[rnd] = RoundState()
+            for old in [r for r in self.rounds if r < rnd - 8]:
+                del self.rounds[old]
+        return st
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drain_inbox)
+            nursery.start_soon(self._sync_loop)
+            await self._round_loop()
+            nursery.cancel_scope.cancel()
+
+    async def _sleep_until(self, t_ms: int) -> None:
+        delay = (t_ms - self.clock()) / 1000
+        if delay > 0:
+            await trio.sleep(delay)
+
+    async def _round_loop(self) -> None:
+        g = self.genesis
+        await self._sleep_until(g.timing.genesis_ms)
+        while True:
+            rnd = schedule.round_at(g, self.clock())
+            assert rnd is not None
+            if not schedule.round_exists(g, rnd):
+                log.info(
+                    "evaluation plan exhausted after %d rounds; following only",
+                    g.eval_plan.num_batches,
+                )
+                await trio.sleep_forever()
+            # Joining mid-round: take part only if the commit deadline is still ahead.
+            if self.clock() < schedule.commit_deadline(g, rnd) - 1:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._play_round, rnd)
+                    await self._sleep_until(schedule.round_start(g, rnd + 1))
+                    nursery.cancel_scope.cancel()
+            else:
+                await self._sleep_until(schedule.round_start(g, rnd + 1))
+
+    async def _play_round(self, rnd: int) -> None:
+        async with trio.open_nursery() as nursery:
+            if self.roles.participant:
+                nursery.start_soon(self._participate, rnd)
+            if self.roles.publisher:
+                nursery.start_soon(self._publish_reveal, rnd)
+
+    # ------------------------------------------------------------------ participant
+
+    async def _participate(self, rnd: int) -> None:
+        g = self.genesis
+        st = self.state(rnd)
+        rec = self.roundlog.record(rnd)
+        parent = self.chain.head
+        deadline = schedule.commit_deadline(g, rnd)
+        try:
+            with trio.fail_after(max(0.0, (deadline - self.clock()) / 1000)):
+                weights = await self.prover.run(
+                    "train",
+                    g.task.architecture,
+                    self.chain.model_of(parent),
+                    g.task.dataset,
+                    self.dataset_path,
+                    self.shard,
+                    g.task.local_epochs,
+                    g.task.train_batch_size,
+                    g.task.learning_rate_ppm,
+                    fresh_seed(),
+                    timeout=self.prove_timeout_s,
+                )
+                c = await self.prover.run(
+                    "commit",
+                    str(self.artifacts),
+                    g.task.architecture,
+                    weights,
+                    timeout=self.prove_timeout_s,
+                )
+        except trio.TooSlowError:
+            rec.notes.append("missed the commit deadline: skipping this round")
+            log.warning("round %d: training and commitment missed the deadline; skipping", rnd)
+            return
+        except WorkerError as exc:
+            rec.notes.append(f"training failed: {exc}")
+            log.error("round %d: training failed: %s", rnd, exc)
+            return
+        binding = rules.commit_binding(self.cid, self.key.public, rnd, parent, c)
+        commit = sign(
+            CommitTx(rnd, parent, self.key.public, binding, bytes(64)), self.key, self.cid
+        )
+        st.mine = (weights, commit, c)
+        self._record_commit(rnd, commit)
+        await self._publish(commit)
+        log.info(
+            "round %d: committed %s on parent %s", rnd, commit.hash().hex()[:12], parent.hex()[:12]
+        )
+        # Prove once the batch is revealed, then propose at our rank's time.
+        with trio.move_on_after(max(0.0, (schedule.proof_deadline(g, rnd) - self.clock()) / 1000)):
+            await st.revealed.wait()
+        if st.reveal is None:
+            rec.notes.append("no reveal before the proof deadline")
+            return
+        if commit.hash() not in st.reveal.sealed:
+            rec.notes.append("our commit was not sealed by the publisher")
+            log.warning("round %d: our commit was not sealed", rnd)
+            return
+        try:
+            with trio.fail_after(max(0.0, (schedule.proof_deadline(g, rnd) - self.clock()) / 1000)):
+                k, proof = await self.prover.run(
+                    "prove",
+                    str(self.artifacts),
+                    g.task.architecture,
+                    weights,
+                    st.reveal.batch.encode(),
+                    timeout=self.prove_timeout_s,
+                )
+        except (trio.TooSlowError, WorkerError) as exc:
+            rec.notes.append(f"proving failed or was late: {exc!r}")
+            log.warning("round %d: proving failed or missed the deadline: %r", rnd, exc)
+            return
+        tx = sign(
+            ProofTx(rnd, commit.hash(), self.key.public, c, k, proof, bytes(64)), self.key, self.cid
+        )
+        st.my_proof = tx
+        st.proofs[commit.hash()] = tx
+        rec.proofs[commit.hash()] = ProofSeen(self.key.public, commit.hash(), k, True)
+        await self._publish(tx)
+        log.info("round %d: proved k=%d", rnd, k)
+        await self._propose_when_due(rnd)
+
+    def _ranking(self, rnd: int, parent: bytes) -> list[rules.Ranked]:
+        st = self.state(rnd)
+        proofs = [
+            p
+            for cid, p in st.proofs.items()
+            if cid in st.commits and st.commits[cid].parent == parent
+        ]
+        assert st.reveal is not None
+        return rules.rank_proofs(st.reveal.batch, proofs)
+
+    async def _propose_when_due(self, rnd: int) -> None:
+        g = self.genesis
+        st = self.state(rnd)
+        assert st.mine is not None and st.my_proof is not None and st.reveal is not None
+        weights, commit, _ = st.mine
+        parent = commit.parent
+        for rank in range(1, g.timing.max_rank + 1):
+            await self._sleep_until(schedule.proposal_time(g, rnd, rank))
+            if parent in st.blocks:
+                return  # a valid block for this round and parent arrived
+            ranking = self._ranking(rnd, parent)
+            self.roundlog.record(rnd).ranking = [(r.rank, r.participant, r.k) for r in ranking]
+            mine = next((r for r in ranking if r.participant == self.key.public), None)
+            if mine is None or mine.k < 1:
+                return
+            if mine.rank == rank:
+                await self._propose(rnd, rank, ranking, weights)
+                return
+
+    async def _propose(
+        self, rnd: int, rank: int, ranking: list[rules.Ranked], weights: bytes
+    ) -> None:
+        st = self.state(rnd)
+        assert st.reveal is not None and st.mine is not None
+        parent = st.mine[1].parent
+        pinfo = self.chain.parent_info(parent)
+        if pinfo is None:
+            return
+        ids = sorted(r.commit_id for r in ranking)
+        block = Block(
+            rnd,
+            parent,
+            pinfo.height + 1,
+            self.key.public,
+            rank,
+            st.reveal,
+            tuple(st.commits[i] for i in ids),
+            tuple(st.proofs[i] for i in ids),
+            sha256(weights),
+            bytes(64),
+        )
+        block = sign(block, self.key, self.cid)
+        raw = block.encode()
+        try:
+            score = await self.chain.validate(
+                block, weights, self.checker, self.verifier, self.verify_timeout_s
+            )
+            applied = await self.chain.apply(block, raw, weights, score)
+        except (InvalidError, ForkChoiceError) as exc:
+            log.error("round %d: our own block is invalid, not proposing: %s", rnd, exc)
+            return
+        st.blocks.add(parent)
+        self._record_block(rnd, block, applied.block_hash)
+        log.info(
+            "round %d: proposed block %s at height %d (rank %d)",
+            rnd,
+            applied.block_hash.hex()[:12],
+            applied.height,
+            rank,
+        )
+        await self._publish(block)
+
+    # ------------------------------------------------------------------ publisher
+
+    async def _publish_reveal(self, rnd: int) -> None:
+        g = self.genesis
+        assert self.batches is not None
+        deadline = schedule.commit_deadline(g, rnd)
+        await self._sleep_until(deadline)
+        st = self.state(rnd)
+        first: dict[bytes, bytes] = {}
+        for cid, c in sorted(st.commits.items(), key=lambda kv: st.received_ms[kv[0]]):
+            if st.received_ms[cid] <= deadline and c.participant not in first:
+                first[c.participant] = cid
+        leaves = [b.hash() for b in self.batches]
+        reveal = Reveal(
+            rnd,
+            self.batches[rnd],
+            tuple(merkle_proof(leaves, rnd)),
+            tuple(sorted(first.values())),
+            bytes(64),
+        )
+        reveal = sign(reveal, self.key, self.cid)
+        self._on_reveal(reveal)
+        await self._publish(reveal)
+        log.info("round %d: revealed batch %d sealing %d commits", rnd, rnd, len(first))
+
+    # ------------------------------------------------------------------ gossip in
+
+    async def _publish(self, item: CommitTx | Reveal | ProofTx | Block) -> None:
+        try:
+            await self.host.gossip.publish(item)
+        except Exception as exc:  # no peers yet, or backpressure timed out
+            log.warning("could not gossip %s: %s", item.NAME, exc)
+
+    def _record_commit(self, rnd: int, c: CommitTx) -> None:
+        st = self.state(rnd)
+        cid = c.hash()
+        if cid not in st.commits:
+            st.commits[cid] = c
+            st.received_ms[cid] = self.clock()
+            self.roundlog.record(rnd).commits[cid] = c.participant
+
+    def _on_reveal(self, reveal: Reveal) -> None:
+        st = self.state(reveal.round)
+        if st.reveal is None:
+            st.reveal = reveal
+            rec = self.roundlog.record(reveal.round)
+            rec.revealed, rec.sealed, rec.batch_index = True, reveal.sealed, reveal.batch.index
+            st.revealed.set()
+
+    def _record_block(self, rnd: int, block: Block, h: bytes) -> None:
+        rec = self.roundlog.record(rnd)
+        if self.chain.head == h or rec.block is None:
+            rec.block, rec.proposer = h, block.proposer
+
+    async def _validate_round_msg(self, item: GossipItem, forwarder: ID) -> Verdict:
+        try:
+            if isinstance(item, CommitTx):
+                rules.check_commit(self.genesis, self.cid, item)
+                if not self.chain.has(item.parent):
+                    return Verdict.IGNORE
+                self._record_commit(item.round, item)
+                return Verdict.ACCEPT
+            if isinstance(item, Reveal):
+                rules.check_reveal(self.genesis, self.cid, item)
+                first = self.state(item.round).reveal
+                if first is not None and first != item:
+                    log.warning(
+                        "publisher equivocation: a second, different reveal for round %d",
+                        item.round,
+                    )
+                    self.roundlog.record(item.round).notes.append(
+                        "publisher equivocated: second reveal refused"
+                    )
+                    return Verdict.REJECT
+                self._on_reveal(item)
+                return Verdict.ACCEPT
+            if isinstance(item, ProofTx):
+                st = self.state(item.round)
+                commit = st.commits.get(item.commit_id)
+                if st.reveal is None or commit is None:
+                    return Verdict.IGNORE
+                rec = self.roundlog.record(item.round)
+                rec.proofs[item.commit_id] = ProofSeen(
+                    item.participant, item.commit_id, item.k, None
+                )
+                # Cheap checks first (the verifier stub passes), then the zk verification.
+                rules.check_proof_tx(
+                    self.genesis, self.cid, st.reveal, commit, item, lambda *a: True
+                )
+                ok, reason = await self.checker.check(
+                    item.proof, st.reveal.batch, item.commitment, item.k
+                )
+                if not ok:
+                    raise InvalidError(f"ProofTx: {reason}")
+                st.proofs[item.commit_id] = item
+                rec.proofs[item.commit_id].valid = True
+                return Verdict.ACCEPT
+            return Verdict.REJECT
+        except InvalidError as exc:
+            if isinstance(item, ProofTx):
+                seen = self.roundlog.record(item.round).proofs.get(item.commit_id)
+                if seen is not None:
+                    seen.valid, seen.reason = False, str(exc)
+            log.info("rejected %s from %s: %s", type(item).__name__, forwarder, exc)
+            return Verdict.REJECT
+
+    async def _validate_block_msg(self, item: GossipItem, forwarder: ID) -> Verdict:
+        if isinstance(item, BlockAnnounce):
+            return Verdict.IGNORE  # blocks above the inline limit come by sync
+        if not isinstance(item, Block):
+            return Verdict.REJECT
+        raw = item.encode()
+        h = sha256(raw)
+        if self.chain.has(h):
+            return Verdict.IGNORE
+        if not self.chain.has(item.parent):
+            self._sync_wanted.set()
+            return Verdict.IGNORE
+        try:
+            pinfo = self.chain.parent_info(item.parent)
+            assert pinfo is not None
+            rules.check_block_header(self.genesis, self.cid, pinfo, item)
+            model = await self._fetch_blob(
+                item.model_hash, [forwarder, *self._peers_with_pubkey(item.proposer)]
+            )
+            ok = await self._validate_and_apply(item, raw, model)
+        except InvalidError as exc:
+            log.info("rejected block %s from %s: %s", h.hex()[:12], forwarder, exc)
+            return Verdict.REJECT
+        except SyncError as exc:
+            log.info("block %s: model not available yet: %s", h.hex()[:12], exc)
+            return Verdict.IGNORE
+        return Verdict.ACCEPT if ok else Verdict.IGNORE
+
+    def _peers_with_pubkey(self, pub: bytes) -> list[ID]:
+        return [p for p in self.host.connected_peers() if public_key_of(p) == pub]
+
+    async def _fetch_blob(self, blob_hash: bytes, peers: list[ID]) -> bytes:
+        blob = self.chain.store.get_blob(blob_hash)
+        if blob is not None:
+            return blob
+        peers = list(dict.fromkeys([*peers, *self.host.connected_peers()]))
+        return await self.sync.content_from_any(peers, blob_hash)
+
+    async def _validate_and_apply(self, block: Block, raw: bytes, model: bytes) -> bool:
+        score = await self.chain.validate(
+            block, model, self.checker, self.verifier, self.verify_timeout_s
+        )
+        try:
+            applied = await self.chain.apply(block, raw, model, score)
+        except ForkChoiceError as exc:
+            log.info("block not taken by fork choice: %s", exc)
+            return False
+        st = self.state(block.round)
+        st.blocks.add(block.parent)
+        for p in block.proofs:
+            st.proofs.setdefault(p.commit_id, p)
+        for c in block.commits:
+            self._record_commit(block.round, c)
+        self._record_block(block.round, block, applied.block_hash)
+        log.info(
+            "round %d: block %s at height %d by %s (k=%d)%s",
+            block.round,
+            applied.block_hash.hex()[:12],
+            applied.height,
+            block.proposer.hex()[:8],
+            score,
+            " -> new head" if applied.head_changed else "",
+        )
+        return True
+
+    async def _drain_inbox(self) -> None:
+        # Validators already acted on every accepted message; the inbox only needs draining.
+        async for _ in self.host.gossip.inbox:
+            pass
+
+    # ------------------------------------------------------------------ sync
+
+    async def _sync_loop(self) -> None:
+        while True:
+            with trio.move_on_after(3):
+                await self._sync_wanted.wait()
+            self._sync_wanted = trio.Event()
+            for peer in list(self.host.connected_peers()):
+                try:
+                    await self._sync_from(peer)
+                except (SyncError, ConsensusError, WorkerError) as exc:
+                    log.info("sync from %s failed: %s", peer, exc)
+
+    async def _sync_from(self, peer: ID) -> None:
+        status = await self.sync.status(peer)
+        my_score = self.chain.forks.node(self.chain.head).score
+        if status.score <= my_score or self.chain.has(status.head):
+            return
+        start = self.chain.forks.node(self.chain.forks.finalized).height + 1
+        while start <= status.height:
+            entries = await self.sync.blocks(peer, start, min(64, status.height - start + 1))
+            if not entries:
+                return
+            for e in entries:
+                raw = e.raw or await self.sync.content(peer, e.block_hash)
+                if sha256(raw) != e.block_hash:
+                    self.host.penalise(peer, 50.0, "sync block does not match its hash")
+                    return
+                if self.chain.has(e.block_hash):
+                    continue
+                block = Block.decode(raw)
+                model = await self._fetch_blob(block.model_hash, [peer])
+                try:
+                    if not await self._validate_and_apply(block, raw, model):
+                        return
+                except InvalidError as exc:
+                    self.host.penalise(peer, 50.0, f"served an invalid block: {exc}")
+                    return
+            start = entries[-1].height + 1

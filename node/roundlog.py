@@ -1,0 +1,56 @@
+"""What a node saw of each round, for inspection (`/rounds/{r}`): not consensus state.
+
+The round loop records commits, the reveal, proofs with their verdicts, the
+ranking and the winning block as they happen; the API reads it. Bounded: only
+the most recent `keep` rounds are held.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ProofSeen:
+    participant: bytes
+    commit_id: bytes
+    k: int
+    valid: bool | None = None  # None: not verified yet
+    reason: str = ""
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    commits: dict[bytes, bytes] = field(default_factory=dict)  # commit id -> participant
+    revealed: bool = False
+    sealed: tuple[bytes, ...] = ()
+    batch_index: int | None = None
+    proofs: dict[bytes, ProofSeen] = field(default_factory=dict)  # commit id -> proof
+    ranking: list[tuple[int, bytes, int]] = field(default_factory=list)  # (rank, participant, k)
+    block: bytes | None = None  # hash of the block adopted for this round
+    proposer: bytes | None = None
+    accuracy_ppm: int | None = None  # new global model on the public test split (reporting only)
+    notes: list[str] = field(default_factory=list)
+
+
+class RoundLog:
+    def __init__(self, keep: int = 256) -> None:
+        self.keep = keep
+        self._rounds: OrderedDict[int, RoundRecord] = OrderedDict()
+
+    def get(self, rnd: int) -> RoundRecord | None:
+        return self._rounds.get(rnd)
+
+    def record(self, rnd: int) -> RoundRecord:
+        """The record of round `rnd`, created on first use; old rounds fall off."""
+        rec = self._rounds.get(rnd)
+        if rec is None:
+            rec = self._rounds[rnd] = RoundRecord(rnd)
+            while len(self._rounds) > self.keep:
+                self._rounds.popitem(last=False)
+        return rec
+
+    def rounds(self) -> list[int]:
+        return list(self._rounds)

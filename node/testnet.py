@@ -1,0 +1,302 @@
+"""A local testnet: `zkpot testnet init` writes every node's home, `up` runs them.
+
+init: keys, the dataset split (a secret seed: only the publisher's home holds the
+held-out batches; everyone else knows their Merkle root from the genesis), the
+participants' shards, the circuit artifacts and SRS (test-only), and the genesis.
+Node 0 is the publisher (and observes); nodes 1..K are participants; any further
+nodes are observers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from consensus.crypto import SigningKey, sha256
+from consensus.merkle import merkle_root
+from consensus.rules import check_genesis
+from consensus.types import CircuitSpec, EvalPlan, Genesis, Task, Timing, chain_id
+from node.home import Home, NodeConfig
+from p2p import peer_id_from_seed
+from prover import circuit
+from prover.data import load_dataset, partition, split
+from prover.jobs import make_eval_batch
+from prover.models import get_arch
+from prover.train import fresh_seed
+from prover.worker import worker_pool
+
+P2P_BASE_PORT = 27100
+API_BASE_PORT = 8645
+
+
+@dataclass(frozen=True)
+class TestnetSpec:
+    nodes: int = 4
+    participants: int = 3
+    task: str = "digits-mlp"
+    round_seconds: int = 60
+    eval_batch: int = 16
+    rounds: int = 40
+    logrows: int = 14
+    start_delay_s: int = 45
+    finality_depth: int = 1
+    local_epochs: int = 2
+    learning_rate_ppm: int = 100_000
+    p2p_base_port: int = P2P_BASE_PORT
+    api_base_port: int = API_BASE_PORT
+
+
+def timing_for(spec: TestnetSpec, genesis_ms: int) -> Timing:
+    """Split a round: 25 % commit window, 45 % proving, then fallback ranks."""
+    r = spec.round_seconds * 1000
+    max_rank = min(2, spec.participants)
+    return Timing(genesis_ms, r, r * 25 // 100, r * 45 // 100, r * 12 // 100, max_rank)
+
+
+def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
+    if spec.participants < 1 or spec.nodes < spec.participants + 1:
+        raise ValueError(
+            "need at least one participant and nodes >= participants + 1 (node 0 publishes)"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty; choose a new directory")
+    arch = get_arch(spec.task)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = [SigningKey.generate() for _ in range(spec.nodes)]
+    publisher, participants = keys[0], keys[1 : 1 + spec.participants]
+
+    ds = load_dataset(arch.dataset)
+    sp = split(
+        ds,
+        seed=fresh_seed(),
+        eval_batch_size=spec.eval_batch,
+        num_eval_batches=spec.rounds,
+        test_fraction=0.2,
+    )
+    data_seed = fresh_seed()
+    shards = partition(sp.pool_y, spec.participants, scheme="iid", seed=data_seed)
+    shared = out / "_circuit"
+
+    async def build() -> dict[str, Any]:
+        async with worker_pool(1, name="init") as pool:
+            result: dict[str, Any] = await pool.run(
+                "build_circuit",
+                spec.task,
+                spec.eval_batch,
+                str(shared),
+                0,
+                spec.logrows,
+                None,
+                timeout=3600,
+            )
+            return result
+
+    built = trio.run(build)
+    initial_model: bytes = built.pop("initial_model")
+    manifest = circuit.Manifest.load(shared)
+    batches = [
+        make_eval_batch(i, x, y, manifest.input_scale) for i, (x, y) in enumerate(sp.eval_batches)
+    ]
+    genesis = Genesis(
+        chain_name=f"zkpot-testnet-{int(time.time())}",
+        timing=timing_for(spec, int(time.time() * 1000) + spec.start_delay_s * 1000),
+        finality_depth=spec.finality_depth,
+        participants=tuple(sorted(k.public for k in participants)),
+        publisher=publisher.public,
+        task=Task(
+            arch.dataset,
+            spec.task,
+            spec.local_epochs,
+            16,
+            spec.learning_rate_ppm,
+            "iid",
+            0,
+            data_seed % 2**63,
+        ),
+        eval_plan=EvalPlan(
+            spec.eval_batch,
+            spec.rounds,
+            (int(np.prod(arch.input_shape)),),
+            manifest.input_scale,
+            arch.num_classes,
+            merkle_root([b.hash() for b in batches]),
+        ),
+        circuit=CircuitSpec(
+            "polycommit",
+            manifest.commitment_points * circuit.COMPRESSED_BYTES,
+            manifest.proof_bytes,
+            bytes.fromhex(manifest.settings_hash),
+            bytes.fromhex(manifest.compiled_hash),
+            bytes.fromhex(manifest.vk_hash),
+            bytes.fromhex(manifest.srs_hash),
+        ),
+        initial_model_hash=sha256(initial_model),
+    )
+    check_genesis(genesis)
+    addrs = [
+        f"/ip4/127.0.0.1/tcp/{spec.p2p_base_port + i}/p2p/{peer_id_from_seed(k.seed)}"
+        for i, k in enumerate(keys)
+    ]
+    for i, key in enumerate(keys):
+        home = Home(out / f"node{i}")
+        home.path.mkdir()
+        home.write_key(key)
+        cfg = NodeConfig(
+            name=f"node{i}",
+            listen=(f"/ip4/127.0.0.1/tcp/{spec.p2p_base_port + i}",),
+            bootstrap=tuple(a for j, a in enumerate(addrs) if j != i),
+            api_port=spec.api_base_port + i,
+        )
+        home.config_file.write_text(cfg.to_toml())
+        home.genesis_file.write_bytes(genesis.encode())
+        home.initial_model_file.write_bytes(initial_model)
+        home.artifacts.mkdir()
+        for name in (circuit.SETTINGS, circuit.COMPILED, circuit.VK, circuit.SRS, circuit.MANIFEST):
+            shutil.copyfile(shared / name, home.artifacts / name)
+        home.test_index_file.write_bytes(sp.test_index.astype("<i8").tobytes())
+        if key in participants:
+            shard = sp.pool_index[shards[participants.index(key)]]
+            home.shard_file.write_bytes(shard.astype("<i8").tobytes())
+        if key is publisher:
+            home.write_batches(batches)
+    shutil.rmtree(shared)
+    summary = {
+        "dir": str(out),
+        "chain_id": chain_id(genesis).hex(),
+        "nodes": spec.nodes,
+        "participants": spec.participants,
+        "task": spec.task,
+        "round_seconds": spec.round_seconds,
+        "genesis_ms": genesis.timing.genesis_ms,
+        "api_ports": [spec.api_base_port + i for i in range(spec.nodes)],
+    }
+    (out / "testnet.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# ---------------------------------------------------------------------- up
+
+
+def _homes(directory: Path) -> list[Home]:
+    homes = sorted(
+        (Home(p) for p in directory.glob("node*") if p.is_dir()), key=lambda h: int(h.path.name[4:])
+    )
+    if not homes:
+        raise ValueError(
+            f"{directory} holds no node homes; run `zkpot testnet init --out {directory}` first"
+        )
+    return homes
+
+
+def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> int:
+    """Run every node as its own OS process until `rounds` blocks are final everywhere.
+
+    Returns 0 only if every node reports the same finalized block at that height.
+    """
+    import subprocess
+    import sys
+
+    import httpx
+
+    from prover.models import model_from_bytes  # noqa: F401  (fail early if torch is missing)
+    from prover.train import evaluate_float
+
+    say = out or sys.stdout
+    homes = _homes(directory)
+    genesis = homes[0].load_genesis()
+    configs = [h.load_config() for h in homes]
+    apis = [f"http://{c.api_host}:{c.api_port}" for c in configs]
+    ds = load_dataset(genesis.task.dataset)
+    test_idx = np.frombuffer(homes[0].test_index_file.read_bytes(), dtype="<i8")
+    tx, ty = ds.x[test_idx].reshape(len(test_idx), -1), ds.y[test_idx]
+    late = (time.time() * 1000 - genesis.timing.genesis_ms) / genesis.timing.round_ms
+    if late > 1:
+        print(
+            f"note: genesis was {late:.1f} rounds ago; the rounds already past are skipped",
+            file=say,
+        )
+    procs = []
+    for h in homes:
+        log = (h.path / "node.log").open("ab")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "node.cli", "node", "start", "--home", str(h.path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    print(
+        f"started {len(procs)} nodes (logs in {directory}/node*/node.log); waiting for {rounds} final blocks",
+        file=say,
+    )
+    deadline = time.time() + timeout_s
+    reported = 0
+    final: list[str | None] = [None] * len(homes)
+    code = 1
+    try:
+        with httpx.Client(timeout=5.0) as client:
+            while time.time() < deadline:
+                time.sleep(2)
+                statuses: list[dict[str, Any] | None] = []
+                for api in apis:
+                    try:
+                        statuses.append(client.get(f"{api}/status").json())
+                    except (httpx.HTTPError, ValueError):
+                        statuses.append(None)
+                for i, p in enumerate(procs):
+                    if p.poll() is not None:
+                        print(
+                            f"node{i} exited with code {p.returncode}; see {homes[i].path}/node.log",
+                            file=say,
+                        )
+                        return 1
+                live = [s for s in statuses if s]
+                if not live:
+                    continue
+                fin = min(s["finalized"]["height"] for s in live) if len(live) == len(apis) else 0
+                while reported < min(fin, rounds):
+                    reported += 1
+                    blk = client.get(f"{apis[0]}/blocks/{reported}").json()
+                    model = client.get(f"{apis[0]}/models/{reported}").content
+                    acc = evaluate_float(genesis.task.architecture, model, tx, ty)
+                    print(
+                        f"final block {reported}: round {blk['round']} leader {blk['proposer'][:12]} "
+                        f"k={blk['score']}/{genesis.eval_plan.batch_size} test accuracy {acc:.3f}",
+                        file=say,
+                        flush=True,
+                    )
+                head = live[0]["head"]
+                print(
+                    f"  round {live[0].get('round')} head height {head['height']} score {head['score']} "
+                    f"finalized {fin} peers {[s['peers'] for s in live]}",
+                    file=say,
+                    flush=True,
+                )
+                if fin >= rounds:
+                    for i, api in enumerate(apis):
+                        final[i] = client.get(f"{api}/blocks/{rounds}").json()["hash"]
+                    same = len(set(final)) == 1
+                    print(
+                        f"{rounds} final blocks on every node; final block {rounds} is "
+                        + ("the same on all nodes" if same else f"DIFFERENT: {final}"),
+                        file=say,
+                    )
+                    code = 0 if same else 1
+                    return code
+            print(f"timed out after {timeout_s:.0f} s", file=say)
+            return 1
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()

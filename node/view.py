@@ -1,0 +1,403 @@
+"""A read-only view of a node's state, shaped as JSON-ready dicts for the HTTP API.
+
+The API never touches the store, the round log or the p2p host directly: it asks this
+view, so the JSON shapes live in one place and the daemon's objects stay private.
+Bytes are hex strings; times are integer milliseconds; nothing here writes.
+
+Threading: `block`, `head`, `blocks` and `model` only read the store and the (immutable)
+genesis, so the API may run them in worker threads. `status`, `round`, `peers` and the
+metrics collector read the round log and the peers callback, which the daemon mutates on
+its trio thread: call those on that thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from consensus import rules, schedule
+from consensus.crypto import HASH_LEN
+from consensus.errors import ConsensusError
+from consensus.types import Block, Genesis
+from node.roundlog import RoundLog, RoundRecord
+from storage import BlockMeta, ChainStore
+
+MAX_BLOCKS_PER_CALL = 100
+# Heights are at most 2**62 by the wire schema; a longer decimal is malformed, not unknown.
+_MAX_HEIGHT_DIGITS = 19
+
+Json = dict[str, Any]
+
+
+def parse_block_ref(ref: str) -> int | bytes:
+    """A decimal height or a 64-hex-digit hash; anything else is the caller's mistake."""
+    ref = ref.strip()
+    if ref.isdecimal() and ref.isascii():
+        if len(ref) > _MAX_HEIGHT_DIGITS:
+            raise ValueError(f"block height {ref} is out of range")
+        return int(ref)
+    if len(ref) == 2 * HASH_LEN:
+        try:
+            return bytes.fromhex(ref)
+        except ValueError:
+            pass
+    raise ValueError(
+        f"malformed block reference {ref!r}: give a decimal height (e.g. 7) "
+        f"or a {2 * HASH_LEN}-hex-digit block hash"
+    )
+
+
+@dataclass(frozen=True)
+class _Tip:
+    """A pointer (head or finalized) resolved to its hash and meta."""
+
+    hash: bytes
+    meta: BlockMeta
+
+
+class NodeView:
+    """Read-only JSON view over the store, genesis, round log and peers."""
+
+    def __init__(
+        self,
+        store: ChainStore,
+        genesis: Genesis,
+        roundlog: RoundLog,
+        *,
+        peer_id: str,
+        role: str,
+        peers: Callable[[], list[dict[str, Any]]],
+        now_ms: Callable[[], int] | None = None,
+        registry: CollectorRegistry,
+        chain_metrics: bool = True,
+    ) -> None:
+        self.store = store
+        self.genesis = genesis
+        self.roundlog = roundlog
+        self.peer_id = peer_id
+        self.role = role
+        self._peers = peers
+        self._now_ms = now_ms if now_ms is not None else (lambda: time.time_ns() // 1_000_000)
+        self.registry = registry
+        self.chain_id = genesis.hash()
+        if chain_metrics:
+            registry.register(_ChainCollector(self))
+
+    # ------------------------------------------------------------------ pointers
+
+    def _tip(self, block_hash: bytes) -> _Tip:
+        meta = self.store.get_meta(block_hash)
+        if meta is None:  # the store's invariants make this corruption, not a user error
+            raise RuntimeError(f"block {block_hash.hex()} is a chain pointer but not stored")
+        return _Tip(block_hash, meta)
+
+    def head_height(self) -> int:
+        return self._tip(self.store.head()).meta.height
+
+    def finalized_height(self) -> int:
+        return self._tip(self.store.finalized()).meta.height
+
+    def _decode(self, block_hash: bytes, meta: BlockMeta) -> Block | None:
+        """The block, or None for the genesis entry (its bytes are the genesis itself)."""
+        if meta.height == 0:
+            return None
+        raw = self.store.get_block(block_hash)
+        if raw is None:
+            raise RuntimeError(f"block {block_hash.hex()} has a meta but no bytes in the store")
+        return Block.decode(raw)
+
+    # ------------------------------------------------------------------ blocks
+
+    def _block_json(self, block_hash: bytes, meta: BlockMeta, fin_height: int) -> Json:
+        canonical = self.store.canonical_hash(meta.height) == block_hash
+        out: Json = {
+            "hash": block_hash.hex(),
+            "height": meta.height,
+            "parent": meta.parent.hex(),
+            "cumulative_score": meta.score,
+            "canonical": canonical,
+            "final": canonical and meta.height <= fin_height,
+        }
+        block = self._decode(block_hash, meta)
+        if block is None:
+            out.update(
+                genesis=True,
+                round=None,
+                proposer=None,
+                rank=None,
+                score=0,
+                model_hash=self.genesis.initial_model_hash.hex(),
+                batch_index=None,
+                commits=[],
+                proofs=[],
+            )
+            return out
+        try:
+            score: int | None = rules.block_score(block)
+        except ConsensusError:
+            score = None
+        out.update(
+            genesis=False,
+            round=block.round,
+            round_start_ms=schedule.round_start(self.genesis, block.round),
+            proposer=block.proposer.hex(),
+            rank=block.rank,
+            score=score,
+            model_hash=block.model_hash.hex(),
+            batch_index=block.reveal.batch.index,
+            commits=[
+                {"id": c.hash().hex(), "participant": c.participant.hex()} for c in block.commits
+            ],
+            proofs=[
+                {"commit_id": p.commit_id.hex(), "participant": p.participant.hex(), "k": p.k}
+                for p in block.proofs
+            ],
+        )
+        return out
+
+    def _resolve(self, ref: str) -> tuple[bytes, BlockMeta] | None:
+        parsed = parse_block_ref(ref)
+        if isinstance(parsed, int):
+            found = self.store.canonical_hash(parsed)
+            if found is None:
+                return None
+            block_hash = found
+        else:
+            block_hash = parsed
+        meta = self.store.get_meta(block_hash)
+        return None if meta is None else (block_hash, meta)
+
+    def block(self, ref: str) -> Json | None:
+        """A block by canonical height or by hash (any branch); None if unknown.
+
+        Raises ValueError for a malformed ref, so the API can tell 400 from 404.
+        """
+        found = self._resolve(ref)
+        if found is None:
+            return None
+        return self._block_json(found[0], found[1], self.finalized_height())
+
+    def head(self) -> Json:
+        head = self._tip(self.store.head())
+        return self._block_json(head.hash, head.meta, self.finalized_height())
+
+    def blocks(self, from_h: int | None = None, to_h: int | None = None) -> Json:
+        """Canonical blocks from_h..to_h inclusive, at most MAX_BLOCKS_PER_CALL of them.
+
+        Defaults: `to_h` is the head; `from_h` is MAX_BLOCKS_PER_CALL below `to_h`. When the
+        range was capped, `next_from` says where to continue (else it is None).
+        """
+        head_h = self.head_height()
+        if (from_h is not None and from_h < 0) or (to_h is not None and to_h < 0):
+            raise ValueError("block heights must not be negative")
+        if from_h is not None and to_h is not None and from_h > to_h:
+            raise ValueError(f"empty range: from ({from_h}) is above to ({to_h})")
+        if to_h is None:
+            to_h = max(head_h, from_h or 0)  # from above the head: an empty page, not an error
+        if from_h is None:
+            from_h = max(0, min(to_h, head_h) - MAX_BLOCKS_PER_CALL + 1)
+        last = min(to_h, head_h, from_h + MAX_BLOCKS_PER_CALL - 1)
+        fin_h = self.finalized_height()
+        items: list[Json] = []
+        for height in range(from_h, last + 1):
+            block_hash = self.store.canonical_hash(height)
+            meta = None if block_hash is None else self.store.get_meta(block_hash)
+            if block_hash is None or meta is None:
+                break  # a reorg to a shorter branch raced us; return what is consistent
+            items.append(self._block_json(block_hash, meta, fin_h))
+        capped = last < min(to_h, head_h)
+        return {
+            "from": from_h,
+            "to": to_h,
+            "head_height": head_h,
+            "blocks": items,
+            "next_from": last + 1 if capped else None,
+        }
+
+    def canonical_block_of_round(self, rnd: int) -> tuple[bytes, BlockMeta, Block] | None:
+        """Binary search: rounds strictly increase along a chain (check_block_header)."""
+        lo, hi = 1, self.head_height()
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            block_hash = self.store.canonical_hash(mid)
+            meta = None if block_hash is None else self.store.get_meta(block_hash)
+            if block_hash is None or meta is None:
+                hi = mid - 1  # the head moved back under us; search below
+                continue
+            block = self._decode(block_hash, meta)
+            assert block is not None  # height >= 1
+            if block.round == rnd:
+                return block_hash, meta, block
+            if block.round < rnd:
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return None
+
+    # ------------------------------------------------------------------ rounds
+
+    def round(self, rnd: int) -> Json | None:
+        """What this node saw of round `rnd`, plus its canonical block; None if neither.
+
+        Raises ValueError for a round the genesis does not have.
+        """
+        total = self.genesis.eval_plan.num_batches
+        if not schedule.round_exists(self.genesis, rnd):
+            raise ValueError(f"round {rnd} does not exist: this chain has rounds 0..{total - 1}")
+        rec = self.roundlog.get(rnd)
+        found = self.canonical_block_of_round(rnd)
+        if rec is None and found is None:
+            return None
+        out: Json = {
+            "round": rnd,
+            "start_ms": schedule.round_start(self.genesis, rnd),
+            "commit_deadline_ms": schedule.commit_deadline(self.genesis, rnd),
+            "proof_deadline_ms": schedule.proof_deadline(self.genesis, rnd),
+            "observed": rec is not None,
+        }
+        out.update(_record_json(rec if rec is not None else RoundRecord(rnd)))
+        if found is None:
+            out["block"] = None
+        else:
+            out["block"] = self._block_json(found[0], found[1], self.finalized_height())
+        return out
+
+    def current_round(self) -> int | None:
+        """The round on the genesis clock now; None before genesis."""
+        return schedule.round_at(self.genesis, self._now_ms())
+
+    def rounds_seen(self) -> list[int]:
+        return self.roundlog.rounds()
+
+    # ------------------------------------------------------------------ status, peers
+
+    def status(self) -> Json:
+        head = self._tip(self.store.head())
+        fin = self._tip(self.store.finalized())
+        head_block = self._decode(head.hash, head.meta)
+        now = self._now_ms()
+        return {
+            "chain_id": self.chain_id.hex(),
+            "chain_name": self.genesis.chain_name,
+            "peer_id": self.peer_id,
+            "role": self.role,
+            "head": {
+                "hash": head.hash.hex(),
+                "height": head.meta.height,
+                "round": None if head_block is None else head_block.round,
+                "score": head.meta.score,
+            },
+            "finalized": {"hash": fin.hash.hex(), "height": fin.meta.height},
+            "time_ms": now,
+            "round": schedule.round_at(self.genesis, now),  # same clock as current_round()
+            "rounds_total": self.genesis.eval_plan.num_batches,
+            "round_ms": self.genesis.timing.round_ms,
+            "task": f"{self.genesis.task.dataset}/{self.genesis.task.architecture}",
+            "peers": len(self._peers()),
+        }
+
+    def peers(self) -> Json:
+        peers = self._peers()
+        return {"count": len(peers), "peers": peers}
+
+    # ------------------------------------------------------------------ models
+
+    def model(self, height: int) -> tuple[str, bytes] | None:
+        """(architecture, model blob) of the canonical block at `height`; None if absent.
+
+        Height 0 is the initial global model, present only if the node stored it.
+        """
+        if height < 0:
+            raise ValueError("block heights must not be negative")
+        block_hash = self.store.canonical_hash(height)
+        if block_hash is None:
+            return None
+        model_hash = self.model_hash(block_hash, height)
+        if model_hash is None:
+            return None
+        blob = self.store.get_blob(model_hash)
+        if blob is None:
+            return None
+        return self.genesis.task.architecture, blob
+
+    def model_hash(self, block_hash: bytes, height: int) -> bytes | None:
+        if height == 0:
+            return self.genesis.initial_model_hash
+        meta = self.store.get_meta(block_hash)
+        if meta is None:
+            return None
+        block = self._decode(block_hash, meta)
+        return None if block is None else block.model_hash
+
+
+def _record_json(rec: RoundRecord) -> Json:
+    ranking = [{"rank": r, "participant": p.hex(), "k": k} for r, p, k in rec.ranking]
+    winner = None
+    if rec.block is not None or rec.proposer is not None:
+        winner = {
+            "block": None if rec.block is None else rec.block.hex(),
+            "proposer": None if rec.proposer is None else rec.proposer.hex(),
+        }
+    return {
+        "commits": [{"id": c.hex(), "participant": p.hex()} for c, p in rec.commits.items()],
+        "reveal": {
+            "revealed": rec.revealed,
+            "batch_index": rec.batch_index,
+            "sealed": [s.hex() for s in rec.sealed],
+        },
+        "proofs": [
+            {
+                "commit_id": cid.hex(),
+                "participant": p.participant.hex(),
+                "k": p.k,
+                "valid": p.valid,
+                "reason": p.reason,
+            }
+            for cid, p in rec.proofs.items()
+        ],
+        "ranking": ranking,
+        "winner": winner,
+        "accuracy_ppm": rec.accuracy_ppm,
+        "accuracy": None if rec.accuracy_ppm is None else rec.accuracy_ppm / 1_000_000,
+        "notes": list(rec.notes),
+    }
+
+
+_GAUGES: tuple[tuple[str, str], ...] = (
+    ("zkpot_chain_head_height", "Height of the head block"),
+    ("zkpot_chain_head_score", "Cumulative proven score of the head block"),
+    ("zkpot_chain_finalized_height", "Height of the finalized block"),
+    ("zkpot_chain_round", "Current round on the genesis clock (-1 before genesis)"),
+    ("zkpot_peers", "Connected peers"),
+)
+
+
+class _ChainCollector(Collector):
+    """Chain gauges computed at scrape time, so the daemon never has to keep them updated."""
+
+    def __init__(self, view: NodeView) -> None:
+        self._view = view
+
+    def collect(self) -> Iterable[Metric]:
+        v = self._view
+        now_round = v.current_round()
+        head = v._tip(v.store.head()).meta
+        values = (
+            head.height,
+            head.score,
+            v.finalized_height(),
+            -1 if now_round is None else now_round,
+            len(v._peers()),
+        )
+        for (name, doc), value in zip(_GAUGES, values, strict=True):
+            yield GaugeMetricFamily(name, doc, value=value)
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only: register() checks them for clashes without reading the store.
+        return [GaugeMetricFamily(name, doc) for name, doc in _GAUGES]

@@ -1,0 +1,289 @@
+"""The inspection CLI against a real API server (a trio thread) over a real chain store."""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import trio
+
+from node.api import create_app, serve_api
+from node.cli import main
+from prover.models import build_model, model_from_bytes
+from tests.test_api import ARCH, Node, build_node
+
+
+@dataclass
+class Server:
+    node: Node
+    url: str
+    port: int
+
+
+def _serve_in_thread(
+    node: Node,
+) -> tuple[threading.Thread, trio.Event, trio.lowlevel.TrioToken, int]:
+    ready: queue.Queue[tuple[trio.Event, trio.lowlevel.TrioToken, int] | BaseException] = (
+        queue.Queue()
+    )
+
+    async def run() -> None:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(
+                lambda task_status: serve_api(
+                    create_app(node.view), port=0, shutdown=stop, task_status=task_status
+                )
+            )
+            ready.put((stop, trio.lowlevel.current_trio_token(), port))
+
+    def target() -> None:
+        try:
+            trio.run(run)
+        except BaseException as exc:  # surface startup failures to the fixture
+            ready.put(exc)
+
+    thread = threading.Thread(target=target, name="api-server", daemon=True)
+    thread.start()
+    got = ready.get(timeout=30)
+    if isinstance(got, BaseException):
+        raise got
+    stop, token, port = got
+    return thread, stop, token, port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    node = build_node(tmp_path_factory.mktemp("cli") / "store")
+    thread, stop, token, port = _serve_in_thread(node)
+    try:
+        yield Server(node, f"http://127.0.0.1:{port}", port)
+    finally:
+        trio.from_thread.run_sync(stop.set, trio_token=token)
+        thread.join(timeout=10)
+        node.store.close()
+    assert not thread.is_alive()
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+# ---------------------------------------------------------------------- tables and JSON
+
+
+def test_status(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "status", "--api", server.url)
+    assert code == 0, err
+    lines = dict(line.split(None, 1) for line in out.splitlines() if not line.startswith("head "))
+    assert lines["chain"] == f"test ({server.node.chain.cid.hex()})"
+    assert lines["node"] == "12D3KooWSelf (observer)"
+    assert lines["round"] == "7 of 8"
+    assert "height 5, round 6, score 50" in out
+    assert f"finalized  height 2, {server.node.hashes[2].hex()}" in out
+
+    code, out, _ = _run(capsys, "status", "--api", server.url, "--json")
+    assert code == 0 and json.loads(out)["head"]["height"] == 5
+
+
+def test_chain_head_and_block(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    code, head, _ = _run(capsys, "chain", "head", "--api", server.url)
+    assert code == 0
+    code, by_height, _ = _run(capsys, "chain", "block", "5", "--api", server.url)
+    assert code == 0 and head == by_height
+    h2 = server.node.hashes[2].hex()
+    code, out, _ = _run(capsys, "chain", "block", h2, "--api", server.url)
+    assert code == 0
+    assert f"hash      {h2}" in out
+    assert "status    final" in out
+    assert "score     10 (cumulative 20)" in out
+    commit_rows = [line.split() for line in out.splitlines()[-3:]]
+    assert sorted(int(r[2]) for r in commit_rows) == [8, 9, 10]
+
+    code, out, _ = _run(capsys, "chain", "block", "2", "--api", server.url, "--json")
+    assert code == 0 and json.loads(out)["hash"] == h2
+
+
+def test_chain_blocks_table_and_paging(
+    server: Server, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = _run(capsys, "chain", "blocks", "--from", "1", "--to", "3", "--api", server.url)
+    assert code == 0
+    rows = out.splitlines()
+    assert rows[0].split() == ["HEIGHT", "ROUND", "HASH", "PROPOSER", "RANK", "K", "CUM", "FINAL"]
+    assert [r.split()[:2] for r in rows[1:]] == [["1", "0"], ["2", "1"], ["3", "3"]]
+    assert rows[1].split()[2] == server.node.hashes[1].hex()[:16]
+    assert rows[2].endswith("final") and not rows[3].endswith("final")
+
+    # The server caps each page; the CLI follows next_from to cover the asked range.
+    monkeypatch.setattr("node.view.MAX_BLOCKS_PER_CALL", 2)
+    code, out, _ = _run(capsys, "chain", "blocks", "--from", "0", "--api", server.url, "--json")
+    assert code == 0
+    assert [b["height"] for b in json.loads(out)["blocks"]] == [0, 1, 2, 3, 4, 5]
+
+
+def test_chain_round(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "chain", "round", "6", "--api", server.url)
+    assert code == 0
+    assert "accuracy         91.23%" in out
+    assert f"winner           {server.node.blocks[-1].proposer.hex()}" in out
+    assert "revealed         batch 6" in out
+    table = out.split("\n\n")[1].splitlines()
+    assert table[0].split() == ["COMMIT", "PARTICIPANT", "K", "VALID", "RANK", "REASON"]
+    assert sorted((r.split()[2], r.split()[4]) for r in table[1:]) == [
+        ("10", "1"),
+        ("8", "3"),
+        ("9", "2"),
+    ]
+
+    code, out, _ = _run(capsys, "chain", "round", "7", "--api", server.url)
+    assert code == 0
+    assert "INVALID" in out and "bad proof" in out and "note: publisher revealed late" in out
+
+
+def test_peers(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "peers", "--api", server.url)
+    assert code == 0
+    rows = out.splitlines()
+    assert rows[0].split() == ["PEER_ID", "ADDRS", "ROLE"]
+    assert rows[1].split() == ["12D3KooWPeerA", "/ip4/127.0.0.1/tcp/27101", "participant"]
+
+
+def test_api_address_from_home(
+    server: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "config.toml").write_text(
+        f'[node]\nrole = "observer"\n\n[api]\nhost = "127.0.0.1"\nport = {server.port}\n'
+    )
+    code, out, _ = _run(capsys, "chain", "head", "--home", str(tmp_path), "--json")
+    assert code == 0 and json.loads(out)["height"] == 5
+
+    code, _, err = _run(capsys, "status", "--home", str(tmp_path / "nope"))
+    assert code == 1 and "no config.toml in node home" in err
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def test_not_found_and_malformed(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "chain", "block", "99", "--api", server.url)
+    assert (code, out) == (1, "")
+    assert err == "zkpot: block 99 not found (head is at height 5)\n"
+    code, _, err = _run(capsys, "chain", "block", "xyz", "--api", server.url)
+    assert code == 2 and "malformed block reference 'xyz'" in err
+    code, _, err = _run(capsys, "chain", "round", "2", "--api", server.url)
+    assert code == 1 and "round 2: no canonical block" in err
+
+
+def test_no_node_answering(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_unused_port()}"
+    code, out, err = _run(capsys, "status", "--api", url)
+    assert (code, out) == (1, "")
+    assert f"no node answering at {url} — is it running? start it with `zkpot node start" in err
+
+    port = _unused_port()
+    (tmp_path / "config.toml").write_text(f"[api]\nport = {port}\n")
+    code, _, err = _run(capsys, "peers", "--home", str(tmp_path))
+    assert code == 1
+    assert f"start it with `zkpot node start --home {tmp_path}`" in err
+
+
+def test_console_script(server: Server) -> None:
+    """The installed entry point, as a user runs it."""
+    cmd = [sys.executable, "-m", "node.cli", "chain", "block", "99", "--api", server.url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "zkpot: block 99 not found (head is at height 5)"
+
+
+# ---------------------------------------------------------------------- model export
+
+
+def test_model_export_state_dict(
+    server: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_file = tmp_path / "model.pt"
+    code, out, err = _run(
+        capsys, "model", "export", "--height", "3", "--out", str(out_file), "--api", server.url
+    )
+    assert code == 0, err
+    assert "as state-dict" in out
+    state = torch.load(out_file, weights_only=True)
+    model = build_model(ARCH, 0)
+    model.load_state_dict(state, strict=True)
+    expected = model_from_bytes(ARCH, server.node.models[3]).state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+def test_model_export_onnx(
+    server: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import onnx
+
+    out_file = tmp_path / "model.onnx"
+    code, out, err = _run(
+        capsys,
+        "model",
+        "export",
+        "--height",
+        "0",
+        "--out",
+        str(out_file),
+        "--api",
+        server.url,
+        "--json",
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["format"] == "onnx" and result["architecture"] == ARCH
+    graph = onnx.load(str(out_file)).graph
+    onnx.checker.check_model(onnx.load(str(out_file)))
+    assert [i.name for i in graph.input] == ["x"]
+
+
+def test_model_export_errors(
+    server: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = _run(
+        capsys,
+        "model",
+        "export",
+        "--height",
+        "99",
+        "--out",
+        str(tmp_path / "m.pt"),
+        "--api",
+        server.url,
+    )
+    assert code == 1 and "block 99 not found (head is at height 5)" in err
+    code, _, err = _run(
+        capsys,
+        "model",
+        "export",
+        "--height",
+        "1",
+        "--out",
+        str(tmp_path / "no" / "m.pt"),
+        "--api",
+        server.url,
+    )
+    assert code == 2 and "does not exist" in err
