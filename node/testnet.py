@@ -38,6 +38,7 @@ API_BASE_PORT = 8645
 
 @dataclass(frozen=True)
 class TestnetSpec:
+    __test__ = False  # not a pytest test class
     nodes: int = 4
     participants: int = 3
     task: str = "digits-mlp"

@@ -1,0 +1,185 @@
+"""End to end: real node processes on loopback train, prove, commit blocks and agree.
+
+One network serves several checks so the suite stays within CI time: four nodes
+(a publisher and three participants) reach final blocks and identical heads; an
+observer started later with only one bootstrap address catches up; a participant
+killed with SIGKILL restarts from its store and rejoins; the global model ends up
+more accurate than the genesis model.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from node.home import Home, NodeConfig
+from node.testnet import TestnetSpec, init
+from prover.data import load_dataset
+from prover.train import evaluate_float
+
+pytestmark = pytest.mark.slow
+
+
+def _free_base(span: int) -> int:
+    for _ in range(50):
+        base = random.randrange(30000, 60000 - span)
+        ok = True
+        for port in range(base, base + span):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
+class Net:
+    def __init__(self, root: Path, spec: TestnetSpec) -> None:
+        self.root = root
+        self.spec = spec
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.client = httpx.Client(timeout=5.0)
+
+    def home(self, i: int) -> Home:
+        return Home(self.root / f"node{i}")
+
+    def api(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.spec.api_base_port + i}"
+
+    def start(self, i: int) -> None:
+        log = (self.home(i).path / "node.log").open("ab")
+        self.procs[i] = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "node", "start", "--home", str(self.home(i).path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill9(self, i: int) -> None:
+        self.procs[i].send_signal(signal.SIGKILL)
+        self.procs[i].wait()
+
+    def status(self, i: int) -> dict[str, Any] | None:
+        try:
+            return self.client.get(f"{self.api(i)}/status").json()  # type: ignore[no-any-return]
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def get(self, i: int, path: str) -> Any:
+        r = self.client.get(f"{self.api(i)}{path}")
+        r.raise_for_status()
+        return (
+            r.json()
+            if r.headers.get("content-type", "").startswith("application/json")
+            else r.content
+        )
+
+    def wait_finalized(self, nodes: list[int], height: int, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for i, p in self.procs.items():
+                assert p.poll() is None, f"node{i} died: {self.tail(i)}"
+            sts = [self.status(i) for i in nodes]
+            if all(s and s["finalized"]["height"] >= height for s in sts):
+                return
+            time.sleep(1)
+        raise AssertionError(
+            f"nodes {nodes} did not finalize height {height}: {sts}\n{self.tail(nodes[-1])}"
+        )
+
+    def tail(self, i: int) -> str:
+        return "".join((self.home(i).path / "node.log").read_text().splitlines(True)[-25:])
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.client.close()
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("testnet") / "net"
+    p2p, api = _free_base(5), _free_base(5)
+    spec = TestnetSpec(
+        nodes=5,
+        participants=3,
+        task="digits-mlp-tiny",
+        round_seconds=24,
+        eval_batch=4,
+        rounds=30,
+        logrows=13,
+        start_delay_s=25,
+        p2p_base_port=p2p,
+        api_base_port=api,
+    )
+    init(root, spec)
+    # node4 is an observer that joins late knowing only the publisher's address.
+    observer = Home(root / "node4")
+    cfg = observer.load_config()
+    observer.config_file.write_text(
+        NodeConfig(
+            name=cfg.name, listen=cfg.listen, bootstrap=cfg.bootstrap[:1], api_port=cfg.api_port
+        ).to_toml()
+    )
+    n = Net(root, spec)
+    for i in range(4):
+        n.start(i)
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
+def test_network_commits_final_blocks_that_every_node_agrees_on(net: Net) -> None:
+    net.wait_finalized([0, 1, 2, 3], 2, timeout=240)
+    heads = {net.get(i, "/blocks/2")["hash"] for i in range(4)}
+    assert len(heads) == 1
+    block = net.get(0, "/blocks/2")
+    assert block["final"] and block["score"] >= 1
+    rnd = net.get(0, f"/rounds/{block['round']}")
+    assert rnd["reveal"]["revealed"] and rnd["proofs"]
+
+
+def test_late_observer_and_killed_participant_catch_up_and_agree(net: Net) -> None:
+    net.wait_finalized([0, 1, 2, 3], 2, timeout=240)
+    net.start(4)  # joins with one bootstrap address and an empty store
+    net.kill9(2)
+    time.sleep(3)
+    net.start(2)  # resumes from its store
+    target = net.status(0)["finalized"]["height"] + 2  # type: ignore[index]
+    net.wait_finalized([0, 1, 2, 3, 4], target, timeout=300)
+    hashes = {net.get(i, f"/blocks/{target}")["hash"] for i in range(5)}
+    assert len(hashes) == 1, hashes
+    assert net.status(4)["role"] == "observer"  # type: ignore[index]
+
+
+def test_the_global_model_improves_over_the_genesis_model(net: Net) -> None:
+    net.wait_finalized([0], 3, timeout=240)
+    home = net.home(0)
+    genesis = home.load_genesis()
+    ds = load_dataset(genesis.task.dataset)
+    idx = np.frombuffer(home.test_index_file.read_bytes(), dtype="<i8")
+    x, y = ds.x[idx].reshape(len(idx), -1), ds.y[idx]
+    height = net.status(0)["finalized"]["height"]  # type: ignore[index]
+    final_model = net.get(0, f"/models/{height}")
+    initial = home.initial_model_file.read_bytes()
+    arch = genesis.task.architecture
+    assert evaluate_float(arch, final_model, x, y) > evaluate_float(arch, initial, x, y) + 0.2
