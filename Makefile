@@ -26,8 +26,14 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest -q
 
+# A fresh 4-node network (a publisher that also observes, 3 participants) on digits,
+# run until 5 blocks are final on every node.
+TESTNET_DIR ?= .testnet
 testnet: $(STAMP)
-	$(BIN)/zkpot testnet
+	rm -rf $(TESTNET_DIR)
+	$(BIN)/zkpot testnet init --out $(TESTNET_DIR) --nodes 4 --participants 3 \
+		--task digits-mlp --eval-batch 16 --round-seconds 48 --start-delay 40
+	$(BIN)/zkpot testnet up $(TESTNET_DIR) --rounds 5
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

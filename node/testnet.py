@@ -237,6 +237,11 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
         f"started {len(procs)} nodes (logs in {directory}/node*/node.log); waiting for {rounds} final blocks",
         file=say,
     )
+    initial_acc = evaluate_float(
+        genesis.task.architecture, homes[0].initial_model_file.read_bytes(), tx, ty
+    )
+    print(f"genesis model: test accuracy {initial_acc:.3f}", file=say, flush=True)
+    last_line = ""
     deadline = time.time() + timeout_s
     reported = 0
     final: list[str | None] = [None] * len(homes)
@@ -274,12 +279,13 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
                         flush=True,
                     )
                 head = live[0]["head"]
-                print(
-                    f"  round {live[0].get('round')} head height {head['height']} score {head['score']} "
-                    f"finalized {fin} peers {[s['peers'] for s in live]}",
-                    file=say,
-                    flush=True,
+                line = (
+                    f"  round {live[0].get('round')}: head height {head['height']} score {head['score']}, "
+                    f"finalized {fin}, nodes up {len(live)}/{len(apis)}, peers {[s['peers'] for s in live]}"
                 )
+                if line != last_line:
+                    print(line, file=say, flush=True)
+                    last_line = line
                 if fin >= rounds:
                     for i, api in enumerate(apis):
                         final[i] = client.get(f"{api}/blocks/{rounds}").json()["hash"]

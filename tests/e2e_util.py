@@ -1,0 +1,101 @@
+"""Shared harness of the end-to-end tests: a testnet's node processes and their APIs."""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from node.home import Home
+from node.testnet import TestnetSpec
+
+
+def free_base(span: int) -> int:
+    for _ in range(50):
+        base = random.randrange(30000, 60000 - span)
+        ok = True
+        for port in range(base, base + span):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
+class Net:
+    def __init__(self, root: Path, spec: TestnetSpec) -> None:
+        self.root = root
+        self.spec = spec
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.client = httpx.Client(timeout=5.0)
+
+    def home(self, i: int) -> Home:
+        return Home(self.root / f"node{i}")
+
+    def api(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.spec.api_base_port + i}"
+
+    def start(self, i: int) -> None:
+        log = (self.home(i).path / "node.log").open("ab")
+        self.procs[i] = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "node", "start", "--home", str(self.home(i).path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill9(self, i: int) -> None:
+        self.procs[i].send_signal(signal.SIGKILL)
+        self.procs[i].wait()
+
+    def status(self, i: int) -> dict[str, Any] | None:
+        try:
+            return self.client.get(f"{self.api(i)}/status").json()  # type: ignore[no-any-return]
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def get(self, i: int, path: str) -> Any:
+        r = self.client.get(f"{self.api(i)}{path}")
+        r.raise_for_status()
+        return (
+            r.json()
+            if r.headers.get("content-type", "").startswith("application/json")
+            else r.content
+        )
+
+    def wait_finalized(self, nodes: list[int], height: int, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for i, p in self.procs.items():
+                assert p.poll() is None, f"node{i} died: {self.tail(i)}"
+            sts = [self.status(i) for i in nodes]
+            if all(s and s["finalized"]["height"] >= height for s in sts):
+                return
+            time.sleep(1)
+        raise AssertionError(
+            f"nodes {nodes} did not finalize height {height}: {sts}\n{self.tail(nodes[-1])}"
+        )
+
+    def tail(self, i: int) -> str:
+        return "".join((self.home(i).path / "node.log").read_text().splitlines(True)[-25:])
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.client.close()
