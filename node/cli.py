@@ -1,8 +1,7 @@
 """The `zkpot` command line.
 
-Until the daemon lands (issue 5) it offers what the foundation can already do:
-decode and check protocol objects and chain stores. `zkpot testnet` says plainly
-that the live testnet is not built yet instead of pretending.
+Subcommands for running nodes and testnets, inspecting a running node through its
+API, building circuit artifacts and checking genesis files and stores.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from consensus import rules
 from consensus.errors import ConsensusError
 from consensus.types import Genesis
 from node.client import add_client_commands
+from node.compose import add_compose_commands
 from storage import ChainStore, StoreError
 
 
@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # status, chain, peers, model: inspect a running node through its HTTP API.
     add_client_commands(sub)
+    add_compose_commands(sub)  # testnet compose, testnet dns
     return parser
 
 

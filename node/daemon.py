@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -16,14 +17,16 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from consensus import rules
+from consensus.crypto import sha256
 from consensus.errors import InvalidError
+from consensus.types import Genesis, chain_id
 from node.api import create_app, serve_api
 from node.chain import Chain
 from node.engine import Engine
 from node.home import Home, HomeError
 from node.roundlog import RoundLog
 from node.view import NodeView
-from p2p import HostConfig, P2PHost, SyncServer
+from p2p import HostConfig, P2PHost, SyncClient, SyncError, SyncServer, TopicKind, Verdict
 from p2p.host import public_key_of
 from prover import circuit
 from prover.worker import WorkerError, worker_pool
@@ -32,20 +35,71 @@ from storage import ChainStore, StoreError
 log = logging.getLogger("zkpot.node")
 
 
-def check_artifacts(home: Home) -> circuit.Manifest:
-    """The artifacts must be exactly those the genesis pins."""
-    genesis = home.load_genesis()
-    manifest = circuit.Manifest.load(home.artifacts)
-    pinned = genesis.circuit
-    for name, want, got in (
-        ("settings", pinned.settings_hash.hex(), manifest.settings_hash),
-        ("compiled circuit", pinned.compiled_hash.hex(), manifest.compiled_hash),
-        ("verifying key", pinned.vk_hash.hex(), manifest.vk_hash),
-        ("SRS", pinned.srs_hash.hex(), manifest.srs_hash),
-    ):
-        if want != got:
-            raise HomeError(f"{home.artifacts}: the {name} is not the one the genesis pins")
+def pinned_files(home: Home, genesis: Genesis) -> list[tuple[bytes, Path]]:
+    """Every file the genesis pins by hash, and where this node keeps it."""
+    c = genesis.circuit
+    return [
+        (c.settings_hash, home.artifacts / circuit.SETTINGS),
+        (c.compiled_hash, home.artifacts / circuit.COMPILED),
+        (c.vk_hash, home.artifacts / circuit.VK),
+        (c.srs_hash, home.artifacts / circuit.SRS),
+        (genesis.initial_model_hash, home.initial_model_file),
+    ]
+
+
+async def ensure_pinned_files(
+    home: Home, genesis: Genesis, store: ChainStore, host: P2PHost
+) -> None:
+    """Have every pinned file locally, fetched by hash from peers if missing, and serve them.
+
+    A node that joins with only a genesis and a bootstrap address gets the circuit
+    artifacts and the initial model this way; each is checked against its pinned hash.
+    """
+    home.artifacts.mkdir(parents=True, exist_ok=True)
+    sync = SyncClient(host)
+    for want, path in pinned_files(home, genesis):
+        data = path.read_bytes() if path.is_file() else None
+        if data is not None and sha256(data) != want:
+            raise HomeError(
+                f"{path} does not match the hash the genesis pins; delete it to refetch it"
+            )
+        if data is None:
+            data = store.get_blob(want)
+        while data is None:
+            peers = host.connected_peers()
+            if peers:
+                try:
+                    data = await sync.content_from_any(peers, want)
+                    log.info("fetched %s (%d bytes) from peers", path.name, len(data))
+                    break
+                except SyncError as exc:
+                    log.info("fetching %s failed, retrying: %s", path.name, exc)
+            await trio.sleep(1)
+        if not path.is_file():
+            tmp = path.with_suffix(path.suffix + ".part")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        if not store.has_blob(want):
+            store.put_blob(data)
+
+
+def derive_manifest(home: Home, genesis: Genesis) -> circuit.Manifest:
+    """The manifest from pinned values only (genesis + settings), written for the workers."""
+    plan = genesis.eval_plan
+    manifest = circuit.Manifest.derive(
+        home.artifacts,
+        architecture=genesis.task.architecture,
+        batch_size=plan.batch_size,
+        input_dim=math.prod(plan.input_shape),
+        num_classes=plan.num_classes,
+        proof_bytes=genesis.circuit.proof_bytes,
+    )
+    if manifest.input_scale != plan.input_scale_bits:
+        raise HomeError("the circuit's input scale differs from the genesis evaluation plan")
+    if manifest.commitment_points * circuit.COMPRESSED_BYTES != genesis.circuit.commitment_bytes:
+        raise HomeError("the circuit's commitment size differs from the genesis")
     circuit.check_hashes(home.artifacts, manifest)
+    manifest.save(home.artifacts)
     return manifest
 
 
@@ -58,29 +112,31 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
         rules.check_genesis(genesis)
     except InvalidError as exc:
         raise HomeError(f"{home.genesis_file}: {exc}") from None
-    check_artifacts(home)
     is_participant = key.public in genesis.participants
     is_publisher = key.public == genesis.publisher
     shard = home.shard_file.read_bytes() if is_participant else None
     batches = home.load_batches() if is_publisher else None
     store = ChainStore.open(home.store_dir)
     try:
-        chain = Chain(store, genesis, home.initial_model_file.read_bytes())
+        host = P2PHost(
+            HostConfig(seed=key.seed, listen=cfg.listen, bootstrap=cfg.bootstrap + extra_bootstrap),
+            chain_id(genesis),
+        )
+        store.init_genesis(chain_id(genesis), genesis.encode())
+        SyncServer(host, store)
+        for kind in TopicKind:  # until the engine's validators are in: relay nothing
+            host.gossip.set_validator(kind, _not_ready)
         roundlog = RoundLog()
         async with (
             worker_pool(1, name=f"{cfg.name}-prover") as prover,
             worker_pool(cfg.verify_workers, name=f"{cfg.name}-verify") as verifier,
+            host.run(),
+            trio.open_nursery() as nursery,
         ):
-            if is_participant and not (home.artifacts / circuit.PK).exists():
-                log.info("regenerating the proving key from the pinned circuit and SRS")
-                await prover.run("regenerate_pk", str(home.artifacts), timeout=1800)
-            host = P2PHost(
-                HostConfig(
-                    seed=key.seed, listen=cfg.listen, bootstrap=cfg.bootstrap + extra_bootstrap
-                ),
-                chain.cid,
-            )
-            SyncServer(host, store)
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            await ensure_pinned_files(home, genesis, store, host)
+            derive_manifest(home, genesis)
+            chain = Chain(store, genesis, home.initial_model_file.read_bytes())
             engine = Engine(
                 key=key,
                 chain=chain,
@@ -95,6 +151,9 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 verify_timeout_s=cfg.verify_timeout_s,
                 prove_timeout_s=cfg.prove_timeout_s,
             )
+            if is_participant and not (home.artifacts / circuit.PK).exists():
+                log.info("regenerating the proving key from the pinned circuit and SRS")
+                await prover.run("regenerate_pk", str(home.artifacts), timeout=1800)
 
             def peers() -> list[dict[str, object]]:
                 out: list[dict[str, object]] = []
@@ -117,35 +176,33 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 peers=peers,
                 registry=CollectorRegistry(),
             )
-            async with host.run(), trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-                api_port = await nursery.start(
-                    serve_api, create_app(view), cfg.api_host, cfg.api_port
-                )
-                print(
-                    json.dumps(
-                        {
-                            "event": "ready",
-                            "name": cfg.name,
-                            "role": engine.roles.name,
-                            "peer_id": str(host.peer_id),
-                            "addrs": host.addrs,
-                            "chain_id": chain.cid.hex(),
-                            "api": f"http://{cfg.api_host}:{api_port}",
-                        }
-                    ),
-                    flush=True,
-                )
-                log.info(
-                    "%s up as %s, head at height %d",
-                    cfg.name,
-                    engine.roles.name,
-                    chain.head_height(),
-                )
-                await engine.run()
+            api_port = await nursery.start(serve_api, create_app(view), cfg.api_host, cfg.api_port)
+            print(
+                json.dumps(
+                    {
+                        "event": "ready",
+                        "name": cfg.name,
+                        "role": engine.roles.name,
+                        "peer_id": str(host.peer_id),
+                        "addrs": host.addrs,
+                        "chain_id": chain.cid.hex(),
+                        "api": f"http://{cfg.api_host}:{api_port}",
+                    }
+                ),
+                flush=True,
+            )
+            log.info(
+                "%s up as %s, head at height %d", cfg.name, engine.roles.name, chain.head_height()
+            )
+            await engine.run()
     finally:
         store.close()
         log.info("store closed")
+
+
+async def _not_ready(item: object, forwarder: object) -> Verdict:
+    await trio.lowlevel.checkpoint()
+    return Verdict.IGNORE
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -114,6 +114,11 @@ class Engine:
 
     # ------------------------------------------------------------------ state
 
+    def mark(self, rnd: int, step: str) -> None:
+        """Record when this node reached `step` of round `rnd` (first time only)."""
+        times = self.roundlog.record(rnd).times_ms
+        times.setdefault(step, self.clock() - schedule.round_start(self.genesis, rnd))
+
     def state(self, rnd: int) -> RoundState:
         st = self.rounds.get(rnd)
         if st is None:
@@ -187,6 +192,7 @@ class Engine:
                     fresh_seed(),
                     timeout=self.prove_timeout_s,
                 )
+                self.mark(rnd, "trained")
                 c = await self.prover.run(
                     "commit",
                     str(self.artifacts),
@@ -239,6 +245,7 @@ class Engine:
         tx = sign(
             ProofTx(rnd, commit.hash(), self.key.public, c, k, proof, bytes(64)), self.key, self.cid
         )
+        self.mark(rnd, "proved")
         st.my_proof = tx
         st.proofs[commit.hash()] = tx
         rec.proofs[commit.hash()] = ProofSeen(self.key.public, commit.hash(), k, True)
@@ -308,6 +315,8 @@ class Engine:
             log.error("round %d: our own block is invalid, not proposing: %s", rnd, exc)
             return
         st.blocks.add(parent)
+        self.mark(rnd, "proposed")
+        self.mark(rnd, "block")
         self._record_block(rnd, block, applied.block_hash)
         log.info(
             "round %d: proposed block %s at height %d (rank %d)",
@@ -362,6 +371,7 @@ class Engine:
     def _on_reveal(self, reveal: Reveal) -> None:
         st = self.state(reveal.round)
         if st.reveal is None:
+            self.mark(reveal.round, "revealed")
             st.reveal = reveal
             rec = self.roundlog.record(reveal.round)
             rec.revealed, rec.sealed, rec.batch_index = True, reveal.sealed, reveal.batch.index
@@ -414,6 +424,7 @@ class Engine:
                     raise InvalidError(f"ProofTx: {reason}")
                 st.proofs[item.commit_id] = item
                 rec.proofs[item.commit_id].valid = True
+                self.mark(item.round, f"proof_verified:{item.participant.hex()[:8]}")
                 return Verdict.ACCEPT
             return Verdict.REJECT
         except InvalidError as exc:
@@ -429,6 +440,7 @@ class Engine:
             return Verdict.IGNORE  # blocks above the inline limit come by sync
         if not isinstance(item, Block):
             return Verdict.REJECT
+        self.mark(item.round, "block_received")
         raw = item.encode()
         h = sha256(raw)
         if self.chain.has(h):
@@ -473,6 +485,8 @@ class Engine:
             return False
         st = self.state(block.round)
         st.blocks.add(block.parent)
+        if applied.head_changed:
+            self.mark(block.round, "block")
         for p in block.proofs:
             st.proofs.setdefault(p.commit_id, p)
         for c in block.commits:

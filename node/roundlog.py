@@ -33,6 +33,8 @@ class RoundRecord:
     proposer: bytes | None = None
     accuracy_ppm: int | None = None  # new global model on the public test split (reporting only)
     notes: list[str] = field(default_factory=list)
+    # When this node saw each step, in ms since the round started (for bench/round.py).
+    times_ms: dict[str, int] = field(default_factory=dict)
 
 
 class RoundLog:

@@ -345,6 +345,7 @@ def _record_json(rec: RoundRecord) -> Json:
             "proposer": None if rec.proposer is None else rec.proposer.hex(),
         }
     return {
+        "times_ms": dict(rec.times_ms),
         "commits": [{"id": c.hex(), "participant": p.hex()} for c, p in rec.commits.items()],
         "reveal": {
             "revealed": rec.revealed,

@@ -6,11 +6,14 @@ per peer (py-libp2p otherwise waits 250 ms per connect for a second dial), the
 negative dial cache is lifted before each reconnect (a failed dial would otherwise
 refuse the peer for 60 s), and leaving `run()` closes listeners and connections
 (leaving py-libp2p's `host.run()` leaves the listening socket open).
+Peer addresses may name hosts (`/dns4/node1/tcp/27101/p2p/<id>`, as in a compose
+testnet): they are resolved by the system resolver at every dial.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -86,6 +89,36 @@ def public_key_of(peer: ID) -> bytes | None:
         return None
     raw: bytes = key.to_bytes()
     return raw if len(raw) == 32 else None
+
+
+_DNS_FAMILIES = {"dns4": socket.AF_INET, "dns6": socket.AF_INET6, "dns": socket.AF_UNSPEC}
+
+
+async def resolve_addr(addr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
+    """`/dns4|dns6|dns/<name>/...` as IP multiaddrs; any other address unchanged.
+
+    py-libp2p's own resolver (dnspython) ignores /etc/hosts and fails under trio here,
+    so the system resolver does it: hosts file, then DNS (Docker's for service names).
+    Resolved again at every dial: a restarted container may come back on a new IP.
+    An unresolvable name gives [] (the reconnect loop tries again later).
+    """
+    parts = str(addr).split("/")  # ["", "dns4", "<name>", "tcp", "<port>", ...]
+    family = _DNS_FAMILIES.get(parts[1]) if len(parts) > 2 else None
+    if family is None:
+        return [addr]
+    try:
+        infos = await trio.socket.getaddrinfo(parts[2], None, family, socket.SOCK_STREAM)
+    except OSError as exc:
+        log.debug("cannot resolve %s: %s", addr, exc)
+        return []
+    rest = "/".join(parts[3:])
+    out: list[multiaddr.Multiaddr] = []
+    for fam, *_, sockaddr in infos:
+        proto = "ip4" if fam == socket.AF_INET else "ip6"
+        resolved = multiaddr.Multiaddr(f"/{proto}/{sockaddr[0]}/{rest}")
+        if resolved not in out:
+            out.append(resolved)
+    return out
 
 
 @dataclass
@@ -238,8 +271,8 @@ class P2PHost:
     async def _dial(self, peer: ID) -> bool:
         if self.is_banned(peer) or peer == self.peer_id:
             return False
-        addrs = self._known.get(peer, [])
-        if not addrs:
+        known = self._known.get(peer, [])
+        if not known:
             return False
         network = self.libp2p.get_network()
         # A failed dial puts the peer in a 60 s negative cache; a restarted peer must
@@ -247,6 +280,9 @@ class P2PHost:
         network.unblock_peer(peer)
         with trio.move_on_after(self.config.dial_timeout_s):
             try:
+                addrs = [a for k in known for a in await resolve_addr(k)]
+                if not addrs:
+                    return False
                 await self.libp2p.connect(PeerInfo(peer, addrs))
                 return True
             except trio.Cancelled:

@@ -100,6 +100,53 @@ class Manifest:
         return FixedPoint(self.input_scale, self.param_scale, self.decomp_base, self.decomp_legs)
 
     @classmethod
+    def derive(
+        cls,
+        directory: Path,
+        *,
+        architecture: str,
+        batch_size: int,
+        input_dim: int,
+        num_classes: int,
+        proof_bytes: int,
+    ) -> Manifest:
+        """A manifest from pinned inputs only: the genesis values and the settings file.
+
+        A node never trusts a manifest it was handed: everything verification depends
+        on comes from the genesis or from `settings.json`, whose hash the genesis pins.
+        """
+        try:
+            settings = json.loads((directory / SETTINGS).read_text())
+            ra = settings["run_args"]
+            points = len(settings.get("module_sizes", {}).get("polycommit", [])) or 1
+            return cls(
+                architecture=architecture,
+                batch_size=batch_size,
+                input_dim=input_dim,
+                num_classes=num_classes,
+                logrows=int(ra["logrows"]),
+                input_scale=int(ra["input_scale"]),
+                param_scale=int(ra["param_scale"]),
+                decomp_base=int(ra["decomp_base"]),
+                decomp_legs=int(ra["decomp_legs"]),
+                commitment_points=points,
+                proof_bytes=proof_bytes,
+                settings_hash=sha256_file(directory / SETTINGS),
+                compiled_hash=sha256_file(directory / COMPILED),
+                vk_hash=sha256_file(directory / VK),
+                srs_hash=sha256_file(directory / SRS),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CircuitError(
+                f"cannot derive the circuit manifest in {directory}: {exc}"
+            ) from None
+
+    def save(self, directory: Path) -> None:
+        tmp = directory / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(directory / MANIFEST)
+
+    @classmethod
     def load(cls, directory: Path) -> Manifest:
         try:
             raw = json.loads((directory / MANIFEST).read_text())
@@ -445,7 +492,7 @@ def verify(
     want = manifest.commitment_points * COMPRESSED_BYTES
     if len(commitment) != want:
         return False, f"commitment is {len(commitment)} bytes, the circuit's is {want}"
-    if manifest.proof_bytes and len(proof) != manifest.proof_bytes:
+    if len(proof) != manifest.proof_bytes:
         return (
             False,
             f"proof is {len(proof)} bytes, this circuit's proofs are {manifest.proof_bytes}",

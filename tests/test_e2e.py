@@ -9,6 +9,7 @@ more accurate than the genesis model.
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any
 
@@ -49,6 +50,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
             name=cfg.name, listen=cfg.listen, bootstrap=cfg.bootstrap[:1], api_port=cfg.api_port
         ).to_toml()
     )
+    # ...and without the circuit artifacts or the initial model: it fetches them by hash.
+    shutil.rmtree(observer.artifacts)
+    observer.initial_model_file.unlink()
     n = Net(root, spec)
     for i in range(4):
         n.start(i)
@@ -79,6 +83,7 @@ def test_late_observer_and_killed_participant_catch_up_and_agree(net: Net) -> No
     hashes = {net.get(i, f"/blocks/{target}")["hash"] for i in range(5)}
     assert len(hashes) == 1, hashes
     assert net.status(4)["role"] == "observer"  # type: ignore[index]
+    assert (net.home(4).artifacts / "vk.key").is_file()  # fetched by hash from peers
 
 
 def test_the_global_model_improves_over_the_genesis_model(net: Net) -> None:
