@@ -108,17 +108,23 @@ def run_size(participants: int, blocks: int) -> dict[str, Any]:
     ):
         out[key + "_s"] = med(key)
     out["k"] = [r["k"] for r in rows]
+    out["per_round"] = rows
     out["peak_rss_mb_per_node"] = round(max(peaks.values()), 1)
     return out
+
+
+def _med(values: list[int]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def _breakdown(
     blk: dict[str, Any], per_node: list[dict[str, Any]], spec: TestnetSpec
 ) -> dict[str, Any]:
     proposer = blk["proposer"]
+    times = [r["times_ms"] for r in per_node]
     mine = next(
         (
-            r
+            r["times_ms"]
             for r in per_node
             if r["winner"]
             and r["winner"].get("proposer") == proposer
@@ -126,30 +132,28 @@ def _breakdown(
         ),
         None,
     )
-    times = [r["times_ms"] for r in per_node]
     part = [t for t in times if "trained" in t]
-    out: dict[str, Any] = {"k": blk["score"]}
-    if part:
-        out["train"] = statistics.median(t["trained"] for t in part)
-        out["commit"] = statistics.median(
-            t["committed"] - t["trained"] for t in part if "committed" in t
-        )
-        out["prove"] = statistics.median(
-            t["proved"] - t["revealed"] for t in part if "proved" in t and "revealed" in t
-        )
-    out["reveal"] = statistics.median(t["revealed"] for t in times if "revealed" in t)
     verified = [
         max(v for k, v in t.items() if k.startswith("proof_verified"))
         for t in times
         if any(k.startswith("proof_verified") for k in t)
     ]
-    out["verify_last"] = max(verified) if verified else None
-    if mine is not None:
-        out["propose"] = mine["times_ms"]["proposed"]
-        out["propagate"] = (
-            max(t["block"] for t in times if "block" in t) - mine["times_ms"]["proposed"]
-        )
-    out["block_all"] = max(t["block"] for t in times if "block" in t)
+    blocks = [t["block"] for t in times if "block" in t]
+    out: dict[str, Any] = {
+        "round": blk["round"],
+        "k": blk["score"],
+        "times_ms": times,
+        "train": _med([t["trained"] for t in part]),
+        "commit": _med([t["committed"] - t["trained"] for t in part if "committed" in t]),
+        "prove": _med(
+            [t["proved"] - t["revealed"] for t in part if "proved" in t and "revealed" in t]
+        ),
+        "reveal": _med([t["revealed"] for t in times if "revealed" in t]),
+        "verify_last": max(verified) if verified else None,
+        "propose": mine["proposed"] if mine else None,
+        "propagate": (max(blocks) - mine["proposed"]) if mine and blocks else None,
+        "block_all": max(blocks) if blocks else None,
+    }
     return out
 
 

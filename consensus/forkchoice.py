@@ -73,6 +73,50 @@ class ForkChoice:
     def is_final(self, block_hash: bytes) -> bool:
         return self.descends_from(self.finalized, block_hash)
 
+    def preview(self, block_hash: bytes, parent: bytes, k: int) -> tuple[ChainNode, bool]:
+        """What `on_block` would do, without doing it: (the node, whether it becomes head).
+
+        Lets the shell persist a block before fork choice takes it, so memory never
+        runs ahead of the store. Raises ForkChoiceError exactly when `on_block` would.
+        """
+        if block_hash in self.nodes:
+            return self.nodes[block_hash], False
+        self._check_placeable(block_hash, parent, k)
+        p = self.nodes[parent]
+        node = ChainNode(block_hash, parent, p.height + 1, p.score + k)
+        return node, is_better(node, self.nodes[self.head])
+
+    def restore_finalized(self, block_hash: bytes) -> None:
+        """Re-adopt a finality decision taken before a restart (it only ever moves forward).
+
+        Replaying stored blocks by height can finalize less than the live node had;
+        finality is irreversible, so the persisted decision wins when it is consistent.
+        """
+        if block_hash not in self.nodes or not self.descends_from(block_hash, self.finalized):
+            return
+        if self.node(block_hash).height <= self.node(self.finalized).height:
+            return
+        self.finalized = block_hash
+        if not self.descends_from(self.head, block_hash):
+            viable = [n for n in self.nodes.values() if self.descends_from(n.hash, block_hash)]
+            best = viable[0]
+            for n in viable[1:]:
+                if is_better(n, best):
+                    best = n
+            self.head = best.hash
+
+    def _check_placeable(self, block_hash: bytes, parent: bytes, k: int) -> None:
+        if k < 1:
+            raise ForkChoiceError("a block's proven score must be at least 1")
+        if parent not in self.nodes:
+            raise ForkChoiceError(f"parent {parent.hex()} is unknown; fetch it first")
+        if not self.descends_from(parent, self.finalized):
+            fin = self.nodes[self.finalized]
+            raise ForkChoiceError(
+                f"block {block_hash.hex()[:16]}… does not descend from the finalized block "
+                f"{fin.hash.hex()[:16]}… at height {fin.height}; reorgs never cross finality"
+            )
+
     def on_block(self, block_hash: bytes, parent: bytes, k: int) -> ChainNode:
         """Add a validated block whose proposer proved `k`; returns its node.
 
@@ -83,17 +127,8 @@ class ForkChoice:
             raise ValueError("block hash must be 32 bytes")
         if block_hash in self.nodes:
             return self.nodes[block_hash]
-        if k < 1:
-            raise ForkChoiceError("a block's proven score must be at least 1")
-        if parent not in self.nodes:
-            raise ForkChoiceError(f"parent {parent.hex()} is unknown; fetch it first")
+        self._check_placeable(block_hash, parent, k)
         p = self.nodes[parent]
-        if not self.descends_from(parent, self.finalized):
-            fin = self.nodes[self.finalized]
-            raise ForkChoiceError(
-                f"block {block_hash.hex()[:16]}… does not descend from the finalized block "
-                f"{fin.hash.hex()[:16]}… at height {fin.height}; reorgs never cross finality"
-            )
         node = ChainNode(block_hash, parent, p.height + 1, p.score + k)
         self.nodes[block_hash] = node
         if is_better(node, self.nodes[self.head]):

@@ -95,7 +95,14 @@ class Chain:
                 self.forks.on_block(h, meta.parent, meta.score - parent.score)
             except ForkChoiceError as exc:
                 log.info("stored block %s stays off fork choice: %s", h.hex()[:16], exc)
-        # The store's finality survives restarts even if replay order differs.
+        # Finality is irreversible: the persisted decision wins over what replay gives.
+        self.forks.restore_finalized(store.finalized())
+        if self.forks.head != store.head():
+            log.warning(
+                "fork choice head differs from the stored head after replay; adopting %s",
+                self.forks.head.hex()[:16],
+            )
+            store.set_head(self.forks.head)
         self._lock = trio.Lock()
 
     # ---------------------------------------------------------------- reading
@@ -144,72 +151,90 @@ class Chain:
     async def validate(
         self, block: Block, model: bytes, checker: ProofChecker, pool: WorkerPool, timeout_s: float
     ) -> int:
-        """Complete validation; returns the proposer's score or raises InvalidError."""
+        """Complete validation; returns the proposer's score or raises InvalidError.
+
+        Every cheap rule runs first (with the prover's answers stubbed as "fine"), so
+        a peer's junk block never reaches the verification pool.
+        """
         parent = self.parent_info(block.parent)
         if parent is None:
             raise InvalidError("Block: parent is unknown")
-        rules.check_block_header(self.genesis, self.cid, parent, block)
+        proposer_proof = next((p for p in block.proofs if p.participant == block.proposer), None)
+        if proposer_proof is None:
+            raise InvalidError("Block: the proposer has no proof in the block")
+        claimed = proposer_proof.k
+        rules.check_block(
+            self.genesis,
+            self.cid,
+            parent,
+            block,
+            model,
+            lambda *a: True,
+            lambda m: proposer_proof.commitment,
+            lambda m, b: claimed,
+        )
         verdicts: dict[tuple[bytes, bytes, int], bool] = {}
+        answers: dict[str, object] = {}
+        failures: list[str] = []
+        arch = self.genesis.task.architecture
+        artifacts = str(checker.artifacts)
+        batch = block.reveal.batch.encode()
 
         async def verify_one(proof: bytes, commitment: bytes, k: int) -> None:
             ok, _ = await checker.check(proof, block.reveal.batch, commitment, k)
             verdicts[(proof, commitment, k)] = ok
 
-        arch = self.genesis.task.architecture
-        artifacts = str(checker.artifacts)
-        extra: dict[str, object] = {}
+        async def job(name: str, *args: object) -> None:
+            # Each job reports its own failure: an exception group out of the nursery
+            # would escape every `except` the callers have.
+            try:
+                answers[name] = await pool.run(name, artifacts, *args, timeout=timeout_s)
+            except WorkerError as exc:
+                failures.append(f"{name}: {exc}")
 
-        async def commitment_job() -> None:
-            extra["C"] = await pool.run("commit", artifacts, arch, model, timeout=timeout_s)
-
-        async def evaluate_job() -> None:
-            extra["k"] = await pool.run(
-                "evaluate", artifacts, arch, model, block.reveal.batch.encode(), timeout=timeout_s
+        async with trio.open_nursery() as nursery:
+            for p in block.proofs:
+                nursery.start_soon(verify_one, p.proof, p.commitment, p.k)
+            nursery.start_soon(job, "commit", arch, model)
+            nursery.start_soon(job, "evaluate", arch, model, batch)
+        if failures:
+            raise InvalidError(
+                f"Block: the revealed model cannot be checked: {'; '.join(failures)}"
             )
-
-        if sha256(model) != block.model_hash:
-            raise InvalidError("Block: the model blob does not match model_hash")
-        try:
-            async with trio.open_nursery() as nursery:
-                for p in block.proofs:
-                    nursery.start_soon(verify_one, p.proof, p.commitment, p.k)
-                nursery.start_soon(commitment_job)
-                nursery.start_soon(evaluate_job)
-        except WorkerError as exc:
-            raise InvalidError(f"Block: the revealed model cannot be evaluated: {exc}") from None
-
         return rules.check_block(
             self.genesis,
             self.cid,
             parent,
             block,
             model,
-            lambda proof, batch, c, k: verdicts.get((proof, c, k), False),
-            lambda m: extra["C"],  # type: ignore[arg-type,return-value]
-            lambda m, b: extra["k"],  # type: ignore[arg-type,return-value]
+            lambda proof, b, c, k: verdicts.get((proof, c, k), False),
+            lambda m: answers["commit"],  # type: ignore[arg-type,return-value]
+            lambda m, b: answers["evaluate"],  # type: ignore[arg-type,return-value]
         )
 
     # ---------------------------------------------------------------- applying
 
     async def apply(self, block: Block, raw: bytes, model: bytes, score: int) -> Applied:
-        """Store a validated block and its model, run fork choice, persist head and finality."""
+        """Store a validated block and its model, then let fork choice take it.
+
+        The store is written first (one atomic batch, head included), so memory never
+        runs ahead of disk: a failed write leaves fork choice as it was.
+        """
         async with self._lock:
             h = sha256(raw)
             if h in self.forks:
                 return Applied(h, self.forks.node(h).height, False, False)
             old_head = self.forks.head
-            node = self.forks.on_block(h, block.parent, score)  # raises ForkChoiceError
+            node, becomes_head = self.forks.preview(h, block.parent, score)  # ForkChoiceError
             self.store.put_blob(model)
-            parent_meta = self.store.get_meta(block.parent)
-            assert parent_meta is not None
-            head_changed = self.forks.head != old_head
             self.store.put_block(
-                h, raw, BlockMeta(block.parent, node.height, node.score), new_head=head_changed
+                h, raw, BlockMeta(block.parent, node.height, node.score), new_head=becomes_head
             )
-            reorg = head_changed and block.parent != old_head
+            self.forks.on_block(h, block.parent, score)
+            reorg = becomes_head and block.parent != old_head
             if self.store.finalized() != self.forks.finalized:
                 self.store.set_finalized(self.forks.finalized)
-            return Applied(h, node.height, head_changed, reorg)
+            return Applied(h, node.height, becomes_head, reorg)
 
 
 def safe_decode_block(raw: bytes) -> Block | None:

@@ -26,7 +26,16 @@ from node.engine import Engine
 from node.home import Home, HomeError
 from node.roundlog import RoundLog
 from node.view import NodeView
-from p2p import HostConfig, P2PHost, SyncClient, SyncError, SyncServer, TopicKind, Verdict
+from p2p import (
+    GossipConfig,
+    HostConfig,
+    P2PHost,
+    SyncClient,
+    SyncError,
+    SyncServer,
+    TopicKind,
+    Verdict,
+)
 from p2p.host import public_key_of
 from prover import circuit
 from prover.worker import WorkerError, worker_pool
@@ -119,7 +128,14 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
     store = ChainStore.open(home.store_dir)
     try:
         host = P2PHost(
-            HostConfig(seed=key.seed, listen=cfg.listen, bootstrap=cfg.bootstrap + extra_bootstrap),
+            HostConfig(
+                seed=key.seed,
+                listen=cfg.listen,
+                bootstrap=cfg.bootstrap + extra_bootstrap,
+                # A block's validation (model fetch, proofs, re-evaluation) may take as long as
+                # a verification job; the default 30 s would cut honest blocks off.
+                gossip=GossipConfig(validation_timeout_s=cfg.verify_timeout_s),
+            ),
             chain_id(genesis),
         )
         store.init_genesis(chain_id(genesis), genesis.encode())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,8 @@ class RoundState:
     proofs: dict[bytes, ProofTx] = field(default_factory=dict)  # commit id -> valid proof
     mine: tuple[bytes, CommitTx, bytes] | None = None  # (weights, commit, C)
     my_proof: ProofTx | None = None
-    blocks: set[bytes] = field(default_factory=set)  # parents that got a valid block this round
+    # parent -> best (k, tiebreak) of the valid blocks seen for it this round
+    blocks: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,6 +110,8 @@ class Engine:
         self.checker = ProofChecker(verifier, artifacts, verify_timeout_s)
         self.sync = SyncClient(host)
         self.rounds: dict[int, RoundState] = {}
+        self.own_blocks: set[bytes] = set()  # our own publishes pass our validator
+        self.refused: OrderedDict[bytes, str] = OrderedDict()  # invalid/unplaceable blocks
         self._sync_wanted = trio.Event()
         host.gossip.set_validator(TopicKind.ROUND, self._validate_round_msg)
         host.gossip.set_validator(TopicKind.BLOCKS, self._validate_block_msg)
@@ -120,12 +124,41 @@ class Engine:
         times.setdefault(step, self.clock() - schedule.round_start(self.genesis, rnd))
 
     def state(self, rnd: int) -> RoundState:
+        """Round state; created only for rounds near the clock (see `in_window`)."""
         st = self.rounds.get(rnd)
         if st is None:
             st = self.rounds[rnd] = RoundState()
-            for old in [r for r in self.rounds if r < rnd - 8]:
-                del self.rounds[old]
         return st
+
+    def in_window(self, rnd: int) -> bool:
+        """Rounds a peer's message may touch: the clock's round, one before and one after.
+
+        Peers choose round numbers freely; without this bound one message could
+        create state for any round (memory) or, worse, evict the live round's state.
+        """
+        now = schedule.round_at(self.genesis, self.clock())
+        cur = 0 if now is None else now
+        return cur - 2 <= rnd <= cur + 1
+
+    def _prune(self, rnd: int) -> None:
+        """Driven by the clock only, never by a peer-supplied round."""
+        for old in [r for r in self.rounds if r < rnd - 8]:
+            del self.rounds[old]
+
+    @staticmethod
+    def _better(a: tuple[int, bytes], b: tuple[int, bytes]) -> bool:
+        """Block quality for abstaining: higher k, then lower tie-break."""
+        return a[0] > b[0] or (a[0] == b[0] and a[1] < b[1])
+
+    def _note_block(self, rnd: int, block: Block) -> None:
+        st = self.rounds.get(rnd)
+        if st is None:
+            return
+        k = next((p.k for p in block.proofs if p.participant == block.proposer), 0)
+        key = (k, rules.tiebreak_key(block.reveal.batch.hash(), block.proposer))
+        best = st.blocks.get(block.parent)
+        if best is None or self._better(key, best):
+            st.blocks[block.parent] = key
 
     # ------------------------------------------------------------------ main loop
 
@@ -147,6 +180,7 @@ class Engine:
         while True:
             rnd = schedule.round_at(g, self.clock())
             assert rnd is not None
+            self._prune(rnd)
             if not schedule.round_exists(g, rnd):
                 log.info(
                     "evaluation plan exhausted after %d rounds; following only",
@@ -178,11 +212,17 @@ class Engine:
         parent = self.chain.head
         deadline = schedule.commit_deadline(g, rnd)
         try:
+            global_model = self.chain.model_of(parent)
+        except LookupError as exc:
+            rec.notes.append(f"no global model to train from: {exc}")
+            log.error("round %d: cannot train: %s", rnd, exc)
+            return
+        try:
             with trio.fail_after(max(0.0, (deadline - self.clock()) / 1000)):
                 weights = await self.prover.run(
                     "train",
                     g.task.architecture,
-                    self.chain.model_of(parent),
+                    global_model,
                     g.task.dataset,
                     self.dataset_path,
                     self.shard,
@@ -214,6 +254,7 @@ class Engine:
         )
         st.mine = (weights, commit, c)
         self._record_commit(rnd, commit)
+        self.mark(rnd, "committed")
         await self._publish(commit)
         log.info(
             "round %d: committed %s on parent %s", rnd, commit.hash().hex()[:12], parent.hex()[:12]
@@ -271,13 +312,15 @@ class Engine:
         parent = commit.parent
         for rank in range(1, g.timing.max_rank + 1):
             await self._sleep_until(schedule.proposal_time(g, rnd, rank))
-            if parent in st.blocks:
-                return  # a valid block for this round and parent arrived
             ranking = self._ranking(rnd, parent)
             self.roundlog.record(rnd).ranking = [(r.rank, r.participant, r.k) for r in ranking]
             mine = next((r for r in ranking if r.participant == self.key.public), None)
             if mine is None or mine.k < 1:
                 return
+            best = st.blocks.get(parent)
+            my_key = (mine.k, rules.tiebreak_key(st.reveal.batch.hash(), self.key.public))
+            if best is not None and not self._better(my_key, best):
+                return  # a block at least as good as ours already exists for this parent
             if mine.rank == rank:
                 await self._propose(rnd, rank, ranking, weights)
                 return
@@ -314,7 +357,8 @@ class Engine:
         except (InvalidError, ForkChoiceError) as exc:
             log.error("round %d: our own block is invalid, not proposing: %s", rnd, exc)
             return
-        st.blocks.add(parent)
+        self._note_block(rnd, block)
+        self.own_blocks.add(applied.block_hash)
         self.mark(rnd, "proposed")
         self.mark(rnd, "block")
         self._record_block(rnd, block, applied.block_hash)
@@ -383,15 +427,25 @@ class Engine:
             rec.block, rec.proposer = h, block.proposer
 
     async def _validate_round_msg(self, item: GossipItem, forwarder: ID) -> Verdict:
+        if forwarder == self.host.peer_id:
+            return Verdict.ACCEPT  # our own publish: already recorded and checked
         try:
             if isinstance(item, CommitTx):
                 rules.check_commit(self.genesis, self.cid, item)
-                if not self.chain.has(item.parent):
+                if not self.in_window(item.round) or not self.chain.has(item.parent):
                     return Verdict.IGNORE
+                st = self.state(item.round)
+                if item.hash() not in st.commits and any(
+                    c.participant == item.participant and c.parent == item.parent
+                    for c in st.commits.values()
+                ):
+                    return Verdict.IGNORE  # one commit per participant, round and parent
                 self._record_commit(item.round, item)
                 return Verdict.ACCEPT
             if isinstance(item, Reveal):
                 rules.check_reveal(self.genesis, self.cid, item)
+                if not self.in_window(item.round):
+                    return Verdict.IGNORE
                 first = self.state(item.round).reveal
                 if first is not None and first != item:
                     log.warning(
@@ -405,33 +459,31 @@ class Engine:
                 self._on_reveal(item)
                 return Verdict.ACCEPT
             if isinstance(item, ProofTx):
-                st = self.state(item.round)
-                commit = st.commits.get(item.commit_id)
-                if st.reveal is None or commit is None:
+                st_or_none = self.rounds.get(item.round) if self.in_window(item.round) else None
+                if st_or_none is None:
                     return Verdict.IGNORE
-                rec = self.roundlog.record(item.round)
-                rec.proofs[item.commit_id] = ProofSeen(
-                    item.participant, item.commit_id, item.k, None
-                )
+                st = st_or_none
+                commit = st.commits.get(item.commit_id)
+                if st.reveal is None or commit is None or item.commit_id in st.proofs:
+                    return Verdict.IGNORE  # unknown context, or a valid proof is already held
                 # Cheap checks first (the verifier stub passes), then the zk verification.
                 rules.check_proof_tx(
                     self.genesis, self.cid, st.reveal, commit, item, lambda *a: True
                 )
+                seen = ProofSeen(item.participant, item.commit_id, item.k, None)
+                self.roundlog.record(item.round).proofs[item.commit_id] = seen
                 ok, reason = await self.checker.check(
                     item.proof, st.reveal.batch, item.commitment, item.k
                 )
                 if not ok:
+                    seen.valid, seen.reason = False, reason
                     raise InvalidError(f"ProofTx: {reason}")
                 st.proofs[item.commit_id] = item
-                rec.proofs[item.commit_id].valid = True
+                seen.valid = True
                 self.mark(item.round, f"proof_verified:{item.participant.hex()[:8]}")
                 return Verdict.ACCEPT
             return Verdict.REJECT
         except InvalidError as exc:
-            if isinstance(item, ProofTx):
-                seen = self.roundlog.record(item.round).proofs.get(item.commit_id)
-                if seen is not None:
-                    seen.valid, seen.reason = False, str(exc)
             log.info("rejected %s from %s: %s", type(item).__name__, forwarder, exc)
             return Verdict.REJECT
 
@@ -440,29 +492,43 @@ class Engine:
             return Verdict.IGNORE  # blocks above the inline limit come by sync
         if not isinstance(item, Block):
             return Verdict.REJECT
-        self.mark(item.round, "block_received")
         raw = item.encode()
         h = sha256(raw)
-        if self.chain.has(h):
+        if forwarder == self.host.peer_id and h in self.own_blocks:
+            return Verdict.ACCEPT  # our own block, already validated and applied
+        if self.chain.has(h) or h in self.refused:
             return Verdict.IGNORE
         if not self.chain.has(item.parent):
             self._sync_wanted.set()
             return Verdict.IGNORE
+        if not self.chain.forks.descends_from(item.parent, self.chain.forks.finalized):
+            self._refuse(h, "conflicts with finality")
+            return Verdict.IGNORE
         try:
             pinfo = self.chain.parent_info(item.parent)
-            assert pinfo is not None
+            if pinfo is None:
+                return Verdict.IGNORE
             rules.check_block_header(self.genesis, self.cid, pinfo, item)
+            if self.in_window(item.round):
+                self.mark(item.round, "block_received")
             model = await self._fetch_blob(
                 item.model_hash, [forwarder, *self._peers_with_pubkey(item.proposer)]
             )
             ok = await self._validate_and_apply(item, raw, model)
         except InvalidError as exc:
+            self._refuse(h, str(exc))
             log.info("rejected block %s from %s: %s", h.hex()[:12], forwarder, exc)
             return Verdict.REJECT
         except SyncError as exc:
             log.info("block %s: model not available yet: %s", h.hex()[:12], exc)
             return Verdict.IGNORE
         return Verdict.ACCEPT if ok else Verdict.IGNORE
+
+    def _refuse(self, block_hash: bytes, reason: str) -> None:
+        """Remember refused blocks (bounded) so no peer makes us validate one twice."""
+        self.refused[block_hash] = reason
+        while len(self.refused) > 4096:
+            self.refused.popitem(last=False)
 
     def _peers_with_pubkey(self, pub: bytes) -> list[ID]:
         return [p for p in self.host.connected_peers() if public_key_of(p) == pub]
@@ -481,17 +547,20 @@ class Engine:
         try:
             applied = await self.chain.apply(block, raw, model, score)
         except ForkChoiceError as exc:
+            self._refuse(sha256(raw), str(exc))
             log.info("block not taken by fork choice: %s", exc)
             return False
-        st = self.state(block.round)
-        st.blocks.add(block.parent)
-        if applied.head_changed:
-            self.mark(block.round, "block")
-        for p in block.proofs:
-            st.proofs.setdefault(p.commit_id, p)
-        for c in block.commits:
-            self._record_commit(block.round, c)
-        self._record_block(block.round, block, applied.block_hash)
+        self._note_block(block.round, block)
+        st = self.rounds.get(block.round)
+        if st is not None:  # a live round: the block's txs count as seen
+            if applied.head_changed:
+                self.mark(block.round, "block")
+            if st.reveal is None or st.reveal == block.reveal:
+                for p in block.proofs:
+                    st.proofs.setdefault(p.commit_id, p)
+                for c in block.commits:
+                    self._record_commit(block.round, c)
+            self._record_block(block.round, block, applied.block_hash)
         log.info(
             "round %d: block %s at height %d by %s (k=%d)%s",
             block.round,
@@ -517,9 +586,12 @@ class Engine:
             self._sync_wanted = trio.Event()
             for peer in list(self.host.connected_peers()):
                 try:
-                    await self._sync_from(peer)
+                    with trio.move_on_after(300):  # one slow peer must not stall catching up
+                        await self._sync_from(peer)
                 except (SyncError, ConsensusError, WorkerError) as exc:
                     log.info("sync from %s failed: %s", peer, exc)
+                except Exception:  # a bug here must never end the node
+                    log.exception("sync from %s failed unexpectedly", peer)
 
     async def _sync_from(self, peer: ID) -> None:
         status = await self.sync.status(peer)
@@ -532,18 +604,29 @@ class Engine:
             if not entries:
                 return
             for e in entries:
+                if self.chain.has(e.block_hash):
+                    continue
+                if e.block_hash in self.refused:
+                    return
                 raw = e.raw or await self.sync.content(peer, e.block_hash)
                 if sha256(raw) != e.block_hash:
                     self.host.penalise(peer, 50.0, "sync block does not match its hash")
                     return
-                if self.chain.has(e.block_hash):
-                    continue
                 block = Block.decode(raw)
-                model = await self._fetch_blob(block.model_hash, [peer])
                 try:
+                    # Cheap checks before downloading the model or verifying anything.
+                    pinfo = self.chain.parent_info(block.parent)
+                    if pinfo is None or not self.chain.forks.descends_from(
+                        block.parent, self.chain.forks.finalized
+                    ):
+                        self._refuse(e.block_hash, "parent unknown or below finality")
+                        return
+                    rules.check_block_header(self.genesis, self.cid, pinfo, block)
+                    model = await self._fetch_blob(block.model_hash, [peer])
                     if not await self._validate_and_apply(block, raw, model):
                         return
                 except InvalidError as exc:
+                    self._refuse(e.block_hash, str(exc))
                     self.host.penalise(peer, 50.0, f"served an invalid block: {exc}")
                     return
             start = entries[-1].height + 1

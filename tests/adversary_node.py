@@ -6,7 +6,8 @@ Each round it commits to weights it does not have, then misbehaves in turn:
   round % 3 == 1: an honest participant's proof re-signed as its own (copied C);
   round % 3 == 2: a commit after the commit deadline, then a proof for it.
 Every round it also gossips a reveal of the *next* round signed with the
-publisher's key but carrying a batch that does not match the genesis root.
+publisher's key but carrying a batch that does not match the genesis root, and a
+proof tx for a round far in the future (which must not touch the live round's state).
 Prints one JSON line per action.
 """
 
@@ -94,6 +95,13 @@ async def main(args: argparse.Namespace) -> None:
                 )
                 await host.gossip.publish(commit)
                 say(event="commit", round=rnd, late=mode == 2)
+                # A message for a far-future round: must not create or evict round state.
+                far = min(rnd + 9, genesis.eval_plan.num_batches - 1)
+                junk = ProofTx(
+                    far, os.urandom(32), me.public, fake_c, 1, os.urandom(p_len), bytes(64)
+                )
+                await host.gossip.publish(sign(junk, me, cid))
+                say(event="far_future_proof", round=far)
                 # forged reveal for the next round
                 if rnd + 1 < genesis.eval_plan.num_batches:
                     plan = genesis.eval_plan

@@ -76,7 +76,7 @@ def test_misbehaving_participant_never_leads_and_forged_reveals_are_ignored(net:
     net.wait_finalized([0, 1, 2], 4, timeout=300)
     events = _adversary_events(net)
     kinds = {e["event"] for e in events}
-    assert {"commit", "forged_reveal", "garbage_proof"} <= kinds, events
+    assert {"commit", "forged_reveal", "garbage_proof", "far_future_proof"} <= kinds, events
     adversary = net.home(3).load_key().public.hex()
     batches = {b.index: b.hash() for b in net.home(0).load_batches()}
     for height in range(1, 5):

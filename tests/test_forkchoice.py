@@ -141,3 +141,33 @@ def test_readding_a_block_is_a_no_op() -> None:
     n1 = fc.on_block(h("a"), G, 2)
     n2 = fc.on_block(h("a"), G, 2)
     assert n1 == n2 and len(fc.nodes) == 2
+
+
+def test_replay_after_restart_restores_the_persisted_finality() -> None:
+    """Replaying by height can finalize less than the live node did; finality never goes back."""
+    live = ForkChoice(G, finality_depth=2)
+    live.on_block(h("b0"), G, 3)
+    live.on_block(h("b1"), h("b0"), 1)
+    live.on_block(h("b2"), h("b1"), 1)
+    live.on_block(h("b3"), h("b0"), 4)
+    assert live.finalized == h("b0") and live.head == h("b3")
+    replay = ForkChoice(G, finality_depth=2)
+    for b, p, k in [("b0", G, 3), ("b1", h("b0"), 1), ("b3", h("b0"), 4), ("b2", h("b1"), 1)]:
+        replay.on_block(h(b), p if isinstance(p, bytes) else h(p), k)
+    assert replay.finalized == G  # what plain replay gives
+    replay.restore_finalized(live.finalized)
+    assert replay.finalized == live.finalized and replay.head == live.head
+    with pytest.raises(ForkChoiceError, match="finalized"):
+        replay.on_block(h("fork"), G, 50)
+    replay.restore_finalized(G)  # never backwards
+    assert replay.finalized == h("b0")
+
+
+def test_preview_matches_on_block_without_changing_state() -> None:
+    fc = ForkChoice(G, finality_depth=5)
+    fc.on_block(h("a"), G, 2)
+    node, becomes_head = fc.preview(h("b"), G, 3)
+    assert becomes_head and node.score == 3 and h("b") not in fc and fc.head == h("a")
+    with pytest.raises(ForkChoiceError):
+        fc.preview(h("c"), h("nowhere"), 1)
+    assert fc.on_block(h("b"), G, 3) == node and fc.head == h("b")
