@@ -111,6 +111,8 @@ class Engine:
         self.sync = SyncClient(host)
         self.rounds: dict[int, RoundState] = {}
         self.own_blocks: set[bytes] = set()  # our own publishes pass our validator
+        # commits whose parent block is not applied yet: (participant, round, parent) -> (tx, arrival)
+        self.held_commits: dict[tuple[bytes, int, bytes], tuple[CommitTx, int]] = {}
         self.refused: OrderedDict[bytes, str] = OrderedDict()  # invalid/unplaceable blocks
         self._sync_wanted = trio.Event()
         host.gossip.set_validator(TopicKind.ROUND, self._validate_round_msg)
@@ -359,6 +361,7 @@ class Engine:
             return
         self._note_block(rnd, block)
         self.own_blocks.add(applied.block_hash)
+        self._release_commits(applied.block_hash)
         self.mark(rnd, "proposed")
         self.mark(rnd, "block")
         self._record_block(rnd, block, applied.block_hash)
@@ -404,13 +407,33 @@ class Engine:
         except Exception as exc:  # no peers yet, or backpressure timed out
             log.warning("could not gossip %s: %s", item.NAME, exc)
 
-    def _record_commit(self, rnd: int, c: CommitTx) -> None:
+    def _record_commit(self, rnd: int, c: CommitTx, received_ms: int | None = None) -> None:
         st = self.state(rnd)
         cid = c.hash()
         if cid not in st.commits:
             st.commits[cid] = c
-            st.received_ms[cid] = self.clock()
+            st.received_ms[cid] = self.clock() if received_ms is None else received_ms
             self.roundlog.record(rnd).commits[cid] = c.participant
+
+    def _hold_commit(self, c: CommitTx) -> None:
+        """Bounded: at most one held commit per (participant, round, parent), 1024 in all."""
+        key = (c.participant, c.round, c.parent)
+        if key not in self.held_commits and len(self.held_commits) < 1024:
+            self.held_commits[key] = (c, self.clock())
+
+    def _release_commits(self, parent: bytes) -> None:
+        """A block just applied: commits that were waiting for it as their parent count now."""
+        for key in [k for k in self.held_commits if k[2] == parent]:
+            c, received = self.held_commits.pop(key)
+            if not self.in_window(c.round):
+                continue
+            st = self.state(c.round)
+            if not any(
+                o.participant == c.participant and o.parent == c.parent for o in st.commits.values()
+            ):
+                self._record_commit(c.round, c, received)
+        for key in [k for k in self.held_commits if not self.in_window(k[1])]:
+            del self.held_commits[key]
 
     def _on_reveal(self, reveal: Reveal) -> None:
         st = self.state(reveal.round)
@@ -432,7 +455,12 @@ class Engine:
         try:
             if isinstance(item, CommitTx):
                 rules.check_commit(self.genesis, self.cid, item)
-                if not self.in_window(item.round) or not self.chain.has(item.parent):
+                if not self.in_window(item.round):
+                    return Verdict.IGNORE
+                if not self.chain.has(item.parent):
+                    # Its parent may be a block we are still validating: keep it (with
+                    # its arrival time, which decides sealing) until that block applies.
+                    self._hold_commit(item)
                     return Verdict.IGNORE
                 st = self.state(item.round)
                 if item.hash() not in st.commits and any(
@@ -551,6 +579,7 @@ class Engine:
             log.info("block not taken by fork choice: %s", exc)
             return False
         self._note_block(block.round, block)
+        self._release_commits(sha256(raw))
         st = self.rounds.get(block.round)
         if st is not None:  # a live round: the block's txs count as seen
             if applied.head_changed:
