@@ -16,7 +16,7 @@ import trio
 
 from consensus import rules
 from consensus.crypto import sha256
-from consensus.errors import ConsensusError, ForkChoiceError, InvalidError
+from consensus.errors import ForkChoiceError, InvalidError
 from consensus.forkchoice import ForkChoice
 from consensus.rules import ParentInfo
 from consensus.types import Block, EvalBatch, Genesis, chain_id
@@ -31,7 +31,6 @@ class Applied:
     block_hash: bytes
     height: int
     head_changed: bool
-    reorg: bool
 
 
 class ProofChecker:
@@ -46,10 +45,6 @@ class ProofChecker:
     @staticmethod
     def _key(proof: bytes, batch: EvalBatch, commitment: bytes, k: int) -> bytes:
         return sha256(sha256(proof) + batch.hash() + sha256(commitment) + k.to_bytes(4, "big"))
-
-    def known(self, proof: bytes, batch: EvalBatch, commitment: bytes, k: int) -> bool | None:
-        v = self._cache.get(self._key(proof, batch, commitment, k))
-        return None if v is None else v[0]
 
     async def check(
         self, proof: bytes, batch: EvalBatch, commitment: bytes, k: int
@@ -223,22 +218,13 @@ class Chain:
         async with self._lock:
             h = sha256(raw)
             if h in self.forks:
-                return Applied(h, self.forks.node(h).height, False, False)
-            old_head = self.forks.head
+                return Applied(h, self.forks.node(h).height, False)
             node, becomes_head = self.forks.preview(h, block.parent, score)  # ForkChoiceError
             self.store.put_blob(model)
             self.store.put_block(
                 h, raw, BlockMeta(block.parent, node.height, node.score), new_head=becomes_head
             )
             self.forks.on_block(h, block.parent, score)
-            reorg = becomes_head and block.parent != old_head
             if self.store.finalized() != self.forks.finalized:
                 self.store.set_finalized(self.forks.finalized)
-            return Applied(h, node.height, becomes_head, reorg)
-
-
-def safe_decode_block(raw: bytes) -> Block | None:
-    try:
-        return Block.decode(raw)
-    except ConsensusError:
-        return None
+            return Applied(h, node.height, becomes_head)

@@ -49,7 +49,6 @@ class RoundState:
     revealed: trio.Event = field(default_factory=trio.Event)
     proofs: dict[bytes, ProofTx] = field(default_factory=dict)  # commit id -> valid proof
     mine: tuple[bytes, CommitTx, bytes] | None = None  # (weights, commit, C)
-    my_proof: ProofTx | None = None
     # parent -> best (k, tiebreak) of the valid blocks seen for it this round
     blocks: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
 
@@ -289,7 +288,6 @@ class Engine:
             ProofTx(rnd, commit.hash(), self.key.public, c, k, proof, bytes(64)), self.key, self.cid
         )
         self.mark(rnd, "proved")
-        st.my_proof = tx
         st.proofs[commit.hash()] = tx
         rec.proofs[commit.hash()] = ProofSeen(self.key.public, commit.hash(), k, True)
         await self._publish(tx)
@@ -309,7 +307,7 @@ class Engine:
     async def _propose_when_due(self, rnd: int) -> None:
         g = self.genesis
         st = self.state(rnd)
-        assert st.mine is not None and st.my_proof is not None and st.reveal is not None
+        assert st.mine is not None and st.reveal is not None
         weights, commit, _ = st.mine
         parent = commit.parent
         for rank in range(1, g.timing.max_rank + 1):

@@ -206,7 +206,6 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
 
     import httpx
 
-    from prover.models import model_from_bytes  # noqa: F401  (fail early if torch is missing)
     from prover.train import evaluate_float
 
     say = out or sys.stdout

@@ -269,25 +269,16 @@ def build(
         str(out / COMPILED), str(out / VK), str(out / PK), str(out / SRS), None, False
     ):
         raise CircuitError("ezkl.setup failed")
-    points = len(settings.get("module_sizes", {}).get("polycommit", [])) or 1
-    manifest = Manifest(
+    # proof_bytes is fixed by the self-test proof below.
+    manifest = Manifest.derive(
+        out,
         architecture=architecture,
         batch_size=batch_size,
         input_dim=input_dim,
         num_classes=num_classes,
-        logrows=logrows,
-        input_scale=fp.input_scale,
-        param_scale=fp.param_scale,
-        decomp_base=fp.decomp_base,
-        decomp_legs=fp.decomp_legs,
-        commitment_points=points,
         proof_bytes=0,
-        settings_hash=sha256_file(out / SETTINGS),
-        compiled_hash=sha256_file(out / COMPILED),
-        vk_hash=sha256_file(out / VK),
-        srs_hash=sha256_file(out / SRS),
     )
-    (out / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    manifest.save(out)
     # Self-test: one real proof of the initial model fixes the proof length (ezkl
     # ignores trailing bytes, which would make proof ids malleable) and shows the
     # artifacts work together before any genesis pins them.
@@ -295,7 +286,7 @@ def build(
     labels = np.zeros(batch_size, dtype=np.int64)
     k, proof = prove(out, net, qparams, zeros, labels)
     manifest = dataclasses.replace(manifest, proof_bytes=len(proof))
-    (out / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    manifest.save(out)
     ok, reason = verify(out, proof, zeros, labels, commit(out, net, qparams), k)
     if not ok:
         raise CircuitError(f"self-test proof of the new circuit does not verify: {reason}")
