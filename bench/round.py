@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from node.testnet import TestnetSpec, init
+from node.netspec import TestnetSpec
+from node.testnet import init
 from tests.e2e_util import Net, free_base
 
 RESULTS = Path(__file__).resolve().parent / "results"

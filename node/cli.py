@@ -19,6 +19,7 @@ from consensus.errors import ConsensusError
 from consensus.types import Genesis
 from node.client import add_client_commands
 from node.compose import add_compose_commands
+from node.netspec import TestnetSpec, add_network_args, network_kwargs
 from storage import ChainStore, StoreError
 
 
@@ -29,20 +30,9 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
 
 
 def _cmd_testnet_init(args: argparse.Namespace) -> int:
-    from node.testnet import TestnetSpec, init
+    from node.testnet import init
 
-    spec = TestnetSpec(
-        nodes=args.nodes,
-        participants=args.participants,
-        task=args.task,
-        round_seconds=args.round_seconds,
-        eval_batch=args.eval_batch,
-        rounds=args.rounds,
-        logrows=args.logrows,
-        start_delay_s=args.start_delay,
-        p2p_base_port=args.p2p_port,
-        api_base_port=args.api_port,
-    )
+    spec = TestnetSpec(**network_kwargs(args))
     try:
         summary = init(Path(args.out), spec)
     except (ValueError, OSError) as exc:
@@ -205,24 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="directory for the node homes (must be new or empty)"
     )
-    p.add_argument("--nodes", type=int, default=4)
-    p.add_argument("--participants", type=int, default=3)
-    p.add_argument("--task", default="digits-mlp")
-    p.add_argument("--round-seconds", type=int, default=60)
-    p.add_argument("--eval-batch", type=int, default=16)
-    p.add_argument(
-        "--rounds", type=int, default=40, help="held-out batches, i.e. rounds the chain can run"
-    )
-    p.add_argument("--logrows", type=int, default=14)
-    p.add_argument(
-        "--start-delay", type=int, default=45, help="seconds from now until round 0 starts"
-    )
-    p.add_argument(
-        "--p2p-port", type=int, default=27100, help="first node's p2p port (others follow)"
-    )
-    p.add_argument(
-        "--api-port", type=int, default=8645, help="first node's API port (others follow)"
-    )
+    add_network_args(p, TestnetSpec())
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_testnet_init)
     p = testnet.add_parser("up", help="run every node of DIR until R blocks are final everywhere")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.netspec import TestnetSpec, add_network_args, network_kwargs
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = "docker/Dockerfile"  # relative to the build context
 IMAGE = "zkpot:local"
@@ -36,19 +38,11 @@ HEADER = (
 
 
 @dataclass(frozen=True)
-class ComposeSpec:
+class ComposeSpec(TestnetSpec):
     """The network (as `zkpot testnet init` takes it) and where the image comes from."""
 
-    nodes: int = 4
-    participants: int = 3
-    task: str = "digits-mlp"
     round_seconds: int = 48
-    eval_batch: int = 16
-    rounds: int = 40
-    logrows: int = 14
     start_delay_s: int = 120  # image start-up and each participant's key setup come first
-    p2p_base_port: int = 27100
-    api_base_port: int = 8645
     image: str = IMAGE
     context: str = ".."  # build context, relative to the compose file's directory
 
@@ -268,20 +262,7 @@ def dns_homes(directory: Path, into: Path | None = None) -> list[dict[str, Any]]
 def _cmd_compose(args: argparse.Namespace) -> int:
     out = Path(args.out)
     context = args.context or os.path.relpath(_default_context(), out.resolve().parent)
-    spec = ComposeSpec(
-        nodes=args.nodes,
-        participants=args.participants,
-        task=args.task,
-        round_seconds=args.round_seconds,
-        eval_batch=args.eval_batch,
-        rounds=args.rounds,
-        logrows=args.logrows,
-        start_delay_s=args.start_delay,
-        p2p_base_port=args.p2p_port,
-        api_base_port=args.api_port,
-        image=args.image,
-        context=context,
-    )
+    spec = ComposeSpec(**network_kwargs(args), image=args.image, context=context)
     try:
         text = render(spec)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -326,23 +307,7 @@ def add_compose_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     d = ComposeSpec()
     p = testnet.add_parser("compose", help="write a Docker Compose file for a local testnet")
     p.add_argument("--out", required=True, help="compose file to write (e.g. docker/compose.yml)")
-    p.add_argument("--nodes", type=int, default=d.nodes)
-    p.add_argument("--participants", type=int, default=d.participants)
-    p.add_argument("--task", default=d.task)
-    p.add_argument("--round-seconds", type=int, default=d.round_seconds)
-    p.add_argument("--eval-batch", type=int, default=d.eval_batch)
-    p.add_argument("--rounds", type=int, default=d.rounds)
-    p.add_argument("--logrows", type=int, default=d.logrows)
-    p.add_argument(
-        "--start-delay", type=int, default=d.start_delay_s, help="seconds from init to round 0"
-    )
-    p.add_argument("--p2p-port", type=int, default=d.p2p_base_port, help="node0's p2p port")
-    p.add_argument(
-        "--api-port",
-        type=int,
-        default=d.api_base_port,
-        help="node0's API port (host and container)",
-    )
+    add_network_args(p, d)
     p.add_argument("--image", default=d.image, help="image tag to build and run")
     p.add_argument(
         "--context",

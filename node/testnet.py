@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from consensus.merkle import merkle_root
 from consensus.rules import check_genesis
 from consensus.types import CircuitSpec, EvalPlan, Genesis, Task, Timing, chain_id
 from node.home import Home, NodeConfig
+from node.netspec import TestnetSpec
 from p2p import peer_id_from_seed
 from prover import circuit
 from prover.data import load_dataset, partition, split
@@ -31,27 +31,6 @@ from prover.jobs import make_eval_batch
 from prover.models import get_arch
 from prover.train import fresh_seed
 from prover.worker import worker_pool
-
-P2P_BASE_PORT = 27100
-API_BASE_PORT = 8645
-
-
-@dataclass(frozen=True)
-class TestnetSpec:
-    __test__ = False  # not a pytest test class
-    nodes: int = 4
-    participants: int = 3
-    task: str = "digits-mlp"
-    round_seconds: int = 60
-    eval_batch: int = 16
-    rounds: int = 40
-    logrows: int = 14
-    start_delay_s: int = 45
-    finality_depth: int = 1
-    local_epochs: int = 2
-    learning_rate_ppm: int = 100_000
-    p2p_base_port: int = P2P_BASE_PORT
-    api_base_port: int = API_BASE_PORT
 
 
 def timing_for(spec: TestnetSpec, genesis_ms: int) -> Timing:

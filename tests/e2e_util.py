@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from node.home import Home
-from node.testnet import TestnetSpec
+from node.netspec import TestnetSpec
 
 
 def free_base(span: int) -> int:

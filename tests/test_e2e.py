@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from node.home import Home, NodeConfig
-from node.testnet import TestnetSpec, init
+from node.netspec import TestnetSpec
+from node.testnet import init
 from prover.data import load_dataset
 from prover.train import evaluate_float
 from tests.e2e_util import Net, free_base

@@ -18,7 +18,8 @@ import pytest
 
 from consensus import rules, schedule
 from node.home import Home
-from node.testnet import TestnetSpec, init
+from node.netspec import TestnetSpec
+from node.testnet import init
 from tests.e2e_util import Net, free_base
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,82 @@
+"""The shape of a local testnet, and the CLI flags that describe it.
+
+Kept free of heavy imports: `zkpot testnet init` and `zkpot testnet compose` both
+take these flags, and the CLI registers them at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+P2P_BASE_PORT = 27100
+API_BASE_PORT = 8645
+
+
+@dataclass(frozen=True)
+class TestnetSpec:
+    __test__ = False  # not a pytest test class
+    nodes: int = 4
+    participants: int = 3
+    task: str = "digits-mlp"
+    round_seconds: int = 60
+    eval_batch: int = 16
+    rounds: int = 40
+    logrows: int = 14
+    start_delay_s: int = 45
+    finality_depth: int = 1
+    local_epochs: int = 2
+    learning_rate_ppm: int = 100_000
+    p2p_base_port: int = P2P_BASE_PORT
+    api_base_port: int = API_BASE_PORT
+
+
+def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
+    """The network flags of `testnet init` and `testnet compose`, with their defaults."""
+    p.add_argument("--nodes", type=int, default=defaults.nodes)
+    p.add_argument("--participants", type=int, default=defaults.participants)
+    p.add_argument("--task", default=defaults.task)
+    p.add_argument("--round-seconds", type=int, default=defaults.round_seconds)
+    p.add_argument("--eval-batch", type=int, default=defaults.eval_batch)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=defaults.rounds,
+        help="held-out batches, i.e. rounds the chain can run",
+    )
+    p.add_argument("--logrows", type=int, default=defaults.logrows)
+    p.add_argument(
+        "--start-delay",
+        type=int,
+        default=defaults.start_delay_s,
+        help="seconds from init until round 0 starts",
+    )
+    p.add_argument(
+        "--p2p-port",
+        type=int,
+        default=defaults.p2p_base_port,
+        help="first node's p2p port (others follow)",
+    )
+    p.add_argument(
+        "--api-port",
+        type=int,
+        default=defaults.api_base_port,
+        help="first node's API port (others follow)",
+    )
+
+
+def network_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """TestnetSpec fields from the flags `add_network_args` added."""
+    return {
+        "nodes": args.nodes,
+        "participants": args.participants,
+        "task": args.task,
+        "round_seconds": args.round_seconds,
+        "eval_batch": args.eval_batch,
+        "rounds": args.rounds,
+        "logrows": args.logrows,
+        "start_delay_s": args.start_delay,
+        "p2p_base_port": args.p2p_port,
+        "api_base_port": args.api_port,
+    }
