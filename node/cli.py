@@ -94,10 +94,8 @@ def _cmd_store_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_circuit_build(args: argparse.Namespace) -> int:
-    import trio
-
     from prover.models import ARCHITECTURES
-    from prover.worker import WorkerError, worker_pool
+    from prover.worker import WorkerError, run_once
 
     if args.task not in ARCHITECTURES:
         print(
@@ -123,22 +121,18 @@ def _cmd_circuit_build(args: argparse.Namespace) -> int:
             )
             return 1
 
-    async def build() -> dict[str, object]:
-        async with worker_pool(1, name="circuit") as pool:
-            result: dict[str, object] = await pool.run(
-                "build_circuit",
-                args.task,
-                args.eval_batch,
-                str(out),
-                args.seed,
-                args.logrows,
-                str(srs) if srs else None,
-                timeout=args.timeout,
-            )
-            return result
-
     try:
-        result = trio.run(build)
+        result: dict[str, object] = run_once(
+            "build_circuit",
+            args.task,
+            args.eval_batch,
+            str(out),
+            args.seed,
+            args.logrows,
+            str(srs) if srs else None,
+            timeout=args.timeout,
+            name="circuit",
+        )
     except WorkerError as exc:
         print(f"zkpot: circuit build failed: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import trio
 
 from consensus.crypto import SigningKey, sha256
 from consensus.merkle import merkle_root
@@ -30,7 +29,7 @@ from prover.data import load_dataset, partition, split
 from prover.jobs import make_eval_batch
 from prover.models import get_arch
 from prover.train import fresh_seed
-from prover.worker import worker_pool
+from prover.worker import run_once
 
 
 def timing_for(spec: TestnetSpec, genesis_ms: int) -> Timing:
@@ -64,21 +63,10 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
     shards = partition(sp.pool_y, spec.participants, scheme="iid", seed=data_seed)
     shared = out / "_circuit"
 
-    async def build() -> dict[str, Any]:
-        async with worker_pool(1, name="init") as pool:
-            result: dict[str, Any] = await pool.run(
-                "build_circuit",
-                spec.task,
-                spec.eval_batch,
-                str(shared),
-                0,
-                spec.logrows,
-                None,
-                timeout=3600,
-            )
-            return result
-
-    built = trio.run(build)
+    built: dict[str, Any] = run_once(
+        "build_circuit", spec.task, spec.eval_batch, str(shared), 0, spec.logrows, None,
+        timeout=3600, name="init",
+    )  # fmt: skip
     initial_model: bytes = built.pop("initial_model")
     manifest = circuit.Manifest.load(shared)
     batches = [

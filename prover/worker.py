@@ -184,6 +184,16 @@ class WorkerPool:
             w.kill()
 
 
+def run_once(job: str, *args: Any, timeout: float, name: str = "oneshot") -> Any:
+    """Run one job in a fresh worker process from synchronous code (CLI commands)."""
+
+    async def go() -> Any:
+        async with worker_pool(1, name=name) as pool:
+            return await pool.run(job, *args, timeout=timeout)
+
+    return trio.run(go)
+
+
 @asynccontextmanager
 async def worker_pool(
     size: int, target: str = DEFAULT_TARGET, name: str = "prover"
