@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -163,14 +166,35 @@ def _homes(directory: Path) -> list[Home]:
     return homes
 
 
+def start_node(home: Home) -> subprocess.Popen[bytes]:
+    """`zkpot node start` for one home as its own OS process, logging to HOME/node.log."""
+    with (home.path / "node.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "node", "start", "--home", str(home.path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_nodes(procs: Iterable[subprocess.Popen[bytes]], grace_s: float = 20) -> None:
+    """SIGTERM every node (each closes its store cleanly), then kill any that lingers."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> int:
     """Run every node as its own OS process until `rounds` blocks are final everywhere.
 
     Returns 0 only if every node reports the same finalized block at that height.
     """
-    import subprocess
-    import sys
-
     import httpx
 
     from prover.train import evaluate_float
@@ -189,16 +213,7 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
             f"note: genesis was {late:.1f} rounds ago; the rounds already past are skipped",
             file=say,
         )
-    procs = []
-    for h in homes:
-        log = (h.path / "node.log").open("ab")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "node.cli", "node", "start", "--home", str(h.path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+    procs = [start_node(h) for h in homes]
     print(
         f"started {len(procs)} nodes (logs in {directory}/node*/node.log); waiting for {rounds} final blocks",
         file=say,
@@ -266,10 +281,4 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
             print(f"timed out after {timeout_s:.0f} s", file=say)
             return 1
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_nodes(procs)

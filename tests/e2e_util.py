@@ -6,7 +6,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import httpx
 
 from node.home import Home
 from node.netspec import TestnetSpec
+from node.testnet import start_node, stop_nodes
 
 
 def free_base(span: int) -> int:
@@ -47,12 +47,7 @@ class Net:
         return f"http://127.0.0.1:{self.spec.api_base_port + i}"
 
     def start(self, i: int) -> None:
-        log = (self.home(i).path / "node.log").open("ab")
-        self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "node", "start", "--home", str(self.home(i).path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        self.procs[i] = start_node(self.home(i))
 
     def kill9(self, i: int) -> None:
         self.procs[i].send_signal(signal.SIGKILL)
@@ -90,12 +85,5 @@ class Net:
         return "".join((self.home(i).path / "node.log").read_text().splitlines(True)[-25:])
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_nodes(self.procs.values())
         self.client.close()
