@@ -11,12 +11,12 @@ Each `check_*` returns None or raises `InvalidError` whose message says which ru
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from consensus.checks import VerifyProof
 from consensus.crypto import SIG_LEN, SigningKey, sha256, verify_signature
 from consensus.errors import InvalidError
 from consensus.merkle import depth_for, verify_merkle_proof
@@ -54,7 +54,7 @@ def sign(obj: S, key: SigningKey, chain_id: bytes) -> S:
     return dataclasses.replace(unsigned, signature=key.sign(unsigned.signing_bytes(chain_id)))
 
 
-def _check_signature(
+def check_signature(
     obj: CommitTx | Reveal | ProofTx | Block, signer: bytes, chain_id: bytes
 ) -> None:
     if not verify_signature(signer, obj.signing_bytes(chain_id), obj.signature):
@@ -141,7 +141,7 @@ def check_reveal(genesis: Genesis, chain_id: bytes, reveal: Reveal) -> None:
         raise InvalidError(
             f"Reveal: batch {reveal.batch.index} does not match the genesis Merkle root"
         )
-    _check_signature(reveal, genesis.publisher, chain_id)
+    check_signature(reveal, genesis.publisher, chain_id)
 
 
 def is_sealed(reveal: Reveal, commit_id: bytes) -> bool:
@@ -166,21 +166,16 @@ def check_commit(genesis: Genesis, chain_id: bytes, tx: CommitTx) -> None:
         raise InvalidError(f"CommitTx: {tx.participant.hex()[:16]}… is not a genesis participant")
     if not round_exists(genesis, tx.round):
         raise InvalidError(f"CommitTx: round {tx.round} is beyond the evaluation plan")
-    _check_signature(tx, tx.participant, chain_id)
+    check_signature(tx, tx.participant, chain_id)
 
 
-def check_proof_tx(
-    genesis: Genesis,
-    chain_id: bytes,
-    reveal: Reveal,
-    commit: CommitTx,
-    tx: ProofTx,
-    verify: ProofVerifier,
-) -> None:
-    """The proof of a sealed commit, for the revealed batch; the reveal must already be valid.
+def proof_check(
+    genesis: Genesis, chain_id: bytes, reveal: Reveal, commit: CommitTx, tx: ProofTx
+) -> VerifyProof:
+    """Every cheap rule of a sealed commit's proof; returns the zk verification still to do.
 
-    Public instances come from the reveal's batch, the commit's C and the tx's k,
-    never from the message; `verify` is called last, after every cheap check.
+    The reveal must already be valid. Public instances come from the reveal's batch,
+    the commit's C and the tx's k, never from the message.
     """
     if tx.commit_id != commit.hash():
         raise InvalidError("ProofTx: commit_id does not match the commit given")
@@ -210,12 +205,28 @@ def check_proof_tx(
     ):
         raise InvalidError("ProofTx: the disclosed commitment does not open the commit's binding")
     check_commit(genesis, chain_id, commit)
-    _check_signature(tx, tx.participant, chain_id)
-    if not _call(verify, tx.proof, reveal.batch, tx.commitment, tx.k):
-        raise InvalidError("ProofTx: the zk proof does not verify for this batch, commitment and k")
+    check_signature(tx, tx.participant, chain_id)
+    return VerifyProof(tx.proof, reveal.batch, tx.commitment, tx.k)
 
 
-def _call(fn: Callable[..., object], *args: object) -> object:
+PROOF_FAILS = "ProofTx: the zk proof does not verify for this batch, commitment and k"
+
+
+def check_proof_tx(
+    genesis: Genesis,
+    chain_id: bytes,
+    reveal: Reveal,
+    commit: CommitTx,
+    tx: ProofTx,
+    verify: ProofVerifier,
+) -> None:
+    """`proof_check`, then the verification answered by a plain function (tests, tools)."""
+    check = proof_check(genesis, chain_id, reveal, commit, tx)
+    if not contained_call(verify, check.proof, check.batch, check.commitment, check.k):
+        raise InvalidError(PROOF_FAILS)
+
+
+def contained_call(fn: Callable[..., object], *args: object) -> object:
     """Injected functions (prover, evaluator) are outside consensus: any failure is a verdict."""
     try:
         return fn(*args)
@@ -249,97 +260,3 @@ def rank_proofs(batch: EvalBatch, proofs: Iterable[ProofTx]) -> list[Ranked]:
     seed = batch_hash(batch)
     ordered = sorted(proofs, key=lambda p: (-p.k, tiebreak_key(seed, p.participant)))
     return [Ranked(i + 1, p.participant, p.k, p.commit_id) for i, p in enumerate(ordered)]
-
-
-# --- blocks --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParentInfo:
-    """What block validation needs to know of the parent (genesis: round -1, height 0)."""
-
-    hash: bytes
-    round: int
-    height: int
-
-
-def block_score(block: Block) -> int:
-    """The proven score a block adds to its chain: its proposer's k."""
-    for p in block.proofs:
-        if p.participant == block.proposer:
-            return p.k
-    raise InvalidError("Block: the proposer has no proof in the block")
-
-
-def check_block_header(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block) -> None:
-    """Cheap checks first: a peer's garbage is dropped before any proof is verified."""
-    if block.parent != parent.hash:
-        raise InvalidError("Block: parent hash does not match")
-    if block.height != parent.height + 1:
-        raise InvalidError(f"Block: height {block.height} should be {parent.height + 1}")
-    if block.round <= parent.round:
-        raise InvalidError(
-            f"Block: round {block.round} does not follow the parent's round {parent.round}"
-        )
-    if block.reveal.round != block.round:
-        raise InvalidError("Block: the reveal is for another round")
-    if block.proposer not in genesis.participants:
-        raise InvalidError("Block: the proposer is not a genesis participant")
-    if block.rank > genesis.timing.max_rank:
-        raise InvalidError(f"Block: rank {block.rank} exceeds max_rank {genesis.timing.max_rank}")
-    _check_signature(block, block.proposer, chain_id)
-
-
-def check_block(
-    genesis: Genesis,
-    chain_id: bytes,
-    parent: ParentInfo,
-    block: Block,
-    model_blob: bytes,
-    verify: ProofVerifier,
-    commitment_of: CommitmentFn,
-    evaluate: Evaluator,
-) -> int:
-    """Full validation; returns the block's score (proposer's k)."""
-    check_block_header(genesis, chain_id, parent, block)
-    check_reveal(genesis, chain_id, block.reveal)
-    commit_ids = [c.hash() for c in block.commits]
-    if any(a >= b for a, b in itertools.pairwise(commit_ids)):
-        raise InvalidError("Block: commits must be sorted by commit id, without duplicates")
-    commits = dict(zip(commit_ids, block.commits, strict=True))
-    if len({c.participant for c in block.commits}) != len(block.commits):
-        raise InvalidError("Block: two commits by the same participant")
-    for cid, c in commits.items():
-        if c.parent != block.parent or c.round != block.round:
-            raise InvalidError("Block: a commit is for another parent or round")
-        if not is_sealed(block.reveal, cid):
-            raise InvalidError("Block: a commit is not in the reveal's sealed set")
-        check_commit(genesis, chain_id, c)
-    proof_ids = [p.commit_id for p in block.proofs]
-    if any(a >= b for a, b in itertools.pairwise(proof_ids)):
-        raise InvalidError("Block: proofs must be sorted by commit id, one per commit")
-    for p in block.proofs:
-        if p.commit_id not in commits:
-            raise InvalidError("Block: a proof's commit is not in the block")
-    score = block_score(block)
-    if score < 1:
-        raise InvalidError("Block: the proposer's proven k must be at least 1")
-    ranking = rank_proofs(block.reveal.batch, block.proofs)
-    mine = next(r for r in ranking if r.participant == block.proposer)
-    if mine.rank != block.rank:
-        raise InvalidError(
-            f"Block: proposer ranks {mine.rank} among the block's proofs, claims {block.rank}"
-        )
-    if sha256(model_blob) != block.model_hash:
-        raise InvalidError("Block: the model blob does not match model_hash")
-    proposer_proof = next(p for p in block.proofs if p.participant == block.proposer)
-    if _call(commitment_of, model_blob) != proposer_proof.commitment:
-        raise InvalidError("Block: the revealed model does not match the proposer's commitment")
-    for p in block.proofs:
-        check_proof_tx(genesis, chain_id, block.reveal, commits[p.commit_id], p, verify)
-    recomputed = _call(evaluate, model_blob, block.reveal.batch)
-    if recomputed != score:
-        raise InvalidError(
-            f"Block: the revealed model scores {recomputed} in the clear, the proof claims {score}"
-        )
-    return score

@@ -1,26 +1,21 @@
-"""The node's chain: the store, fork choice and complete block validation.
+"""The node's chain: the LevelDB store and fork choice, kept in step.
 
-Validation needs the prover (zk verification, the commitment of a revealed model,
-its plain re-evaluation), which runs in worker processes; this module gathers those
-answers asynchronously first, then hands them to the pure `consensus.rules.check_block`
-as lookups, so the rule itself stays a function of values.
+Only validated blocks reach `apply` (node.importer validates them); the store is
+written before fork choice moves, so memory never runs ahead of disk.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
-from consensus import rules
+from consensus.blocks import ParentInfo
 from consensus.crypto import sha256
-from consensus.errors import ForkChoiceError, InvalidError
-from consensus.forkchoice import ForkChoice
-from consensus.rules import ParentInfo
-from consensus.types import Block, EvalBatch, Genesis, chain_id
-from prover.worker import WorkerError, WorkerPool
+from consensus.errors import ForkChoiceError
+from consensus.forkchoice import ChainNode, ForkChoice
+from consensus.types import Block, Genesis, chain_id
 from storage import BlockMeta, ChainStore
 
 log = logging.getLogger("zkpot.chain")
@@ -31,43 +26,6 @@ class Applied:
     block_hash: bytes
     height: int
     head_changed: bool
-
-
-class ProofChecker:
-    """zk verification in the pool, with verdicts cached by (proof, batch, C, k)."""
-
-    def __init__(self, pool: WorkerPool, artifacts: Path, timeout_s: float) -> None:
-        self.pool = pool
-        self.artifacts = artifacts
-        self.timeout_s = timeout_s
-        self._cache: dict[bytes, tuple[bool, str]] = {}
-
-    @staticmethod
-    def _key(proof: bytes, batch: EvalBatch, commitment: bytes, k: int) -> bytes:
-        return sha256(sha256(proof) + batch.hash() + sha256(commitment) + k.to_bytes(4, "big"))
-
-    async def check(
-        self, proof: bytes, batch: EvalBatch, commitment: bytes, k: int
-    ) -> tuple[bool, str]:
-        key = self._key(proof, batch, commitment, k)
-        if key in self._cache:
-            return self._cache[key]
-        try:
-            ok, reason = await self.pool.run(
-                "verify",
-                str(self.artifacts),
-                proof,
-                batch.encode(),
-                commitment,
-                k,
-                timeout=self.timeout_s,
-            )
-        except WorkerError as exc:
-            return False, f"verification did not complete: {exc}"  # not cached: may be transient
-        self._cache[key] = (bool(ok), str(reason))
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        return bool(ok), str(reason)
 
 
 class Chain:
@@ -109,6 +67,9 @@ class Chain:
     def head_height(self) -> int:
         return self.forks.node(self.forks.head).height
 
+    def node(self, block_hash: bytes) -> ChainNode:
+        return self.forks.node(block_hash)
+
     def has(self, block_hash: bytes) -> bool:
         return block_hash in self.forks or self.store.has_block(block_hash)
 
@@ -140,72 +101,6 @@ class Chain:
         if blob is None:
             raise LookupError(f"model blob {want.hex()} is missing from the store")
         return blob
-
-    # ---------------------------------------------------------------- validation
-
-    async def validate(
-        self, block: Block, model: bytes, checker: ProofChecker, pool: WorkerPool, timeout_s: float
-    ) -> int:
-        """Complete validation; returns the proposer's score or raises InvalidError.
-
-        Every cheap rule runs first (with the prover's answers stubbed as "fine"), so
-        a peer's junk block never reaches the verification pool.
-        """
-        parent = self.parent_info(block.parent)
-        if parent is None:
-            raise InvalidError("Block: parent is unknown")
-        proposer_proof = next((p for p in block.proofs if p.participant == block.proposer), None)
-        if proposer_proof is None:
-            raise InvalidError("Block: the proposer has no proof in the block")
-        claimed = proposer_proof.k
-        rules.check_block(
-            self.genesis,
-            self.cid,
-            parent,
-            block,
-            model,
-            lambda *a: True,
-            lambda m: proposer_proof.commitment,
-            lambda m, b: claimed,
-        )
-        verdicts: dict[tuple[bytes, bytes, int], bool] = {}
-        answers: dict[str, object] = {}
-        failures: list[str] = []
-        arch = self.genesis.task.architecture
-        artifacts = str(checker.artifacts)
-        batch = block.reveal.batch.encode()
-
-        async def verify_one(proof: bytes, commitment: bytes, k: int) -> None:
-            ok, _ = await checker.check(proof, block.reveal.batch, commitment, k)
-            verdicts[(proof, commitment, k)] = ok
-
-        async def job(name: str, *args: object) -> None:
-            # Each job reports its own failure: an exception group out of the nursery
-            # would escape every `except` the callers have.
-            try:
-                answers[name] = await pool.run(name, artifacts, *args, timeout=timeout_s)
-            except WorkerError as exc:
-                failures.append(f"{name}: {exc}")
-
-        async with trio.open_nursery() as nursery:
-            for p in block.proofs:
-                nursery.start_soon(verify_one, p.proof, p.commitment, p.k)
-            nursery.start_soon(job, "commit", arch, model)
-            nursery.start_soon(job, "evaluate", arch, model, batch)
-        if failures:
-            raise InvalidError(
-                f"Block: the revealed model cannot be checked: {'; '.join(failures)}"
-            )
-        return rules.check_block(
-            self.genesis,
-            self.cid,
-            parent,
-            block,
-            model,
-            lambda proof, b, c, k: verdicts.get((proof, c, k), False),
-            lambda m: answers["commit"],  # type: ignore[arg-type,return-value]
-            lambda m, b: answers["evaluate"],  # type: ignore[arg-type,return-value]
-        )
 
     # ---------------------------------------------------------------- applying
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from consensus import rules
 from consensus.crypto import sha256
 from consensus.errors import InvalidError
+from consensus.roles import roles_of
 from consensus.types import Genesis, chain_id
 from node.api import create_app, serve_api
 from node.chain import Chain
@@ -121,10 +122,9 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
         rules.check_genesis(genesis)
     except InvalidError as exc:
         raise HomeError(f"{home.genesis_file}: {exc}") from None
-    is_participant = key.public in genesis.participants
-    is_publisher = key.public == genesis.publisher
-    shard = home.shard_file.read_bytes() if is_participant else None
-    batches = home.load_batches() if is_publisher else None
+    roles = roles_of(genesis, key.public)
+    shard = home.shard_file.read_bytes() if roles.participant else None
+    batches = home.load_batches() if roles.publisher else None
     store = ChainStore.open(home.store_dir)
     try:
         host = P2PHost(
@@ -156,7 +156,8 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
             engine = Engine(
                 key=key,
                 chain=chain,
-                host=host,
+                net=host,
+                sync=SyncClient(host),
                 prover=prover,
                 verifier=verifier,
                 artifacts=home.artifacts,
@@ -167,19 +168,14 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 verify_timeout_s=cfg.verify_timeout_s,
                 prove_timeout_s=cfg.prove_timeout_s,
             )
-            if is_participant and not (home.artifacts / circuit.PK).exists():
+            if roles.participant and not (home.artifacts / circuit.PK).exists():
                 log.info("regenerating the proving key from the pinned circuit and SRS")
                 await prover.run("regenerate_pk", str(home.artifacts), timeout=1800)
 
             def peers() -> list[dict[str, object]]:
                 out: list[dict[str, object]] = []
                 for p in host.connected_peers():
-                    pub = public_key_of(p)
-                    role = "observer"
-                    if pub == genesis.publisher:
-                        role = "publisher"
-                    elif pub in genesis.participants:
-                        role = "participant"
+                    role = roles_of(genesis, public_key_of(p) or b"").name
                     out.append({"peer_id": str(p), "role": role})
                 return out
 

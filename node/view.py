@@ -21,9 +21,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from consensus import rules, schedule
+from consensus import schedule
 from consensus.crypto import HASH_LEN
 from consensus.errors import ConsensusError
+from consensus.strategy import rule_for
 from consensus.types import Block, Genesis
 from node.roundlog import RoundLog, RoundRecord
 from storage import BlockMeta, ChainStore
@@ -139,7 +140,7 @@ class NodeView:
             )
             return out
         try:
-            score: int | None = rules.block_score(block)
+            score: int | None = rule_for(self.genesis).score(block)
         except ConsensusError:
             score = None
         out.update(

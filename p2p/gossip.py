@@ -35,7 +35,7 @@ from consensus.crypto import sha256
 from consensus.encoding import Bytes, UInt, Wire, wire
 from consensus.errors import DecodeError
 from consensus.types import Block, CommitTx, ProofTx, Reveal
-from p2p import hardening
+from p2p import hardening, penalties
 
 if TYPE_CHECKING:
     from p2p.host import P2PHost
@@ -46,7 +46,6 @@ GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 # Largest gossip payload: a Reveal (536 672 bytes) fits; py-libp2p silently drops
 # frames above ~1 MiB, so everything bigger goes over sync streams.
 MAX_GOSSIP_PAYLOAD = 640 * 1024
-_PENALTY_INVALID = 10.0  # see p2p.host: ten invalid messages get a peer banned
 
 
 @dataclass(frozen=True)
@@ -212,10 +211,10 @@ class Gossip:
             data = bytes(msg.data)
             item = decode_gossip(kind, data)
         except DecodeError as exc:
-            self._host.penalise(forwarder, _PENALTY_INVALID, f"undecodable gossip: {exc}")
+            self._host.penalise(forwarder, penalties.INVALID, f"undecodable gossip: {exc}")
             return Verdict.REJECT
         except Exception as exc:
-            self._host.penalise(forwarder, _PENALTY_INVALID, f"bad gossip message: {exc!r}")
+            self._host.penalise(forwarder, penalties.INVALID, f"bad gossip message: {exc!r}")
             return Verdict.REJECT
         verdict = Verdict.IGNORE
         with trio.move_on_after(self.config.validation_timeout_s):
@@ -228,7 +227,7 @@ class Gossip:
             log.error("gossip validator returned %r, not a Verdict; rejecting", verdict)
             verdict = Verdict.REJECT
         if verdict is Verdict.REJECT:
-            self._host.penalise(forwarder, _PENALTY_INVALID, f"invalid {item.NAME}")
+            self._host.penalise(forwarder, penalties.INVALID, f"invalid {item.NAME}")
         return verdict
 
     async def _drain(self, kind: TopicKind, sub: Any) -> None:

@@ -37,18 +37,12 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from p2p import hardening
+from p2p import hardening, penalties
 from p2p.gossip import Gossip, GossipConfig
 
 log = logging.getLogger(__name__)
 
 StreamHandler = Callable[[Any], Awaitable[None]]
-
-# Penalty points per class of misbehaviour; a peer is banned past `ban_threshold`.
-PENALTY_STREAM_ERROR = 2.0
-PENALTY_MALFORMED = 20.0
-PENALTY_INVALID = 10.0
-PENALTY_LIE = 50.0
 
 
 @dataclass(frozen=True)
@@ -337,7 +331,9 @@ class P2PHost:
 
     def misbehaved(self, peer: Any, reason: str) -> None:
         """Hook for p2p.hardening: protocol-level garbage from `peer`."""
-        points = PENALTY_STREAM_ERROR if reason.startswith("stream error") else PENALTY_MALFORMED
+        points = (
+            penalties.STREAM_ERROR if reason.startswith("stream error") else penalties.MALFORMED
+        )
         if isinstance(peer, ID):
             self.penalise(peer, points, reason)
 

@@ -36,6 +36,7 @@ from libp2p.peer.id import ID
 from consensus.encoding import Bytes, ListOf, Struct, Text, UInt, Wire, wire
 from consensus.errors import DecodeError
 from consensus.types import Block
+from p2p import penalties
 from p2p.framing import FrameError, FrameReader, write_frame
 
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # blocks response budget; well under the f
 MAX_REQUEST_FRAME = 512
 MAX_RESPONSE_FRAME = MAX_RESPONSE_BYTES + 64 * 1024
 MAX_CONTENT_BYTES = 1 << 30  # refuse to download anything larger
-PENALTY_LIE = 50.0
 
 _HASH = Bytes(32, 32)
 
@@ -271,7 +271,7 @@ class SyncServer:
             try:
                 request = decode_request(frame)
             except DecodeError as exc:
-                self._host.penalise(peer, 20.0, f"bad sync request: {exc}")
+                self._host.penalise(peer, penalties.MALFORMED, f"bad sync request: {exc}")
                 await write_frame(stream, Error(ERR_BAD_REQUEST, "undecodable request").encode(), 5)
                 return
             response = await self._answer(request)
@@ -385,7 +385,7 @@ class SyncSession:
         return response
 
     def _lied(self, why: str, partial: bytes = b"") -> PeerLiedError:
-        self._client.host.penalise(self.peer, PENALTY_LIE, f"sync: {why}")
+        self._client.host.penalise(self.peer, penalties.LIE, f"sync: {why}")
         return PeerLiedError(f"peer {self.peer}: {why}", partial)
 
     async def status(self) -> Status:

@@ -15,6 +15,7 @@ from libp2p.peer.id import ID
 
 from consensus import rules
 from consensus.errors import InvalidError
+from consensus.strategy import rule_for
 from consensus.types import Block, CommitTx, Genesis, ProofTx, Reveal
 from p2p import Delivered, GossipConfig, GossipItem, HostConfig, P2PHost, TopicKind, Verdict
 from storage import BlockMeta, ChainStore
@@ -125,7 +126,7 @@ def build_store(path: Path, chain: Chain, blocks: int) -> tuple[ChainStore, list
     parent, score, out = chain.cid, 0, []
     for i in range(blocks):
         block, models = chain.round_block(i, parent, i + 1, {0: 3, 1: 2, 2: 1})
-        score += rules.block_score(block)
+        score += rule_for(chain.genesis).score(block)
         raw = block.encode()
         store.put_block(block.hash(), raw, BlockMeta(parent, i + 1, score), new_head=True)
         for m in models.values():

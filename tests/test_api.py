@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from consensus import rules
 from consensus.crypto import sha256
+from consensus.strategy import rule_for
 from consensus.types import Block
 from node.api import create_app, serve_api
 from node.roundlog import ProofSeen, RoundLog
@@ -82,7 +83,7 @@ def build_node(path: Path, *, now_round: int = NOW_ROUND, store_initial: bool = 
         model = model_to_bytes(build_model(ARCH, rnd))
         block = _block_with_model(chain, rnd, parent, height, SCORES, model)
         store.put_blob(model)
-        score += rules.block_score(block)
+        score += rule_for(chain.genesis).score(block)
         raw = block.encode()
         store.put_block(sha256(raw), raw, BlockMeta(parent, height, score), new_head=True)
         if height == 2:  # a losing sibling: stored, never canonical

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from consensus import rules
+from consensus.blocks import ParentInfo, check_block_header
+from consensus.strategy import rule_for
 from consensus.types import Block, CommitTx
 from p2p import (
     MAX_GOSSIP_PAYLOAD,
@@ -180,7 +181,7 @@ async def test_sync_status_block_range_and_20mb_blob_from_leveldb(tmp_path: Path
             status = await client.status(hosts[0].peer_id)
             assert status.genesis_hash == CHAIN.cid
             assert status.head == blocks[-1].hash() and status.height == 5
-            assert status.score == sum(rules.block_score(b) for b in blocks)
+            assert status.score == sum(rule_for(CHAIN.genesis).score(b) for b in blocks)
             entries = await client.blocks(hosts[0].peer_id, 1, 64)
             assert [e.height for e in entries] == [1, 2, 3, 4, 5]
             assert [Block.decode(e.raw) for e in entries] == blocks
@@ -208,19 +209,19 @@ async def test_late_peer_catches_up_by_sync_into_its_own_store(tmp_path: Path) -
             async with client.session(hosts[0].peer_id) as s:
                 status = await s.status()
                 height, parent = 0, CHAIN.cid
-                parent_info = rules.ParentInfo(CHAIN.cid, -1, 0)
+                parent_info = ParentInfo(CHAIN.cid, -1, 0)
                 score = 0
                 while height < status.height:
                     for e in await s.blocks(height + 1, 2):  # small pages: several requests
                         raw = e.raw or await s.content(e.block_hash)
                         block = Block.decode(raw)
-                        rules.check_block_header(CHAIN.genesis, CHAIN.cid, parent_info, block)
-                        score += rules.block_score(block)
+                        check_block_header(CHAIN.genesis, CHAIN.cid, parent_info, block)
+                        score += rule_for(CHAIN.genesis).score(block)
                         late.put_block(
                             e.block_hash, raw, BlockMeta(parent, e.height, score), new_head=True
                         )
                         parent, height = e.block_hash, e.height
-                        parent_info = rules.ParentInfo(parent, block.round, height)
+                        parent_info = ParentInfo(parent, block.round, height)
             assert late.head() == src.head() == blocks[-1].hash()
             assert late.get_meta(late.head()) == src.get_meta(src.head())
     finally:

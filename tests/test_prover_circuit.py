@@ -13,11 +13,12 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from consensus import rules
+from consensus import blocks, rules
+from consensus.blocks import ParentInfo
 from consensus.crypto import SigningKey, sha256
 from consensus.errors import InvalidError
 from consensus.merkle import merkle_proof, merkle_root
-from consensus.rules import ParentInfo, sign
+from consensus.rules import sign
 from consensus.types import (
     Block,
     CircuitSpec,
@@ -349,7 +350,7 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
         rules.check_proof_tx(genesis, cid, reveal, c_copy, p_copy, verify)
     # Even reusing the winner's own model blob, the copier's block carries its bad proof.
     with pytest.raises(InvalidError, match="does not open the commit's binding"):
-        rules.check_block(
+        blocks.check_block(
             genesis,
             cid,
             parent,
@@ -361,12 +362,13 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
         )
     own = model_to_bytes(build_model(ARCH, 42))
     with pytest.raises(InvalidError, match="does not match the proposer's commitment"):
-        rules.check_block(
+        blocks.check_block(
             genesis, cid, parent, block_by(honest, own, False), own, verify, commitment_of, evaluate
         )
     good = block_by(honest, trained, False)
     assert (
-        rules.check_block(genesis, cid, parent, good, trained, verify, commitment_of, evaluate) == k
+        blocks.check_block(genesis, cid, parent, good, trained, verify, commitment_of, evaluate)
+        == k
     )
 
 

@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consensus import rules
+from consensus import blocks, rules
+from consensus.blocks import ParentInfo
 from consensus.crypto import SigningKey, sha256
 from consensus.errors import InvalidError
 from consensus.merkle import merkle_proof, merkle_root, verify_merkle_proof
-from consensus.rules import ParentInfo, sign
+from consensus.rules import sign
 from consensus.types import Block, Genesis, Timing, chain_id
 from tests.chainfactory import (
     Chain,
@@ -35,7 +36,7 @@ GENESIS_PARENT = ParentInfo(hash=b"", round=-1, height=0)
 
 def _check(chain: Chain, block: Block, model: bytes, parent: ParentInfo | None = None) -> int:
     p = parent or ParentInfo(chain.cid, -1, 0)
-    return rules.check_block(
+    return blocks.check_block(
         chain.genesis, chain.cid, p, block, model, hash_verify, model_commitment, model_score
     )
 
@@ -391,7 +392,7 @@ def test_block_whose_model_scores_differently_in_the_clear_is_rejected(chain: Ch
     model = _proposer_model(chain, block, models)
     # Same commitment function input can't change, so swap the evaluator instead.
     with pytest.raises(InvalidError, match="in the clear"):
-        rules.check_block(
+        blocks.check_block(
             chain.genesis,
             chain.cid,
             ParentInfo(chain.cid, -1, 0),

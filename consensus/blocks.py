@@ -1,0 +1,166 @@
+"""Block validity in one entry point: `on_block` runs every cheap rule, `conclude` the rest.
+
+`on_block` checks everything that needs only values (header, signatures, the
+reveal, commits, proofs' cheap rules, ranking) and returns the expensive checks
+still to do (consensus.checks). The shell answers them in its worker pool and
+hands the answers to `conclude`, which gives the block's score or raises
+InvalidError. Nothing runs twice and nothing runs with a stub; what a block's
+model must be is the chain's rule's business (consensus.strategy).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from consensus.checks import (
+    Answer,
+    Answers,
+    Check,
+    CommitModel,
+    EvaluateModel,
+    VerifyProof,
+    verified,
+)
+from consensus.crypto import sha256
+from consensus.errors import InvalidError
+from consensus.rules import (
+    PROOF_FAILS,
+    CommitmentFn,
+    Evaluator,
+    ProofVerifier,
+    check_commit,
+    check_reveal,
+    check_signature,
+    contained_call,
+    is_sealed,
+    proof_check,
+    rank_proofs,
+)
+from consensus.strategy import Rule, rule_for
+from consensus.types import Block, Genesis
+
+
+@dataclass(frozen=True)
+class ParentInfo:
+    """What block validation needs to know of the parent (genesis: round -1, height 0)."""
+
+    hash: bytes
+    round: int
+    height: int
+
+
+@dataclass(frozen=True)
+class PendingBlock:
+    """A block that passed every cheap rule, with the expensive checks still to answer."""
+
+    block: Block
+    rule: Rule
+    score: int
+    checks: tuple[Check, ...]
+
+
+def check_block_header(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block) -> None:
+    """Cheapest first: a peer's garbage is dropped before anything is fetched or verified."""
+    if block.parent != parent.hash:
+        raise InvalidError("Block: parent hash does not match")
+    if block.height != parent.height + 1:
+        raise InvalidError(f"Block: height {block.height} should be {parent.height + 1}")
+    if block.round <= parent.round:
+        raise InvalidError(
+            f"Block: round {block.round} does not follow the parent's round {parent.round}"
+        )
+    if block.reveal.round != block.round:
+        raise InvalidError("Block: the reveal is for another round")
+    if block.proposer not in genesis.participants:
+        raise InvalidError("Block: the proposer is not a genesis participant")
+    if block.rank > genesis.timing.max_rank:
+        raise InvalidError(f"Block: rank {block.rank} exceeds max_rank {genesis.timing.max_rank}")
+    check_signature(block, block.proposer, chain_id)
+
+
+def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block) -> PendingBlock:
+    """Every rule that needs no prover; raises InvalidError at the first broken one."""
+    check_block_header(genesis, chain_id, parent, block)
+    check_reveal(genesis, chain_id, block.reveal)
+    commit_ids = [c.hash() for c in block.commits]
+    if any(a >= b for a, b in itertools.pairwise(commit_ids)):
+        raise InvalidError("Block: commits must be sorted by commit id, without duplicates")
+    commits = dict(zip(commit_ids, block.commits, strict=True))
+    if len({c.participant for c in block.commits}) != len(block.commits):
+        raise InvalidError("Block: two commits by the same participant")
+    for cid, c in commits.items():
+        if c.parent != block.parent or c.round != block.round:
+            raise InvalidError("Block: a commit is for another parent or round")
+        if not is_sealed(block.reveal, cid):
+            raise InvalidError("Block: a commit is not in the reveal's sealed set")
+        check_commit(genesis, chain_id, c)
+    proof_ids = [p.commit_id for p in block.proofs]
+    if any(a >= b for a, b in itertools.pairwise(proof_ids)):
+        raise InvalidError("Block: proofs must be sorted by commit id, one per commit")
+    for p in block.proofs:
+        if p.commit_id not in commits:
+            raise InvalidError("Block: a proof's commit is not in the block")
+    rule = rule_for(genesis)
+    rule.contributions(block.proofs, block.proposer)
+    score = rule.score(block)
+    if score < 1:
+        raise InvalidError("Block: the proposer's proven k must be at least 1")
+    ranking = rank_proofs(block.reveal.batch, block.proofs)
+    mine = next(r for r in ranking if r.participant == block.proposer)
+    if mine.rank != block.rank:
+        raise InvalidError(
+            f"Block: proposer ranks {mine.rank} among the block's proofs, claims {block.rank}"
+        )
+    verifications = tuple(
+        proof_check(genesis, chain_id, block.reveal, commits[p.commit_id], p) for p in block.proofs
+    )
+    return PendingBlock(block, rule, score, (*verifications, *rule.model_checks(block)))
+
+
+def conclude(pending: PendingBlock, answers: Answers) -> int:
+    """The verdict once the expensive checks are answered: the block's score, or InvalidError."""
+    for check in pending.checks:
+        if isinstance(check, VerifyProof) and not verified(answers, check):
+            raise InvalidError(PROOF_FAILS)
+    pending.rule.check_model(pending.block, answers)
+    return pending.score
+
+
+def answer_with(
+    checks: Sequence[Check],
+    model_blob: bytes,
+    verify: ProofVerifier,
+    commitment_of: CommitmentFn,
+    evaluate: Evaluator,
+) -> dict[Check, Answer]:
+    """Answers from plain functions (tests, tools); a raising function is an InvalidError."""
+    answers: dict[Check, Answer] = {}
+    for c in checks:
+        if isinstance(c, VerifyProof):
+            answers[c] = bool(contained_call(verify, c.proof, c.batch, c.commitment, c.k))
+        elif isinstance(c, CommitModel):
+            answers[c] = contained_call(commitment_of, model_blob)  # type: ignore[assignment]
+        elif isinstance(c, EvaluateModel):
+            answers[c] = contained_call(evaluate, model_blob, c.batch)  # type: ignore[assignment]
+    return answers
+
+
+def check_block(
+    genesis: Genesis,
+    chain_id: bytes,
+    parent: ParentInfo,
+    block: Block,
+    model_blob: bytes,
+    verify: ProofVerifier,
+    commitment_of: CommitmentFn,
+    evaluate: Evaluator,
+) -> int:
+    """`on_block`, answered by plain functions, then `conclude`: the block's score."""
+    pending = on_block(genesis, chain_id, parent, block)
+    if sha256(model_blob) != block.model_hash:
+        raise InvalidError("Block: the model blob does not match model_hash")
+    return conclude(
+        pending, answer_with(pending.checks, model_blob, verify, commitment_of, evaluate)
+    )

@@ -1,0 +1,163 @@
+"""Block import, one path for gossip, sync and our own blocks: validate, then apply.
+
+`consensus.blocks.on_block` runs every cheap rule before anything is fetched or
+verified; the model is fetched by hash; the checker answers the expensive checks
+in the worker pool; `conclude` gives the score; the chain stores the block and
+fork choice takes it. Blocks that fail are remembered (bounded) so no peer makes
+this node validate one twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+from libp2p.peer.id import ID
+
+from consensus import blocks
+from consensus.crypto import sha256
+from consensus.errors import ForkChoiceError, InvalidError
+from consensus.types import Block, Genesis
+from node.chain import Applied, Chain
+from node.checker import Checker
+from node.interfaces import Net, Sync
+from node.roundpool import RoundPool
+from p2p import BlockAnnounce, SyncError, Verdict
+from p2p.gossip import GossipItem
+from p2p.host import public_key_of
+
+log = logging.getLogger("zkpot.node")
+
+MAX_REFUSED = 4096
+
+
+class BlockImporter:
+    def __init__(
+        self,
+        genesis: Genesis,
+        cid: bytes,
+        chain: Chain,
+        checker: Checker,
+        pool: RoundPool,
+        net: Net,
+        sync: Sync,
+        want_sync: Callable[[], None],
+    ) -> None:
+        self.genesis = genesis
+        self.cid = cid
+        self.chain = chain
+        self.checker = checker
+        self.pool = pool
+        self.net = net
+        self.sync = sync
+        self.refused: OrderedDict[bytes, str] = OrderedDict()  # invalid or unplaceable blocks
+        self.own: set[bytes] = set()  # our own publishes pass our validator
+        self.want_sync = want_sync  # a block arrived whose parent we lack
+
+    def refuse(self, block_hash: bytes, reason: str) -> None:
+        self.refused[block_hash] = reason
+        while len(self.refused) > MAX_REFUSED:
+            self.refused.popitem(last=False)
+
+    def placeable(self, block: Block, block_hash: bytes) -> bool:
+        """Whether the block can be imported now: new, not refused, parent known, above finality."""
+        if self.chain.has(block_hash) or block_hash in self.refused:
+            return False
+        if not self.chain.has(block.parent):
+            self.want_sync()
+            return False
+        forks = self.chain.forks
+        if not forks.descends_from(block.parent, forks.finalized):
+            self.refuse(block_hash, "conflicts with finality")
+            return False
+        return True
+
+    async def import_block(self, block: Block, raw: bytes, sources: list[ID]) -> bool:
+        """Validate completely and apply. InvalidError: the block is bad (refused here);
+        SyncError: its model could not be fetched (may be transient; not refused).
+        False: a valid block fork choice cannot take."""
+        h = sha256(raw)
+        pinfo = self.chain.parent_info(block.parent)
+        if pinfo is None:
+            return False
+        try:
+            pending = blocks.on_block(self.genesis, self.cid, pinfo, block)
+            if self.pool.in_window(block.round):
+                self.pool.mark(block.round, "block_received")
+            model = await self.fetch_blob(block.model_hash, sources)
+            answers = await self.checker.answer(pending.checks, model)
+            score = blocks.conclude(pending, answers)
+        except InvalidError as exc:
+            self.refuse(h, str(exc))
+            raise
+        return await self._apply(block, raw, model, score) is not None
+
+    async def import_own(self, block: Block, model: bytes) -> Applied | None:
+        """Our own block passes the same validation as anyone's before it is applied."""
+        raw = block.encode()
+        pinfo = self.chain.parent_info(block.parent)
+        if pinfo is None:
+            return None
+        try:
+            pending = blocks.on_block(self.genesis, self.cid, pinfo, block)
+            score = blocks.conclude(pending, await self.checker.answer(pending.checks, model))
+        except InvalidError as exc:
+            log.error("round %d: our own block is invalid, not proposing: %s", block.round, exc)
+            return None
+        applied = await self._apply(block, raw, model, score)
+        if applied is not None:
+            self.own.add(applied.block_hash)
+        return applied
+
+    async def _apply(self, block: Block, raw: bytes, model: bytes, score: int) -> Applied | None:
+        try:
+            applied = await self.chain.apply(block, raw, model, score)
+        except ForkChoiceError as exc:
+            self.refuse(sha256(raw), str(exc))
+            log.info("block not taken by fork choice: %s", exc)
+            return None
+        self.pool.on_block_applied(block, self.chain.node(applied.block_hash), applied.head_changed)
+        log.info(
+            "round %d: block %s at height %d by %s (k=%d)%s",
+            block.round,
+            applied.block_hash.hex()[:12],
+            applied.height,
+            block.proposer.hex()[:8],
+            score,
+            " -> new head" if applied.head_changed else "",
+        )
+        return applied
+
+    async def fetch_blob(self, blob_hash: bytes, peers: list[ID]) -> bytes:
+        blob = self.chain.store.get_blob(blob_hash)
+        if blob is not None:
+            return blob
+        peers = list(dict.fromkeys([*peers, *self.net.connected_peers()]))
+        return await self.sync.content_from_any(peers, blob_hash)
+
+    def _peers_with_pubkey(self, pub: bytes) -> list[ID]:
+        return [p for p in self.net.connected_peers() if public_key_of(p) == pub]
+
+    async def validate(self, item: GossipItem, forwarder: ID) -> Verdict:
+        """The block topic's validator."""
+        if isinstance(item, BlockAnnounce):
+            return Verdict.IGNORE  # blocks above the inline limit come by sync
+        if not isinstance(item, Block):
+            return Verdict.REJECT
+        raw = item.encode()
+        h = sha256(raw)
+        if forwarder == self.net.peer_id and h in self.own:
+            return Verdict.ACCEPT  # our own block, already validated and applied
+        if not self.placeable(item, h):
+            return Verdict.IGNORE
+        sources = [forwarder, *self._peers_with_pubkey(item.proposer)]
+        try:
+            ok = await self.import_block(item, raw, sources)
+        except InvalidError as exc:
+            log.info("rejected block %s from %s: %s", h.hex()[:12], forwarder, exc)
+            return Verdict.REJECT
+        except SyncError as exc:
+            log.info("block %s: model not available yet: %s", h.hex()[:12], exc)
+            return Verdict.IGNORE
+        return Verdict.ACCEPT if ok else Verdict.IGNORE

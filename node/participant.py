@@ -1,0 +1,219 @@
+"""The participant's round: train from the head's model, commit, prove once revealed, propose.
+
+What to propose and when is consensus.policy's: this module runs the prover jobs
+against the round clock and acts on the policy's decisions. The trained weights
+never leave the node except as the global model of a block this node proposes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+from prover.client import Commit, Prove, Train
+
+from consensus import policy, rules, schedule
+from consensus.crypto import SigningKey, sha256
+from consensus.forkchoice import ChainNode
+from consensus.rules import sign
+from consensus.strategy import Contribution, Rule
+from consensus.types import Block, CommitTx, Genesis, ProofTx
+from node.chain import Chain
+from node.importer import BlockImporter
+from node.interfaces import Clock, Prover, Publish, sleep_until
+from node.roundlog import ProofSeen
+from node.roundpool import Mine, RoundPool, RoundState
+from prover.train import fresh_seed
+from prover.worker import WorkerError
+
+log = logging.getLogger("zkpot.node")
+
+
+class Participant:
+    def __init__(
+        self,
+        *,
+        key: SigningKey,
+        genesis: Genesis,
+        cid: bytes,
+        rule: Rule,
+        chain: Chain,
+        pool: RoundPool,
+        importer: BlockImporter,
+        prover: Prover,
+        publish: Publish,
+        artifacts: Path,
+        shard: bytes,
+        dataset_path: str | None,
+        prove_timeout_s: float,
+        clock: Clock,
+    ) -> None:
+        self.key = key
+        self.genesis = genesis
+        self.cid = cid
+        self.rule = rule
+        self.chain = chain
+        self.pool = pool
+        self.importer = importer
+        self.prover = prover
+        self.publish = publish
+        self.artifacts = str(artifacts)
+        self.shard = shard
+        self.dataset_path = dataset_path or None
+        self.prove_timeout_s = prove_timeout_s
+        self.clock = clock
+
+    def _budget_s(self, deadline_ms: int) -> float:
+        return max(0.0, (deadline_ms - self.clock()) / 1000)
+
+    async def play(self, rnd: int) -> None:
+        mine = await self._train_and_commit(rnd)
+        if mine is None:
+            return
+        st = self.pool.state(rnd)
+        rec = self.pool.roundlog.record(rnd)
+        with trio.move_on_after(self._budget_s(schedule.proof_deadline(self.genesis, rnd))):
+            await st.revealed.wait()
+        if st.reveal is None:
+            rec.notes.append("no reveal before the proof deadline")
+            return
+        if mine.commit.hash() not in st.reveal.sealed:
+            rec.notes.append("our commit was not sealed by the publisher")
+            log.warning("round %d: our commit was not sealed", rnd)
+            return
+        if await self._prove(rnd, st, mine):
+            await self._propose_when_due(rnd, st, mine)
+
+    async def _train_and_commit(self, rnd: int) -> Mine | None:
+        g = self.genesis
+        rec = self.pool.roundlog.record(rnd)
+        parent = self.chain.head
+        try:
+            global_model = self.chain.model_of(parent)
+        except LookupError as exc:
+            rec.notes.append(f"no global model to train from: {exc}")
+            log.error("round %d: cannot train: %s", rnd, exc)
+            return None
+        t = g.task
+        train = Train(
+            t.architecture,
+            global_model,
+            t.dataset,
+            self.dataset_path,
+            self.shard,
+            t.local_epochs,
+            t.train_batch_size,
+            t.learning_rate_ppm,
+            fresh_seed(),
+        )
+        try:
+            with trio.fail_after(self._budget_s(schedule.commit_deadline(g, rnd))):
+                weights = await self.prover.run(train, timeout=self.prove_timeout_s)
+                self.pool.mark(rnd, "trained")
+                commit_job = Commit(self.artifacts, t.architecture, weights)
+                c = await self.prover.run(commit_job, timeout=self.prove_timeout_s)
+        except trio.TooSlowError:
+            rec.notes.append("missed the commit deadline: skipping this round")
+            log.warning("round %d: training and commitment missed the deadline; skipping", rnd)
+            return None
+        except WorkerError as exc:
+            rec.notes.append(f"training failed: {exc}")
+            log.error("round %d: training failed: %s", rnd, exc)
+            return None
+        binding = rules.commit_binding(self.cid, self.key.public, rnd, parent, c)
+        commit = sign(
+            CommitTx(rnd, parent, self.key.public, binding, bytes(64)), self.key, self.cid
+        )
+        mine = Mine(weights, commit, c)
+        self.pool.state(rnd).mine = mine
+        self.pool.record_commit(rnd, commit)
+        self.pool.mark(rnd, "committed")
+        await self.publish(commit)
+        log.info(
+            "round %d: committed %s on parent %s", rnd, commit.hash().hex()[:12], parent.hex()[:12]
+        )
+        return mine
+
+    async def _prove(self, rnd: int, st: RoundState, mine: Mine) -> bool:
+        assert st.reveal is not None
+        job = Prove(
+            self.artifacts, self.genesis.task.architecture, mine.weights, st.reveal.batch.encode()
+        )
+        try:
+            with trio.fail_after(self._budget_s(schedule.proof_deadline(self.genesis, rnd))):
+                proved = await self.prover.run(job, timeout=self.prove_timeout_s)
+        except (trio.TooSlowError, WorkerError) as exc:
+            self.pool.roundlog.record(rnd).notes.append(f"proving failed or was late: {exc!r}")
+            log.warning("round %d: proving failed or missed the deadline: %r", rnd, exc)
+            return False
+        cid = mine.commit.hash()
+        tx = ProofTx(rnd, cid, self.key.public, mine.commitment, proved.k, proved.proof, bytes(64))
+        tx = sign(tx, self.key, self.cid)
+        self.pool.mark(rnd, "proved")
+        st.proofs[cid] = tx
+        self.pool.roundlog.record(rnd).proofs[cid] = ProofSeen(self.key.public, cid, proved.k, True)
+        await self.publish(tx)
+        log.info("round %d: proved k=%d", rnd, proved.k)
+        return True
+
+    def _candidate(self, st: RoundState, mine: Mine, ranking: list[rules.Ranked]) -> Block | None:
+        """Our block for this ranking, signed, or None if we cannot build one."""
+        me = self.key.public
+        parent = mine.commit.parent
+        pinfo = self.chain.parent_info(parent)
+        if st.reveal is None or pinfo is None or not any(r.participant == me for r in ranking):
+            return None
+        ranked = [st.proofs[r.commit_id] for r in ranking]
+        model = self._global_model(self.rule.contributions(ranked, me), mine)
+        if model is None:
+            return None
+        block = policy.build_block(
+            pinfo, me, st.reveal, ranking, st.commits, st.proofs, sha256(model)
+        )
+        return sign(block, self.key, self.cid)
+
+    def _global_model(self, contributions: tuple[Contribution, ...], mine: Mine) -> bytes | None:
+        """The model the rule asks for; with `winner` that is our own weights."""
+        if contributions == (Contribution(self.key.public, 1),):
+            return mine.weights
+        log.error("the chain's rule %r needs other participants' models", self.rule.name)
+        return None
+
+    async def _propose_when_due(self, rnd: int, st: RoundState, mine: Mine) -> None:
+        g = self.genesis
+        parent = mine.commit.parent
+        for rank in range(1, g.timing.max_rank + 1):
+            await sleep_until(self.clock, schedule.proposal_time(g, rnd, rank))
+            assert st.reveal is not None
+            ranking = policy.ranking_for(st.reveal, st.commits, st.proofs, parent)
+            self.pool.roundlog.record(rnd).ranking = [(r.rank, r.participant, r.k) for r in ranking]
+            block = self._candidate(st, mine, ranking)
+            candidate = None
+            if block is not None:
+                p = self.chain.node(parent)
+                h = sha256(block.encode())
+                candidate = ChainNode(h, parent, p.height + 1, p.score + self.rule.score(block))
+            decision = policy.proposal_decision(
+                self.key.public, ranking, rank, g.timing.max_rank, candidate, st.blocks.get(parent)
+            )
+            if decision is policy.Decision.ABSTAIN:
+                return
+            if decision is policy.Decision.PROPOSE and block is not None:
+                await self._propose(rnd, block, mine)
+                return
+
+    async def _propose(self, rnd: int, block: Block, mine: Mine) -> None:
+        applied = await self.importer.import_own(block, mine.weights)
+        if applied is None:
+            return
+        self.pool.mark(rnd, "proposed")
+        self.pool.mark(rnd, "block")
+        log.info(
+            "round %d: proposed block %s at height %d (rank %d)",
+            rnd,
+            applied.block_hash.hex()[:12],
+            applied.height,
+            block.rank,
+        )
+        await self.publish(block)

@@ -1,0 +1,227 @@
+"""The round-message pool: what this node holds of the live rounds, and the round topic's validator.
+
+Commits, the reveal and verified proofs of rounds near the clock, the commits
+held until their parent block applies, our own commitment, and the best block
+seen per parent (for abstaining). Peers choose round numbers freely, so state
+exists only for rounds near the clock (`in_window`) and is pruned by the clock.
+Decisions (which commit counts, what to seal) are consensus.policy's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+from libp2p.peer.id import ID
+
+from consensus import policy, rules, schedule
+from consensus.errors import InvalidError
+from consensus.forkchoice import ChainNode
+from consensus.types import Block, CommitTx, Genesis, ProofTx, Reveal
+from node.chain import Chain
+from node.checker import Checker
+from node.interfaces import Clock
+from node.roundlog import ProofSeen, RoundLog
+from p2p import Verdict
+from p2p.gossip import GossipItem
+
+log = logging.getLogger("zkpot.node")
+
+MAX_HELD_COMMITS = 1024
+
+
+@dataclass(frozen=True)
+class Mine:
+    """Our own commitment this round: the weights stay on this node."""
+
+    weights: bytes
+    commit: CommitTx
+    commitment: bytes
+
+
+@dataclass
+class RoundState:
+    commits: dict[bytes, CommitTx] = field(default_factory=dict)
+    received_ms: dict[bytes, int] = field(default_factory=dict)
+    reveal: Reveal | None = None
+    revealed: trio.Event = field(default_factory=trio.Event)
+    proofs: dict[bytes, ProofTx] = field(default_factory=dict)  # commit id -> valid proof
+    mine: Mine | None = None
+    blocks: dict[bytes, ChainNode] = field(default_factory=dict)  # parent -> best block seen
+
+    def arrivals(self) -> list[policy.Arrival]:
+        return [
+            policy.Arrival(cid, c.participant, self.received_ms[cid])
+            for cid, c in self.commits.items()
+        ]
+
+
+class RoundPool:
+    def __init__(
+        self,
+        genesis: Genesis,
+        cid: bytes,
+        chain: Chain,
+        checker: Checker,
+        roundlog: RoundLog,
+        clock: Clock,
+        own_peer: ID,
+    ) -> None:
+        self.genesis = genesis
+        self.cid = cid
+        self.chain = chain
+        self.checker = checker
+        self.roundlog = roundlog
+        self.clock = clock
+        self.own_peer = own_peer
+        self.rounds: dict[int, RoundState] = {}
+        # (participant, round, parent) -> (commit, arrival) for commits whose parent is not applied yet
+        self.held: dict[tuple[bytes, int, bytes], tuple[CommitTx, int]] = {}
+
+    # ------------------------------------------------------------------ state
+
+    def mark(self, rnd: int, step: str) -> None:
+        """Record when this node reached `step` of round `rnd` (first time only)."""
+        times = self.roundlog.record(rnd).times_ms
+        times.setdefault(step, self.clock() - schedule.round_start(self.genesis, rnd))
+
+    def state(self, rnd: int) -> RoundState:
+        """Round state; callers only create it for rounds near the clock (`in_window`)."""
+        st = self.rounds.get(rnd)
+        if st is None:
+            st = self.rounds[rnd] = RoundState()
+        return st
+
+    def in_window(self, rnd: int) -> bool:
+        """Rounds a peer's message may touch: the clock's round, one before and one after.
+
+        Without this bound one message could create state for any round (memory) or,
+        worse, evict the live round's state.
+        """
+        now = schedule.round_at(self.genesis, self.clock())
+        cur = 0 if now is None else now
+        return cur - 2 <= rnd <= cur + 1
+
+    def prune(self, rnd: int) -> None:
+        """Driven by the clock only, never by a peer-supplied round."""
+        for old in [r for r in self.rounds if r < rnd - 8]:
+            del self.rounds[old]
+
+    def record_commit(self, rnd: int, c: CommitTx, received_ms: int | None = None) -> None:
+        st = self.state(rnd)
+        cid = c.hash()
+        if cid not in st.commits:
+            st.commits[cid] = c
+            st.received_ms[cid] = self.clock() if received_ms is None else received_ms
+            self.roundlog.record(rnd).commits[cid] = c.participant
+
+    def hold_commit(self, c: CommitTx) -> None:
+        """Bounded: at most one held commit per (participant, round, parent)."""
+        key = (c.participant, c.round, c.parent)
+        if key not in self.held and len(self.held) < MAX_HELD_COMMITS:
+            self.held[key] = (c, self.clock())
+
+    def on_reveal(self, reveal: Reveal) -> None:
+        st = self.state(reveal.round)
+        if st.reveal is None:
+            self.mark(reveal.round, "revealed")
+            st.reveal = reveal
+            rec = self.roundlog.record(reveal.round)
+            rec.revealed, rec.sealed, rec.batch_index = True, reveal.sealed, reveal.batch.index
+            st.revealed.set()
+
+    def on_block_applied(self, block: Block, node: ChainNode, head_changed: bool) -> None:
+        """A valid block is in the store: release its children's commits, count its txs."""
+        self._release_commits(node.hash)
+        st = self.rounds.get(block.round)
+        if st is None:
+            return
+        st.blocks[block.parent] = policy.best_of(st.blocks.get(block.parent), node)
+        if head_changed:
+            self.mark(block.round, "block")
+        if st.reveal is None or st.reveal == block.reveal:  # its txs count as seen
+            for p in block.proofs:
+                st.proofs.setdefault(p.commit_id, p)
+            for c in block.commits:
+                self.record_commit(block.round, c)
+        rec = self.roundlog.record(block.round)
+        if self.chain.head == node.hash or rec.block is None:
+            rec.block, rec.proposer = node.hash, block.proposer
+
+    def _release_commits(self, parent: bytes) -> None:
+        for key in [k for k in self.held if k[2] == parent]:
+            c, received = self.held.pop(key)
+            if self.in_window(c.round) and policy.admits_commit(
+                self.state(c.round).commits.values(), c
+            ):
+                self.record_commit(c.round, c, received)
+        for key in [k for k in self.held if not self.in_window(k[1])]:
+            del self.held[key]
+
+    # ------------------------------------------------------------------ validation
+
+    async def validate(self, item: GossipItem, forwarder: ID) -> Verdict:
+        """The round topic's validator: commits, reveals and proofs."""
+        if forwarder == self.own_peer:
+            return Verdict.ACCEPT  # our own publish: already recorded and checked
+        try:
+            if isinstance(item, CommitTx):
+                return self._on_commit(item)
+            if isinstance(item, Reveal):
+                return self._on_gossip_reveal(item)
+            if isinstance(item, ProofTx):
+                return await self._on_proof(item)
+            return Verdict.REJECT
+        except InvalidError as exc:
+            log.info("rejected %s from %s: %s", type(item).__name__, forwarder, exc)
+            return Verdict.REJECT
+
+    def _on_commit(self, c: CommitTx) -> Verdict:
+        rules.check_commit(self.genesis, self.cid, c)
+        if not self.in_window(c.round):
+            return Verdict.IGNORE
+        if not self.chain.has(c.parent):
+            # Its parent may be a block we are still validating: keep it (with its
+            # arrival time, which decides sealing) until that block applies.
+            self.hold_commit(c)
+            return Verdict.IGNORE
+        if not policy.admits_commit(self.state(c.round).commits.values(), c):
+            return Verdict.IGNORE
+        self.record_commit(c.round, c)
+        return Verdict.ACCEPT
+
+    def _on_gossip_reveal(self, reveal: Reveal) -> Verdict:
+        rules.check_reveal(self.genesis, self.cid, reveal)
+        if not self.in_window(reveal.round):
+            return Verdict.IGNORE
+        first = self.state(reveal.round).reveal
+        if first is not None and first != reveal:
+            log.warning(
+                "publisher equivocation: a second, different reveal for round %d", reveal.round
+            )
+            self.roundlog.record(reveal.round).notes.append(
+                "publisher equivocated: second reveal refused"
+            )
+            return Verdict.REJECT
+        self.on_reveal(reveal)
+        return Verdict.ACCEPT
+
+    async def _on_proof(self, tx: ProofTx) -> Verdict:
+        st = self.rounds.get(tx.round) if self.in_window(tx.round) else None
+        if st is None:
+            return Verdict.IGNORE
+        commit = st.commits.get(tx.commit_id)
+        if st.reveal is None or commit is None or tx.commit_id in st.proofs:
+            return Verdict.IGNORE  # unknown context, or a valid proof is already held
+        check = rules.proof_check(self.genesis, self.cid, st.reveal, commit, tx)
+        seen = ProofSeen(tx.participant, tx.commit_id, tx.k, None)
+        self.roundlog.record(tx.round).proofs[tx.commit_id] = seen
+        ok, reason = await self.checker.verify(check)
+        if not ok:
+            seen.valid, seen.reason = False, reason
+            raise InvalidError(f"ProofTx: {reason}")
+        st.proofs[tx.commit_id] = tx
+        seen.valid = True
+        self.mark(tx.round, f"proof_verified:{tx.participant.hex()[:8]}")
+        return Verdict.ACCEPT

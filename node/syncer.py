@@ -1,0 +1,96 @@
+"""Catching up: pull the blocks of a heavier chain from peers and import them.
+
+Woken by the importer (a block whose parent we lack) or every few seconds;
+visits peers one at a time, each bounded, and imports through the one block
+importer, so a synced block is validated exactly like a gossiped one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from libp2p.peer.id import ID
+
+from consensus.crypto import sha256
+from consensus.errors import ConsensusError, InvalidError
+from consensus.types import Block
+from node.chain import Chain
+from node.importer import BlockImporter
+from node.interfaces import Net, Sync
+from p2p import SyncError, penalties
+from prover.worker import WorkerError
+
+log = logging.getLogger("zkpot.node")
+
+POLL_S = 3
+PEER_BUDGET_S = 300  # one slow peer must not stall catching up forever
+BATCH = 64
+
+
+class Wakeup:
+    """A resettable event: `set` from anywhere, `wait` returns once per burst of sets."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout_s: float) -> None:
+        with trio.move_on_after(timeout_s):
+            await self._event.wait()
+        self._event = trio.Event()
+
+
+class Syncer:
+    def __init__(
+        self, chain: Chain, importer: BlockImporter, net: Net, sync: Sync, wakeup: Wakeup
+    ) -> None:
+        self.chain = chain
+        self.importer = importer
+        self.net = net
+        self.sync = sync
+        self.wakeup = wakeup
+
+    async def run(self) -> None:
+        while True:
+            await self.wakeup.wait(POLL_S)
+            for peer in list(self.net.connected_peers()):
+                try:
+                    with trio.move_on_after(PEER_BUDGET_S):
+                        await self.sync_from(peer)
+                except (SyncError, ConsensusError, WorkerError) as exc:
+                    log.info("sync from %s failed: %s", peer, exc)
+                except Exception:  # a bug here must never end the node
+                    log.exception("sync from %s failed unexpectedly", peer)
+
+    async def sync_from(self, peer: ID) -> None:
+        status = await self.sync.status(peer)
+        if status.score <= self.chain.node(self.chain.head).score or self.chain.has(status.head):
+            return
+        start = self.chain.node(self.chain.forks.finalized).height + 1
+        while start <= status.height:
+            entries = await self.sync.blocks(peer, start, min(BATCH, status.height - start + 1))
+            if not entries:
+                return
+            for e in entries:
+                if self.chain.has(e.block_hash):
+                    continue
+                if e.block_hash in self.importer.refused:
+                    return
+                raw = e.raw or await self.sync.content(peer, e.block_hash)
+                if sha256(raw) != e.block_hash:
+                    self.net.penalise(peer, penalties.LIE, "sync block does not match its hash")
+                    return
+                block = Block.decode(raw)
+                if not self.importer.placeable(block, e.block_hash):
+                    self.importer.refuse(e.block_hash, "parent unknown or below finality")
+                    return
+                try:
+                    if not await self.importer.import_block(block, raw, [peer]):
+                        return
+                except InvalidError as exc:
+                    self.net.penalise(peer, penalties.LIE, f"served an invalid block: {exc}")
+                    return
+            start = entries[-1].height + 1
