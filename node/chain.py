@@ -20,6 +20,7 @@ from consensus.errors import ForkChoiceError, InvalidError
 from consensus.forkchoice import ForkChoice
 from consensus.rules import ParentInfo
 from consensus.types import Block, EvalBatch, Genesis, chain_id
+from prover.client import Commit, Evaluate, Job, Verify
 from prover.worker import WorkerError, WorkerPool
 from storage import BlockMeta, ChainStore
 
@@ -53,21 +54,16 @@ class ProofChecker:
         if key in self._cache:
             return self._cache[key]
         try:
-            ok, reason = await self.pool.run(
-                "verify",
-                str(self.artifacts),
-                proof,
-                batch.encode(),
-                commitment,
-                k,
+            v = await self.pool.run(
+                Verify(str(self.artifacts), proof, batch.encode(), commitment, k),
                 timeout=self.timeout_s,
             )
         except WorkerError as exc:
             return False, f"verification did not complete: {exc}"  # not cached: may be transient
-        self._cache[key] = (bool(ok), str(reason))
+        self._cache[key] = (v.ok, v.reason)
         if len(self._cache) > 100_000:
             self._cache.clear()
-        return bool(ok), str(reason)
+        return v.ok, v.reason
 
 
 class Chain:
@@ -179,19 +175,19 @@ class Chain:
             ok, _ = await checker.check(proof, block.reveal.batch, commitment, k)
             verdicts[(proof, commitment, k)] = ok
 
-        async def job(name: str, *args: object) -> None:
+        async def job(name: str, j: Job[object]) -> None:
             # Each job reports its own failure: an exception group out of the nursery
             # would escape every `except` the callers have.
             try:
-                answers[name] = await pool.run(name, artifacts, *args, timeout=timeout_s)
+                answers[name] = await pool.run(j, timeout=timeout_s)
             except WorkerError as exc:
                 failures.append(f"{name}: {exc}")
 
         async with trio.open_nursery() as nursery:
             for p in block.proofs:
                 nursery.start_soon(verify_one, p.proof, p.commitment, p.k)
-            nursery.start_soon(job, "commit", arch, model)
-            nursery.start_soon(job, "evaluate", arch, model, batch)
+            nursery.start_soon(job, "commit", Commit(artifacts, arch, model))
+            nursery.start_soon(job, "evaluate", Evaluate(artifacts, arch, model, batch))
         if failures:
             raise InvalidError(
                 f"Block: the revealed model cannot be checked: {'; '.join(failures)}"

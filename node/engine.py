@@ -31,6 +31,7 @@ from node.roundlog import ProofSeen, RoundLog
 from p2p import BlockAnnounce, P2PHost, SyncClient, SyncError, TopicKind, Verdict
 from p2p.gossip import GossipItem
 from p2p.host import public_key_of
+from prover.client import Commit, Prove, Train
 from prover.train import fresh_seed
 from prover.worker import WorkerError, WorkerPool
 
@@ -212,6 +213,7 @@ class Engine:
         rec = self.roundlog.record(rnd)
         parent = self.chain.head
         deadline = schedule.commit_deadline(g, rnd)
+        assert self.shard is not None  # __init__ refuses a participant without one
         try:
             global_model = self.chain.model_of(parent)
         except LookupError as exc:
@@ -221,24 +223,22 @@ class Engine:
         try:
             with trio.fail_after(max(0.0, (deadline - self.clock()) / 1000)):
                 weights = await self.prover.run(
-                    "train",
-                    g.task.architecture,
-                    global_model,
-                    g.task.dataset,
-                    self.dataset_path,
-                    self.shard,
-                    g.task.local_epochs,
-                    g.task.train_batch_size,
-                    g.task.learning_rate_ppm,
-                    fresh_seed(),
+                    Train(
+                        g.task.architecture,
+                        global_model,
+                        g.task.dataset,
+                        self.dataset_path,
+                        self.shard,
+                        g.task.local_epochs,
+                        g.task.train_batch_size,
+                        g.task.learning_rate_ppm,
+                        fresh_seed(),
+                    ),
                     timeout=self.prove_timeout_s,
                 )
                 self.mark(rnd, "trained")
                 c = await self.prover.run(
-                    "commit",
-                    str(self.artifacts),
-                    g.task.architecture,
-                    weights,
+                    Commit(str(self.artifacts), g.task.architecture, weights),
                     timeout=self.prove_timeout_s,
                 )
         except trio.TooSlowError:
@@ -272,14 +272,13 @@ class Engine:
             return
         try:
             with trio.fail_after(max(0.0, (schedule.proof_deadline(g, rnd) - self.clock()) / 1000)):
-                k, proof = await self.prover.run(
-                    "prove",
-                    str(self.artifacts),
-                    g.task.architecture,
-                    weights,
-                    st.reveal.batch.encode(),
+                proved = await self.prover.run(
+                    Prove(
+                        str(self.artifacts), g.task.architecture, weights, st.reveal.batch.encode()
+                    ),
                     timeout=self.prove_timeout_s,
                 )
+            k, proof = proved.k, proved.proof
         except (trio.TooSlowError, WorkerError) as exc:
             rec.notes.append(f"proving failed or was late: {exc!r}")
             log.warning("round %d: proving failed or missed the deadline: %r", rnd, exc)
