@@ -94,6 +94,7 @@ def _cmd_store_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_circuit_build(args: argparse.Namespace) -> int:
+    from prover.client import BuildCircuit
     from prover.models import ARCHITECTURES
     from prover.worker import WorkerError, run_once
 
@@ -122,24 +123,24 @@ def _cmd_circuit_build(args: argparse.Namespace) -> int:
             return 1
 
     try:
-        result: dict[str, object] = run_once(
-            "build_circuit",
-            args.task,
-            args.eval_batch,
-            str(out),
-            args.seed,
-            args.logrows,
-            str(srs) if srs else None,
+        built = run_once(
+            BuildCircuit(
+                arch=args.task,
+                batch_size=args.eval_batch,
+                out=str(out),
+                seed=args.seed,
+                logrows=args.logrows,
+                srs=str(srs) if srs else None,
+            ),
             timeout=args.timeout,
             name="circuit",
         )
     except WorkerError as exc:
         print(f"zkpot: circuit build failed: {exc}", file=sys.stderr)
         return 1
-    initial = result.pop("initial_model")
-    assert isinstance(initial, bytes)
-    (out / "initial_model.bin").write_bytes(initial)
-    result["initial_model_hash"] = hashlib.sha256(initial).hexdigest()
+    (out / "initial_model.bin").write_bytes(built.initial_model)
+    result: dict[str, object] = dict(built.manifest)
+    result["initial_model_hash"] = hashlib.sha256(built.initial_model).hexdigest()
     result["srs"] = (
         "imported" if srs else "generated (test-only: its secret is known to this machine)"
     )

@@ -39,6 +39,7 @@ from p2p import (
 )
 from p2p.host import public_key_of
 from prover import circuit
+from prover.client import RegeneratePk
 from prover.worker import WorkerError, worker_pool
 from storage import ChainStore, StoreError
 
@@ -170,7 +171,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
             )
             if roles.participant and not (home.artifacts / circuit.PK).exists():
                 log.info("regenerating the proving key from the pinned circuit and SRS")
-                await prover.run("regenerate_pk", str(home.artifacts), timeout=1800)
+                await prover.run(RegeneratePk(str(home.artifacts)), timeout=1800)
 
             def peers() -> list[dict[str, object]]:
                 out: list[dict[str, object]] = []

@@ -28,6 +28,7 @@ from node.home import Home, NodeConfig
 from node.netspec import TestnetSpec
 from p2p import peer_id_from_seed
 from prover import circuit
+from prover.client import BuildCircuit
 from prover.data import load_dataset, partition, split
 from prover.jobs import make_eval_batch
 from prover.models import get_arch
@@ -66,11 +67,12 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
     shards = partition(sp.pool_y, spec.participants, scheme="iid", seed=data_seed)
     shared = out / "_circuit"
 
-    built: dict[str, Any] = run_once(
-        "build_circuit", spec.task, spec.eval_batch, str(shared), 0, spec.logrows, None,
-        timeout=3600, name="init",
-    )  # fmt: skip
-    initial_model: bytes = built.pop("initial_model")
+    built = run_once(
+        BuildCircuit(spec.task, spec.eval_batch, str(shared), 0, spec.logrows, None),
+        timeout=3600,
+        name="init",
+    )
+    initial_model = built.initial_model
     manifest = circuit.Manifest.load(shared)
     batches = [
         make_eval_batch(i, x, y, manifest.input_scale) for i, (x, y) in enumerate(sp.eval_batches)

@@ -1,12 +1,13 @@
-"""The jobs a prover worker process runs: plain values in, plain values out.
+"""The heavy work behind `prover.client`'s jobs; runs only inside a worker process.
 
-Each job takes and returns only msgpack-able values (bytes, ints, strs, lists),
-so the node's event loop never touches torch or ezkl objects, and a job can be
-replayed from its arguments. Heavy imports happen in the worker, not the node.
+Each function takes plain values (bytes, ints, strs) and returns plain values or
+`prover.client`'s small result types, so the node's event loop never touches
+torch or ezkl objects. The node imports `prover.client`, never this module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from torch import nn
 
 from consensus.types import EvalBatch
 from prover import circuit
+from prover.client import Built, Proved, Verified
 from prover.data import Dataset, load_dataset
 from prover.models import build_model, model_from_bytes, model_to_bytes
 from prover.quant import (
@@ -57,7 +59,7 @@ def decode_batch(batch: EvalBatch, input_dim: int) -> tuple[IntArray, np.ndarray
 
 def build_circuit(
     arch: str, batch_size: int, out: str, seed: int, logrows: int, srs: str | None
-) -> dict[str, Any]:
+) -> Built:
     net = build_model(arch, seed)
     _provable(net)
     fp = FixedPoint()
@@ -76,7 +78,7 @@ def build_circuit(
         logrows=logrows,
         srs=Path(srs) if srs else None,
     )
-    return {**manifest.__dict__, "initial_model": model_to_bytes(net)}
+    return Built(dataclasses.asdict(manifest), model_to_bytes(net))
 
 
 def commit(artifacts: str, arch: str, weights: bytes) -> bytes:
@@ -88,7 +90,7 @@ def commit(artifacts: str, arch: str, weights: bytes) -> bytes:
     return circuit.commit(directory, net, q)
 
 
-def prove(artifacts: str, arch: str, weights: bytes, batch: bytes) -> list[Any]:
+def prove(artifacts: str, arch: str, weights: bytes, batch: bytes) -> Proved:
     directory = Path(artifacts)
     manifest = circuit.Manifest.load(directory)
     net = model_from_bytes(arch, weights)
@@ -96,15 +98,15 @@ def prove(artifacts: str, arch: str, weights: bytes, batch: bytes) -> list[Any]:
     q = quantise_params(list(net.parameters()), manifest.param_scale)
     xq, labels = decode_batch(EvalBatch.decode(batch), manifest.input_dim)
     k, proof = circuit.prove(directory, net, q, xq, labels)
-    return [k, proof]
+    return Proved(k, proof)
 
 
-def verify(artifacts: str, proof: bytes, batch: bytes, commitment: bytes, k: int) -> list[Any]:
+def verify(artifacts: str, proof: bytes, batch: bytes, commitment: bytes, k: int) -> Verified:
     directory = Path(artifacts)
     manifest = circuit.Manifest.load(directory)
     xq, labels = decode_batch(EvalBatch.decode(batch), manifest.input_dim)
     ok, reason = circuit.verify(directory, proof, xq, labels, commitment, k)
-    return [ok, reason]
+    return Verified(ok, reason)
 
 
 def evaluate(artifacts: str, arch: str, weights: bytes, batch: bytes) -> int:
@@ -156,14 +158,3 @@ def train(
 
 def regenerate_pk(artifacts: str) -> None:
     circuit.regenerate_pk(Path(artifacts))
-
-
-JOBS = {
-    "build_circuit": build_circuit,
-    "commit": commit,
-    "prove": prove,
-    "verify": verify,
-    "evaluate": evaluate,
-    "regenerate_pk": regenerate_pk,
-    "train": train,
-}

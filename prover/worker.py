@@ -1,33 +1,35 @@
 """Worker processes for CPU-heavy jobs (training, proving, verifying), owned by the node.
 
 Jobs run in *spawned* OS processes (a fork()ed child deadlocked in ezkl's
-`prove`, DESIGN.md §4) and talk to the node over a pipe with a small typed
-protocol: a request is the msgpack array ``[id, job, args]``, a reply is
-``[id, "ok", result]`` or ``[id, "err", message]``. Each call has a timeout;
-on timeout or cancellation the worker is killed (ezkl cannot be interrupted
-in-process) and replaced before the next job, with a log line; a worker that
-dies mid-job reports that job failed instead of hanging the caller.
+`prove`, DESIGN.md §4) and talk to the node over a pipe. A request is a typed
+`prover.client.Job`; the child calls its `execute` and sends back the result.
+Both cross the pipe pickled: the pipe joins the node to its own child, so both
+ends are trusted. Each call has a timeout; on timeout or cancellation the worker
+is killed (ezkl cannot be interrupted in-process) and replaced before the next
+job, with a log line; a worker that dies mid-job reports that job failed instead
+of hanging the caller.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
-import msgpack
 import trio
+
+from prover.client import Job
 
 log = logging.getLogger("zkpot.worker")
 
-DEFAULT_TARGET = "prover.jobs:JOBS"
+R = TypeVar("R")
 
 
 class WorkerError(Exception):
@@ -46,37 +48,36 @@ class WorkerCrashed(WorkerError):
     """The worker process died while running the job."""
 
 
-def _load_jobs(target: str) -> dict[str, Callable[..., Any]]:
-    module, _, attr = target.partition(":")
-    jobs: dict[str, Callable[..., Any]] = getattr(importlib.import_module(module), attr)
-    return jobs
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-def _serve(conn: Connection, target: str) -> None:
-    """Child main loop: one job at a time until the pipe closes."""
+def _serve(conn: Connection) -> None:
+    """Child main loop: one job at a time until the pipe closes.
+
+    A request is ``(id, job class name, pickled job)``: the job is unpickled on its
+    own, so a job this process cannot load fails that job, not the worker.
+    """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    jobs = _load_jobs(target)
     while True:
         try:
             raw = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        job_id, name, args = msgpack.unpackb(raw, raw=False)
+        job_id, name, payload = pickle.loads(raw)
         try:
-            fn = jobs[name]
-            reply = [job_id, "ok", fn(*args)]
+            job = pickle.loads(payload)
+            reply = pickle.dumps((job_id, "ok", job.execute()), pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            reply = [job_id, "err", f"{name}: {detail}"]
-        conn.send_bytes(msgpack.packb(reply, use_bin_type=True))
+            reply = pickle.dumps((job_id, "err", f"{name}: {_describe(exc)}"))
+        conn.send_bytes(reply)
 
 
 class Worker:
     """One spawned process; at most one job at a time."""
 
-    def __init__(self, name: str, target: str = DEFAULT_TARGET) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.target = target
         self._proc: Any = None
         self._conn: Connection | None = None
         self._ids = itertools.count(1)
@@ -90,7 +91,7 @@ class Worker:
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_serve, args=(child, self.target), name=self.name, daemon=True)
+        proc = ctx.Process(target=_serve, args=(child,), name=self.name, daemon=True)
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent
@@ -121,13 +122,15 @@ class Worker:
             self.restarts += 1
         self._start()
 
-    async def call(self, job: str, *args: Any, timeout: float) -> Any:
+    async def call(self, job: Job[R], *, timeout: float) -> R:
+        name = type(job).__name__
+        payload = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)  # an unpicklable job fails here
         async with self._lock:
             self._ensure()
             conn = self._conn
             assert conn is not None
             job_id = next(self._ids)
-            conn.send_bytes(msgpack.packb([job_id, job, list(args)], use_bin_type=True))
+            conn.send_bytes(pickle.dumps((job_id, name, payload), pickle.HIGHEST_PROTOCOL))
             done = False
             try:
                 with trio.move_on_after(timeout) as scope:
@@ -135,35 +138,42 @@ class Worker:
                     done = True
                 if scope.cancelled_caught:
                     log.warning(
-                        "worker %s: job %s timed out after %ss; killing it", self.name, job, timeout
+                        "worker %s: job %s timed out after %ss; killing it",
+                        self.name,
+                        name,
+                        timeout,
                     )
-                    raise JobTimeout(f"{job} timed out after {timeout} s")
+                    raise JobTimeout(f"{name} timed out after {timeout} s")
             except (EOFError, OSError):
                 code = self._proc.exitcode if self._proc is not None else None
                 self._proc.join(timeout=5) if self._proc is not None else None
                 code = self._proc.exitcode if self._proc is not None else code
-                log.warning("worker %s crashed during %s (exit code %s)", self.name, job, code)
-                raise WorkerCrashed(f"worker died during {job} (exit code {code})") from None
+                log.warning("worker %s crashed during %s (exit code %s)", self.name, name, code)
+                raise WorkerCrashed(f"worker died during {name} (exit code {code})") from None
             finally:
                 if not done:
                     self.kill()  # a reply may still come: never reuse this pipe
                     self.restarts += 1
-            reply_id, status, result = msgpack.unpackb(raw, raw=False)
+            try:
+                reply_id, status, result = pickle.loads(raw)
+            except Exception as exc:
+                raise WorkerError(f"{name}: unreadable reply: {_describe(exc)}") from None
             if reply_id != job_id:
                 self.kill()
                 raise WorkerError(f"worker {self.name} answered job {reply_id}, expected {job_id}")
             if status != "ok":
                 raise JobFailed(str(result))
-            return result
+            answer: R = result
+            return answer
 
 
 class WorkerPool:
     """A fixed set of workers; `run` waits for a free one (a node verifies a round's proofs in parallel)."""
 
-    def __init__(self, size: int, target: str = DEFAULT_TARGET, name: str = "prover") -> None:
+    def __init__(self, size: int, name: str = "prover") -> None:
         if size < 1:
             raise ValueError("a worker pool needs at least one worker")
-        self._workers = [Worker(f"{name}-{i}", target) for i in range(size)]
+        self._workers = [Worker(f"{name}-{i}") for i in range(size)]
         self._free: list[Worker] = list(self._workers)
         self._available = trio.Semaphore(size)
 
@@ -171,11 +181,11 @@ class WorkerPool:
     def workers(self) -> list[Worker]:
         return list(self._workers)
 
-    async def run(self, job: str, *args: Any, timeout: float) -> Any:
+    async def run(self, job: Job[R], *, timeout: float) -> R:
         async with self._available:
             worker = self._free.pop()
             try:
-                return await worker.call(job, *args, timeout=timeout)
+                return await worker.call(job, timeout=timeout)
             finally:
                 self._free.append(worker)
 
@@ -184,22 +194,20 @@ class WorkerPool:
             w.kill()
 
 
-def run_once(job: str, *args: Any, timeout: float, name: str = "oneshot") -> Any:
+def run_once(job: Job[R], *, timeout: float, name: str = "oneshot") -> R:
     """Run one job in a fresh worker process from synchronous code (CLI commands)."""
 
-    async def go() -> Any:
+    async def go() -> R:
         async with worker_pool(1, name=name) as pool:
-            return await pool.run(job, *args, timeout=timeout)
+            return await pool.run(job, timeout=timeout)
 
     return trio.run(go)
 
 
 @asynccontextmanager
-async def worker_pool(
-    size: int, target: str = DEFAULT_TARGET, name: str = "prover"
-) -> AsyncIterator[WorkerPool]:
+async def worker_pool(size: int, name: str = "prover") -> AsyncIterator[WorkerPool]:
     """A pool whose processes end with the block that owns it, however it exits."""
-    pool = WorkerPool(size, target, name)
+    pool = WorkerPool(size, name)
     try:
         yield pool
     finally:

@@ -33,6 +33,7 @@ from consensus.types import (
     chain_id,
 )
 from prover import circuit, jobs
+from prover.client import Commit, Prove, Verified, Verify
 from prover.models import build_model, model_from_bytes, model_to_bytes
 from prover.quant import FixedPoint, QuantError, quantise_params
 from prover.train import train_local
@@ -86,8 +87,8 @@ def batches(digits: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]) -> list[E
 
 @pytest.fixture(scope="module")
 def proven(art: Path, trained: bytes, batches: list[EvalBatch]) -> tuple[int, bytes, bytes]:
-    k, proof = jobs.prove(str(art), ARCH, trained, batches[0].encode())
-    return k, proof, jobs.commit(str(art), ARCH, trained)
+    proved = jobs.prove(str(art), ARCH, trained, batches[0].encode())
+    return proved.k, proved.proof, jobs.commit(str(art), ARCH, trained)
 
 
 def test_manifest_pins_every_artifact_and_tampering_is_detected(art: Path) -> None:
@@ -109,7 +110,7 @@ def test_a_trained_models_proof_verifies_and_k_is_the_plain_evaluators(
     assert k == jobs.evaluate(str(art), ARCH, trained, batches[0].encode())
     assert k >= 2  # a trained model gets most of the batch right
     assert len(proof) < 8 * 1024
-    assert jobs.verify(str(art), proof, batches[0].encode(), c, k) == [True, ""]
+    assert jobs.verify(str(art), proof, batches[0].encode(), c, k) == Verified(True, "")
 
 
 def test_proof_does_not_verify_against_another_models_commitment(
@@ -117,8 +118,8 @@ def test_proof_does_not_verify_against_another_models_commitment(
 ) -> None:
     k, proof, _ = proven
     other = jobs.commit(str(art), ARCH, model_to_bytes(build_model(ARCH, 77)))
-    ok, reason = jobs.verify(str(art), proof, _FIRST["b"], other, k)
-    assert not ok and "committed weights" in reason
+    v = jobs.verify(str(art), proof, _FIRST["b"], other, k)
+    assert not v.ok and "committed weights" in v.reason
 
 
 _FIRST: dict[str, bytes] = {}
@@ -133,8 +134,8 @@ def test_proof_does_not_verify_for_another_batch(
     art: Path, batches: list[EvalBatch], proven: tuple[int, bytes, bytes]
 ) -> None:
     k, proof, c = proven
-    ok, reason = jobs.verify(str(art), proof, batches[1].encode(), c, k)
-    assert not ok and "verifier" in reason
+    v = jobs.verify(str(art), proof, batches[1].encode(), c, k)
+    assert not v.ok and "verifier" in v.reason
 
 
 @pytest.mark.parametrize("delta", [-1, 1])
@@ -144,8 +145,7 @@ def test_proof_does_not_verify_for_another_k(
     k, proof, c = proven
     if not 0 <= k + delta <= B:
         pytest.skip("k at the edge")
-    ok, _ = jobs.verify(str(art), proof, batches[0].encode(), c, k + delta)
-    assert not ok
+    assert not jobs.verify(str(art), proof, batches[0].encode(), c, k + delta).ok
 
 
 @pytest.mark.parametrize("pos", [0, 40, 70, 500, 3000, -1])
@@ -155,8 +155,8 @@ def test_flipped_proof_bytes_are_rejected_with_a_reason(
     k, proof, c = proven
     bad = bytearray(proof)
     bad[pos] ^= 0x01
-    ok, reason = jobs.verify(str(art), bytes(bad), batches[0].encode(), c, k)
-    assert not ok and reason
+    v = jobs.verify(str(art), bytes(bad), batches[0].encode(), c, k)
+    assert not v.ok and v.reason
 
 
 def test_truncated_or_garbage_proofs_are_rejected_not_crashing(
@@ -164,8 +164,8 @@ def test_truncated_or_garbage_proofs_are_rejected_not_crashing(
 ) -> None:
     k, proof, c = proven
     for junk in (proof[:100], proof[:-1], proof + b"\x00", c + b"\xff" * 5000):
-        ok, reason = jobs.verify(str(art), junk, batches[0].encode(), c, k)
-        assert not ok and reason
+        v = jobs.verify(str(art), junk, batches[0].encode(), c, k)
+        assert not v.ok and v.reason
 
 
 def test_a_model_with_all_equal_logits_scores_zero_and_cannot_claim_more(
@@ -179,11 +179,11 @@ def test_a_model_with_all_equal_logits_scores_zero_and_cannot_claim_more(
     weights = model_to_bytes(net)
     batch = batches[2].encode()
     assert jobs.evaluate(str(art), ARCH, weights, batch) == 0
-    k, proof = jobs.prove(str(art), ARCH, weights, batch)
+    proved = jobs.prove(str(art), ARCH, weights, batch)
     c = jobs.commit(str(art), ARCH, weights)
-    assert k == 0
-    assert jobs.verify(str(art), proof, batch, c, 0) == [True, ""]
-    assert jobs.verify(str(art), proof, batch, c, B)[0] is False
+    assert proved.k == 0
+    assert jobs.verify(str(art), proved.proof, batch, c, 0) == Verified(True, "")
+    assert jobs.verify(str(art), proved.proof, batch, c, B).ok is False
 
 
 async def test_a_model_with_a_zero_bias_proves_and_verifies_with_the_shared_keys(
@@ -197,9 +197,10 @@ async def test_a_model_with_a_zero_bias_proves_and_verifies_with_the_shared_keys
     assert model_from_bytes(ARCH, weights).state_dict()["0.bias"].abs().sum() == 0
     batch = batches[3].encode()
     async with worker_pool(1) as pool:  # a worker, so a regression hangs a process, not the suite
-        k, proof = await pool.run("prove", str(art), ARCH, weights, batch, timeout=300)
-        c = await pool.run("commit", str(art), ARCH, weights, timeout=120)
-        assert await pool.run("verify", str(art), proof, batch, c, k, timeout=120) == [True, ""]
+        proved = await pool.run(Prove(str(art), ARCH, weights, batch), timeout=300)
+        c = await pool.run(Commit(str(art), ARCH, weights), timeout=120)
+        verdict = await pool.run(Verify(str(art), proved.proof, batch, c, proved.k), timeout=120)
+        assert verdict == Verified(True, "")
 
 
 def test_in_circuit_k_equals_the_plain_evaluator_on_random_and_trained_models(
@@ -315,7 +316,7 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
     p_copy = sign(ProofTx(0, c_copy.hash(), copier.public, c, k, proof, bytes(64)), copier, cid)
 
     def verify(pf: bytes, batch: EvalBatch, commitment: bytes, kk: int) -> bool:
-        return bool(jobs.verify(str(art), pf, batch.encode(), commitment, kk)[0])
+        return jobs.verify(str(art), pf, batch.encode(), commitment, kk).ok
 
     def commitment_of(model: bytes) -> bytes:
         return jobs.commit(str(art), ARCH, model)

@@ -7,33 +7,43 @@ import logging
 import pytest
 import trio
 
+from prover.client import Train
 from prover.worker import JobFailed, JobTimeout, Worker, WorkerCrashed, worker_pool
-
-TARGET = "tests.worker_jobs:JOBS"
+from tests.worker_jobs import Crash, Echo, Fail, Sleep, Unloadable, Whoami
 
 
 async def test_job_result_comes_back() -> None:
-    async with worker_pool(1, TARGET) as pool:
-        assert await pool.run("echo", [1, b"two", "three"], timeout=60) == [1, b"two", "three"]
+    async with worker_pool(1) as pool:
+        assert await pool.run(Echo([1, b"two", "three"]), timeout=60) == [1, b"two", "three"]
 
 
 async def test_job_exception_is_reported_with_its_message_and_worker_survives() -> None:
-    async with worker_pool(1, TARGET) as pool:
-        await pool.run("echo", 0, timeout=60)
+    async with worker_pool(1) as pool:
+        await pool.run(Echo(0), timeout=60)
         pid = pool.workers[0].pid
-        with pytest.raises(JobFailed, match="bad input here"):
-            await pool.run("fail", "bad input here", timeout=60)
-        assert await pool.run("echo", 5, timeout=60) == 5
+        with pytest.raises(JobFailed, match=r"^Fail: ValueError: bad input here$"):
+            await pool.run(Fail("bad input here"), timeout=60)
+        assert await pool.run(Echo(5), timeout=60) == 5
         assert pool.workers[0].pid == pid and pool.workers[0].restarts == 0
 
 
+async def test_a_job_the_worker_cannot_load_fails_alone() -> None:
+    async with worker_pool(1) as pool:
+        await pool.run(Echo(0), timeout=60)
+        pid = pool.workers[0].pid
+        with pytest.raises(JobFailed, match=r"^Unloadable: RuntimeError: not loadable here$"):
+            await pool.run(Unloadable(), timeout=60)
+        assert await pool.run(Echo(b"still here"), timeout=60) == b"still here"
+        assert pool.workers[0].pid == pid
+
+
 async def test_timeout_kills_the_worker_and_the_next_job_runs_on_a_new_one() -> None:
-    async with worker_pool(1, TARGET) as pool:
-        await pool.run("echo", 0, timeout=60)
+    async with worker_pool(1) as pool:
+        await pool.run(Echo(0), timeout=60)
         first = pool.workers[0].pid
-        with pytest.raises(JobTimeout):
-            await pool.run("sleep", 600, timeout=1)
-        assert await pool.run("echo", 7, timeout=60) == 7
+        with pytest.raises(JobTimeout, match=r"^Sleep timed out"):
+            await pool.run(Sleep(600), timeout=1)
+        assert await pool.run(Echo(7), timeout=60) == 7
         assert pool.workers[0].pid != first
 
 
@@ -41,21 +51,21 @@ async def test_crashed_worker_fails_its_job_and_is_restarted_with_a_log_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="zkpot.worker")
-    async with worker_pool(1, TARGET) as pool:
-        with pytest.raises(WorkerCrashed, match="exit code 3"):
-            await pool.run("crash", 3, timeout=60)
-        assert await pool.run("echo", "alive", timeout=60) == "alive"
+    async with worker_pool(1) as pool:
+        with pytest.raises(WorkerCrashed, match=r"during Crash \(exit code 3\)"):
+            await pool.run(Crash(3), timeout=60)
+        assert await pool.run(Echo("alive"), timeout=60) == "alive"
     assert any("crashed" in r.message for r in caplog.records)
 
 
 async def test_killed_worker_process_is_replaced(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="zkpot.worker")
-    w = Worker("victim", TARGET)
+    w = Worker("victim")
     try:
-        await w.call("echo", 1, timeout=60)
+        await w.call(Echo(1), timeout=60)
         w._proc.kill()
         w._proc.join()
-        assert await w.call("echo", 2, timeout=60) == 2
+        assert await w.call(Echo(2), timeout=60) == 2
         assert w.restarts == 1
         assert any("restarting" in r.message for r in caplog.records)
     finally:
@@ -63,26 +73,26 @@ async def test_killed_worker_process_is_replaced(caplog: pytest.LogCaptureFixtur
 
 
 async def test_cancelling_a_job_kills_its_worker() -> None:
-    async with worker_pool(1, TARGET) as pool:
-        await pool.run("echo", 0, timeout=60)
+    async with worker_pool(1) as pool:
+        await pool.run(Echo(0), timeout=60)
         worker = pool.workers[0]
         proc = worker._proc
         with trio.move_on_after(1):
-            await pool.run("sleep", 600, timeout=600)
+            await pool.run(Sleep(600), timeout=600)
         assert not proc.is_alive()
-        assert await pool.run("echo", 3, timeout=60) == 3
+        assert await pool.run(Echo(3), timeout=60) == 3
 
 
 async def test_pool_runs_jobs_in_parallel_processes() -> None:
-    results: list[list[float]] = []
-    async with worker_pool(2, TARGET) as pool:
+    results: list[tuple[int, float, float]] = []
+    async with worker_pool(2) as pool:
         # warm both workers up so start-up time does not hide overlap
         async with trio.open_nursery() as nursery:
             for _ in range(2):
-                nursery.start_soon(lambda: pool.run("sleep", 0.5, timeout=60))
+                nursery.start_soon(lambda: pool.run(Sleep(0.5), timeout=60))
 
         async def one() -> None:
-            results.append(await pool.run("whoami", 1.5, timeout=60))
+            results.append(await pool.run(Whoami(1.5), timeout=60))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(one)
@@ -107,16 +117,17 @@ async def test_training_runs_in_a_worker_and_improves_the_model() -> None:
     shard = sp.pool_index[shards[0]].astype("<i8").tobytes()
     async with worker_pool(1) as pool:
         trained = await pool.run(
-            "train",
-            "digits-mlp",
-            start,
-            "digits",
-            None,
-            shard,
-            5,
-            16,
-            100_000,
-            fresh_seed(),
+            Train(
+                arch="digits-mlp",
+                global_weights=start,
+                dataset="digits",
+                data_path=None,
+                shard=shard,
+                epochs=5,
+                batch_size=16,
+                learning_rate_ppm=100_000,
+                seed=fresh_seed(),
+            ),
             timeout=300,
         )
     tx = sp.test_x.reshape(len(sp.test_x), -1)

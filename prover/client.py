@@ -1,0 +1,169 @@
+"""Typed prover jobs: what the node asks a worker process to do, and what comes back.
+
+The node's event loop imports this module, so it stays light: a job's `execute`
+runs inside the worker process (`prover.worker`) and only there imports torch
+and ezkl (through `prover.jobs`). Jobs and results cross the pipe pickled, so
+they hold plain values (bytes, ints, strs) and a job can be replayed from them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+R = TypeVar("R", covariant=True)
+
+
+@dataclass(frozen=True)
+class Job(ABC, Generic[R]):
+    """One unit of work with a typed result; `WorkerPool.run(job)` returns what `execute` does."""
+
+    @abstractmethod
+    def execute(self) -> R:
+        """Runs in the worker process: import heavy modules here, never at module level."""
+
+
+@dataclass(frozen=True)
+class Proved:
+    """A proof that the committed model classifies `k` of the batch correctly."""
+
+    k: int
+    proof: bytes
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A verifier's verdict; `reason` says why when `ok` is false."""
+
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Built:
+    """A freshly built circuit: its manifest's fields and the initial model it was set up with."""
+
+    manifest: dict[str, str | int]
+    initial_model: bytes
+
+
+@dataclass(frozen=True)
+class Train(Job[bytes]):
+    """Local training on this participant's shard (int64 LE dataset indices); returns the weights."""
+
+    arch: str
+    global_weights: bytes
+    dataset: str
+    data_path: str | None
+    shard: bytes
+    epochs: int
+    batch_size: int
+    learning_rate_ppm: int
+    seed: int
+
+    def execute(self) -> bytes:
+        from prover import jobs
+
+        return jobs.train(
+            self.arch,
+            self.global_weights,
+            self.dataset,
+            self.data_path,
+            self.shard,
+            self.epochs,
+            self.batch_size,
+            self.learning_rate_ppm,
+            self.seed,
+        )
+
+
+@dataclass(frozen=True)
+class Commit(Job[bytes]):
+    """The commitment C that binds a model's weights to its proofs."""
+
+    artifacts: str
+    arch: str
+    weights: bytes
+
+    def execute(self) -> bytes:
+        from prover import jobs
+
+        return jobs.commit(self.artifacts, self.arch, self.weights)
+
+
+@dataclass(frozen=True)
+class Prove(Job[Proved]):
+    """Prove the model's accuracy on an encoded `EvalBatch`."""
+
+    artifacts: str
+    arch: str
+    weights: bytes
+    batch: bytes
+
+    def execute(self) -> Proved:
+        from prover import jobs
+
+        return jobs.prove(self.artifacts, self.arch, self.weights, self.batch)
+
+
+@dataclass(frozen=True)
+class Verify(Job[Verified]):
+    """Check a proof that the model committed as `commitment` gets `k` of `batch` right."""
+
+    artifacts: str
+    proof: bytes
+    batch: bytes
+    commitment: bytes
+    k: int
+
+    def execute(self) -> Verified:
+        from prover import jobs
+
+        return jobs.verify(self.artifacts, self.proof, self.batch, self.commitment, self.k)
+
+
+@dataclass(frozen=True)
+class Evaluate(Job[int]):
+    """The plain quantised re-evaluation that re-checks a proposer's claimed k."""
+
+    artifacts: str
+    arch: str
+    weights: bytes
+    batch: bytes
+
+    def execute(self) -> int:
+        from prover import jobs
+
+        return jobs.evaluate(self.artifacts, self.arch, self.weights, self.batch)
+
+
+@dataclass(frozen=True)
+class BuildCircuit(Job[Built]):
+    """Build the chain's circuit artifacts into `out` (`srs` None: a test-only SRS)."""
+
+    arch: str
+    batch_size: int
+    out: str
+    seed: int
+    logrows: int
+    srs: str | None
+
+    def execute(self) -> Built:
+        from prover import jobs
+
+        return jobs.build_circuit(
+            self.arch, self.batch_size, self.out, self.seed, self.logrows, self.srs
+        )
+
+
+@dataclass(frozen=True)
+class RegeneratePk(Job[None]):
+    """Rebuild the proving key from the pinned circuit and SRS (pk files are never shipped)."""
+
+    artifacts: str
+
+    def execute(self) -> None:
+        from prover import jobs
+
+        jobs.regenerate_pk(self.artifacts)
