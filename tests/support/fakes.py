@@ -1,0 +1,257 @@
+"""Fakes of the world the node runtime talks to: clock, network, sync and prover.
+
+They let the real node code (node.engine and the modules it wires) run several
+nodes in one trio run, in virtual time (pytest-trio's autojump clock), with no
+processes and no sockets: a round from commit to final block takes milliseconds.
+The chain, its LevelDB store and every consensus rule are the real ones; only the
+zk proof and the model are stand-ins (tests.support.chainfactory's hash proofs),
+so what these tests show is the node's logic, never that proving works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+from libp2p.peer.id import ID
+
+from consensus.crypto import SigningKey, sha256
+from consensus.types import Block, EvalBatch
+from node.chain import Chain as NodeChain
+from node.engine import Engine
+from node.interfaces import Outgoing
+from node.roundlog import RoundLog
+from p2p import SyncError, TopicKind, Verdict
+from p2p.gossip import Validator
+from p2p.host import peer_id_from_seed
+from p2p.sync import BlockEntry, Status
+from prover.client import Commit, Evaluate, Job, Prove, Proved, Train, Verified, Verify
+from storage import ChainStore
+from tests.chainfactory import Chain, hash_proof, hash_verify, model_commitment
+
+R = TypeVar("R")
+
+INITIAL_MODEL = b"initial model"  # chainfactory's genesis pins sha256 of this
+
+
+def fake_model(k: int, *salt: bytes) -> bytes:
+    """A model blob that scores `k` on every batch (byte 0, as chainfactory's evaluator reads)."""
+    return bytes([k]) + sha256(b"".join(salt))[:15]
+
+
+@dataclass
+class FakeProver:
+    """Answers the typed prover jobs with hash stand-ins, taking `delay_s` of virtual time.
+
+    A participant's shard is one byte: the k its trained models score.
+    """
+
+    delay_s: dict[type, float] = field(default_factory=dict)
+    calls: list[Job[Any]] = field(default_factory=list)
+
+    async def run(self, job: Job[R], *, timeout: float) -> R:
+        self.calls.append(job)
+        with trio.fail_after(timeout):
+            await trio.sleep(self.delay_s.get(type(job), 0.01))
+        return self.answer(job)  # type: ignore[return-value]
+
+    @staticmethod
+    def answer(job: Job[Any]) -> object:
+        if isinstance(job, Train):
+            return fake_model(job.shard[0], job.global_weights, job.seed.to_bytes(8, "big"))
+        if isinstance(job, Commit):
+            return model_commitment(job.weights)
+        if isinstance(job, Prove):
+            batch = EvalBatch.decode(job.batch)
+            k = job.weights[0]
+            return Proved(k, hash_proof(batch, model_commitment(job.weights), k))
+        if isinstance(job, Verify):
+            ok = hash_verify(job.proof, EvalBatch.decode(job.batch), job.commitment, job.k)
+            return Verified(ok, "" if ok else "hash proof does not match")
+        if isinstance(job, Evaluate):
+            return job.weights[0]
+        raise TypeError(f"no fake for {type(job).__name__}")
+
+
+class FakeGossip:
+    def __init__(self, net: FakeNet) -> None:
+        self.net = net
+        self.validators: dict[TopicKind, Validator] = {}
+        send, self.inbox = trio.open_memory_channel[Any](1000)
+        self._send = send
+        self.published: list[Outgoing] = []
+
+    def set_validator(self, kind: TopicKind, validator: Validator) -> None:
+        self.validators[kind] = validator
+
+    async def publish(self, item: Outgoing) -> None:
+        self.published.append(item)
+        await self.net.network.deliver(self.net, item)
+
+
+class FakeNet:
+    """One node's host: a real peer id, a gossip endpoint, penalties recorded."""
+
+    def __init__(self, network: FakeNetwork, seed: bytes) -> None:
+        self.network = network
+        self.peer_id: ID = peer_id_from_seed(seed)
+        self.gossip = FakeGossip(self)
+        self.penalties: list[tuple[ID | None, float, str]] = []
+        self.node: FakeNode | None = None
+
+    def connected_peers(self) -> list[ID]:
+        return [n.peer_id for n in self.network.links_of(self)]
+
+    def penalise(self, peer: ID | None, points: float, reason: str) -> None:
+        self.penalties.append((peer, points, reason))
+
+
+class FakeNetwork:
+    """Full mesh with cuttable links; each delivery is its own task, like real gossip."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.nets: list[FakeNet] = []
+        self.cut: set[frozenset[ID]] = set()
+        self.verdicts: list[tuple[str, str, Verdict]] = []  # (to, message, verdict)
+        self.hold: Callable[[FakeNet, FakeNet, Outgoing], float] = lambda a, b, item: 0.0
+
+    def add(self, seed: bytes) -> FakeNet:
+        net = FakeNet(self, seed)
+        self.nets.append(net)
+        return net
+
+    def links_of(self, net: FakeNet) -> list[FakeNet]:
+        return [
+            o
+            for o in self.nets
+            if o is not net and frozenset((o.peer_id, net.peer_id)) not in self.cut
+        ]
+
+    def partition(self, a: FakeNet, b: FakeNet) -> None:
+        self.cut.add(frozenset((a.peer_id, b.peer_id)))
+
+    async def deliver(self, src: FakeNet, item: Outgoing) -> None:
+        kind = TopicKind.BLOCKS if isinstance(item, Block) else TopicKind.ROUND
+        await self._validate(src, src, kind, item)  # a node validates its own publish too
+        for dst in self.links_of(src):
+            self.nursery.start_soon(
+                self._validate, src, dst, kind, type(item).decode(item.encode())
+            )
+
+    async def _validate(self, src: FakeNet, dst: FakeNet, kind: TopicKind, item: Any) -> None:
+        delay = self.hold(src, dst, item)
+        if delay:
+            await trio.sleep(delay)
+        validator = dst.gossip.validators.get(kind)
+        if validator is None:
+            return
+        verdict = await validator(item, src.peer_id)
+        self.verdicts.append((str(dst.peer_id), type(item).__name__, verdict))
+
+    def node_of(self, peer: ID) -> FakeNode:
+        node = next(n.node for n in self.nets if n.peer_id == peer)
+        assert node is not None
+        return node
+
+
+class FakeSync:
+    """The sync protocol answered from the other fake nodes' real stores."""
+
+    def __init__(self, network: FakeNetwork) -> None:
+        self.network = network
+
+    def _store(self, peer: ID) -> ChainStore:
+        return self.network.node_of(peer).chain.store
+
+    async def status(self, peer: ID) -> Status:
+        await trio.lowlevel.checkpoint()
+        node = self.network.node_of(peer)
+        head = node.chain.node(node.chain.head)
+        return Status(node.chain.cid, head.hash, head.height, head.score)
+
+    async def blocks(self, peer: ID, start: int, count: int) -> list[BlockEntry]:
+        await trio.lowlevel.checkpoint()
+        store = self._store(peer)
+        out = []
+        for height in range(start, start + count):
+            h = store.canonical_hash(height)
+            raw = store.get_block(h) if h is not None else None
+            if h is None or raw is None:
+                break
+            out.append(BlockEntry(height, h, raw))
+        return out
+
+    async def content(self, peer: ID, content_hash: bytes) -> bytes:
+        await trio.lowlevel.checkpoint()
+        store = self._store(peer)
+        data = store.get_blob(content_hash) or store.get_block(content_hash)
+        if data is None:
+            raise SyncError(f"{peer} does not have {content_hash.hex()[:12]}")
+        return data
+
+    async def content_from_any(self, peers: list[ID], content_hash: bytes) -> bytes:
+        for peer in peers:
+            try:
+                return await self.content(peer, content_hash)
+            except SyncError:
+                continue
+        raise SyncError(f"no peer has {content_hash.hex()[:12]}")
+
+
+@dataclass
+class FakeNode:
+    key: SigningKey
+    net: FakeNet
+    chain: NodeChain
+    engine: Engine
+    prover: FakeProver
+    roundlog: RoundLog
+
+
+def clock_at(genesis_ms: int, lead_ms: int = 1000) -> Callable[[], int]:
+    """Wall-clock ms that reads `lead_ms` before genesis now and follows trio's (virtual) clock."""
+    t0 = trio.current_time()
+    return lambda: genesis_ms - lead_ms + int((trio.current_time() - t0) * 1000)
+
+
+def make_node(
+    network: FakeNetwork,
+    chain: Chain,
+    key: SigningKey,
+    store_dir: Path,
+    clock: Callable[[], int],
+    *,
+    k: int = 0,
+    prover: FakeProver | None = None,
+) -> FakeNode:
+    """A node whose key decides its roles in `chain`'s genesis; a participant's models score k."""
+    net = network.add(key.seed)
+    node_chain = NodeChain(ChainStore.open(store_dir), chain.genesis, INITIAL_MODEL)
+    prover = prover or FakeProver()
+    roundlog = RoundLog()
+    engine = Engine(
+        key=key,
+        chain=node_chain,
+        net=net,
+        sync=FakeSync(network),
+        prover=prover,
+        verifier=prover,
+        artifacts=store_dir / "artifacts",
+        roundlog=roundlog,
+        shard=bytes([k]),
+        dataset_path=None,
+        batches=chain.batches,
+        verify_timeout_s=30,
+        prove_timeout_s=30,
+        clock=clock,
+    )
+    node = FakeNode(key, net, node_chain, engine, prover, roundlog)
+    net.node = node
+    return node
+
+
+Starter = Callable[[], Awaitable[None]]

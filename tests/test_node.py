@@ -1,0 +1,174 @@
+"""The node's runtime (node.engine and what it wires) with a fake clock, network and prover.
+
+Real chain stores, real consensus rules, real node code; the network is an
+in-process mesh, the prover answers with hash stand-ins and time is virtual
+(pytest-trio's autojump clock), so a round from commit to final block runs in
+milliseconds. The end-to-end tests show the same with real processes and proofs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from consensus import schedule
+from consensus.crypto import SigningKey, sha256
+from consensus.types import Block
+from p2p import Verdict
+from tests.chainfactory import Chain, make_chain
+from tests.support.fakes import FakeNetwork, FakeNode, clock_at, make_node
+
+SCORES = [3, 2, 1]  # participant i's models score SCORES[i]
+
+
+@asynccontextmanager
+async def running_net(
+    tmp_path: Path, chain: Chain, *, start: bool = True
+) -> AsyncIterator[tuple[FakeNetwork, list[FakeNode], trio.Nursery]]:
+    """The publisher and every participant of `chain`, running in one nursery."""
+    clock = clock_at(chain.genesis.timing.genesis_ms)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(nursery)
+        nodes = [make_node(network, chain, chain.publisher, tmp_path / "publisher", clock)]
+        for i, key in enumerate(chain.participants):
+            nodes.append(make_node(network, chain, key, tmp_path / f"p{i}", clock, k=SCORES[i]))
+        if start:
+            for n in nodes:
+                nursery.start_soon(n.engine.run)
+        try:
+            yield network, nodes, nursery
+        finally:
+            nursery.cancel_scope.cancel()
+    for n in nodes:
+        n.chain.store.close()
+
+
+def at(chain: Chain, rnd: int, offset_ms: int) -> float:
+    """Virtual seconds from the test's start (1 s before genesis) to round `rnd` + offset."""
+    return (
+        schedule.round_start(chain.genesis, rnd)
+        + offset_ms
+        - chain.genesis.timing.genesis_ms
+        + 1000
+    ) / 1000
+
+
+async def sleep_to(chain: Chain, rnd: int, offset_ms: int = 0) -> None:
+    await trio.sleep_until(at(chain, rnd, offset_ms))
+
+
+def canonical(node: FakeNode) -> list[Block]:
+    out = []
+    h = node.chain.head
+    while h != node.chain.cid:
+        block = node.chain.block(h)
+        assert block is not None
+        out.append(block)
+        h = block.parent
+    return out[::-1]
+
+
+async def test_rounds_from_commit_to_final_block(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    chain = make_chain(n=3, num_batches=8, finality_depth=2)
+    async with running_net(tmp_path, chain) as (network, nodes, _):
+        await sleep_to(chain, 4)
+        heads = {n.chain.head for n in nodes}
+        assert len(heads) == 1, "every node is on the same head"
+        blocks = canonical(nodes[0])
+        assert [b.round for b in blocks] == [0, 1, 2, 3]
+        best = chain.participants[0].public
+        assert all(b.proposer == best and b.rank == 1 for b in blocks)
+        assert all(len(b.proofs) == 3 for b in blocks), "every sealed proof is in the block"
+        for n in nodes:
+            assert n.chain.forks.node(n.chain.forks.finalized).height == 2
+            assert n.net.penalties == []
+        assert all(v is not Verdict.REJECT for _, _, v in network.verdicts)
+        # Each block's model is the winner's own; the others' weights never left their node.
+        for n in nodes[2:]:
+            trained = {j.weights for j in n.prover.calls if type(j).__name__ == "Commit"}
+            assert trained
+            for item in n.net.gossip.published:
+                assert not any(w in item.encode() for w in trained)
+
+
+async def test_a_late_better_block_wins_over_the_fallback_block(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    chain = make_chain(n=3, num_batches=8, finality_depth=3)
+    t = chain.genesis.timing
+    async with running_net(tmp_path, chain) as (network, nodes, _):
+        winner = nodes[1]
+        # Round 0's rank-1 block reaches the others 1.5 s late: after rank 2's turn.
+        network.hold = lambda src, dst, item: (
+            1.5 if src is winner.net and dst is not src and isinstance(item, Block) else 0.0
+        )
+        first_fallback = t.commit_ms + t.proof_ms + t.fallback_ms
+        await sleep_to(chain, 0, first_fallback + 400)
+        fallback = [canonical(n) for n in nodes if n is not winner]
+        assert all(len(c) == 1 and c[0].rank == 2 for c in fallback), "rank 2 stood in"
+        await sleep_to(chain, 0, first_fallback + 1200)
+        assert {n.chain.head for n in nodes} == {winner.chain.head}
+        head = canonical(winner)[-1]
+        assert head.proposer == winner.key.public and head.rank == 1
+        assert all(len(n.chain.forks.nodes) == 3 for n in nodes), "both blocks are kept"
+        third = nodes[3]
+        assert not any(b.proposer == third.key.public for n in nodes for b in canonical(n)), (
+            "rank 3 abstained: a better block existed"
+        )
+
+
+async def test_a_commit_waits_for_its_parent_block(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    chain = make_chain(n=3, num_batches=8)
+    async with running_net(tmp_path, chain, start=False) as (_, nodes, _):
+        observer = nodes[0]
+        block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 2, 2: 1})
+        idx = chain.participants.index(chain.key_of(block.proposer))
+        observer.chain.store.put_blob(models[idx])
+        await sleep_to(chain, 1, 500)
+        peer = nodes[1].net.peer_id
+        child = chain.commit(chain.participants[1], 1, block.hash(), b"\x02child model")
+        pool = observer.engine.pool
+        assert await pool.validate(child, peer) is Verdict.IGNORE, "parent unknown: held"
+        assert child.hash() not in pool.state(1).commits
+        arrived = observer.engine.clock()
+        await trio.sleep(1)
+        assert await observer.engine.importer.validate(block, peer) is Verdict.ACCEPT
+        assert pool.state(1).commits[child.hash()] == child
+        assert pool.state(1).received_ms[child.hash()] == arrived, (
+            "its arrival time decides sealing"
+        )
+        # A second commit of the same participant on the same parent is not counted.
+        other = chain.commit(chain.participants[1], 1, block.hash(), b"\x02another")
+        assert await pool.validate(other, peer) is Verdict.IGNORE
+        assert other.hash() not in pool.state(1).commits
+
+
+async def test_a_late_node_imports_the_chain_by_sync(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    chain = make_chain(n=3, num_batches=8, finality_depth=2)
+    async with running_net(tmp_path, chain) as (network, nodes, nursery):
+        await sleep_to(chain, 3)
+        late = make_node(
+            network,
+            chain,
+            SigningKey(sha256(b"late observer")),
+            tmp_path / "late",
+            nodes[0].engine.clock,
+        )
+        nodes.append(late)
+        nursery.start_soon(late.engine.run)
+        await sleep_to(chain, 3, 3500)  # its first sync poll is 3 s after it starts
+        assert late.chain.head == nodes[0].chain.head, "caught up by sync before round 3's block"
+        assert [b.round for b in canonical(late)] == [0, 1, 2]
+        await sleep_to(chain, 4, 500)
+        assert {n.chain.head for n in nodes} == {late.chain.head}
+        assert len(canonical(late)) == 4
