@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -35,6 +36,41 @@ class RoundRecord:
     notes: list[str] = field(default_factory=list)
     # When this node saw each step, in ms since the round started (for bench/round.py).
     times_ms: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the API shows it: bytes as hex."""
+        rec = self
+        ranking = [{"rank": r, "participant": p.hex(), "k": k} for r, p, k in rec.ranking]
+        winner = None
+        if rec.block is not None or rec.proposer is not None:
+            winner = {
+                "block": None if rec.block is None else rec.block.hex(),
+                "proposer": None if rec.proposer is None else rec.proposer.hex(),
+            }
+        return {
+            "times_ms": dict(rec.times_ms),
+            "commits": [{"id": c.hex(), "participant": p.hex()} for c, p in rec.commits.items()],
+            "reveal": {
+                "revealed": rec.revealed,
+                "batch_index": rec.batch_index,
+                "sealed": [s.hex() for s in rec.sealed],
+            },
+            "proofs": [
+                {
+                    "commit_id": cid.hex(),
+                    "participant": p.participant.hex(),
+                    "k": p.k,
+                    "valid": p.valid,
+                    "reason": p.reason,
+                }
+                for cid, p in rec.proofs.items()
+            ],
+            "ranking": ranking,
+            "winner": winner,
+            "accuracy_ppm": rec.accuracy_ppm,
+            "accuracy": None if rec.accuracy_ppm is None else rec.accuracy_ppm / 1_000_000,
+            "notes": list(rec.notes),
+        }
 
 
 class RoundLog:

@@ -13,19 +13,18 @@ its trio thread: call those on that thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from consensus import schedule
 from consensus.crypto import HASH_LEN
 from consensus.errors import ConsensusError
 from consensus.strategy import rule_for
 from consensus.types import Block, Genesis
+from node.metrics import ChainCollector
 from node.roundlog import RoundLog, RoundRecord
 from storage import BlockMeta, ChainStore
 
@@ -88,7 +87,7 @@ class NodeView:
         self.registry = registry
         self.chain_id = genesis.hash()
         if chain_metrics:
-            registry.register(_ChainCollector(self))
+            registry.register(ChainCollector(self))
 
     # ------------------------------------------------------------------ pointers
 
@@ -262,7 +261,7 @@ class NodeView:
             "proof_deadline_ms": schedule.proof_deadline(self.genesis, rnd),
             "observed": rec is not None,
         }
-        out.update(_record_json(rec if rec is not None else RoundRecord(rnd)))
+        out.update((rec if rec is not None else RoundRecord(rnd)).to_json())
         if found is None:
             out["block"] = None
         else:
@@ -335,71 +334,3 @@ class NodeView:
             return None
         block = self._decode(block_hash, meta)
         return None if block is None else block.model_hash
-
-
-def _record_json(rec: RoundRecord) -> Json:
-    ranking = [{"rank": r, "participant": p.hex(), "k": k} for r, p, k in rec.ranking]
-    winner = None
-    if rec.block is not None or rec.proposer is not None:
-        winner = {
-            "block": None if rec.block is None else rec.block.hex(),
-            "proposer": None if rec.proposer is None else rec.proposer.hex(),
-        }
-    return {
-        "times_ms": dict(rec.times_ms),
-        "commits": [{"id": c.hex(), "participant": p.hex()} for c, p in rec.commits.items()],
-        "reveal": {
-            "revealed": rec.revealed,
-            "batch_index": rec.batch_index,
-            "sealed": [s.hex() for s in rec.sealed],
-        },
-        "proofs": [
-            {
-                "commit_id": cid.hex(),
-                "participant": p.participant.hex(),
-                "k": p.k,
-                "valid": p.valid,
-                "reason": p.reason,
-            }
-            for cid, p in rec.proofs.items()
-        ],
-        "ranking": ranking,
-        "winner": winner,
-        "accuracy_ppm": rec.accuracy_ppm,
-        "accuracy": None if rec.accuracy_ppm is None else rec.accuracy_ppm / 1_000_000,
-        "notes": list(rec.notes),
-    }
-
-
-_GAUGES: tuple[tuple[str, str], ...] = (
-    ("zkpot_chain_head_height", "Height of the head block"),
-    ("zkpot_chain_head_score", "Cumulative proven score of the head block"),
-    ("zkpot_chain_finalized_height", "Height of the finalized block"),
-    ("zkpot_chain_round", "Current round on the genesis clock (-1 before genesis)"),
-    ("zkpot_peers", "Connected peers"),
-)
-
-
-class _ChainCollector(Collector):
-    """Chain gauges computed at scrape time, so the daemon never has to keep them updated."""
-
-    def __init__(self, view: NodeView) -> None:
-        self._view = view
-
-    def collect(self) -> Iterable[Metric]:
-        v = self._view
-        now_round = v.current_round()
-        head = v._tip(v.store.head()).meta
-        values = (
-            head.height,
-            head.score,
-            v.finalized_height(),
-            -1 if now_round is None else now_round,
-            len(v._peers()),
-        )
-        for (name, doc), value in zip(_GAUGES, values, strict=True):
-            yield GaugeMetricFamily(name, doc, value=value)
-
-    def describe(self) -> Iterable[Metric]:
-        # Names only: register() checks them for clashes without reading the store.
-        return [GaugeMetricFamily(name, doc) for name, doc in _GAUGES]
