@@ -39,7 +39,7 @@ from p2p import (
 )
 from p2p.host import public_key_of
 from prover import circuit
-from prover.client import RegeneratePk
+from prover.client import RegeneratePk, Warmup
 from prover.worker import WorkerError, worker_pool
 from storage import ChainStore, StoreError
 
@@ -145,8 +145,14 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
             host.gossip.set_validator(kind, _not_ready)
         roundlog = RoundLog()
         async with (
-            worker_pool(1, name=f"{cfg.name}-prover") as prover,
-            worker_pool(cfg.verify_workers, name=f"{cfg.name}-verify") as verifier,
+            worker_pool(
+                1,
+                name=f"{cfg.name}-prover",
+                warmup=Warmup(
+                    genesis.task.dataset if roles.participant else None, cfg.dataset_path
+                ),
+            ) as prover,
+            worker_pool(cfg.verify_workers, name=f"{cfg.name}-verify", warmup=Warmup()) as verifier,
             host.run(),
             trio.open_nursery() as nursery,
         ):

@@ -167,3 +167,17 @@ class RegeneratePk(Job[None]):
         from prover import jobs
 
         jobs.regenerate_pk(self.artifacts)
+
+
+@dataclass(frozen=True)
+class Warmup(Job[None]):
+    """Run first in every new worker: imports torch and ezkl (and loads the training data,
+    if named), so no real job pays for them inside a round's window."""
+
+    dataset: str | None = None
+    data_path: str | None = None
+
+    def execute(self) -> None:
+        from prover import jobs
+
+        jobs.warm(self.dataset, self.data_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from consensus.types import EvalBatch
@@ -158,3 +159,12 @@ def train(
 
 def regenerate_pk(artifacts: str) -> None:
     circuit.regenerate_pk(Path(artifacts))
+
+
+def warm(dataset: str | None, data_path: str | None) -> None:
+    """Touch what the first real job would load: torch's kernels, the training data."""
+    net = build_model("digits-mlp-tiny", 0)
+    first = next(m for m in net.modules() if isinstance(m, nn.Linear))
+    net(torch.zeros(1, first.in_features))
+    if dataset is not None:
+        _dataset(dataset, data_path)

@@ -5,9 +5,11 @@ Jobs run in *spawned* OS processes (a fork()ed child deadlocked in ezkl's
 `prover.client.Job`; the child calls its `execute` and sends back the result.
 Both cross the pipe pickled: the pipe joins the node to its own child, so both
 ends are trusted. Each call has a timeout; on timeout or cancellation the worker
-is killed (ezkl cannot be interrupted in-process) and replaced before the next
-job, with a log line; a worker that dies mid-job reports that job failed instead
-of hanging the caller.
+is killed (ezkl cannot be interrupted in-process), with a log line, and a pool
+replaces it at once in the background, warm (its `warmup` job run: imports done),
+so a missed deadline never turns into a cold start inside the next round's
+window. A worker that dies mid-job reports that job failed instead of hanging the
+caller. No process is ever joined on the event loop: reaping runs in a thread.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import time
 import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -74,12 +77,18 @@ def _serve(conn: Connection) -> None:
 
 
 class Worker:
-    """One spawned process; at most one job at a time."""
+    """One spawned process; at most one job at a time.
 
-    def __init__(self, name: str) -> None:
+    `warmup` runs first in every new process, before any real job, so the first
+    real job finds torch and ezkl imported.
+    """
+
+    def __init__(self, name: str, warmup: Job[Any] | None = None) -> None:
         self.name = name
+        self.warmup = warmup
         self._proc: Any = None
         self._conn: Connection | None = None
+        self._dead: list[Any] = []  # killed processes still to reap, off the event loop
         self._ids = itertools.count(1)
         self._lock = trio.Lock()
         self.restarts = 0
@@ -88,7 +97,10 @@ class Worker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def _start(self) -> None:
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def _spawn(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
         proc = ctx.Process(target=_serve, args=(child,), name=self.name, daemon=True)
@@ -96,20 +108,27 @@ class Worker:
         child.close()
         self._proc, self._conn = proc, parent
 
-    def _alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
-
-    def kill(self) -> None:
+    def _abandon(self, why: str, *, quiet: bool = False) -> None:
+        """Kill the process now (a signal: never blocks); it is reaped later in a thread."""
         if self._proc is not None:
+            if not quiet:
+                log.warning("worker %s (pid %s): %s; killed it", self.name, self._proc.pid, why)
             if self._proc.is_alive():
                 self._proc.kill()
-            self._proc.join(timeout=5)
+            self._dead.append(self._proc)
         if self._conn is not None:
             self._conn.close()
         self._proc = self._conn = None
 
-    def _ensure(self) -> None:
-        if self._alive():
+    async def _reap(self) -> None:
+        while self._dead:
+            proc = self._dead.pop()
+            await trio.to_thread.run_sync(proc.join, 5)
+
+    async def _ensure(self) -> None:
+        """A live, warm process (the caller holds the lock)."""
+        await self._reap()
+        if self.alive():
             return
         if self._proc is not None:
             log.warning(
@@ -118,80 +137,130 @@ class Worker:
                 self._proc.pid,
                 self._proc.exitcode,
             )
-            self.kill()
+            self._abandon("dead", quiet=True)
             self.restarts += 1
-        self._start()
+            await self._reap()
+        t0 = time.monotonic()
+        self._spawn()
+        if self.warmup is not None:
+            try:
+                await self._exchange(self.warmup, timeout=WARMUP_TIMEOUT_S)
+            except JobFailed as exc:  # a cold worker still works: its first job pays
+                log.warning("worker %s: warm-up failed: %s", self.name, exc)
+                return
+            log.info(
+                "worker %s (pid %s) warm in %.1f s", self.name, self.pid, time.monotonic() - t0
+            )
+
+    async def start(self) -> None:
+        """Start (or replace) the process and warm it; a no-op while it is alive."""
+        async with self._lock:
+            await self._ensure()
 
     async def call(self, job: Job[R], *, timeout: float) -> R:
+        async with self._lock:
+            await self._ensure()
+            return await self._exchange(job, timeout=timeout)
+
+    async def _exchange(self, job: Job[R], *, timeout: float) -> R:
         name = type(job).__name__
         payload = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)  # an unpicklable job fails here
-        async with self._lock:
-            self._ensure()
-            conn = self._conn
-            assert conn is not None
-            job_id = next(self._ids)
-            conn.send_bytes(pickle.dumps((job_id, name, payload), pickle.HIGHEST_PROTOCOL))
-            done = False
-            try:
-                with trio.move_on_after(timeout) as scope:
-                    raw = await trio.to_thread.run_sync(conn.recv_bytes, abandon_on_cancel=True)  # type: ignore[call-arg]  # trio-typing stubs lag trio
-                    done = True
-                if scope.cancelled_caught:
-                    log.warning(
-                        "worker %s: job %s timed out after %ss; killing it",
-                        self.name,
-                        name,
-                        timeout,
-                    )
-                    raise JobTimeout(f"{name} timed out after {timeout} s")
-            except (EOFError, OSError):
-                code = self._proc.exitcode if self._proc is not None else None
-                self._proc.join(timeout=5) if self._proc is not None else None
-                code = self._proc.exitcode if self._proc is not None else code
-                log.warning("worker %s crashed during %s (exit code %s)", self.name, name, code)
-                raise WorkerCrashed(f"worker died during {name} (exit code {code})") from None
-            finally:
-                if not done:
-                    self.kill()  # a reply may still come: never reuse this pipe
-                    self.restarts += 1
-            try:
-                reply_id, status, result = pickle.loads(raw)
-            except Exception as exc:
-                raise WorkerError(f"{name}: unreadable reply: {_describe(exc)}") from None
-            if reply_id != job_id:
-                self.kill()
-                raise WorkerError(f"worker {self.name} answered job {reply_id}, expected {job_id}")
-            if status != "ok":
-                raise JobFailed(str(result))
-            answer: R = result
-            return answer
+        conn = self._conn
+        assert conn is not None
+        job_id = next(self._ids)
+        conn.send_bytes(pickle.dumps((job_id, name, payload), pickle.HIGHEST_PROTOCOL))
+        why = f"job {name} was cancelled"
+        done = False
+        try:
+            with trio.move_on_after(timeout) as scope:
+                raw = await trio.to_thread.run_sync(conn.recv_bytes, abandon_on_cancel=True)  # type: ignore[call-arg]  # trio-typing stubs lag trio
+                done = True
+            if scope.cancelled_caught:
+                why = f"job {name} timed out after {timeout} s"
+                raise JobTimeout(f"{name} timed out after {timeout} s")
+        except (EOFError, OSError):
+            why = f"it died during {name}"
+            proc = self._proc
+            if proc is not None:
+                await trio.to_thread.run_sync(proc.join, 5)
+            code = proc.exitcode if proc is not None else None
+            log.warning("worker %s crashed during %s (exit code %s)", self.name, name, code)
+            raise WorkerCrashed(f"worker died during {name} (exit code {code})") from None
+        finally:
+            if not done:  # a reply may still come: never reuse this pipe
+                self._abandon(why)
+                self.restarts += 1
+        try:
+            reply_id, status, result = pickle.loads(raw)
+        except Exception as exc:
+            raise WorkerError(f"{name}: unreadable reply: {_describe(exc)}") from None
+        if reply_id != job_id:
+            self._abandon(f"answered job {reply_id}, expected {job_id}")
+            raise WorkerError(f"worker {self.name} answered job {reply_id}, expected {job_id}")
+        if status != "ok":
+            raise JobFailed(str(result))
+        answer: R = result
+        return answer
+
+    def kill(self) -> None:
+        """Kill and reap synchronously: for shutdown and tests, not for the event loop."""
+        self._abandon("shutting down", quiet=True)
+        for proc in self._dead:
+            proc.join(timeout=5)
+        self._dead.clear()
 
 
 class WorkerPool:
-    """A fixed set of workers; `run` waits for a free one (a node verifies a round's proofs in parallel)."""
+    """A fixed set of workers; `run` takes a free one (a node verifies a round's proofs in parallel).
 
-    def __init__(self, size: int, name: str = "prover") -> None:
+    With a nursery, a worker killed by a job (timeout, cancellation, crash) is
+    replaced and warmed at once in the background, and every worker is started
+    warm when the pool opens; without one, a worker is (re)started by its next job.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        name: str = "prover",
+        *,
+        nursery: trio.Nursery | None = None,
+        warmup: Job[Any] | None = None,
+    ) -> None:
         if size < 1:
             raise ValueError("a worker pool needs at least one worker")
-        self._workers = [Worker(f"{name}-{i}") for i in range(size)]
-        self._free: list[Worker] = list(self._workers)
-        self._available = trio.Semaphore(size)
+        self._workers = [Worker(f"{name}-{i}", warmup) for i in range(size)]
+        self._nursery = nursery
+        self._free_send, self._free = trio.open_memory_channel[Worker](size)
+        for w in self._workers:
+            self._free_send.send_nowait(w)
+            if nursery is not None:
+                nursery.start_soon(self._keep, w)
 
     @property
     def workers(self) -> list[Worker]:
         return list(self._workers)
 
+    async def _keep(self, worker: Worker) -> None:
+        try:
+            await worker.start()
+        except WorkerError as exc:  # its next job retries, and says why if it fails again
+            log.warning("worker %s could not be started: %s", worker.name, exc)
+
     async def run(self, job: Job[R], *, timeout: float) -> R:
-        async with self._available:
-            worker = self._free.pop()
-            try:
-                return await worker.call(job, timeout=timeout)
-            finally:
-                self._free.append(worker)
+        worker = await self._free.receive()
+        try:
+            return await worker.call(job, timeout=timeout)
+        finally:
+            self._free_send.send_nowait(worker)
+            if not worker.alive() and self._nursery is not None:
+                self._nursery.start_soon(self._keep, worker)
 
     def close(self) -> None:
         for w in self._workers:
             w.kill()
+
+
+WARMUP_TIMEOUT_S = 600
 
 
 def run_once(job: Job[R], *, timeout: float, name: str = "oneshot") -> R:
@@ -205,10 +274,18 @@ def run_once(job: Job[R], *, timeout: float, name: str = "oneshot") -> R:
 
 
 @asynccontextmanager
-async def worker_pool(size: int, name: str = "prover") -> AsyncIterator[WorkerPool]:
-    """A pool whose processes end with the block that owns it, however it exits."""
-    pool = WorkerPool(size, name)
-    try:
-        yield pool
-    finally:
-        pool.close()
+async def worker_pool(
+    size: int, name: str = "prover", *, warmup: Job[Any] | None = None
+) -> AsyncIterator[WorkerPool]:
+    """A pool whose processes end with the block that owns it, however it exits.
+
+    Its workers start (and restart) warm in the background, in a nursery this block owns.
+    """
+    async with trio.open_nursery() as nursery:
+        pool = WorkerPool(size, name, nursery=nursery, warmup=warmup)
+        try:
+            yield pool
+        finally:
+            nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(pool.close)

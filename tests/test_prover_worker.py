@@ -79,7 +79,8 @@ async def test_cancelling_a_job_kills_its_worker() -> None:
         proc = worker._proc
         with trio.move_on_after(1):
             await pool.run(Sleep(600), timeout=600)
-        assert not proc.is_alive()
+        await trio.to_thread.run_sync(proc.join, 5)  # killed without blocking; reaped off the loop
+        assert proc.exitcode == -9
         assert await pool.run(Echo(3), timeout=60) == 3
 
 
@@ -136,3 +137,24 @@ async def test_training_runs_in_a_worker_and_improves_the_model() -> None:
         > evaluate_float("digits-mlp", start, tx, sp.test_y) + 0.3
     )
     assert isinstance(trained, bytes) and np.isfinite(len(trained))
+
+
+async def test_a_killed_worker_is_replaced_warm_before_the_next_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A missed deadline costs one job: the replacement starts and warms up at once."""
+    caplog.set_level(logging.INFO, logger="zkpot.worker")
+    async with worker_pool(1, warmup=Whoami(0)) as pool:
+        await pool.run(Echo(0), timeout=60)
+        worker = pool.workers[0]
+        first = worker.pid
+        with pytest.raises(JobTimeout):
+            await pool.run(Sleep(600), timeout=0.5)
+        for _ in range(600):  # no job asks for it: the pool replaces it by itself
+            if worker.alive() and worker.pid != first and not worker._lock.locked():
+                break
+            await trio.sleep(0.05)
+        assert worker.alive() and worker.pid != first
+        assert any("killed it" in r.message for r in caplog.records), "every kill is logged"
+        assert any("warm in" in r.message and str(worker.pid) in r.message for r in caplog.records)
+        assert await pool.run(Echo("next"), timeout=60) == "next"
