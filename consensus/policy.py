@@ -41,6 +41,16 @@ def seal(arrivals: Iterable[Arrival], deadline_ms: int) -> tuple[bytes, ...]:
     return tuple(sorted(first.values()))
 
 
+def commits_complete(participants: Iterable[bytes], arrivals: Iterable[Arrival]) -> bool:
+    """Every participant's commit is in: the publisher need not wait for the deadline."""
+    return set(participants) <= {a.participant for a in arrivals}
+
+
+def proofs_complete(reveal: Reveal, proofs: Mapping[bytes, ProofTx]) -> bool:
+    """Every sealed commit has a verified proof: the rank-1 proposer need not wait longer."""
+    return all(cid in proofs for cid in reveal.sealed)
+
+
 def admits_commit(held: Iterable[CommitTx], commit: CommitTx) -> bool:
     """One commit per (participant, round, parent): the first one seen stays, repeats are no-ops.
 

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import trio
-from prover.client import Commit, Prove, Train
 
 from consensus import policy, rules, schedule
 from consensus.crypto import SigningKey, sha256
@@ -24,6 +23,7 @@ from node.importer import BlockImporter
 from node.interfaces import Clock, Prover, Publish, sleep_until
 from node.roundlog import ProofSeen
 from node.roundpool import Mine, RoundPool, RoundState
+from prover.client import Commit, Prove, Train
 from prover.train import fresh_seed
 from prover.worker import WorkerError
 
@@ -183,10 +183,17 @@ class Participant:
     async def _propose_when_due(self, rnd: int, st: RoundState, mine: Mine) -> None:
         g = self.genesis
         parent = mine.commit.parent
+        reveal = st.reveal
+        assert reveal is not None
         for rank in range(1, g.timing.max_rank + 1):
-            await sleep_until(self.clock, schedule.proposal_time(g, rnd, rank))
-            assert st.reveal is not None
-            ranking = policy.ranking_for(st.reveal, st.commits, st.proofs, parent)
+            due = schedule.proposal_time(g, rnd, rank)
+            if rank == 1:  # rank 1 goes as soon as every sealed proof is verified
+                await st.wait_until(
+                    lambda: policy.proofs_complete(reveal, st.proofs), due, self.clock
+                )
+            else:
+                await sleep_until(self.clock, due)
+            ranking = policy.ranking_for(reveal, st.commits, st.proofs, parent)
             self.pool.roundlog.record(rnd).ranking = [(r.rank, r.participant, r.k) for r in ranking]
             block = self._candidate(st, mine, ranking)
             candidate = None

@@ -1,7 +1,9 @@
-"""The task publisher's round: at the commit deadline, reveal the batch and seal the commits.
+"""The task publisher's round: reveal the batch and seal the commits once all are in.
 
-Which commits are sealed is consensus.policy.seal over the arrival times this
-node recorded; the batch is proven against the genesis Merkle root.
+The reveal goes out as soon as every participant's commit has arrived, or at the
+commit deadline (an upper bound, not a schedule); which commits are sealed is
+consensus.policy.seal over the arrival times this node recorded. The batch is
+proven against the genesis Merkle root.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from consensus.crypto import SigningKey
 from consensus.merkle import merkle_proof
 from consensus.rules import sign
 from consensus.types import EvalBatch, Genesis, Reveal
-from node.interfaces import Clock, Publish, sleep_until
+from node.interfaces import Clock, Publish
 from node.roundpool import RoundPool
 
 log = logging.getLogger("zkpot.node")
@@ -44,8 +46,13 @@ class Publisher:
 
     async def play(self, rnd: int) -> None:
         deadline = schedule.commit_deadline(self.genesis, rnd)
-        await sleep_until(self.clock, deadline)
-        sealed = policy.seal(self.pool.state(rnd).arrivals(), deadline)
+        st = self.pool.state(rnd)
+        await st.wait_until(
+            lambda: policy.commits_complete(self.genesis.participants, st.arrivals()),
+            deadline,
+            self.clock,
+        )
+        sealed = policy.seal(st.arrivals(), min(deadline, self.clock()))
         reveal = Reveal(
             rnd, self.batches[rnd], tuple(merkle_proof(self.leaves, rnd)), sealed, bytes(64)
         )

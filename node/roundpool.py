@@ -10,6 +10,7 @@ Decisions (which commit counts, what to seal) are consensus.policy's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -49,6 +50,20 @@ class RoundState:
     proofs: dict[bytes, ProofTx] = field(default_factory=dict)  # commit id -> valid proof
     mine: Mine | None = None
     blocks: dict[bytes, ChainNode] = field(default_factory=dict)  # parent -> best block seen
+    changed: trio.Event = field(default_factory=trio.Event)  # set (and renewed) on progress
+
+    def touch(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_until(self, done: Callable[[], bool], deadline_ms: int, clock: Clock) -> None:
+        """Until `done()` holds or the deadline passes: phases end when their inputs are in."""
+        while not done():
+            left = (deadline_ms - clock()) / 1000
+            if left <= 0:
+                return
+            with trio.move_on_after(left):
+                await self.changed.wait()
 
     def arrivals(self) -> list[policy.Arrival]:
         return [
@@ -115,6 +130,7 @@ class RoundPool:
             st.commits[cid] = c
             st.received_ms[cid] = self.clock() if received_ms is None else received_ms
             self.roundlog.record(rnd).commits[cid] = c.participant
+            st.touch()
 
     def hold_commit(self, c: CommitTx) -> None:
         """Bounded: at most one held commit per (participant, round, parent)."""
@@ -130,6 +146,7 @@ class RoundPool:
             rec = self.roundlog.record(reveal.round)
             rec.revealed, rec.sealed, rec.batch_index = True, reveal.sealed, reveal.batch.index
             st.revealed.set()
+            st.touch()
 
     def on_block_applied(self, block: Block, node: ChainNode, head_changed: bool) -> None:
         """A valid block is in the store: release its children's commits, count its txs."""
@@ -143,6 +160,7 @@ class RoundPool:
         if st.reveal is None or st.reveal == block.reveal:  # its txs count as seen
             for p in block.proofs:
                 st.proofs.setdefault(p.commit_id, p)
+            st.touch()
             for c in block.commits:
                 self.record_commit(block.round, c)
         rec = self.roundlog.record(block.round)
@@ -222,6 +240,7 @@ class RoundPool:
             seen.valid, seen.reason = False, reason
             raise InvalidError(f"ProofTx: {reason}")
         st.proofs[tx.commit_id] = tx
+        st.touch()
         seen.valid = True
         self.mark(tx.round, f"proof_verified:{tx.participant.hex()[:8]}")
         return Verdict.ACCEPT

@@ -178,3 +178,15 @@ def test_winner_is_the_default_rule_and_contributes_the_proposer_alone(chain: Ch
     assert rule.score(block) == 3
     with pytest.raises(InvalidError, match="no proof"):
         rule.contributions(block.proofs, b32("stranger"))
+
+
+def test_phases_end_when_their_inputs_are_complete(chain: Chain) -> None:
+    block, _, commits, proofs = _round(chain, {0: 3, 1: 2, 2: 1})
+    keys = [k.public for k in chain.participants]
+    arrivals = [policy.Arrival(cid, c.participant, 1) for cid, c in commits.items()]
+    assert policy.commits_complete(keys, arrivals)
+    assert not policy.commits_complete(keys, arrivals[:-1])
+    assert not policy.commits_complete([*keys, b32("late")], arrivals)
+    assert policy.proofs_complete(block.reveal, proofs)
+    missing = dict(list(proofs.items())[1:])
+    assert not policy.proofs_complete(block.reveal, missing)
