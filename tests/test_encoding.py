@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from consensus.errors import DecodeError
 from consensus.types import Block, CommitTx, EvalBatch, Genesis, ProofTx, Reveal
-from tests.chainfactory import make_chain
+from support.chainfactory import make_chain
 
 CHAIN = make_chain()
 BLOCK, _ = CHAIN.round_block(0, CHAIN.cid, 1, {0: 3, 1: 2, 2: 1})

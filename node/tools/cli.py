@@ -17,9 +17,9 @@ from pathlib import Path
 from consensus import rules
 from consensus.errors import ConsensusError
 from consensus.types import Genesis
-from node.client import add_client_commands
-from node.compose import add_compose_commands
-from node.netspec import TestnetSpec, add_network_args, network_kwargs
+from node.tools.client import add_client_commands
+from node.tools.compose import add_compose_commands
+from node.tools.netspec import TestnetSpec, add_network_args, network_kwargs
 from storage import ChainStore, StoreError
 
 
@@ -30,7 +30,7 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
 
 
 def _cmd_testnet_init(args: argparse.Namespace) -> int:
-    from node.testnet import init
+    from node.tools.testnet import init
 
     spec = TestnetSpec(**network_kwargs(args))
     try:
@@ -153,7 +153,7 @@ def _cmd_circuit_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_testnet_up(args: argparse.Namespace) -> int:
-    from node.testnet import up
+    from node.tools.testnet import up
 
     try:
         return up(Path(args.dir), args.rounds, timeout_s=args.timeout)
