@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import json
 import sys
-import tomllib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,9 +20,10 @@ from typing import Any
 
 import httpx
 
-DEFAULT_API = "http://127.0.0.1:8645"
-ARCH_HEADER = "X-Zkpot-Architecture"  # same as node.api's; not imported to keep the CLI light
-MODEL_HASH_HEADER = "X-Zkpot-Model-Hash"
+from node.apispec import ARCH_HEADER, DEFAULT_API_HOST, DEFAULT_API_PORT, MODEL_HASH_HEADER
+from node.home import Home, HomeError
+
+DEFAULT_API = f"http://{DEFAULT_API_HOST}:{DEFAULT_API_PORT}"
 FORMATS = ("state-dict", "onnx")
 
 
@@ -37,26 +37,24 @@ class ClientError(Exception):
 
 
 def api_url_from_home(home: str | Path) -> str:
-    """The API address configured in `<home>/config.toml` (`[api] host`, `port`)."""
-    path = Path(home) / "config.toml"
+    """The API address in `<home>/config.toml`, read as the node reads it (`NodeConfig`)."""
+    node_home = Home(Path(home))
+    path = node_home.config_file
     try:
-        with path.open("rb") as f:
-            config = tomllib.load(f)
+        config = node_home.load_config()
     except FileNotFoundError:
         raise ClientError(
             f"no config.toml in node home {home}; pass the right --home, or --api URL"
         ) from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
         raise ClientError(f"cannot read {path}: {exc}; fix it, or pass --api URL") from None
-    api = config.get("api", {})
-    if not isinstance(api, dict):
-        raise ClientError(f"{path}: [api] must be a table with host and port")
-    host = api.get("host", "127.0.0.1")
-    port = api.get("port", 8645)
-    if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
-        raise ClientError(f"{path}: [api] host must be a string and port an integer in 1..65535")
+    except HomeError as exc:
+        raise ClientError(f"{exc}; fix it, or pass --api URL") from None
+    host, port = config.api_host, config.api_port
+    if port == 0:  # the node binds any free port: nothing to find here
+        raise ClientError(f"{path}: [api] port 0 is not an address to reach; pass --api URL")
     if host in ("0.0.0.0", "::", ""):  # a wildcard bind is reachable on loopback
-        host = "127.0.0.1"
+        host = DEFAULT_API_HOST
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{port}"
