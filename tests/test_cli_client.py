@@ -16,7 +16,9 @@ import torch
 import trio
 
 from node.api import create_app, serve_api
+from node.home import Home
 from node.tools.cli import main
+from node.tools.client import DEFAULT_API, ClientError, api_url_from_home
 from prover.models import build_model, model_from_bytes
 from support import free_port
 from support.apinode import ARCH, Node
@@ -169,6 +171,40 @@ def test_api_address_from_home(
 
     code, _, err = _run(capsys, "status", "--home", str(tmp_path / "nope"))
     assert code == 1 and "no config.toml in node home" in err
+
+
+@pytest.mark.parametrize(
+    ("api", "url"),
+    [
+        ("", DEFAULT_API),
+        ('host = "0.0.0.0"\nport = 9001', "http://127.0.0.1:9001"),
+        ('host = "::1"\nport = 9001', "http://[::1]:9001"),
+    ],
+)
+def test_api_address_from_home_is_read_as_the_node_reads_it(
+    tmp_path: Path, api: str, url: str
+) -> None:
+    (tmp_path / "config.toml").write_text(f"[api]\n{api}\n")
+    assert api_url_from_home(tmp_path) == url
+    port = int(url.rsplit(":", 1)[1])
+    assert Home(tmp_path).load_config().api_port == port
+
+
+@pytest.mark.parametrize(
+    ("api", "message"),
+    [
+        ('port = "8645"', "[api] host must be a string and port an integer"),
+        ("host = 1", "[api] host must be a string and port an integer"),
+        ("port = 70000", "api.port 70000 is not a TCP port"),
+        ("port = 0", "[api] port 0 is not an address to reach"),
+        ("port = ", "not valid TOML"),
+    ],
+)
+def test_bad_api_address_in_home_says_what_to_fix(tmp_path: Path, api: str, message: str) -> None:
+    (tmp_path / "config.toml").write_text(f"[api]\n{api}\n")
+    with pytest.raises(ClientError) as err:
+        api_url_from_home(tmp_path)
+    assert message in err.value.message and "pass --api URL" in err.value.message
 
 
 # ---------------------------------------------------------------------- errors
