@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from consensus import rules
 from consensus.errors import ConsensusError
@@ -21,6 +22,15 @@ from node.tools.client import add_client_commands
 from node.tools.compose import add_compose_commands
 from node.tools.netspec import TestnetSpec, add_network_args, network_kwargs
 from storage import ChainStore, StoreError
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool, width: int) -> None:
+    """One JSON line for scripts (`--json`), else aligned `key value` lines for people."""
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:<{width}} {value}")
 
 
 def _cmd_node_start(args: argparse.Namespace) -> int:
@@ -38,11 +48,7 @@ def _cmd_testnet_init(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"zkpot: testnet init failed: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:<14} {value}")
+    _print_summary(summary, args.json, width=14)
     return 0
 
 
@@ -68,11 +74,7 @@ def _cmd_genesis_check(args: argparse.Namespace) -> int:
         "task": f"{genesis.task.dataset}/{genesis.task.architecture}",
         "finality_depth": genesis.finality_depth,
     }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:<16} {value}")
+    _print_summary(summary, args.json, width=16)
     return 0
 
 
