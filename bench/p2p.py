@@ -20,12 +20,14 @@ from pathlib import Path
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Run as a script: import this checkout, and the test helpers in tests/support (not an
+# installed package; pytest finds it through its `pythonpath` option).
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from p2p import P2PHost, SyncClient, SyncServer  # noqa: E402
 from storage import ChainStore  # noqa: E402
-from tests.chainfactory import make_chain  # noqa: E402
-from tests.p2p_util import config, connect_line, receive, running  # noqa: E402
+from support.chainfactory import make_chain  # noqa: E402
+from support.p2p_util import config, connect_line, receive, running  # noqa: E402
 
 CHAIN = make_chain()
 

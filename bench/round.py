@@ -28,13 +28,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Run as a script: import this checkout, and the test helpers in tests/support (not an
+# installed package; pytest finds it through its `pythonpath` option).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import psutil
 
-from node.netspec import TestnetSpec
-from node.testnet import init
-from tests.e2e_util import Net, free_base
+from node.tools.netspec import TestnetSpec
+from node.tools.testnet import init
+from support.e2e_util import Net, free_base
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -119,6 +119,23 @@ class Signed(Wire):
         return SIGNING_DOMAIN + self.NAME.encode() + b"\x00" + chain_id + pack(body)
 
 
+def peek_tag(data: bytes) -> int | None:
+    """The type tag of a canonical `[tag, version, ...]` array, read without decoding it.
+
+    Lets a receiver pick the one type to decode (and refuse the others) before any work.
+    None unless `data` starts as a canonical encoding would: a fixarray of 2..15 items or
+    an array16 of 16 or more, then a tag that is a positive fixint (every TAG is < 128).
+    The full `decode` still checks everything.
+    """
+    if len(data) >= 2 and 0x92 <= data[0] <= 0x9F:
+        tag = data[1]
+    elif len(data) >= 4 and data[0] == 0xDC and int.from_bytes(data[1:3], "big") >= 16:
+        tag = data[3]
+    else:
+        return None
+    return tag if tag < 0x80 else None
+
+
 def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
 

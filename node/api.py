@@ -27,12 +27,9 @@ from starlette.routing import Route
 
 from consensus import schedule
 from consensus.crypto import sha256
+from node.apispec import ARCH_HEADER, DEFAULT_API_HOST, DEFAULT_API_PORT, MODEL_HASH_HEADER
 from node.view import NodeView, parse_block_ref
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8645
-ARCH_HEADER = "X-Zkpot-Architecture"
-MODEL_HASH_HEADER = "X-Zkpot-Model-Hash"
 ENDPOINTS = (
     "/status",
     "/blocks/head",
@@ -194,8 +191,8 @@ def _port_of(bind: str) -> int:
 
 async def serve_api(
     app: Starlette,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str = DEFAULT_API_HOST,
+    port: int = DEFAULT_API_PORT,
     *,
     shutdown: trio.Event | None = None,
     task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED,

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import trio
-from prover.client import Commit, Evaluate, Verify
 
 from consensus.checks import Answer, Check, CommitModel, EvaluateModel, VerifyProof
 from consensus.crypto import sha256
 from consensus.errors import InvalidError
 from node.interfaces import Prover
+from prover.client import Commit, Evaluate, Verify
 from prover.worker import WorkerError
 
 

@@ -26,8 +26,7 @@ import msgpack
 from consensus.crypto import SigningKey
 from consensus.errors import ConsensusError
 from consensus.types import EvalBatch, Genesis
-
-DEFAULT_API_PORT = 8645
+from node.apispec import DEFAULT_API_HOST, DEFAULT_API_PORT
 
 
 class HomeError(Exception):
@@ -39,7 +38,7 @@ class NodeConfig:
     name: str = "node"
     listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
     bootstrap: tuple[str, ...] = ()
-    api_host: str = "127.0.0.1"
+    api_host: str = DEFAULT_API_HOST
     api_port: int = DEFAULT_API_PORT
     dataset_path: str = ""
     verify_workers: int = 1
@@ -68,12 +67,16 @@ class NodeConfig:
             raise HomeError(f"{where}: not valid TOML: {exc}") from None
         try:
             p2p, api, data, prover = (doc.get(k, {}) for k in ("p2p", "api", "data", "prover"))
+            api_host = api.get("host", DEFAULT_API_HOST)
+            api_port = api.get("port", DEFAULT_API_PORT)
+            if not isinstance(api_host, str) or type(api_port) is not int:
+                raise HomeError(f"{where}: [api] host must be a string and port an integer")
             cfg = cls(
                 name=str(doc.get("node", {}).get("name", "node")),
                 listen=tuple(str(a) for a in p2p.get("listen", cls.listen)),
                 bootstrap=tuple(str(a) for a in p2p.get("bootstrap", ())),
-                api_host=str(api.get("host", "127.0.0.1")),
-                api_port=int(api.get("port", DEFAULT_API_PORT)),
+                api_host=api_host,
+                api_port=api_port,
                 dataset_path=str(data.get("path", "")),
                 verify_workers=int(prover.get("verify_workers", 1)),
                 prove_timeout_s=float(prover.get("prove_timeout_s", 600.0)),

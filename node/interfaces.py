@@ -13,11 +13,11 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 from libp2p.peer.id import ID
-from prover.client import Job
 
 from consensus.types import Block, CommitTx, ProofTx, Reveal
 from p2p.gossip import TopicKind, Validator
 from p2p.sync import BlockEntry, Status
+from prover.client import Job
 
 R = TypeVar("R")
 

@@ -32,7 +32,7 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 
 from consensus.crypto import sha256
-from consensus.encoding import Bytes, UInt, Wire, wire
+from consensus.encoding import Bytes, UInt, Wire, peek_tag, wire
 from consensus.errors import DecodeError
 from consensus.types import Block, CommitTx, ProofTx, Reveal
 from p2p import hardening, penalties
@@ -97,21 +97,12 @@ def topic_name(chain_id: bytes, kind: TopicKind) -> str:
     return f"/zkpot/{chain_id.hex()}/{kind.value}/1"
 
 
-def _peek_tag(data: bytes) -> int | None:
-    """The type tag of a canonical `[tag, version, ...]` array, without a full decode."""
-    if len(data) >= 2 and 0x90 <= data[0] <= 0x9F:
-        return data[1]
-    if len(data) >= 4 and data[0] == 0xDC:
-        return data[3]
-    return None
-
-
 def decode_gossip(kind: TopicKind, data: bytes) -> GossipItem:
     """Decode one payload of a topic; raises only `DecodeError`."""
     if len(data) > MAX_GOSSIP_PAYLOAD:
         raise DecodeError(f"gossip payload of {len(data)} bytes exceeds {MAX_GOSSIP_PAYLOAD}")
     types = ROUND_TYPES if kind is TopicKind.ROUND else BLOCK_TYPES
-    tag = _peek_tag(data)
+    tag = peek_tag(data)
     cls = types.get(tag) if tag is not None else None
     if cls is None:
         raise DecodeError(f"type tag {tag!r} is not allowed on the {kind.value} topic")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 from libp2p.peer.id import ID
 
-from consensus.encoding import Bytes, ListOf, Struct, Text, UInt, Wire, wire
+from consensus.encoding import Bytes, ListOf, Struct, Text, UInt, Wire, peek_tag, wire
 from consensus.errors import DecodeError
 from consensus.types import Block
 from p2p import penalties
@@ -153,14 +153,8 @@ REQUESTS: dict[int, type[Wire]] = {c.TAG: c for c in (StatusRequest, BlocksReque
 RESPONSES: dict[int, type[Wire]] = {c.TAG: c for c in (Status, Blocks, Chunk, Error)}
 
 
-def _peek_tag(data: bytes) -> int | None:
-    if len(data) >= 2 and 0x90 <= data[0] <= 0x9F:
-        return data[1]
-    return None
-
-
 def _decode(data: bytes, types: dict[int, type[Wire]], what: str) -> Wire:
-    tag = _peek_tag(data)
+    tag = peek_tag(data)
     cls = types.get(tag) if tag is not None else None
     if cls is None:
         raise DecodeError(f"sync {what}: unknown message tag {tag!r}")

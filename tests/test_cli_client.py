@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import queue
-import socket
 import subprocess
 import sys
 import threading
@@ -17,9 +16,12 @@ import torch
 import trio
 
 from node.api import create_app, serve_api
-from node.cli import main
+from node.home import Home
+from node.tools.cli import main
+from node.tools.client import DEFAULT_API, ClientError, api_url_from_home
 from prover.models import build_model, model_from_bytes
-from tests.test_api import ARCH, Node, build_node
+from support import free_port
+from support.apinode import ARCH, Node
 
 
 @dataclass
@@ -62,15 +64,13 @@ def _serve_in_thread(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    node = build_node(tmp_path_factory.mktemp("cli") / "store")
+def server(node: Node) -> Iterator[Server]:
     thread, stop, token, port = _serve_in_thread(node)
     try:
         yield Server(node, f"http://127.0.0.1:{port}", port)
     finally:
         trio.from_thread.run_sync(stop.set, trio_token=token)
         thread.join(timeout=10)
-        node.store.close()
     assert not thread.is_alive()
 
 
@@ -78,13 +78,6 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # ---------------------------------------------------------------------- tables and JSON
@@ -180,6 +173,40 @@ def test_api_address_from_home(
     assert code == 1 and "no config.toml in node home" in err
 
 
+@pytest.mark.parametrize(
+    ("api", "url"),
+    [
+        ("", DEFAULT_API),
+        ('host = "0.0.0.0"\nport = 9001', "http://127.0.0.1:9001"),
+        ('host = "::1"\nport = 9001', "http://[::1]:9001"),
+    ],
+)
+def test_api_address_from_home_is_read_as_the_node_reads_it(
+    tmp_path: Path, api: str, url: str
+) -> None:
+    (tmp_path / "config.toml").write_text(f"[api]\n{api}\n")
+    assert api_url_from_home(tmp_path) == url
+    port = int(url.rsplit(":", 1)[1])
+    assert Home(tmp_path).load_config().api_port == port
+
+
+@pytest.mark.parametrize(
+    ("api", "message"),
+    [
+        ('port = "8645"', "[api] host must be a string and port an integer"),
+        ("host = 1", "[api] host must be a string and port an integer"),
+        ("port = 70000", "api.port 70000 is not a TCP port"),
+        ("port = 0", "[api] port 0 is not an address to reach"),
+        ("port = ", "not valid TOML"),
+    ],
+)
+def test_bad_api_address_in_home_says_what_to_fix(tmp_path: Path, api: str, message: str) -> None:
+    (tmp_path / "config.toml").write_text(f"[api]\n{api}\n")
+    with pytest.raises(ClientError) as err:
+        api_url_from_home(tmp_path)
+    assert message in err.value.message and "pass --api URL" in err.value.message
+
+
 # ---------------------------------------------------------------------- errors
 
 
@@ -194,12 +221,12 @@ def test_not_found_and_malformed(server: Server, capsys: pytest.CaptureFixture[s
 
 
 def test_no_node_answering(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_unused_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     code, out, err = _run(capsys, "status", "--api", url)
     assert (code, out) == (1, "")
     assert f"no node answering at {url} — is it running? start it with `zkpot node start" in err
 
-    port = _unused_port()
+    port = free_port()
     (tmp_path / "config.toml").write_text(f"[api]\nport = {port}\n")
     code, _, err = _run(capsys, "peers", "--home", str(tmp_path))
     assert code == 1
@@ -208,7 +235,7 @@ def test_no_node_answering(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
 
 def test_console_script(server: Server) -> None:
     """The installed entry point, as a user runs it."""
-    cmd = [sys.executable, "-m", "node.cli", "chain", "block", "99", "--api", server.url]
+    cmd = [sys.executable, "-m", "node.tools.cli", "chain", "block", "99", "--api", server.url]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "zkpot: block 99 not found (head is at height 5)"

@@ -22,8 +22,8 @@ import pytest
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from consensus.crypto import SigningKey
-from node import cli, compose
 from node.home import Home, NodeConfig
+from node.tools import cli, compose
 from p2p import peer_id_from_seed
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ import multiaddr
 
 from p2p import P2PHost
 from p2p.host import resolve_addr
-from tests.chainfactory import make_chain
-from tests.p2p_util import config, receive, running, wait_for, wait_links
+from support.chainfactory import make_chain
+from support.p2p_util import config, receive, running, wait_for, wait_links
 
 CHAIN = make_chain()
 

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 
 from node.home import Home, NodeConfig
-from node.netspec import TestnetSpec
-from node.testnet import init
+from node.tools.testnet import init
 from prover.data import load_dataset
 from prover.train import evaluate_float
-from tests.e2e_util import Net, free_base
+from support.e2e_util import Net, small_net
 
 pytestmark = pytest.mark.slow
 
@@ -29,19 +28,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("testnet") / "net"
-    p2p, api = free_base(5), free_base(5)
-    spec = TestnetSpec(
-        nodes=5,
-        participants=3,
-        task="digits-mlp-tiny",
-        round_seconds=24,
-        eval_batch=4,
-        rounds=30,
-        logrows=13,
-        start_delay_s=25,
-        p2p_base_port=p2p,
-        api_base_port=api,
-    )
+    spec = small_net(5)
     init(root, spec)
     # node4 is an observer that joins late knowing only the publisher's address.
     observer = Home(root / "node4")

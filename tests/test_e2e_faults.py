@@ -1,7 +1,7 @@
 """End to end under faults: a misbehaving participant, a forging publisher key, a killed leader.
 
 Network: node0 publishes, node1 and node2 are honest participants, and node3's key
-is driven by tests/adversary_node.py, which commits to weights it does not have,
+is driven by tests/support/adversary_node.py, which commits to weights it does not have,
 gossips garbage proofs claiming the whole batch, re-signs honest proofs, commits
 late, and forges reveals that do not match the genesis root.
 """
@@ -18,9 +18,9 @@ import pytest
 
 from consensus import rules, schedule
 from node.home import Home
-from node.netspec import TestnetSpec
-from node.testnet import init
-from tests.e2e_util import Net, free_base
+from node.tools.testnet import init
+from support import child_env
+from support.e2e_util import Net, small_net
 
 pytestmark = pytest.mark.slow
 
@@ -28,18 +28,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("faultnet") / "net"
-    spec = TestnetSpec(
-        nodes=4,
-        participants=3,
-        task="digits-mlp-tiny",
-        round_seconds=24,
-        eval_batch=4,
-        rounds=30,
-        logrows=13,
-        start_delay_s=25,
-        p2p_base_port=free_base(4),
-        api_base_port=free_base(4),
-    )
+    spec = small_net(4)
     init(root, spec)
     n = Net(root, spec)
     for i in range(3):
@@ -49,7 +38,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
         [
             sys.executable,
             "-m",
-            "tests.adversary_node",
+            "support.adversary_node",
             "--home",
             str(root / "node3"),
             "--publisher-key",
@@ -59,6 +48,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
         ],
         stdout=adversary_log,
         stderr=subprocess.STDOUT,
+        env=child_env(),
     )
     try:
         yield n

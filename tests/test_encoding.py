@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consensus.encoding import Wire, peek_tag
 from consensus.errors import DecodeError
 from consensus.types import Block, CommitTx, EvalBatch, Genesis, ProofTx, Reveal
-from tests.chainfactory import make_chain
+from support.chainfactory import make_chain
 
 CHAIN = make_chain()
 BLOCK, _ = CHAIN.round_block(0, CHAIN.cid, 1, {0: 3, 1: 2, 2: 1})
@@ -174,3 +175,49 @@ def test_single_byte_corruption_raises_decode_error_or_changes_the_hash(
     except DecodeError:
         return
     assert back.hash() != BLOCK.hash()
+
+
+# ---------------------------------------------------------------------- peek_tag
+
+
+@pytest.mark.parametrize("obj", SAMPLES, ids=lambda o: type(o).__name__)
+def test_peek_tag_reads_the_tag_of_every_protocol_object(obj: object) -> None:
+    assert peek_tag(obj.encode()) == type(obj).TAG  # type: ignore[attr-defined]
+
+
+@given(tag=st.integers(0, 127), fields=st.integers(0, 40))
+def test_peek_tag_reads_fixarrays_and_array16s(tag: int, fields: int) -> None:
+    data = msgpack.packb([tag, 1, *range(fields)])
+    assert data[0] == (0x92 + fields if fields <= 13 else 0xDC)
+    assert peek_tag(data) == tag
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x92",  # header only
+        msgpack.packb([]),
+        msgpack.packb([10]),  # a tag without a version
+        b"\xdc\x00\x03\x0a\x01\x00",  # array16 of 3: fixarray is canonical
+        msgpack.packb([200, 1]),  # 200 is a uint8, not a positive fixint: no TAG is
+        msgpack.packb([-1, 1]),
+        msgpack.packb(["x", 1]),
+        msgpack.packb({10: 1}),
+        b"\xdd\x00\x00\x00\x02\x0a\x01",  # array32
+    ],
+)
+def test_peek_tag_is_none_for_what_no_canonical_encoding_starts_with(data: bytes) -> None:
+    assert peek_tag(data) is None
+
+
+def test_every_wire_tag_is_one_peek_tag_can_read() -> None:
+    import p2p.gossip
+    import p2p.sync
+
+    def subclasses(cls: type[Wire]) -> list[type[Wire]]:
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+
+    tagged = [c for c in subclasses(Wire) if "TAG" in vars(c)]
+    assert {p2p.sync.Status, p2p.gossip.BlockAnnounce, Block} <= set(tagged)
+    assert all(0 <= c.TAG < 0x80 for c in tagged), [(c.__name__, c.TAG) for c in tagged]

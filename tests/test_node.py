@@ -19,8 +19,8 @@ from consensus import schedule
 from consensus.crypto import SigningKey, sha256
 from consensus.types import Block
 from p2p import Verdict
-from tests.chainfactory import Chain, make_chain
-from tests.support.fakes import FakeNetwork, FakeNode, clock_at, make_node
+from support.chainfactory import Chain, make_chain
+from support.fakes import FakeNetwork, FakeNode, clock_at, make_node
 
 SCORES = [3, 2, 1]  # participant i's models score SCORES[i]
 

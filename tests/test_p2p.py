@@ -31,8 +31,8 @@ from p2p import (
 )
 from p2p.framing import FrameError, FrameReader, encode_frame
 from storage import BlockMeta, ChainStore
-from tests.chainfactory import make_chain
-from tests.p2p_util import (
+from support.chainfactory import make_chain
+from support.p2p_util import (
     absent,
     build_store,
     config,

@@ -32,8 +32,8 @@ from p2p.framing import encode_frame, encode_varint
 from p2p.gossip import GOSSIPSUB_PROTOCOLS
 from p2p.sync import sync_protocol
 from storage import ChainStore
-from tests.chainfactory import make_chain
-from tests.p2p_util import config, connect_line, receive, running
+from support.chainfactory import make_chain
+from support.p2p_util import config, connect_line, receive, running
 
 CHAIN = make_chain()
 MESHSUB = TProtocol(GOSSIPSUB_PROTOCOLS[0])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,12 +17,11 @@ import trio
 
 from consensus.types import CommitTx
 from p2p import P2PHost, SyncClient, TopicKind
-from tests.chainfactory import make_chain
-from tests.p2p_util import (
-    REPO_ROOT,
+from support import REPO_ROOT, TESTS_DIR, child_env, free_port
+from support.chainfactory import make_chain
+from support.p2p_util import (
     absent,
     build_store,
-    child_env,
     config,
     forged_commit,
     receive,
@@ -32,14 +30,7 @@ from tests.p2p_util import (
 )
 
 CHAIN = make_chain()
-NODE = Path(__file__).resolve().parent / "p2p_node.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+NODE = TESTS_DIR / "support" / "p2p_node.py"
 
 
 @contextmanager

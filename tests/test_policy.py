@@ -21,7 +21,7 @@ from consensus.forkchoice import ChainNode
 from consensus.rules import Ranked, sign
 from consensus.strategy import RULES, Contribution, Winner, rule_for
 from consensus.types import CommitTx
-from tests.chainfactory import (
+from support.chainfactory import (
     Chain,
     hash_verify,
     make_chain,

@@ -1,4 +1,4 @@
-"""The accuracy circuit with real ezkl proofs: correctness, binding, and the traps of DESIGN.md §4.
+"""The accuracy circuit with real ezkl proofs: correctness, binding, and the traps docs/circuit.md names.
 
 A tiny circuit (digits-mlp-tiny, batch 4) keeps the suite fast; every proof here is real.
 """
@@ -189,7 +189,7 @@ def test_a_model_with_all_equal_logits_scores_zero_and_cannot_claim_more(
 async def test_a_model_with_a_zero_bias_proves_and_verifies_with_the_shared_keys(
     art: Path, batches: list[EvalBatch]
 ) -> None:
-    """Exact zeros change ezkl's layout and hang `prove` (DESIGN.md §4): the quantiser nudges them."""
+    """Exact zeros change ezkl's layout and hang `prove` (docs/circuit.md, Fixed point): the quantiser nudges them."""
     net = build_model(ARCH, 6)
     with torch.no_grad():
         list(net.parameters())[1].zero_()

@@ -9,7 +9,7 @@ import trio
 
 from prover.client import Train
 from prover.worker import JobFailed, JobTimeout, Worker, WorkerCrashed, worker_pool
-from tests.worker_jobs import Crash, Echo, Fail, Sleep, Unloadable, Whoami
+from support.worker_jobs import Crash, Echo, Fail, Sleep, Unloadable, Whoami
 
 
 async def test_job_result_comes_back() -> None:

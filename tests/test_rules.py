@@ -16,7 +16,7 @@ from consensus.errors import InvalidError
 from consensus.merkle import merkle_proof, merkle_root, verify_merkle_proof
 from consensus.rules import sign
 from consensus.types import Block, Genesis, Timing, chain_id
-from tests.chainfactory import (
+from support.chainfactory import (
     Chain,
     hash_verify,
     make_batch,

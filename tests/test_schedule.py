@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consensus import schedule
-from tests.chainfactory import make_chain
+from support.chainfactory import make_chain
 
 G = make_chain().genesis
 T0 = G.timing.genesis_ms

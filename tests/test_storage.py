@@ -26,23 +26,16 @@ from storage import (
     StoreLockedError,
     UnknownBlockError,
 )
+from support import TESTS_DIR, child_env
 
 ZERO = bytes(32)
 GENESIS_RAW = b"zkpot test genesis"
 GENESIS = hashlib.sha256(GENESIS_RAW).digest()
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CRASH_CHILD = Path(__file__).resolve().parent / "storage_crash_child.py"
+CRASH_CHILD = TESTS_DIR / "support" / "storage_crash_child.py"
 
 
 def sha(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-def child_env() -> dict[str, str]:
-    """Children import `storage` from this checkout, installed or not."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
 
 
 def make_block(parent: bytes, tag: str) -> tuple[bytes, bytes]:

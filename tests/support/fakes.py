@@ -4,7 +4,7 @@ They let the real node code (node.engine and the modules it wires) run several
 nodes in one trio run, in virtual time (pytest-trio's autojump clock), with no
 processes and no sockets: a round from commit to final block takes milliseconds.
 The chain, its LevelDB store and every consensus rule are the real ones; only the
-zk proof and the model are stand-ins (tests.support.chainfactory's hash proofs),
+zk proof and the model are stand-ins (support.chainfactory's hash proofs),
 so what these tests show is the node's logic, never that proving works.
 """
 
@@ -30,7 +30,7 @@ from p2p.host import peer_id_from_seed
 from p2p.sync import BlockEntry, Status
 from prover.client import Commit, Evaluate, Job, Prove, Proved, Train, Verified, Verify
 from storage import ChainStore
-from tests.chainfactory import Chain, hash_proof, hash_verify, model_commitment
+from support.chainfactory import Chain, hash_proof, hash_verify, model_commitment
 
 R = TypeVar("R")
 

@@ -10,8 +10,9 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
+from node.apispec import DEFAULT_API_PORT
+
 P2P_BASE_PORT = 27100
-API_BASE_PORT = 8645
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class TestnetSpec:
     local_epochs: int = 2
     learning_rate_ppm: int = 100_000
     p2p_base_port: int = P2P_BASE_PORT
-    api_base_port: int = API_BASE_PORT
+    api_base_port: int = DEFAULT_API_PORT  # node0's; node I serves on this + I
 
 
 def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:

@@ -25,7 +25,7 @@ from consensus.merkle import merkle_root
 from consensus.rules import check_genesis
 from consensus.types import CircuitSpec, EvalPlan, Genesis, Task, Timing, chain_id
 from node.home import Home, NodeConfig
-from node.netspec import TestnetSpec
+from node.tools.netspec import TestnetSpec
 from p2p import peer_id_from_seed
 from prover import circuit
 from prover.client import BuildCircuit
@@ -172,7 +172,7 @@ def start_node(home: Home) -> subprocess.Popen[bytes]:
     """`zkpot node start` for one home as its own OS process, logging to HOME/node.log."""
     with (home.path / "node.log").open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "node", "start", "--home", str(home.path)],
+            [sys.executable, "-m", "node.tools.cli", "node", "start", "--home", str(home.path)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -19,16 +18,9 @@ from consensus.strategy import rule_for
 from consensus.types import Block, CommitTx, Genesis, ProofTx, Reveal
 from p2p import Delivered, GossipConfig, GossipItem, HostConfig, P2PHost, TopicKind, Verdict
 from storage import BlockMeta, ChainStore
-from tests.chainfactory import Chain
+from support.chainfactory import Chain
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0  # generous: a loaded 2-core machine
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
 
 
 def seed(name: str) -> bytes:

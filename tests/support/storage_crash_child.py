@@ -1,6 +1,6 @@
 """Crash-test workload for the chain store: mutate it until the parent test kills it.
 
-Run as ``python tests/storage_crash_child.py DIR SEED``. Prints ``ready`` once the store is
+Run as ``python tests/support/storage_crash_child.py DIR SEED``. Prints ``ready`` once the store is
 open, then one line per acknowledged (synced) write, so the parent can check that every write
 that returned before ``kill -9`` survived it:
 

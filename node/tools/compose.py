@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.netspec import TestnetSpec, add_network_args, network_kwargs
+from node.tools.netspec import TestnetSpec, add_network_args, network_kwargs
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = "docker/Dockerfile"  # relative to the build context
 IMAGE = "zkpot:local"
 NODE_HOME = "/data"  # the image's home volume; each node container mounts its own here

@@ -15,15 +15,14 @@ import trio
 
 from p2p import HostConfig, P2PHost, SyncServer, TopicKind
 from storage import ChainStore
-from tests.chainfactory import make_chain
-from tests.p2p_util import consensus_validator
+from support.chainfactory import make_chain
+from support.p2p_util import consensus_validator, seed
 
 
 async def main(args: argparse.Namespace) -> None:
     chain = make_chain()
-    seed = hashlib.sha256(b"p2p-test-seed/" + args.name.encode()).digest()
     config = HostConfig(
-        seed=seed,
+        seed=seed(args.name),
         listen=(f"/ip4/127.0.0.1/tcp/{args.port}",),
         bootstrap=tuple(args.bootstrap),
         reconnect_interval_s=0.5,

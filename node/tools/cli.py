@@ -13,14 +13,24 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from consensus import rules
 from consensus.errors import ConsensusError
 from consensus.types import Genesis
-from node.client import add_client_commands
-from node.compose import add_compose_commands
-from node.netspec import TestnetSpec, add_network_args, network_kwargs
+from node.tools.client import add_client_commands
+from node.tools.compose import add_compose_commands
+from node.tools.netspec import TestnetSpec, add_network_args, network_kwargs
 from storage import ChainStore, StoreError
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool, width: int) -> None:
+    """One JSON line for scripts (`--json`), else aligned `key value` lines for people."""
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:<{width}} {value}")
 
 
 def _cmd_node_start(args: argparse.Namespace) -> int:
@@ -30,7 +40,7 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
 
 
 def _cmd_testnet_init(args: argparse.Namespace) -> int:
-    from node.testnet import init
+    from node.tools.testnet import init
 
     spec = TestnetSpec(**network_kwargs(args))
     try:
@@ -38,11 +48,7 @@ def _cmd_testnet_init(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"zkpot: testnet init failed: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:<14} {value}")
+    _print_summary(summary, args.json, width=14)
     return 0
 
 
@@ -68,11 +74,7 @@ def _cmd_genesis_check(args: argparse.Namespace) -> int:
         "task": f"{genesis.task.dataset}/{genesis.task.architecture}",
         "finality_depth": genesis.finality_depth,
     }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:<16} {value}")
+    _print_summary(summary, args.json, width=16)
     return 0
 
 
@@ -154,7 +156,7 @@ def _cmd_circuit_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_testnet_up(args: argparse.Namespace) -> int:
-    from node.testnet import up
+    from node.tools.testnet import up
 
     try:
         return up(Path(args.dir), args.rounds, timeout_s=args.timeout)

@@ -13,8 +13,24 @@ from typing import Any
 import httpx
 
 from node.home import Home
-from node.netspec import TestnetSpec
-from node.testnet import start_node, stop_nodes
+from node.tools.netspec import TestnetSpec
+from node.tools.testnet import start_node, stop_nodes
+
+
+def small_net(nodes: int) -> TestnetSpec:
+    """The e2e tests' network: three participants, the tiny circuit, short rounds, free ports."""
+    return TestnetSpec(
+        nodes=nodes,
+        participants=3,
+        task="digits-mlp-tiny",
+        round_seconds=24,
+        eval_batch=4,
+        rounds=30,
+        logrows=13,
+        start_delay_s=25,
+        p2p_base_port=free_base(nodes),
+        api_base_port=free_base(nodes),
+    )
 
 
 def free_base(span: int) -> int:

@@ -12,18 +12,25 @@ import argparse
 import hashlib
 import json
 import sys
-import tomllib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-DEFAULT_API = "http://127.0.0.1:8645"
-ARCH_HEADER = "X-Zkpot-Architecture"  # same as node.api's; not imported to keep the CLI light
-MODEL_HASH_HEADER = "X-Zkpot-Model-Hash"
+from node.apispec import ARCH_HEADER, DEFAULT_API_HOST, DEFAULT_API_PORT, MODEL_HASH_HEADER
+from node.home import Home, HomeError
+from node.tools.tables import (
+    format_block,
+    format_blocks,
+    format_peers,
+    format_round,
+    format_status,
+)
+
+DEFAULT_API = f"http://{DEFAULT_API_HOST}:{DEFAULT_API_PORT}"
 FORMATS = ("state-dict", "onnx")
 
 
@@ -37,26 +44,24 @@ class ClientError(Exception):
 
 
 def api_url_from_home(home: str | Path) -> str:
-    """The API address configured in `<home>/config.toml` (`[api] host`, `port`)."""
-    path = Path(home) / "config.toml"
+    """The API address in `<home>/config.toml`, read as the node reads it (`NodeConfig`)."""
+    node_home = Home(Path(home))
+    path = node_home.config_file
     try:
-        with path.open("rb") as f:
-            config = tomllib.load(f)
+        config = node_home.load_config()
     except FileNotFoundError:
         raise ClientError(
             f"no config.toml in node home {home}; pass the right --home, or --api URL"
         ) from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
         raise ClientError(f"cannot read {path}: {exc}; fix it, or pass --api URL") from None
-    api = config.get("api", {})
-    if not isinstance(api, dict):
-        raise ClientError(f"{path}: [api] must be a table with host and port")
-    host = api.get("host", "127.0.0.1")
-    port = api.get("port", 8645)
-    if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
-        raise ClientError(f"{path}: [api] host must be a string and port an integer in 1..65535")
+    except HomeError as exc:
+        raise ClientError(f"{exc}; fix it, or pass --api URL") from None
+    host, port = config.api_host, config.api_port
+    if port == 0:  # the node binds any free port: nothing to find here
+        raise ClientError(f"{path}: [api] port 0 is not an address to reach; pass --api URL")
     if host in ("0.0.0.0", "::", ""):  # a wildcard bind is reachable on loopback
-        host = "127.0.0.1"
+        host = DEFAULT_API_HOST
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{port}"
@@ -127,165 +132,6 @@ class ApiClient:
     def get_bytes(self, path: str) -> tuple[bytes, httpx.Headers]:
         resp = self._get(path)
         return resp.content, resp.headers
-
-
-# ---------------------------------------------------------------------- formatting
-
-
-def short(value: object, n: int = 16) -> str:
-    """Hex ids shortened for tables; the full value is in --json and the detail views."""
-    if value is None:
-        return "-"
-    text = str(value)
-    return text if len(text) <= n else text[:n]
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list | tuple):
-        return ", ".join(_cell(v) for v in value) or "-"
-    return str(value)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.extend(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    )
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def pairs(items: Sequence[tuple[str, object]]) -> str:
-    width = max(len(k) for k, _ in items)
-    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in items)
-
-
-def _accuracy(ppm: object) -> str:
-    return "-" if not isinstance(ppm, int) else f"{ppm / 10_000:.2f}%"
-
-
-def format_status(s: dict[str, Any]) -> str:
-    head, fin = s["head"], s["finalized"]
-    rnd = s.get("round")
-    round_text = "not started" if rnd is None else f"{rnd} of {s['rounds_total']}"
-    return pairs(
-        [
-            ("chain", f"{s['chain_name']} ({s['chain_id']})"),
-            ("task", s.get("task")),
-            ("node", f"{s['peer_id']} ({s['role']})"),
-            (
-                "head",
-                f"height {head['height']}, round {_cell(head['round'])}, score {head['score']}",
-            ),
-            ("head hash", head["hash"]),
-            ("finalized", f"height {fin['height']}, {fin['hash']}"),
-            ("round", round_text),
-            ("peers", s["peers"]),
-        ]
-    )
-
-
-def format_block(b: dict[str, Any]) -> str:
-    items: list[tuple[str, object]] = [
-        ("height", b["height"]),
-        ("hash", b["hash"]),
-        ("parent", b["parent"]),
-    ]
-    if b.get("genesis"):
-        items += [("genesis", "yes"), ("initial model", b["model_hash"])]
-        return pairs(items)
-    status = "final" if b["final"] else ("canonical" if b["canonical"] else "not canonical")
-    items += [
-        ("round", b["round"]),
-        ("status", status),
-        ("proposer", f"{b['proposer']} (rank {b['rank']})"),
-        ("score", f"{_cell(b['score'])} (cumulative {b['cumulative_score']})"),
-        ("batch", b["batch_index"]),
-        ("model", b["model_hash"]),
-    ]
-    out = [pairs(items), ""]
-    proofs = {p["commit_id"]: p["k"] for p in b["proofs"]}
-    out.append(
-        table(
-            ["commit", "participant", "k"],
-            [[short(c["id"]), short(c["participant"]), proofs.get(c["id"])] for c in b["commits"]],
-        )
-    )
-    return "\n".join(out)
-
-
-def format_blocks(page: dict[str, Any]) -> str:
-    rows = [
-        [
-            b["height"],
-            b["round"],
-            short(b["hash"]),
-            short(b["proposer"]),
-            b["rank"],
-            b["score"],
-            b["cumulative_score"],
-            "final" if b["final"] else "",
-        ]
-        for b in page["blocks"]
-    ]
-    headers = ["height", "round", "hash", "proposer", "rank", "k", "cum", "final"]
-    return table(headers, rows) if rows else "(no blocks in that range)"
-
-
-def format_round(r: dict[str, Any]) -> str:
-    reveal = r["reveal"]
-    winner = r.get("winner") or {}
-    block = r.get("block")
-    items: list[tuple[str, object]] = [
-        ("round", r["round"]),
-        ("observed", r["observed"]),
-        ("revealed", f"batch {reveal['batch_index']}" if reveal["revealed"] else "no"),
-        ("sealed commits", len(reveal["sealed"])),
-        ("winner", winner.get("proposer")),
-        ("winner block", winner.get("block")),
-        (
-            "canonical block",
-            None if block is None else f"height {block['height']}, {block['hash']}",
-        ),
-        ("accuracy", _accuracy(r.get("accuracy_ppm"))),
-    ]
-    out = [pairs(items)]
-    if r["proofs"] or r["commits"]:
-        proofs = {p["commit_id"]: p for p in r["proofs"]}
-        rank = {x["participant"]: x["rank"] for x in r["ranking"]}
-        rows = []
-        for c in r["commits"]:
-            p = proofs.pop(c["id"], None)
-            rows.append(_proof_row(c["id"], c["participant"], p, rank))
-        rows += [_proof_row(cid, p["participant"], p, rank) for cid, p in proofs.items()]
-        out += ["", table(["commit", "participant", "k", "valid", "rank", "reason"], rows)]
-    for note in r.get("notes", []):
-        out.append(f"note: {note}")
-    return "\n".join(out)
-
-
-def _proof_row(
-    cid: str, participant: str, p: dict[str, Any] | None, rank: dict[str, int]
-) -> list[object]:
-    if p is None:
-        return [short(cid), short(participant), "no proof", None, None, None]
-    valid = {True: "valid", False: "INVALID", None: "pending"}[p["valid"]]
-    return [short(cid), short(participant), p["k"], valid, rank.get(participant), p["reason"]]
-
-
-def format_peers(p: dict[str, Any]) -> str:
-    peers: list[dict[str, Any]] = p["peers"]
-    if not peers:
-        return "(no peers connected)"
-    headers: list[str] = []
-    for peer in peers:
-        headers += [k for k in peer if k not in headers]
-    return table(headers, [[peer.get(h) for h in headers] for peer in peers])
 
 
 # ---------------------------------------------------------------------- commands

@@ -1,0 +1,165 @@
+"""Tables for people from the node API's JSON: what `zkpot status`, `chain` and `peers` print.
+
+Hex ids are shortened in tables; `--json` and the detail views keep them whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def short(value: object, n: int = 16) -> str:
+    """Hex ids shortened for tables; the full value is in --json and the detail views."""
+    if value is None:
+        return "-"
+    text = str(value)
+    return text if len(text) <= n else text[:n]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(v) for v in value) or "-"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.extend(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def pairs(items: Sequence[tuple[str, object]]) -> str:
+    width = max(len(k) for k, _ in items)
+    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in items)
+
+
+def _accuracy(ppm: object) -> str:
+    return "-" if not isinstance(ppm, int) else f"{ppm / 10_000:.2f}%"
+
+
+def format_status(s: dict[str, Any]) -> str:
+    head, fin = s["head"], s["finalized"]
+    rnd = s.get("round")
+    round_text = "not started" if rnd is None else f"{rnd} of {s['rounds_total']}"
+    return pairs(
+        [
+            ("chain", f"{s['chain_name']} ({s['chain_id']})"),
+            ("task", s.get("task")),
+            ("node", f"{s['peer_id']} ({s['role']})"),
+            (
+                "head",
+                f"height {head['height']}, round {_cell(head['round'])}, score {head['score']}",
+            ),
+            ("head hash", head["hash"]),
+            ("finalized", f"height {fin['height']}, {fin['hash']}"),
+            ("round", round_text),
+            ("peers", s["peers"]),
+        ]
+    )
+
+
+def format_block(b: dict[str, Any]) -> str:
+    items: list[tuple[str, object]] = [
+        ("height", b["height"]),
+        ("hash", b["hash"]),
+        ("parent", b["parent"]),
+    ]
+    if b.get("genesis"):
+        items += [("genesis", "yes"), ("initial model", b["model_hash"])]
+        return pairs(items)
+    status = "final" if b["final"] else ("canonical" if b["canonical"] else "not canonical")
+    items += [
+        ("round", b["round"]),
+        ("status", status),
+        ("proposer", f"{b['proposer']} (rank {b['rank']})"),
+        ("score", f"{_cell(b['score'])} (cumulative {b['cumulative_score']})"),
+        ("batch", b["batch_index"]),
+        ("model", b["model_hash"]),
+    ]
+    out = [pairs(items), ""]
+    proofs = {p["commit_id"]: p["k"] for p in b["proofs"]}
+    out.append(
+        table(
+            ["commit", "participant", "k"],
+            [[short(c["id"]), short(c["participant"]), proofs.get(c["id"])] for c in b["commits"]],
+        )
+    )
+    return "\n".join(out)
+
+
+def format_blocks(page: dict[str, Any]) -> str:
+    rows = [
+        [
+            b["height"],
+            b["round"],
+            short(b["hash"]),
+            short(b["proposer"]),
+            b["rank"],
+            b["score"],
+            b["cumulative_score"],
+            "final" if b["final"] else "",
+        ]
+        for b in page["blocks"]
+    ]
+    headers = ["height", "round", "hash", "proposer", "rank", "k", "cum", "final"]
+    return table(headers, rows) if rows else "(no blocks in that range)"
+
+
+def format_round(r: dict[str, Any]) -> str:
+    reveal = r["reveal"]
+    winner = r.get("winner") or {}
+    block = r.get("block")
+    items: list[tuple[str, object]] = [
+        ("round", r["round"]),
+        ("observed", r["observed"]),
+        ("revealed", f"batch {reveal['batch_index']}" if reveal["revealed"] else "no"),
+        ("sealed commits", len(reveal["sealed"])),
+        ("winner", winner.get("proposer")),
+        ("winner block", winner.get("block")),
+        (
+            "canonical block",
+            None if block is None else f"height {block['height']}, {block['hash']}",
+        ),
+        ("accuracy", _accuracy(r.get("accuracy_ppm"))),
+    ]
+    out = [pairs(items)]
+    if r["proofs"] or r["commits"]:
+        proofs = {p["commit_id"]: p for p in r["proofs"]}
+        rank = {x["participant"]: x["rank"] for x in r["ranking"]}
+        rows = []
+        for c in r["commits"]:
+            p = proofs.pop(c["id"], None)
+            rows.append(_proof_row(c["id"], c["participant"], p, rank))
+        rows += [_proof_row(cid, p["participant"], p, rank) for cid, p in proofs.items()]
+        out += ["", table(["commit", "participant", "k", "valid", "rank", "reason"], rows)]
+    for note in r.get("notes", []):
+        out.append(f"note: {note}")
+    return "\n".join(out)
+
+
+def _proof_row(
+    cid: str, participant: str, p: dict[str, Any] | None, rank: dict[str, int]
+) -> list[object]:
+    if p is None:
+        return [short(cid), short(participant), "no proof", None, None, None]
+    valid = {True: "valid", False: "INVALID", None: "pending"}[p["valid"]]
+    return [short(cid), short(participant), p["k"], valid, rank.get(participant), p["reason"]]
+
+
+def format_peers(p: dict[str, Any]) -> str:
+    peers: list[dict[str, Any]] = p["peers"]
+    if not peers:
+        return "(no peers connected)"
+    headers: list[str] = []
+    for peer in peers:
+        headers += [k for k in peer if k not in headers]
+    return table(headers, [[peer.get(h) for h in headers] for peer in peers])

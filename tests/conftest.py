@@ -1,0 +1,21 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from support.apinode import Node
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """The API's and the CLI's node: a chain of real blocks in a real store (support.apinode)."""
+    from support.apinode import build_node  # imports torch: only the modules that use it pay
+
+    n = build_node(tmp_path_factory.mktemp("node") / "store")
+    yield n
+    n.store.close()
