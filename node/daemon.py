@@ -193,6 +193,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 peer_id=str(host.peer_id),
                 role=engine.roles.name,
                 peers=peers,
+                current_round=engine.current_round,
                 registry=CollectorRegistry(),
             )
             api_port = await nursery.start(serve_api, create_app(view), cfg.api_host, cfg.api_port)

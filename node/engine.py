@@ -1,12 +1,13 @@
 """The node's runtime, wired: the round loop drives the roles; gossip and sync feed the pool
 and the importer.
 
-Per round r (consensus.schedule): participants train and commit before the commit
-deadline (node.participant); the publisher reveals batch r and the sealed commits
-(node.publisher); proofs and blocks arrive by gossip (node.roundpool validates
-round messages, node.importer blocks) or by sync (node.syncer). Every task lives
-in the nursery of `run`; a round's tasks in that round's nursery, cancelled when
-the next round starts.
+Per round r (consensus.schedule): participants train and commit (node.participant);
+the publisher reveals batch r and the sealed commits (node.publisher); proofs and
+blocks arrive by gossip (node.roundpool validates round messages, node.importer
+blocks) or by sync (node.syncer). A round ends as soon as a block of it becomes head
+(or a later reveal shows this node fell behind), at the latest round_ms after it
+opened (node.roundclock). Every task lives in the nursery of `run`; a round's tasks
+in that round's nursery, cancelled when the next round opens.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from node.importer import BlockImporter
 from node.interfaces import Clock, Net, Outgoing, Prover, Sync, now_ms, sleep_until
 from node.participant import Participant
 from node.publisher import Publisher
+from node.roundclock import RoundClock
 from node.roundlog import RoundLog
 from node.roundpool import RoundPool
 from node.syncer import Syncer, Wakeup
@@ -60,7 +62,10 @@ class Engine:
         self.clock = clock
         self.roles = roles_of(g, key.public)
         checker = Checker(verifier, artifacts, g.task.architecture, verify_timeout_s)
-        self.pool = RoundPool(g, chain.cid, chain, checker, roundlog, clock, net.peer_id)
+        self.rounds = RoundClock(g, clock)
+        self.pool = RoundPool(
+            g, chain.cid, chain, checker, roundlog, clock, self.rounds, net.peer_id
+        )
         wakeup = Wakeup()
         self.importer = BlockImporter(
             g, chain.cid, chain, checker, self.pool, net, sync, wakeup.set
@@ -100,6 +105,12 @@ class Engine:
         net.gossip.set_validator(TopicKind.ROUND, self.pool.validate)
         net.gossip.set_validator(TopicKind.BLOCKS, self.importer.validate)
 
+    def current_round(self) -> int | None:
+        """The round this node is in (None before genesis), for the API."""
+        if self.clock() < self.genesis.timing.genesis_ms:
+            return None
+        return self.rounds.current
+
     async def publish(self, item: Outgoing) -> None:
         try:
             await self.net.gossip.publish(item)
@@ -121,9 +132,11 @@ class Engine:
     async def _round_loop(self) -> None:
         g = self.genesis
         await sleep_until(self.clock, g.timing.genesis_ms)
+        head = self.chain.block(self.chain.head)
+        self.rounds.start(None if head is None else head.round)
         while True:
-            rnd = schedule.round_at(g, self.clock())
-            assert rnd is not None
+            rnd = self.rounds.current
+            opened = self.rounds.opened_at(rnd)
             self.pool.prune(rnd)
             if not schedule.round_exists(g, rnd):
                 log.info(
@@ -131,15 +144,17 @@ class Engine:
                     g.eval_plan.num_batches,
                 )
                 await trio.sleep_forever()
-            next_start = schedule.round_start(g, rnd + 1)
+            self.pool.roundlog.record(rnd).opened_ms = opened
+            end = schedule.round_end(g, opened)
             # Joining mid-round: take part only if the commit deadline is still ahead.
-            if self.clock() < schedule.commit_deadline(g, rnd) - 1:
+            if self.clock() < schedule.commit_deadline(g, opened) - 1:
                 async with trio.open_nursery() as nursery:
                     if self.participant is not None:
-                        nursery.start_soon(self.participant.play, rnd)
+                        nursery.start_soon(self.participant.play, rnd, opened)
                     if self.publisher is not None:
-                        nursery.start_soon(self.publisher.play, rnd)
-                    await sleep_until(self.clock, next_start)
+                        nursery.start_soon(self.publisher.play, rnd, opened)
+                    await self.rounds.wait_past(rnd, end)
                     nursery.cancel_scope.cancel()
             else:
-                await sleep_until(self.clock, next_start)
+                await self.rounds.wait_past(rnd, end)
+            self.rounds.expire(rnd)  # no block in time: the next round opens at `end`

@@ -67,13 +67,14 @@ class Participant:
     def _budget_s(self, deadline_ms: int) -> float:
         return max(0.0, (deadline_ms - self.clock()) / 1000)
 
-    async def play(self, rnd: int) -> None:
-        mine = await self._train_and_commit(rnd)
+    async def play(self, rnd: int, opened: int) -> None:
+        """Round `rnd`, which this node opened at `opened` (deadlines count from there)."""
+        mine = await self._train_and_commit(rnd, opened)
         if mine is None:
             return
         st = self.pool.state(rnd)
         rec = self.pool.roundlog.record(rnd)
-        with trio.move_on_after(self._budget_s(schedule.proof_deadline(self.genesis, rnd))):
+        with trio.move_on_after(self._budget_s(schedule.proof_deadline(self.genesis, opened))):
             await st.revealed.wait()
         if st.reveal is None:
             rec.notes.append("no reveal before the proof deadline")
@@ -82,10 +83,10 @@ class Participant:
             rec.notes.append("our commit was not sealed by the publisher")
             log.warning("round %d: our commit was not sealed", rnd)
             return
-        if await self._prove(rnd, st, mine):
-            await self._propose_when_due(rnd, st, mine)
+        if await self._prove(rnd, opened, st, mine):
+            await self._propose_when_due(rnd, opened, st, mine)
 
-    async def _train_and_commit(self, rnd: int) -> Mine | None:
+    async def _train_and_commit(self, rnd: int, opened: int) -> Mine | None:
         g = self.genesis
         rec = self.pool.roundlog.record(rnd)
         parent = self.chain.head
@@ -108,7 +109,7 @@ class Participant:
             fresh_seed(),
         )
         try:
-            with trio.fail_after(self._budget_s(schedule.commit_deadline(g, rnd))):
+            with trio.fail_after(self._budget_s(schedule.commit_deadline(g, opened))):
                 weights = await self.prover.run(train, timeout=self.prove_timeout_s)
                 self.pool.mark(rnd, "trained")
                 commit_job = Commit(self.artifacts, t.architecture, weights)
@@ -135,13 +136,13 @@ class Participant:
         )
         return mine
 
-    async def _prove(self, rnd: int, st: RoundState, mine: Mine) -> bool:
+    async def _prove(self, rnd: int, opened: int, st: RoundState, mine: Mine) -> bool:
         assert st.reveal is not None
         job = Prove(
             self.artifacts, self.genesis.task.architecture, mine.weights, st.reveal.batch.encode()
         )
         try:
-            with trio.fail_after(self._budget_s(schedule.proof_deadline(self.genesis, rnd))):
+            with trio.fail_after(self._budget_s(schedule.proof_deadline(self.genesis, opened))):
                 proved = await self.prover.run(job, timeout=self.prove_timeout_s)
         except (trio.TooSlowError, WorkerError) as exc:
             self.pool.roundlog.record(rnd).notes.append(f"proving failed or was late: {exc!r}")
@@ -180,13 +181,13 @@ class Participant:
         log.error("the chain's rule %r needs other participants' models", self.rule.name)
         return None
 
-    async def _propose_when_due(self, rnd: int, st: RoundState, mine: Mine) -> None:
+    async def _propose_when_due(self, rnd: int, opened: int, st: RoundState, mine: Mine) -> None:
         g = self.genesis
         parent = mine.commit.parent
         reveal = st.reveal
         assert reveal is not None
         for rank in range(1, g.timing.max_rank + 1):
-            due = schedule.proposal_time(g, rnd, rank)
+            due = schedule.proposal_time(g, opened, rank)
             if rank == 1:  # rank 1 goes as soon as every sealed proof is verified
                 await st.wait_until(
                     lambda: policy.proofs_complete(reveal, st.proofs), due, self.clock

@@ -44,8 +44,8 @@ class Publisher:
         self.publish = publish
         self.clock = clock
 
-    async def play(self, rnd: int) -> None:
-        deadline = schedule.commit_deadline(self.genesis, rnd)
+    async def play(self, rnd: int, opened: int) -> None:
+        deadline = schedule.commit_deadline(self.genesis, opened)
         st = self.pool.state(rnd)
         await st.wait_until(
             lambda: policy.commits_complete(self.genesis.participants, st.arrivals()),

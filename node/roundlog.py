@@ -34,6 +34,7 @@ class RoundRecord:
     proposer: bytes | None = None
     accuracy_ppm: int | None = None  # new global model on the public test split (reporting only)
     notes: list[str] = field(default_factory=list)
+    opened_ms: int | None = None  # when this node opened the round (deadlines count from it)
     # When this node saw each step, in ms since the round started (for bench/round.py).
     times_ms: dict[str, int] = field(default_factory=dict)
 

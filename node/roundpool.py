@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import trio
 from libp2p.peer.id import ID
 
-from consensus import policy, rules, schedule
+from consensus import policy, rules
 from consensus.errors import InvalidError
 from consensus.forkchoice import ChainNode
 from consensus.types import Block, CommitTx, Genesis, ProofTx, Reveal
 from node.chain import Chain
 from node.checker import Checker
 from node.interfaces import Clock
+from node.roundclock import RoundClock
 from node.roundlog import ProofSeen, RoundLog
 from p2p import Verdict
 from p2p.gossip import GossipItem
@@ -81,6 +82,7 @@ class RoundPool:
         checker: Checker,
         roundlog: RoundLog,
         clock: Clock,
+        roundclock: RoundClock,
         own_peer: ID,
     ) -> None:
         self.genesis = genesis
@@ -89,6 +91,7 @@ class RoundPool:
         self.checker = checker
         self.roundlog = roundlog
         self.clock = clock
+        self.roundclock = roundclock
         self.own_peer = own_peer
         self.rounds: dict[int, RoundState] = {}
         # (participant, round, parent) -> (commit, arrival) for commits whose parent is not applied yet
@@ -99,7 +102,7 @@ class RoundPool:
     def mark(self, rnd: int, step: str) -> None:
         """Record when this node reached `step` of round `rnd` (first time only)."""
         times = self.roundlog.record(rnd).times_ms
-        times.setdefault(step, self.clock() - schedule.round_start(self.genesis, rnd))
+        times.setdefault(step, self.clock() - self.roundclock.opened_at(rnd))
 
     def state(self, rnd: int) -> RoundState:
         """Round state; callers only create it for rounds near the clock (`in_window`)."""
@@ -109,13 +112,12 @@ class RoundPool:
         return st
 
     def in_window(self, rnd: int) -> bool:
-        """Rounds a peer's message may touch: the clock's round, one before and one after.
+        """Rounds a peer's message may touch: this node's round, two before and one after.
 
         Without this bound one message could create state for any round (memory) or,
         worse, evict the live round's state.
         """
-        now = schedule.round_at(self.genesis, self.clock())
-        cur = 0 if now is None else now
+        cur = self.roundclock.current
         return cur - 2 <= rnd <= cur + 1
 
     def prune(self, rnd: int) -> None:
@@ -146,11 +148,15 @@ class RoundPool:
             rec = self.roundlog.record(reveal.round)
             rec.revealed, rec.sealed, rec.batch_index = True, reveal.sealed, reveal.batch.index
             st.revealed.set()
+            self.roundclock.observe(revealed=reveal.round)
             st.touch()
 
     def on_block_applied(self, block: Block, node: ChainNode, head_changed: bool) -> None:
-        """A valid block is in the store: release its children's commits, count its txs."""
+        """A valid block is in the store: release its children's commits, count its txs;
+        if it became head, the next round opens now."""
         self._release_commits(node.hash)
+        if head_changed:
+            self.roundclock.observe(head_round=block.round)
         st = self.rounds.get(block.round)
         if st is None:
             return

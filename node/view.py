@@ -74,6 +74,7 @@ class NodeView:
         role: str,
         peers: Callable[[], list[dict[str, Any]]],
         now_ms: Callable[[], int] | None = None,
+        current_round: Callable[[], int | None] | None = None,
         registry: CollectorRegistry,
         chain_metrics: bool = True,
     ) -> None:
@@ -84,6 +85,10 @@ class NodeView:
         self.role = role
         self._peers = peers
         self._now_ms = now_ms if now_ms is not None else (lambda: time.time_ns() // 1_000_000)
+        # The round the node is in (rounds end early); without a node, the slot's round.
+        self._current_round = current_round or (
+            lambda: schedule.slot_round(self.genesis, self._now_ms())
+        )
         self.registry = registry
         self.chain_id = genesis.hash()
         if chain_metrics:
@@ -145,7 +150,7 @@ class NodeView:
         out.update(
             genesis=False,
             round=block.round,
-            round_start_ms=schedule.round_start(self.genesis, block.round),
+            round_start_ms=schedule.slot_start(self.genesis, block.round),  # its latest start
             proposer=block.proposer.hex(),
             rank=block.rank,
             score=score,
@@ -254,11 +259,13 @@ class NodeView:
         found = self.canonical_block_of_round(rnd)
         if rec is None and found is None:
             return None
+        opened = rec.opened_ms if rec is not None and rec.opened_ms is not None else None
+        start = schedule.slot_start(self.genesis, rnd) if opened is None else opened
         out: Json = {
             "round": rnd,
-            "start_ms": schedule.round_start(self.genesis, rnd),
-            "commit_deadline_ms": schedule.commit_deadline(self.genesis, rnd),
-            "proof_deadline_ms": schedule.proof_deadline(self.genesis, rnd),
+            "start_ms": start,  # when this node opened it (else its slot: the latest start)
+            "commit_deadline_ms": schedule.commit_deadline(self.genesis, start),
+            "proof_deadline_ms": schedule.proof_deadline(self.genesis, start),
             "observed": rec is not None,
         }
         out.update((rec if rec is not None else RoundRecord(rnd)).to_json())
@@ -269,8 +276,8 @@ class NodeView:
         return out
 
     def current_round(self) -> int | None:
-        """The round on the genesis clock now; None before genesis."""
-        return schedule.round_at(self.genesis, self._now_ms())
+        """The round this node is in; None before genesis."""
+        return self._current_round()
 
     def rounds_seen(self) -> list[int]:
         return self.roundlog.rounds()
@@ -295,7 +302,7 @@ class NodeView:
             },
             "finalized": {"hash": fin.hash.hex(), "height": fin.meta.height},
             "time_ms": now,
-            "round": schedule.round_at(self.genesis, now),  # same clock as current_round()
+            "round": self.current_round(),
             "rounds_total": self.genesis.eval_plan.num_batches,
             "round_ms": self.genesis.timing.round_ms,
             "task": f"{self.genesis.task.dataset}/{self.genesis.task.architecture}",

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from consensus import rules, schedule
+from consensus import rules
 from node.home import Home
 from node.tools.testnet import init
 from support import child_env
@@ -92,25 +92,32 @@ def test_misbehaving_participant_never_leads_and_forged_reveals_are_ignored(net:
 
 
 def test_killing_the_leader_mid_round_lets_the_fallback_proposer_commit(net: Net) -> None:
-    genesis = net.home(0).load_genesis()
     batches = {b.index: b for b in net.home(0).load_batches()}
     keys = {i: net.home(i).load_key().public for i in (1, 2)}
+    adversary = net.home(3).load_key().public.hex()
     deadline = time.time() + 240
     while time.time() < deadline:
-        now = int(time.time() * 1000)
-        rnd = schedule.round_at(genesis, now)
-        assert rnd is not None
-        # Wait in the proof window until both honest proofs are in, well before the deadline.
-        if now > schedule.proof_deadline(genesis, rnd) - 2500:
+        rnd = net.status(0)["round"]
+        info = net.client.get(f"{net.api(0)}/rounds/{rnd}")
+        if rnd is None or info.status_code != 200:
             time.sleep(0.3)
             continue
-        info = net.client.get(f"{net.api(0)}/rounds/{rnd}")
-        if info.status_code != 200:
+        # The leader proposes once every sealed proof is verified, else at the proof
+        # deadline: a round that sealed the adversary's commit (whose proof never
+        # verifies) keeps it waiting, which leaves time to kill it after both honest
+        # proofs are in, well before that deadline.
+        j = info.json()
+        sealed_by = {c["participant"] for c in j["commits"] if c["id"] in j["reveal"]["sealed"]}
+        if (
+            adversary not in sealed_by
+            or int(time.time() * 1000) > j["proof_deadline_ms"] - 2500
+            or j["block"] is not None
+        ):
             time.sleep(0.3)
             continue
         proofs = {
             p["participant"]: p["k"]
-            for p in info.json()["proofs"]
+            for p in j["proofs"]
             if p["valid"] and p["participant"] in {k.hex() for k in keys.values()}
         }
         if len(proofs) < 2 or max(proofs.values()) < 1:

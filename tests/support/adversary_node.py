@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from consensus import rules, schedule
+from consensus import rules
 from consensus.crypto import SigningKey
 from consensus.rules import sign
 from consensus.types import CommitTx, EvalBatch, ProofTx, Reveal
@@ -62,26 +62,26 @@ async def main(args: argparse.Namespace) -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(drain)
+            last = -1
             while True:
-                t = int(time.time() * 1000)
-                rnd = schedule.round_at(genesis, t)
-                if rnd is None:
-                    await trio.sleep(0.5)
+                # Rounds end as soon as their block is known: follow the honest node's round.
+                rnd = (await api.get(f"{args.api}/status")).json()["round"]
+                if rnd is None or rnd <= last:
+                    await trio.sleep(0.2)
                     continue
-                start = schedule.round_start(genesis, rnd)
-                await trio.sleep(max(0, (start + 500 - time.time() * 1000) / 1000))
+                reply = await api.get(f"{args.api}/rounds/{rnd}")
+                if reply.status_code != 200:
+                    await trio.sleep(0.2)
+                    continue
+                last = rnd
+                commit_deadline = reply.json()["commit_deadline_ms"]
+                await trio.sleep(0.5)
                 head = (await api.get(f"{args.api}/blocks/head")).json()["hash"]
                 parent = bytes.fromhex(head)
                 fake_c = os.urandom(c_len)
                 mode = rnd % 3
                 if mode == 2:
-                    await trio.sleep(
-                        max(
-                            0,
-                            (schedule.commit_deadline(genesis, rnd) + 1000 - time.time() * 1000)
-                            / 1000,
-                        )
-                    )
+                    await trio.sleep(max(0, (commit_deadline + 1000 - time.time() * 1000) / 1000))
                 commit = sign(
                     CommitTx(
                         rnd,
@@ -145,9 +145,6 @@ async def main(args: argparse.Namespace) -> None:
                     kind = "garbage_proof"
                 await host.gossip.publish(sign(tx, me, cid))
                 say(event=kind, round=rnd)
-                await trio.sleep(
-                    max(0, (schedule.round_start(genesis, rnd + 1) - time.time() * 1000) / 1000)
-                )
 
 
 def plan_b(genesis: object) -> int:
