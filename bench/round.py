@@ -2,7 +2,8 @@
 
 For each size it writes a fresh local testnet (digits-mlp, eval batch 16), runs every
 node as its own OS process, waits for a number of blocks, and reads each node's
-per-round step times from its API (`/rounds/{r}`, `times_ms`, ms since round start).
+per-round step times from its API (`/rounds/{r}`, `times_ms`, ms since the node opened
+the round; rounds end as soon as their block is known, docs/protocol.md §4).
 Reported per size (medians over the measured rounds):
   train, commit       participant: training, then the weight commitment
   reveal              when the reveal reached the nodes (the commit deadline is fixed)
@@ -11,6 +12,10 @@ Reported per size (medians over the measured rounds):
   propose             when the proposer had built and self-validated its block
   propagate           proposer's block -> applied on the slowest node (fetch + full validation)
   block_all           round start -> block applied on every node
+  wall                the round's wall time on node 0: its opening to the next round's
+  critical            the work the round cannot avoid: the slowest participant's train +
+                      commit, the slowest proof, verifying the last proof, one propagation
+  ratio               wall / critical (target <= 1.5)
 and the peak RSS of each node process (the prover workers are separate processes).
 Prints a table and writes bench/results/round.json.
 
@@ -90,10 +95,12 @@ def run_size(participants: int, blocks: int) -> dict[str, Any]:
         for h in range(1, blocks + 1):
             blk = net.get(0, f"/blocks/{h}")
             per_node = [net.get(i, f"/rounds/{blk['round']}") for i in nodes]
-            rounds.append((blk, per_node))
+            nxt = net.client.get(f"{net.api(0)}/rounds/{blk['round'] + 1}")
+            next_start = nxt.json()["start_ms"] if nxt.status_code == 200 else None
+            rounds.append((blk, per_node, next_start))
     finally:
         net.stop()
-    rows = [_breakdown(blk, per_node, spec) for blk, per_node in rounds]
+    rows = [_breakdown(blk, per_node, nxt) for blk, per_node, nxt in rounds]
 
     def med(key: str) -> float | None:
         vals = [r[key] for r in rows if r.get(key) is not None]
@@ -109,8 +116,12 @@ def run_size(participants: int, blocks: int) -> dict[str, Any]:
         "propose",
         "propagate",
         "block_all",
+        "wall",
+        "critical",
     ):
         out[key + "_s"] = med(key)
+    ratios = [r["wall"] / r["critical"] for r in rows if r.get("wall") and r.get("critical")]
+    out["ratio"] = round(statistics.median(ratios), 2) if ratios else None
     out["k"] = [r["k"] for r in rows]
     out["per_round"] = rows
     out["peak_rss_mb_per_node"] = round(max(peaks.values()), 1)
@@ -122,7 +133,7 @@ def _med(values: list[int]) -> float | None:
 
 
 def _breakdown(
-    blk: dict[str, Any], per_node: list[dict[str, Any]], spec: TestnetSpec
+    blk: dict[str, Any], per_node: list[dict[str, Any]], next_start: int | None
 ) -> dict[str, Any]:
     proposer = blk["proposer"]
     times = [r["times_ms"] for r in per_node]
@@ -143,6 +154,15 @@ def _breakdown(
         if any(k.startswith("proof_verified") for k in t)
     ]
     blocks = [t["block"] for t in times if "block" in t]
+    committed = [t["committed"] for t in part if "committed" in t]
+    proving = [t["proved"] - t["revealed"] for t in part if "proved" in t and "revealed" in t]
+    proved_last = max((t["proved"] for t in part if "proved" in t), default=None)
+    propagate = (max(blocks) - mine["proposed"]) if mine and blocks else None
+    critical = None
+    if committed and proving and verified and proved_last is not None and propagate is not None:
+        verify = max(0, max(verified) - proved_last)
+        critical = max(committed) + max(proving) + verify + propagate
+    wall = next_start - per_node[0]["start_ms"] if next_start is not None else None
     out: dict[str, Any] = {
         "round": blk["round"],
         "k": blk["score"],
@@ -155,8 +175,10 @@ def _breakdown(
         "reveal": _med([t["revealed"] for t in times if "revealed" in t]),
         "verify_last": max(verified) if verified else None,
         "propose": mine["proposed"] if mine else None,
-        "propagate": (max(blocks) - mine["proposed"]) if mine and blocks else None,
+        "propagate": propagate,
         "block_all": max(blocks) if blocks else None,
+        "wall": wall,
+        "critical": critical,
     }
     return out
 
@@ -178,6 +200,9 @@ def main() -> None:
         "propose_s",
         "propagate_s",
         "block_all_s",
+        "wall_s",
+        "critical_s",
+        "ratio",
         "peak_rss_mb_per_node",
     ]
     print(" | ".join(cols))

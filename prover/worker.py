@@ -6,9 +6,10 @@ Jobs run in *spawned* OS processes (a fork()ed child deadlocked in ezkl's
 Both cross the pipe pickled: the pipe joins the node to its own child, so both
 ends are trusted. Each call has a timeout; on timeout or cancellation the worker
 is killed (ezkl cannot be interrupted in-process), with a log line, and a pool
-replaces it at once in the background, warm (its `warmup` job run: imports done),
-so a missed deadline never turns into a cold start inside the next round's
-window. A worker that dies mid-job reports that job failed instead of hanging the
+replaces it at once in the background, warm (its `warmup` job run: imports done).
+A caller that gives up (a round's deadline passed) does not kill anything: in a
+pool the job finishes in the background and the warm worker serves the next job,
+so a missed deadline never turns into a cold start inside the next round's window. A worker that dies mid-job reports that job failed instead of hanging the
 caller. No process is ever joined on the event loop: reaping runs in a thread.
 """
 
@@ -23,6 +24,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -74,6 +76,11 @@ def _serve(conn: Connection) -> None:
         except Exception as exc:
             reply = pickle.dumps((job_id, "err", f"{name}: {_describe(exc)}"))
         conn.send_bytes(reply)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    exc: Exception
 
 
 class Worker:
@@ -247,13 +254,53 @@ class WorkerPool:
             log.warning("worker %s could not be started: %s", worker.name, exc)
 
     async def run(self, job: Job[R], *, timeout: float) -> R:
+        """The job's result. A caller that gives up (its deadline passed) does not kill the
+        worker: the job finishes in the pool's nursery, bounded by `timeout`, and the warm
+        worker serves the next job; killing it would cost a cold start, far more than the
+        rest of a job. Only a job that overruns `timeout` (or a crash) costs a process.
+        """
         worker = await self._free.receive()
+        if self._nursery is None:
+            try:
+                return await worker.call(job, timeout=timeout)
+            finally:
+                self._free_send.send_nowait(worker)
+        done = trio.Event()
+        outcome: list[Any] = []
+
+        async def exchange() -> None:
+            try:
+                outcome.append(await worker.call(job, timeout=timeout))
+            except Exception as exc:  # handed to the caller, if it still waits
+                outcome.append(_Failed(exc))
+            finally:
+                done.set()
+                self._release(worker)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(exchange)
         try:
-            return await worker.call(job, timeout=timeout)
-        finally:
-            self._free_send.send_nowait(worker)
-            if not worker.alive() and self._nursery is not None:
-                self._nursery.start_soon(self._keep, worker)
+            await done.wait()
+        except trio.Cancelled:
+            if not done.is_set():
+                log.info(
+                    "worker %s: the caller of %s gave up; the job finishes in the background "
+                    "(at most %s s) and the warm worker stays",
+                    worker.name,
+                    type(job).__name__,
+                    timeout,
+                )
+            raise
+        result = outcome[0]
+        if isinstance(result, _Failed):
+            raise result.exc
+        answer: R = result
+        return answer
+
+    def _release(self, worker: Worker) -> None:
+        self._free_send.send_nowait(worker)
+        if not worker.alive() and self._nursery is not None:
+            self._nursery.start_soon(self._keep, worker)
 
     def close(self) -> None:
         for w in self._workers:

@@ -19,3 +19,21 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     n = build_node(tmp_path_factory.mktemp("node") / "store")
     yield n
     n.store.close()
+
+
+@pytest.fixture(scope="module")
+def busy_core() -> Iterator[None]:
+    """One core kept busy for the module: the end-to-end tests must hold on a loaded machine.
+
+    A deadline is an upper bound, not a schedule; these tests run the network with one of
+    CI's two cores taken by a spinning process, as a user's laptop would be.
+    """
+    import subprocess
+    import sys
+
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        burner.kill()
+        burner.wait()

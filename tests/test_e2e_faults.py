@@ -22,7 +22,8 @@ from node.tools.testnet import init
 from support import child_env
 from support.e2e_util import Net, small_net
 
-pytestmark = pytest.mark.slow
+# Slow, and run with one core kept busy: deadlines are upper bounds, not a schedule.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("busy_core")]
 
 
 @pytest.fixture(scope="module")

@@ -72,16 +72,33 @@ async def test_killed_worker_process_is_replaced(caplog: pytest.LogCaptureFixtur
         w.kill()
 
 
-async def test_cancelling_a_job_kills_its_worker() -> None:
+async def test_a_caller_that_gives_up_leaves_the_job_to_finish_on_the_warm_worker() -> None:
+    """A missed deadline must not cost a cold start: the job ends in the background."""
     async with worker_pool(1) as pool:
         await pool.run(Echo(0), timeout=60)
         worker = pool.workers[0]
-        proc = worker._proc
+        pid = worker.pid
+        with trio.move_on_after(0.5) as scope:
+            await pool.run(Whoami(1.5), timeout=600)
+        assert scope.cancelled_caught
+        start = trio.current_time()
+        assert await pool.run(Echo(3), timeout=60) == 3
+        assert trio.current_time() - start > 0.5, "the next job waited for the first to end"
+        assert worker.pid == pid and worker.restarts == 0
+
+
+async def test_a_worker_outside_a_pool_is_killed_when_its_caller_gives_up() -> None:
+    w = Worker("alone")
+    try:
+        await w.call(Echo(0), timeout=60)
+        proc = w._proc
         with trio.move_on_after(1):
-            await pool.run(Sleep(600), timeout=600)
+            await w.call(Sleep(600), timeout=600)
         await trio.to_thread.run_sync(proc.join, 5)  # killed without blocking; reaped off the loop
         assert proc.exitcode == -9
-        assert await pool.run(Echo(3), timeout=60) == 3
+        assert await w.call(Echo(3), timeout=60) == 3
+    finally:
+        w.kill()
 
 
 async def test_pool_runs_jobs_in_parallel_processes() -> None:
