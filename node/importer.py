@@ -13,6 +13,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
+import trio
 from libp2p.peer.id import ID
 
 from consensus import blocks
@@ -53,6 +54,7 @@ class BlockImporter:
         self.sync = sync
         self.refused: OrderedDict[bytes, str] = OrderedDict()  # invalid or unplaceable blocks
         self.own: set[bytes] = set()  # our own publishes pass our validator
+        self._inflight: dict[bytes, trio.Event] = {}  # blocks being validated right now
         self.want_sync = want_sync  # a block arrived whose parent we lack
 
     def refuse(self, block_hash: bytes, reason: str) -> None:
@@ -76,8 +78,25 @@ class BlockImporter:
     async def import_block(self, block: Block, raw: bytes, sources: list[ID]) -> bool:
         """Validate completely and apply. InvalidError: the block is bad (refused here);
         SyncError: its model could not be fetched (may be transient; not refused).
-        False: a valid block fork choice cannot take."""
+        False: a valid block fork choice cannot take.
+
+        The same block arriving again (several forwarders, gossip and sync at once) while
+        it is being validated waits for that one validation instead of repeating it.
+        """
         h = sha256(raw)
+        busy = self._inflight.get(h)
+        if busy is not None:
+            await busy.wait()
+            if h in self.refused:
+                raise InvalidError(self.refused[h])
+            return self.chain.has(h)
+        self._inflight[h] = trio.Event()
+        try:
+            return await self._import(block, raw, h, sources)
+        finally:
+            self._inflight.pop(h).set()
+
+    async def _import(self, block: Block, raw: bytes, h: bytes, sources: list[ID]) -> bool:
         pinfo = self.chain.parent_info(block.parent)
         if pinfo is None:
             return False

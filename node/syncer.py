@@ -1,7 +1,8 @@
 """Catching up: pull the blocks of a heavier chain from peers and import them.
 
-Woken by the importer (a block whose parent we lack) or every few seconds;
-visits peers one at a time, each bounded, and imports through the one block
+Woken by the importer (a block whose parent we lack) or every few seconds; asks
+every peer's status at once with a short deadline (silent peers cannot slow
+convergence), then pulls from the heaviest peers first, through the one block
 importer, so a synced block is validated exactly like a gossiped one.
 """
 
@@ -19,11 +20,13 @@ from node.chain import Chain
 from node.importer import BlockImporter
 from node.interfaces import Net, Sync
 from p2p import SyncError, penalties
+from p2p.sync import Status
 from prover.worker import WorkerError
 
 log = logging.getLogger("zkpot.node")
 
 POLL_S = 3
+STATUS_TIMEOUT_S = 3  # peers are asked at once: a silent one costs this, not a turn each
 PEER_BUDGET_S = 300  # one slow peer must not stall catching up forever
 BATCH = 64
 
@@ -56,17 +59,35 @@ class Syncer:
     async def run(self) -> None:
         while True:
             await self.wakeup.wait(POLL_S)
-            for peer in list(self.net.connected_peers()):
-                try:
-                    with trio.move_on_after(PEER_BUDGET_S):
-                        await self.sync_from(peer)
-                except (SyncError, ConsensusError, WorkerError) as exc:
-                    log.info("sync from %s failed: %s", peer, exc)
-                except Exception:  # a bug here must never end the node
-                    log.exception("sync from %s failed unexpectedly", peer)
+            await self.sync_once()
 
-    async def sync_from(self, peer: ID) -> None:
-        status = await self.sync.status(peer)
+    async def sync_once(self) -> None:
+        """Ask every peer for its status at once (a silent peer costs STATUS_TIMEOUT_S, once),
+        then catch up from the heaviest peers first until none is ahead."""
+        statuses: dict[ID, Status] = {}
+
+        async def ask(peer: ID) -> None:
+            with trio.move_on_after(STATUS_TIMEOUT_S):
+                try:
+                    statuses[peer] = await self.sync.status(peer)
+                except (SyncError, ConsensusError) as exc:
+                    log.info("status from %s failed: %s", peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.net.connected_peers():
+                nursery.start_soon(ask, peer)
+        for peer, status in sorted(statuses.items(), key=lambda ps: -ps[1].score):
+            if status.score <= self.chain.node(self.chain.head).score:
+                break
+            try:
+                with trio.move_on_after(PEER_BUDGET_S):
+                    await self.sync_from(peer, status)
+            except (SyncError, ConsensusError, WorkerError) as exc:
+                log.info("sync from %s failed: %s", peer, exc)
+            except Exception:  # a bug here must never end the node
+                log.exception("sync from %s failed unexpectedly", peer)
+
+    async def sync_from(self, peer: ID, status: Status) -> None:
         if status.score <= self.chain.node(self.chain.head).score or self.chain.has(status.head):
             return
         start = self.chain.node(self.chain.forks.finalized).height + 1

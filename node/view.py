@@ -1,5 +1,7 @@
 """A read-only view of a node's state, shaped as JSON-ready dicts for the HTTP API.
 
+(Over 300 lines on purpose: every JSON shape the API serves lives here, in one place.)
+
 The API never touches the store, the round log or the p2p host directly: it asks this
 view, so the JSON shapes live in one place and the daemon's objects stay private.
 Bytes are hex strings; times are integer milliseconds; nothing here writes.

@@ -1,5 +1,8 @@
 """Worker processes for CPU-heavy jobs (training, proving, verifying), owned by the node.
 
+(Over 300 lines on purpose: a worker's whole life, spawn, warm-up, jobs, kill, reap and
+replacement, is one state machine best read in one place.)
+
 Jobs run in *spawned* OS processes (a fork()ed child deadlocked in ezkl's
 `prove`, DESIGN.md §4) and talk to the node over a pipe. A request is a typed
 `prover.client.Job`; the child calls its `execute` and sends back the result.

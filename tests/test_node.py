@@ -19,7 +19,7 @@ from consensus import schedule
 from consensus.crypto import SigningKey, sha256
 from consensus.types import Block, Reveal
 from p2p import Verdict
-from prover.client import Prove
+from prover.client import Commit, Prove
 from support.chainfactory import Chain, make_chain
 from support.fakes import FakeNetwork, FakeNode, clock_at, make_node
 
@@ -213,3 +213,47 @@ async def test_a_late_node_imports_the_chain_by_sync(
         height = late.chain.head_height()
         await until(lambda: late.chain.head_height() > height, 30)
         await until(lambda: len({n.chain.head for n in nodes}) == 1, 5)
+
+
+async def test_copies_of_a_block_under_validation_wait_for_that_one_validation(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    chain = make_chain(n=3, num_batches=8)
+    async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
+        observer = nodes[0]
+        observer.prover.delay_s[Commit] = 1.0  # validation takes a while
+        block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 2, 2: 1})
+        idx = chain.participants.index(chain.key_of(block.proposer))
+        observer.chain.store.put_blob(models[idx])
+        verdicts: list[Verdict] = []
+
+        async def deliver(src: FakeNode) -> None:
+            item = Block.decode(block.encode())
+            verdicts.append(await observer.engine.importer.validate(item, src.net.peer_id))
+
+        async with trio.open_nursery() as inner:
+            for src in nodes[1:]:  # three forwarders at once
+                inner.start_soon(deliver, src)
+        assert verdicts == [Verdict.ACCEPT] * 3
+        assert sum(isinstance(j, Commit) for j in observer.prover.calls) == 1
+        assert observer.chain.head == block.hash()
+        del nursery
+
+
+async def test_a_silent_peer_does_not_slow_catching_up(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    chain = make_chain(n=3, num_batches=8, finality_depth=2)
+    async with running_net(tmp_path, chain) as (network, nodes, nursery):
+        await until(lambda: len(canonical(nodes[0])) >= 3, 30)
+        network.add(sha256(b"silent"))  # a connected peer that never answers anything
+
+        late = make_node(
+            network, chain, SigningKey(sha256(b"late")), tmp_path / "late", nodes[0].engine.clock
+        )
+        start = trio.current_time()
+        height = nodes[0].chain.head_height()
+        await late.engine.syncer.sync_once()
+        assert late.chain.head_height() >= height, "caught up past the silent peer"
+        assert trio.current_time() - start < 5, "one short status deadline, not one per peer"
+        del nursery

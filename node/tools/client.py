@@ -1,5 +1,8 @@
 """CLI commands that inspect a running node through its HTTP API.
 
+(Over 300 lines on purpose: one function per inspect command, each small; the tables
+they print are node/tools/tables.py.)
+
 They never open the store: a running node holds its LevelDB lock, and the API is the
 one place that knows what the node has. Output is a readable table, or the API's JSON
 verbatim with `--json`. Every error says what to do next; the exit status is 1 for

@@ -1,5 +1,7 @@
 """The local testnet under Docker Compose: `zkpot testnet compose` and `zkpot testnet dns`.
 
+(Over 300 lines on purpose: the compose file is written as data here, whole.)
+
 `testnet compose` writes a compose file: a one-shot `init` service runs `zkpot testnet
 init` (the same network `zkpot testnet up` runs), then `zkpot testnet dns` rewrites the
 homes for containers and copies each into its own volume, so a participant's container

@@ -152,8 +152,12 @@ class FakeNetwork:
         verdict = await validator(item, src.peer_id)
         self.verdicts.append((str(dst.peer_id), type(item).__name__, verdict))
 
-    def node_of(self, peer: ID) -> FakeNode:
+    async def node_of(self, peer: ID) -> FakeNode:
+        """The node behind a peer; a net with no node is a silent peer: it never answers."""
+        await trio.lowlevel.checkpoint()
         node = next(n.node for n in self.nets if n.peer_id == peer)
+        if node is None:
+            await trio.sleep_forever()
         assert node is not None
         return node
 
@@ -164,18 +168,16 @@ class FakeSync:
     def __init__(self, network: FakeNetwork) -> None:
         self.network = network
 
-    def _store(self, peer: ID) -> ChainStore:
-        return self.network.node_of(peer).chain.store
+    async def _store(self, peer: ID) -> ChainStore:
+        return (await self.network.node_of(peer)).chain.store
 
     async def status(self, peer: ID) -> Status:
-        await trio.lowlevel.checkpoint()
-        node = self.network.node_of(peer)
+        node = await self.network.node_of(peer)
         head = node.chain.node(node.chain.head)
         return Status(node.chain.cid, head.hash, head.height, head.score)
 
     async def blocks(self, peer: ID, start: int, count: int) -> list[BlockEntry]:
-        await trio.lowlevel.checkpoint()
-        store = self._store(peer)
+        store = await self._store(peer)
         out = []
         for height in range(start, start + count):
             h = store.canonical_hash(height)
@@ -186,8 +188,7 @@ class FakeSync:
         return out
 
     async def content(self, peer: ID, content_hash: bytes) -> bytes:
-        await trio.lowlevel.checkpoint()
-        store = self._store(peer)
+        store = await self._store(peer)
         data = store.get_blob(content_hash) or store.get_block(content_hash)
         if data is None:
             raise SyncError(f"{peer} does not have {content_hash.hex()[:12]}")
@@ -195,10 +196,11 @@ class FakeSync:
 
     async def content_from_any(self, peers: list[ID], content_hash: bytes) -> bytes:
         for peer in peers:
-            try:
-                return await self.content(peer, content_hash)
-            except SyncError:
-                continue
+            with trio.move_on_after(3):  # as the real client: a silent peer costs a deadline
+                try:
+                    return await self.content(peer, content_hash)
+                except SyncError:
+                    continue
         raise SyncError(f"no peer has {content_hash.hex()[:12]}")
 
 
