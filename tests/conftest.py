@@ -31,7 +31,9 @@ def busy_core() -> Iterator[None]:
     import subprocess
     import sys
 
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # Spins until its parent (this test run) is gone, so even a killed run leaves no burner.
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
+    burner = subprocess.Popen([sys.executable, "-c", spin])
     try:
         yield
     finally:
