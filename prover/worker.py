@@ -34,10 +34,14 @@ from typing import Any, TypeVar
 import trio
 
 from prover.client import Job
+from prover.faults import Faults
 
 log = logging.getLogger("zkpot.worker")
 
 R = TypeVar("R")
+
+GRACE_S = 10.0  # how long a job whose caller gave up may still run
+WARMUP_TIMEOUT_S = 600
 
 
 class WorkerError(Exception):
@@ -63,8 +67,9 @@ def _describe(exc: BaseException) -> str:
 def _serve(conn: Connection) -> None:
     """Child main loop: one job at a time until the pipe closes.
 
-    A request is ``(id, job class name, pickled job)``: the job is unpickled on its
-    own, so a job this process cannot load fails that job, not the worker.
+    A request is ``(id, job class name, pickled job, stall seconds)``: the job is
+    unpickled on its own, so a job this process cannot load fails that job, not the
+    worker; the stall is prover.faults' test hook (0 unless a test asks).
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     while True:
@@ -72,7 +77,9 @@ def _serve(conn: Connection) -> None:
             raw = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        job_id, name, payload = pickle.loads(raw)
+        job_id, name, payload, stall_s = pickle.loads(raw)
+        if stall_s:
+            time.sleep(stall_s)
         try:
             job = pickle.loads(payload)
             reply = pickle.dumps((job_id, "ok", job.execute()), pickle.HIGHEST_PROTOCOL)
@@ -167,18 +174,18 @@ class Worker:
         async with self._lock:
             await self._ensure()
 
-    async def call(self, job: Job[R], *, timeout: float) -> R:
+    async def call(self, job: Job[R], *, timeout: float, stall_s: float = 0.0) -> R:
         async with self._lock:
             await self._ensure()
-            return await self._exchange(job, timeout=timeout)
+            return await self._exchange(job, timeout=timeout, stall_s=stall_s)
 
-    async def _exchange(self, job: Job[R], *, timeout: float) -> R:
+    async def _exchange(self, job: Job[R], *, timeout: float, stall_s: float = 0.0) -> R:
         name = type(job).__name__
         payload = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)  # an unpicklable job fails here
         conn = self._conn
         assert conn is not None
         job_id = next(self._ids)
-        conn.send_bytes(pickle.dumps((job_id, name, payload), pickle.HIGHEST_PROTOCOL))
+        conn.send_bytes(pickle.dumps((job_id, name, payload, stall_s), pickle.HIGHEST_PROTOCOL))
         why = f"job {name} was cancelled"
         done = False
         try:
@@ -235,12 +242,15 @@ class WorkerPool:
         *,
         nursery: trio.Nursery | None = None,
         warmup: Job[Any] | None = None,
+        grace_s: float = GRACE_S,
     ) -> None:
         if size < 1:
             raise ValueError("a worker pool needs at least one worker")
         self._workers = [Worker(f"{name}-{i}", warmup) for i in range(size)]
         self._nursery = nursery
         self._free_send, self._free = trio.open_memory_channel[Worker](size)
+        self._grace_s = grace_s
+        self._faults = Faults.from_env()
         for w in self._workers:
             self._free_send.send_nowait(w)
             if nursery is not None:
@@ -263,9 +273,10 @@ class WorkerPool:
         rest of a job. Only a job that overruns `timeout` (or a crash) costs a process.
         """
         worker = await self._free.receive()
+        stall_s = self._faults.stall_for(type(job).__name__)
         if self._nursery is None:
             try:
-                return await worker.call(job, timeout=timeout)
+                return await worker.call(job, timeout=timeout, stall_s=stall_s)
             finally:
                 self._free_send.send_nowait(worker)
         done = trio.Event()
@@ -273,7 +284,7 @@ class WorkerPool:
 
         async def exchange() -> None:
             try:
-                outcome.append(await worker.call(job, timeout=timeout))
+                outcome.append(await worker.call(job, timeout=timeout, stall_s=stall_s))
             except Exception as exc:  # handed to the caller, if it still waits
                 outcome.append(_Failed(exc))
             finally:
@@ -287,18 +298,27 @@ class WorkerPool:
         except trio.Cancelled:
             if not done.is_set():
                 log.info(
-                    "worker %s: the caller of %s gave up; the job finishes in the background "
-                    "(at most %s s) and the warm worker stays",
+                    "worker %s: the caller of %s gave up; the job may finish in the background "
+                    "(for %s s) and the warm worker stays",
                     worker.name,
                     type(job).__name__,
-                    timeout,
+                    self._grace_s,
                 )
+                self._nursery.start_soon(self._expire, worker, done, type(job).__name__)
             raise
         result = outcome[0]
         if isinstance(result, _Failed):
             raise result.exc
         answer: R = result
         return answer
+
+    async def _expire(self, worker: Worker, done: trio.Event, name: str) -> None:
+        """A job nobody waits for may finish for a while (cheaper than a new process);
+        past the grace period it is stuck or far too slow: kill it, a warm one replaces it."""
+        with trio.move_on_after(self._grace_s):
+            await done.wait()
+        if not done.is_set():
+            worker._abandon(f"job {name} still running {self._grace_s} s after its caller gave up")
 
     def _release(self, worker: Worker) -> None:
         self._free_send.send_nowait(worker)
@@ -308,9 +328,6 @@ class WorkerPool:
     def close(self) -> None:
         for w in self._workers:
             w.kill()
-
-
-WARMUP_TIMEOUT_S = 600
 
 
 def run_once(job: Job[R], *, timeout: float, name: str = "oneshot") -> R:

@@ -9,6 +9,7 @@ more accurate than the genesis model.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from typing import Any
@@ -19,11 +20,14 @@ import pytest
 from node.home import Home, NodeConfig
 from node.tools.testnet import init
 from prover.data import load_dataset
+from prover.faults import ENV as FAULTS
 from prover.train import evaluate_float
 from support.e2e_util import Net, small_net
 
 # Slow, and run with one core kept busy: deadlines are upper bounds, not a schedule.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("busy_core")]
+
+STALL = "Prove:2:40"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
     observer.initial_model_file.unlink()
     n = Net(root, spec)
     for i in range(4):
-        n.start(i)
+        # node1's second proof stalls 40 s in its worker: far past the proof deadline.
+        n.start(i, {FAULTS: STALL} if i == 1 else None)
     try:
         yield n
     finally:
@@ -73,6 +78,31 @@ def test_late_observer_and_killed_participant_catch_up_and_agree(net: Net) -> No
     assert len(hashes) == 1, hashes
     assert net.status(4)["role"] == "observer"  # type: ignore[index]
     assert (net.home(4).artifacts / "vk.key").is_file()  # fetched by hash from peers
+
+
+def test_a_participant_whose_proof_overran_takes_part_again_next_round(net: Net) -> None:
+    """A missed deadline costs that round, not the ones after (no cold-start livelock)."""
+    log = net.home(1).path / "node.log"
+    key = net.home(1).load_key().public.hex()
+    missed = None
+    end = time.time() + 300
+    while missed is None and time.time() < end:
+        found = re.search(r"round (\d+): proving failed or missed the deadline", log.read_text())
+        missed = int(found.group(1)) if found else None
+        time.sleep(1)
+    assert missed is not None, "the stalled proof should have missed its round"
+    back = None
+    while back is None and time.time() < end:
+        current = net.status(0)["round"]  # type: ignore[index]
+        for rnd in range(missed + 1, current + 1):
+            r = net.client.get(f"{net.api(0)}/rounds/{rnd}")
+            proofs = r.json()["proofs"] if r.status_code == 200 else []
+            if any(p["participant"] == key and p["valid"] for p in proofs):
+                back = rnd
+        time.sleep(1)
+    assert back is not None and back <= missed + 3, f"node1 missed round {missed}, back {back}"
+    target = net.status(0)["finalized"]["height"] + 1  # type: ignore[index]
+    net.wait_finalized([0, 1, 3], target, timeout=240)
 
 
 def test_the_global_model_improves_over_the_genesis_model(net: Net) -> None:

@@ -8,7 +8,8 @@ import pytest
 import trio
 
 from prover.client import Train
-from prover.worker import JobFailed, JobTimeout, Worker, WorkerCrashed, worker_pool
+from prover.faults import ENV, Faults
+from prover.worker import JobFailed, JobTimeout, Worker, WorkerCrashed, WorkerPool, worker_pool
 from support.worker_jobs import Crash, Echo, Fail, Sleep, Unloadable, Whoami
 
 
@@ -175,3 +176,37 @@ async def test_a_killed_worker_is_replaced_warm_before_the_next_job(
         assert any("killed it" in r.message for r in caplog.records), "every kill is logged"
         assert any("warm in" in r.message and str(worker.pid) in r.message for r in caplog.records)
         assert await pool.run(Echo("next"), timeout=60) == "next"
+
+
+async def test_a_job_nobody_waits_for_is_killed_after_the_grace_period() -> None:
+    """A stuck job (ezkl can hang) must not hold the warm worker past its grace period."""
+    async with trio.open_nursery() as nursery:
+        pool = WorkerPool(1, nursery=nursery, grace_s=0.5)
+        try:
+            await pool.run(Echo(0), timeout=60)
+            first = pool.workers[0].pid
+            with trio.move_on_after(0.2):
+                await pool.run(Sleep(600), timeout=600)
+            assert await pool.run(Echo("after"), timeout=60) == "after"
+            assert pool.workers[0].pid != first
+        finally:
+            nursery.cancel_scope.cancel()
+            pool.close()
+
+
+async def test_the_fault_hook_stalls_the_chosen_job_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, "Whoami:2:1.0")
+    async with worker_pool(1) as pool:
+        first = await pool.run(Whoami(0), timeout=60)
+        t0 = trio.current_time()
+        second = await pool.run(Whoami(0), timeout=60)
+        assert trio.current_time() - t0 >= 1.0 and first[0] == second[0]
+        t0 = trio.current_time()
+        await pool.run(Whoami(0), timeout=60)
+        assert trio.current_time() - t0 < 1.0
+
+
+@pytest.mark.parametrize("spec", ["Prove", "Prove:x:1", "Prove:0:1", "Prove:1:-1", "Prove:1:2:3"])
+def test_a_malformed_fault_spec_is_refused_with_the_reason(spec: str) -> None:
+    with pytest.raises(ValueError, match="JOB:N:SECONDS"):
+        Faults.parse(spec)

@@ -10,6 +10,7 @@ nodes are observers.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -168,13 +169,17 @@ def _homes(directory: Path) -> list[Home]:
     return homes
 
 
-def start_node(home: Home) -> subprocess.Popen[bytes]:
-    """`zkpot node start` for one home as its own OS process, logging to HOME/node.log."""
+def start_node(home: Home, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`zkpot node start` for one home as its own OS process, logging to HOME/node.log.
+
+    `env` adds to this process's environment (e.g. a test's prover.faults hook).
+    """
     with (home.path / "node.log").open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "node.tools.cli", "node", "start", "--home", str(home.path)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
         )
 
 

@@ -62,8 +62,8 @@ class Net:
     def api(self, i: int) -> str:
         return f"http://127.0.0.1:{self.spec.api_base_port + i}"
 
-    def start(self, i: int) -> None:
-        self.procs[i] = start_node(self.home(i))
+    def start(self, i: int, env: dict[str, str] | None = None) -> None:
+        self.procs[i] = start_node(self.home(i), env)
 
     def kill9(self, i: int) -> None:
         self.procs[i].send_signal(signal.SIGKILL)
