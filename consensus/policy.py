@@ -120,12 +120,14 @@ def proposal_decision(
 ) -> Decision:
     """At the proposal time of `rank_due`: propose, wait for our rank, or abstain.
 
-    An honest participant proposes at its own rank's time unless a block that fork
-    choice prefers to ours (`candidate`: the node our block would be) already
-    exists for the same parent; with no valid proof of k >= 1 it never proposes.
+    An honest participant proposes from its own rank's time on unless a block that
+    fork choice prefers to ours (`candidate`: the node our block would be) already
+    exists for the same parent; with no valid proof of k >= 1 it never proposes. A
+    participant whose proof was ready only after its rank's time (a slow machine)
+    still proposes while the round lasts: a better late block wins by fork choice.
     """
     mine = next((r for r in ranking if r.participant == me), None)
-    if mine is None or mine.k < 1 or mine.rank > max_rank or mine.rank < rank_due:
+    if mine is None or mine.k < 1 or mine.rank > max_rank:
         return Decision.ABSTAIN
     if (
         candidate is not None
@@ -133,7 +135,7 @@ def proposal_decision(
         and not is_better(candidate, best_sibling)
     ):
         return Decision.ABSTAIN
-    return Decision.PROPOSE if mine.rank == rank_due else Decision.WAIT
+    return Decision.PROPOSE if mine.rank <= rank_due else Decision.WAIT
 
 
 def best_of(a: ChainNode | None, b: ChainNode) -> ChainNode:

@@ -74,10 +74,13 @@ class Participant:
             return
         st = self.pool.state(rnd)
         rec = self.pool.roundlog.record(rnd)
-        with trio.move_on_after(self._budget_s(schedule.proof_deadline(self.genesis, opened))):
+        # The proof deadline is when others stop waiting for ours, not when it stops being
+        # useful: while the round lasts, a late proof can still make (or beat) its block.
+        end = schedule.round_end(self.genesis, opened)
+        with trio.move_on_after(self._budget_s(end)):
             await st.revealed.wait()
         if st.reveal is None:
-            rec.notes.append("no reveal before the proof deadline")
+            rec.notes.append("no reveal while the round lasted")
             return
         if mine.commit.hash() not in st.reveal.sealed:
             rec.notes.append("our commit was not sealed by the publisher")
@@ -142,12 +145,16 @@ class Participant:
             self.artifacts, self.genesis.task.architecture, mine.weights, st.reveal.batch.encode()
         )
         try:
-            with trio.fail_after(self._budget_s(schedule.proof_deadline(self.genesis, opened))):
+            with trio.fail_after(self._budget_s(schedule.round_end(self.genesis, opened))):
                 proved = await self.prover.run(job, timeout=self.prove_timeout_s)
         except (trio.TooSlowError, WorkerError) as exc:
             self.pool.roundlog.record(rnd).notes.append(f"proving failed or was late: {exc!r}")
             log.warning("round %d: proving failed or missed the deadline: %r", rnd, exc)
             return False
+        except trio.Cancelled:
+            self.pool.roundlog.record(rnd).notes.append("the round ended before our proof")
+            log.warning("round %d: proving failed or missed the deadline: the round ended", rnd)
+            raise
         cid = mine.commit.hash()
         tx = ProofTx(rnd, cid, self.key.public, mine.commitment, proved.k, proved.proof, bytes(64))
         tx = sign(tx, self.key, self.cid)
