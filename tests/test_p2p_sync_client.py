@@ -77,7 +77,7 @@ async def test_a_silent_peer_costs_one_stall_period_not_a_minute() -> None:
         start = trio.current_time()
         with pytest.raises(SyncError, match="stalled"):
             await SyncClient(me, QUICK).status(mute.peer_id)
-        assert trio.current_time() - start < QUICK.response_stall_s + 1
+        assert trio.current_time() - start < QUICK.open_timeout_s + QUICK.response_stall_s
 
 
 async def test_content_is_raced_so_silent_peers_first_in_line_cost_nothing(
@@ -100,7 +100,8 @@ async def test_content_is_raced_so_silent_peers_first_in_line_cost_nothing(
                 [*(m.peer_id for m in mutes), good.peer_id], BLOB_HASH
             )
             assert got == BLOB
-            assert trio.current_time() - start < 2.0
+            # in turn, each silent peer would have cost a whole stall period first
+            assert trio.current_time() - start < client.limits.response_stall_s
             assert me.merit.is_useful(good.peer_id)
             assert not any(me.merit.is_useful(m.peer_id) for m in mutes)  # cancelled, not served
     finally:

@@ -55,7 +55,7 @@ SMALL = SyncLimits(
 )
 # the attack as measured: streams held for as long as the attackers like (the stream
 # budgets are tested on their own below), so only admission stands in the way
-HELD = dataclasses.replace(SMALL, stream_idle_s=600.0)
+HELD = dataclasses.replace(SMALL, request_timeout_s=5.0, stream_idle_s=600.0)
 
 
 @dataclass
@@ -214,10 +214,11 @@ async def served_until_closed(limits: SyncLimits, store: ChainStore, period: flo
 async def test_a_stream_trickling_requests_just_inside_the_idle_limit_is_closed(
     store: ChainStore,
 ) -> None:
-    """One request every 0.9 s passes the 1 s per-frame limit forever; 2.5 s in all ends it."""
+    """One request every 0.8 s passes the 1 s per-frame limit forever; 2.5 s in all ends it
+    (after 4 answers, or 3 if a loaded machine stretches the waits)."""
     limits = SyncLimits(request_timeout_s=1.0, stream_idle_s=2.5)
-    answers, took = await served_until_closed(limits, store, 0.9)
-    assert answers == 3 and 2.3 <= took < 3.5, (answers, took)
+    answers, took = await served_until_closed(limits, store, 0.8)
+    assert 3 <= answers <= 4 and 2.3 <= took < 4.0, (answers, took)
 
 
 async def test_a_busy_stream_ends_at_its_lifetime_or_request_count(store: ChainStore) -> None:
