@@ -219,6 +219,8 @@ class Gossip:
             verdict = Verdict.REJECT
         if verdict is Verdict.REJECT:
             self._host.penalise(forwarder, penalties.INVALID, f"invalid {item.NAME}")
+        elif verdict is Verdict.ACCEPT and isinstance(item, Block):
+            self._host.merit.served(forwarder)  # first to bring us a valid block: slot priority
         return verdict
 
     async def _drain(self, kind: TopicKind, sub: Any) -> None:

@@ -6,7 +6,8 @@ single crafted frame from any peer can end the node. The patches below make ever
 entry point a peer can reach catch-all at its boundary: the stream is reset, the
 peer is reported to `on_misbehaviour` (which penalises it) and the node goes on.
 
-Patches, and the trap each closes (tests in tests/test_p2p_hardening.py):
+Patches, and the trap each closes (tests in tests/test_p2p_hardening.py; 6 and 7 in
+tests/test_p2p_refusal.py):
 
 1. `guard_stream_handlers`: the swarm's common stream handler (protocol negotiation
    plus the protocol's handler) is wrapped. Trap: garbage during multistream-select
@@ -24,6 +25,19 @@ Patches, and the trap each closes (tests in tests/test_p2p_hardening.py):
    The gossip publish path adds backpressure on top (p2p.gossip).
 5. Listener close, negative dial cache and 250 ms dial delay are handled in p2p.host
    (see `P2PHost.run` and `P2PHost._dial`).
+6. `refuse_before_handshake`: the swarm's connection gate also asks `refuses(ip)`.
+   Trap: py-libp2p learns who dials in only at the end of the Noise XX handshake (the
+   dialer's static key and signed identity come in its third message), then builds the
+   Yamux session, and tells notifees only after that: a banned peer that reconnects gets
+   a full handshake and a session before anything of ours can refuse it. The gate
+   (`Swarm._do_handle_inbound_connection`) is the only hook that runs on the raw socket
+   before the first handshake byte, and it sees only the remote (ip, port), so what can
+   be refused there is an address (p2p.standing decides which). It also filters our own
+   dials, so we never dial a refused address either.
+7. `refuse_after_security`: the upgrader's `upgrade_security` is wrapped. It is the
+   earliest point where the peer id is known: a banned identity is dropped there,
+   before the muxer, the notifees and any stream; `on_secured(peer, ip)` records the
+   address each peer authenticated from (bans mark it).
 """
 
 from __future__ import annotations
@@ -36,6 +50,9 @@ from typing import Any
 import trio
 from libp2p.pubsub import pubsub as _pubsub_mod
 from libp2p.pubsub import rpc_queue as _rpc_queue_mod
+from libp2p.transport.exceptions import SecurityUpgradeFailure
+
+from p2p.addrs import ip_of_multiaddr, remote_ip
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +157,39 @@ def install_queue_size() -> None:
     namespace = vars(_pubsub_mod)
     if namespace.get("RpcQueue") is not _LargerRpcQueue:
         namespace["RpcQueue"] = _LargerRpcQueue
+
+
+def refuse_before_handshake(swarm: Any, refuses: Callable[[str], bool]) -> None:
+    """Patch 6: raw connections from an address `refuses` names close before the handshake."""
+    gate = swarm.connection_gate
+    inner: Callable[[Any], Awaitable[bool]] = gate.is_allowed
+
+    async def is_allowed(remote_addr: Any) -> bool:
+        ip = ip_of_multiaddr(remote_addr)
+        if ip is not None and refuses(ip):
+            log.debug("refused %s before the handshake (banned address)", remote_addr)
+            return False
+        return await inner(remote_addr)
+
+    gate.is_allowed = is_allowed
+
+
+def refuse_after_security(
+    swarm: Any, refuses_peer: Callable[[Any], bool], on_secured: Callable[[Any, str | None], None]
+) -> None:
+    """Patch 7: a banned identity is dropped right after the Noise handshake, before the muxer."""
+    upgrader = swarm.upgrader
+    inner: Callable[..., Awaitable[Any]] = upgrader.upgrade_security
+
+    async def upgrade_security(raw_conn: Any, is_initiator: bool, peer_id: Any = None) -> Any:
+        secured = await inner(raw_conn, is_initiator, peer_id)
+        peer = secured.get_remote_peer()
+        on_secured(peer, remote_ip(raw_conn))
+        if refuses_peer(peer):
+            log.debug("refused %s after the handshake (banned)", peer)
+            with trio.move_on_after(2), contextlib.suppress(Exception):
+                await secured.close()
+            raise SecurityUpgradeFailure(f"peer {peer} is banned")
+        return secured
+
+    upgrader.upgrade_security = upgrade_security

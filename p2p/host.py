@@ -8,12 +8,18 @@ refuse the peer for 60 s), and leaving `run()` closes listeners and connections
 (leaving py-libp2p's `host.run()` leaves the listening socket open).
 Peer addresses may name hosts (`/dns4/node1/tcp/27101/p2p/<id>`, as in a compose
 testnet): they are resolved by the system resolver at every dial.
+
+Refusals, earliest first: a banned address on the raw socket before the handshake
+(hardening patch 6), a banned identity right after the Noise handshake (patch 7), the
+connection limit once connected (`_Notifee`). Scores and bans are p2p.standing;
+`merit` (p2p.slots) records which peers have served us, for the sync server's slots.
+(Over 300 lines: one class owns the host's lifecycle, peers and refusals; the logic
+behind each lives in the modules named above.)
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,8 +30,6 @@ import multiaddr
 import trio
 from libp2p import new_host
 from libp2p.abc import INotifee
-from libp2p.crypto.ed25519 import Ed25519PrivateKey
-from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
@@ -38,7 +42,20 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2p import hardening, penalties
+from p2p.addrs import addr_key, ip_of_multiaddr, resolve_addr
 from p2p.gossip import Gossip, GossipConfig
+from p2p.identity import key_pair_from_seed, peer_id_from_seed, public_key_of
+from p2p.slots import PeerMerit
+from p2p.standing import Standing
+
+__all__ = [
+    "HostConfig",
+    "P2PHost",
+    "key_pair_from_seed",
+    "peer_id_from_seed",
+    "public_key_of",
+    "resolve_addr",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,72 +75,15 @@ class HostConfig:
     ban_threshold: float = 100.0
     penalty_decay_per_s: float = 1.0
     ban_s: float = 300.0
+    # an address is refused before the handshake once this many identities from it are
+    # banned, even while peers in good standing share it (p2p.standing)
+    addr_ban_after: int = 3
     gossip: GossipConfig = field(default_factory=GossipConfig)
 
 
-def key_pair_from_seed(seed: bytes) -> KeyPair:
-    """libp2p identity from the node's 32-byte ed25519 seed (peer id = its public key)."""
-    if len(seed) != 32:
-        raise ValueError(f"ed25519 seed must be 32 bytes, got {len(seed)}")
-    private = Ed25519PrivateKey.new(seed)
-    return KeyPair(private, private.get_public_key())
-
-
-def peer_id_from_seed(seed: bytes) -> ID:
-    return ID.from_pubkey(key_pair_from_seed(seed).public_key)
-
-
-def public_key_of(peer: ID) -> bytes | None:
-    """The raw ed25519 key inside a peer id (None for non-ed25519 or unparsable ids)."""
-    try:
-        key = peer.extract_public_key()
-    except Exception:
-        return None
-    if key is None:
-        return None
-    raw: bytes = key.to_bytes()
-    return raw if len(raw) == 32 else None
-
-
-_DNS_FAMILIES = {"dns4": socket.AF_INET, "dns6": socket.AF_INET6, "dns": socket.AF_UNSPEC}
-
-
-async def resolve_addr(addr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
-    """`/dns4|dns6|dns/<name>/...` as IP multiaddrs; any other address unchanged.
-
-    py-libp2p's own resolver (dnspython) ignores /etc/hosts and fails under trio here,
-    so the system resolver does it: hosts file, then DNS (Docker's for service names).
-    Resolved again at every dial: a restarted container may come back on a new IP.
-    An unresolvable name gives [] (the reconnect loop tries again later).
-    """
-    parts = str(addr).split("/")  # ["", "dns4", "<name>", "tcp", "<port>", ...]
-    family = _DNS_FAMILIES.get(parts[1]) if len(parts) > 2 else None
-    if family is None:
-        return [addr]
-    try:
-        infos = await trio.socket.getaddrinfo(parts[2], None, family, socket.SOCK_STREAM)
-    except OSError as exc:
-        log.debug("cannot resolve %s: %s", addr, exc)
-        return []
-    rest = "/".join(parts[3:])
-    out: list[multiaddr.Multiaddr] = []
-    for fam, *_, sockaddr in infos:
-        proto = "ip4" if fam == socket.AF_INET else "ip6"
-        resolved = multiaddr.Multiaddr(f"/{proto}/{sockaddr[0]}/{rest}")
-        if resolved not in out:
-            out.append(resolved)
-    return out
-
-
-@dataclass
-class _Standing:
-    score: float = 0.0
-    updated: float = 0.0
-    banned_until: float = 0.0
-
-
 class _Notifee(INotifee):
-    """Refuses connections from banned peers and beyond the connection limit."""
+    """Refuses connections beyond the connection limit (and banned peers, should one get
+    past the security upgrade)."""
 
     def __init__(self, owner: P2PHost) -> None:
         self._owner = owner
@@ -177,14 +137,23 @@ class P2PHost:
             ),
         )
         self.peer_id: ID = self.libp2p.get_id()
-        self._standing: dict[ID, _Standing] = {}
+        self.standing = Standing(
+            ban_threshold=config.ban_threshold,
+            decay_per_s=config.penalty_decay_per_s,
+            ban_s=config.ban_s,
+            addr_ban_after=config.addr_ban_after,
+        )
+        self.merit = PeerMerit()  # who has served us: the sync server gives them slots first
         self._known: dict[ID, list[multiaddr.Multiaddr]] = {}
         for addr in config.bootstrap:
             self.add_peer_addr(addr)
         self._nursery: trio.Nursery | None = None
         self._running = False
         hardening.guard_stream_handlers(self.libp2p, self.misbehaved)
-        self.libp2p.get_network().register_notifee(_Notifee(self))
+        swarm = self.libp2p.get_network()
+        hardening.refuse_before_handshake(swarm, self.refuses_address)
+        hardening.refuse_after_security(swarm, self.is_banned, self._on_secured)
+        swarm.register_notifee(_Notifee(self))
         self.gossip = Gossip(self, chain_id, config.gossip)
 
     # ------------------------------------------------------------------ lifecycle
@@ -220,17 +189,23 @@ class P2PHost:
             self._nursery = None
 
     async def _close_network(self, network: Any) -> None:
-        for peer in list(network.connections):
-            try:
-                await network.close_peer(peer)
-            except Exception:
-                log.debug("closing connection to %s failed", peer, exc_info=True)
+        # listeners first (nothing new comes in), then every connection at once: closing
+        # one takes a few hundred ms, and one after another would outlast the deadline
         for name, listener in list(network.listeners.items()):
             try:
                 await listener.close()
             except Exception:
                 log.debug("closing listener %s failed", name, exc_info=True)
         network.listeners.clear()
+        async with trio.open_nursery() as nursery:
+            for peer in list(network.connections):
+                nursery.start_soon(self._close_peer, network, peer)
+
+    async def _close_peer(self, network: Any, peer: ID) -> None:
+        try:
+            await network.close_peer(peer)
+        except Exception:
+            log.debug("closing connection to %s failed", peer, exc_info=True)
 
     @property
     def addrs(self) -> list[str]:
@@ -321,12 +296,9 @@ class P2PHost:
         if peer is None or peer == self.peer_id:
             return
         now = time.monotonic()
-        st = self._standing.setdefault(peer, _Standing(updated=now))
-        st.score = max(0.0, st.score - (now - st.updated) * self.config.penalty_decay_per_s)
-        st.score += points
-        st.updated = now
-        log.info("penalty %.0f for %s: %s (score %.0f)", points, peer, reason, st.score)
-        if st.score >= self.config.ban_threshold and st.banned_until <= now:
+        score = self.standing.penalise(peer, points, now)
+        log.info("penalty %.0f for %s: %s (score %.0f)", points, peer, reason, score)
+        if score >= self.config.ban_threshold and not self.standing.is_banned(peer, now):
             self.ban(peer, reason)
 
     def misbehaved(self, peer: Any, reason: str) -> None:
@@ -338,8 +310,7 @@ class P2PHost:
             self.penalise(peer, points, reason)
 
     def ban(self, peer: ID, reason: str) -> None:
-        st = self._standing.setdefault(peer, _Standing(updated=time.monotonic()))
-        st.banned_until = time.monotonic() + self.config.ban_s
+        self.standing.ban(peer, time.monotonic())
         log.warning("banning %s for %.0f s: %s", peer, self.config.ban_s, reason)
         try:
             self.gossip.pubsub.add_to_blacklist(peer)
@@ -349,23 +320,31 @@ class P2PHost:
             self._nursery.start_soon(self._disconnect, peer)
 
     def is_banned(self, peer: ID) -> bool:
-        st = self._standing.get(peer)
-        return st is not None and st.banned_until > time.monotonic()
+        return self.standing.is_banned(peer, time.monotonic())
 
     def penalty_score(self, peer: ID) -> float:
-        st = self._standing.get(peer)
-        if st is None:
-            return 0.0
-        decayed = st.score - (time.monotonic() - st.updated) * self.config.penalty_decay_per_s
-        return max(0.0, decayed)
+        return self.standing.score(peer, time.monotonic())
 
     def _expire_bans(self) -> None:
-        now = time.monotonic()
-        for peer, st in list(self._standing.items()):
-            if 0 < st.banned_until <= now:
-                st.banned_until = 0.0
-                st.score = 0.0
-                self.gossip.pubsub.remove_from_blacklist(peer)
+        for peer in self.standing.expire(time.monotonic()):
+            self.gossip.pubsub.remove_from_blacklist(peer)
+
+    def _on_secured(self, peer: ID, ip: str | None) -> None:
+        if ip is not None:
+            self.standing.seen(peer, addr_key(ip))
+
+    def refuses_address(self, ip: str) -> bool:
+        """Refuse a raw connection from `ip` before the handshake (p2p.standing's rule)."""
+        return self.standing.refuses_addr(addr_key(ip), time.monotonic(), self._good_addresses)
+
+    def _good_addresses(self) -> set[str]:
+        # where peers in good standing are: the connected ones, and the ones we were told of
+        good = [p for p in self.connected_peers() if not self.is_banned(p)]
+        out = {a for a in map(self.standing.address_of, good) if a is not None}
+        for peer, addrs in self._known.items():
+            if not self.is_banned(peer):
+                out.update(addr_key(ip) for ip in map(ip_of_multiaddr, addrs) if ip is not None)
+        return out
 
     # ------------------------------------------------------------------ streams
 

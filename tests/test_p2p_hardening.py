@@ -16,24 +16,18 @@ from typing import Any
 import multiaddr
 import pytest
 import trio
-from libp2p import new_host
-from libp2p.crypto.x25519 import create_new_key_pair as x25519
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
-from libp2p.security.noise.transport import Transport as Noise
-from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
-from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from consensus.types import CommitTx
-from p2p import P2PHost, SyncLimits, SyncServer, TopicKind, key_pair_from_seed
+from p2p import P2PHost, SyncLimits, SyncServer, TopicKind
 from p2p.framing import encode_frame, encode_varint
 from p2p.gossip import GOSSIPSUB_PROTOCOLS
 from p2p.sync import sync_protocol
 from storage import ChainStore
 from support.chainfactory import make_chain
-from support.p2p_util import config, connect_line, receive, running
+from support.p2p_util import bare_hosts, config, connect_line, receive, running
 
 CHAIN = make_chain()
 MESHSUB = TProtocol(GOSSIPSUB_PROTOCOLS[0])
@@ -60,13 +54,7 @@ async def still_gossiping(hosts: list[P2PHost]) -> None:
 @asynccontextmanager
 async def attacker() -> AsyncIterator[Any]:
     """A bare py-libp2p host (no hardening) to hand-build streams with."""
-    kp = key_pair_from_seed(os.urandom(32))
-    host = new_host(
-        key_pair=kp,
-        sec_opt={NOISE: Noise(kp, noise_privkey=x25519().private_key)},
-        muxer_opt={TProtocol(YAMUX): Yamux},
-    )
-    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+    async with bare_hosts(1) as (host,):
         yield host
 
 

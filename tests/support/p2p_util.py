@@ -1,22 +1,47 @@
-"""Shared helpers for the p2p tests: real hosts on 127.0.0.1, polling waits, validators."""
+"""Shared helpers for the p2p tests: real hosts on 127.0.0.1, polling waits, validators.
+
+Linux routes all of 127.0.0.0/8 to the loopback interface, so a host can dial from
+127.0.0.2, 127.0.0.3, ... (`dial_from`): one machine plays peers on several addresses,
+which the per-address limits and bans need.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import itertools
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import multiaddr
 import trio
+from libp2p import new_host
+from libp2p.crypto.x25519 import create_new_key_pair as x25519
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
+from libp2p.security.noise.transport import Transport as Noise
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
+from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from consensus import rules
 from consensus.errors import InvalidError
 from consensus.strategy import rule_for
 from consensus.types import Block, CommitTx, Genesis, ProofTx, Reveal
-from p2p import Delivered, GossipConfig, GossipItem, HostConfig, P2PHost, TopicKind, Verdict
+from p2p import (
+    Delivered,
+    GossipConfig,
+    GossipItem,
+    HostConfig,
+    P2PHost,
+    TopicKind,
+    Verdict,
+    key_pair_from_seed,
+)
 from storage import BlockMeta, ChainStore
 from support.chainfactory import Chain
 
@@ -126,3 +151,42 @@ def build_store(path: Path, chain: Chain, blocks: int) -> tuple[ChainStore, list
         parent = block.hash()
         out.append(block)
     return store, out
+
+
+def dial_from(libp2p_host: Any, ip: str) -> None:
+    """Make a py-libp2p host's TCP dials leave from `ip` (a loopback address here)."""
+    for transport in libp2p_host.get_network().transport_manager.get_transports():
+        with_source = getattr(transport, "dial_with_source", None)
+        if with_source is not None:
+
+            async def dial(maddr: Any, with_source: Any = with_source) -> Any:
+                return await with_source(maddr, (ip, 0))
+
+            transport.dial = dial
+
+
+@asynccontextmanager
+async def bare_hosts(count: int, source_ip: str | None = None) -> AsyncIterator[list[Any]]:
+    """Plain py-libp2p hosts with fresh identities and none of our hardening: attackers."""
+    async with AsyncExitStack() as stack:
+        hosts = []
+        for _ in range(count):
+            kp = key_pair_from_seed(os.urandom(32))
+            host = new_host(
+                key_pair=kp,
+                sec_opt={NOISE: Noise(kp, noise_privkey=x25519().private_key)},
+                muxer_opt={TProtocol(YAMUX): Yamux},
+            )
+            if source_ip is not None:
+                dial_from(host, source_ip)
+            await stack.enter_async_context(host.run([]))
+            hosts.append(host)
+        yield hosts
+
+
+async def bare_connect(xs: list[Any], target: P2PHost) -> None:
+    """Connect bare hosts to `target`, all at once (py-libp2p spends 250 ms on each)."""
+    info = info_from_p2p_addr(multiaddr.Multiaddr(target.addrs[0]))
+    async with trio.open_nursery() as nursery:
+        for x in xs:
+            nursery.start_soon(x.connect, info)
