@@ -25,7 +25,7 @@ import os
 import pickle
 import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -54,6 +54,10 @@ class JobFailed(WorkerError):
 
 class JobTimeout(WorkerError):
     """The job overran its deadline; its worker was killed and will be replaced."""
+
+
+class JobDropped(WorkerError):
+    """Its caller gave up before the job started: it never ran."""
 
 
 class WorkerCrashed(WorkerError):
@@ -109,6 +113,7 @@ class Worker:
         self._ids = itertools.count(1)
         self._lock = trio.Lock()
         self.restarts = 0
+        self.running: Job[Any] | None = None  # the job in the process now (not warm-up)
 
     @property
     def pid(self) -> int | None:
@@ -174,10 +179,24 @@ class Worker:
         async with self._lock:
             await self._ensure()
 
-    async def call(self, job: Job[R], *, timeout: float, stall_s: float = 0.0) -> R:
+    async def call(
+        self,
+        job: Job[R],
+        *,
+        timeout: float,
+        stall_s: float = 0.0,
+        wanted: Callable[[], bool] = lambda: True,
+    ) -> R:
+        """Run `job`; if nobody `wanted` it any more once the worker is free, drop it unrun."""
         async with self._lock:
             await self._ensure()
-            return await self._exchange(job, timeout=timeout, stall_s=stall_s)
+            if not wanted():
+                raise JobDropped(f"{type(job).__name__} was dropped: its caller gave up first")
+            self.running = job
+            try:
+                return await self._exchange(job, timeout=timeout, stall_s=stall_s)
+            finally:
+                self.running = None
 
     async def _exchange(self, job: Job[R], *, timeout: float, stall_s: float = 0.0) -> R:
         name = type(job).__name__
@@ -196,6 +215,10 @@ class Worker:
                 why = f"job {name} timed out after {timeout} s"
                 raise JobTimeout(f"{name} timed out after {timeout} s")
         except (EOFError, OSError):
+            if self._proc is None:  # killed on purpose meanwhile (a job past its grace)
+                raise JobTimeout(
+                    f"{name} was killed: it ran too long after its caller gave up"
+                ) from None
             why = f"it died during {name}"
             proc = self._proc
             if proc is not None:
@@ -280,11 +303,16 @@ class WorkerPool:
             finally:
                 self._free_send.send_nowait(worker)
         done = trio.Event()
+        gave_up = trio.Event()
         outcome: list[Any] = []
 
         async def exchange() -> None:
             try:
-                outcome.append(await worker.call(job, timeout=timeout, stall_s=stall_s))
+                outcome.append(
+                    await worker.call(
+                        job, timeout=timeout, stall_s=stall_s, wanted=lambda: not gave_up.is_set()
+                    )
+                )
             except Exception as exc:  # handed to the caller, if it still waits
                 outcome.append(_Failed(exc))
             finally:
@@ -296,6 +324,7 @@ class WorkerPool:
         try:
             await done.wait()
         except trio.Cancelled:
+            gave_up.set()
             if not done.is_set():
                 log.info(
                     "worker %s: the caller of %s gave up; the job may finish in the background "
@@ -304,7 +333,7 @@ class WorkerPool:
                     type(job).__name__,
                     self._grace_s,
                 )
-                self._nursery.start_soon(self._expire, worker, done, type(job).__name__)
+                self._nursery.start_soon(self._expire, worker, done, job)
             raise
         result = outcome[0]
         if isinstance(result, _Failed):
@@ -312,12 +341,14 @@ class WorkerPool:
         answer: R = result
         return answer
 
-    async def _expire(self, worker: Worker, done: trio.Event, name: str) -> None:
+    async def _expire(self, worker: Worker, done: trio.Event, job: Job[Any]) -> None:
         """A job nobody waits for may finish for a while (cheaper than a new process);
-        past the grace period it is stuck or far too slow: kill it, a warm one replaces it."""
+        past the grace period it is stuck or far too slow: kill it, a warm one replaces it.
+        Only that job: a worker still warming up, or running another job, is left alone."""
         with trio.move_on_after(self._grace_s):
             await done.wait()
-        if not done.is_set():
+        if not done.is_set() and worker.running is job:
+            name = type(job).__name__
             worker._abandon(f"job {name} still running {self._grace_s} s after its caller gave up")
 
     def _release(self, worker: Worker) -> None:

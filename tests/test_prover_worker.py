@@ -210,3 +210,21 @@ async def test_the_fault_hook_stalls_the_chosen_job_only(monkeypatch: pytest.Mon
 def test_a_malformed_fault_spec_is_refused_with_the_reason(spec: str) -> None:
     with pytest.raises(ValueError, match="JOB:N:SECONDS"):
         Faults.parse(spec)
+
+
+async def test_a_worker_warming_up_is_not_killed_for_a_job_that_never_started() -> None:
+    """A caller giving up while the worker warms up drops its job; the warm-up goes on."""
+    async with trio.open_nursery() as nursery:
+        pool = WorkerPool(1, nursery=nursery, warmup=Sleep(1.5), grace_s=0.3)
+        try:
+            with trio.move_on_after(0.2):
+                await pool.run(Echo("stale"), timeout=60)
+            await trio.sleep(0.5)  # past the grace period, still warming up
+            worker = pool.workers[0]
+            pid = worker.pid
+            assert pid is not None and worker.restarts == 0
+            assert await pool.run(Echo("fresh"), timeout=60) == "fresh"
+            assert worker.pid == pid and worker.restarts == 0
+        finally:
+            nursery.cancel_scope.cancel()
+            pool.close()
