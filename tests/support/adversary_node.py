@@ -64,19 +64,24 @@ async def main(args: argparse.Namespace) -> None:
             nursery.start_soon(drain)
             last = -1
             while True:
-                # Rounds end as soon as their block is known: follow the honest node's round.
-                rnd = (await api.get(f"{args.api}/status")).json()["round"]
-                if rnd is None or rnd <= last:
-                    await trio.sleep(0.2)
+                # Rounds end as soon as their block is known: follow the honest node's round
+                # (its API may not be up yet, or busy: keep asking).
+                try:
+                    rnd = (await api.get(f"{args.api}/status")).json()["round"]
+                    reply = await api.get(f"{args.api}/rounds/{rnd}") if rnd is not None else None
+                except httpx.HTTPError:
+                    await trio.sleep(0.5)
                     continue
-                reply = await api.get(f"{args.api}/rounds/{rnd}")
-                if reply.status_code != 200:
+                if rnd is None or rnd <= last or reply is None or reply.status_code != 200:
                     await trio.sleep(0.2)
                     continue
                 last = rnd
                 commit_deadline = reply.json()["commit_deadline_ms"]
                 await trio.sleep(0.5)
-                head = (await api.get(f"{args.api}/blocks/head")).json()["hash"]
+                try:
+                    head = (await api.get(f"{args.api}/blocks/head")).json()["hash"]
+                except httpx.HTTPError:
+                    continue
                 parent = bytes.fromhex(head)
                 fake_c = os.urandom(c_len)
                 mode = rnd % 3
@@ -123,9 +128,12 @@ async def main(args: argparse.Namespace) -> None:
                     say(event="forged_reveal", round=rnd + 1)
                 # wait for the real reveal, then misbehave
                 for _ in range(200):
-                    r = await api.get(f"{args.api}/rounds/{rnd}")
-                    if r.status_code == 200 and r.json()["reveal"]["revealed"]:
-                        break
+                    try:
+                        r = await api.get(f"{args.api}/rounds/{rnd}")
+                        if r.status_code == 200 and r.json()["reveal"]["revealed"]:
+                            break
+                    except httpx.HTTPError:
+                        pass
                     await trio.sleep(0.2)
                 await trio.sleep(2.0)
                 if mode == 1 and honest.get(rnd):
