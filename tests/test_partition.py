@@ -194,13 +194,13 @@ def test_a_partition_heals_without_reverting_finality(bed: Bed) -> None:
 def test_blocks_keep_becoming_final_with_latency_and_loss_on_every_link(bed: Bed) -> None:
     net, lan = bed.net, bed.lan
     lan.heal()  # whatever the test before left
-    lan.impair(delay_ms=200, loss=0.05)
+    backend = lan.impair(delay_ms=200, loss=0.05)
     try:
         net.wait("nodes answer", lambda: all(net.status(i) for i in ALL), timeout=30)
         start = min(net.status(i)["finalized"]["height"] for i in ALL)  # type: ignore[index]
         began = time.time()
         net.wait(
-            f"every node finalizes {start + 2} over slow lossy links ({lan.backend})",
+            f"every node finalizes {start + 2} over slow lossy links ({backend})",
             lambda: all(
                 (s := net.status(i)) and s["finalized"]["height"] >= start + 2 for i in ALL
             ),
@@ -208,7 +208,7 @@ def test_blocks_keep_becoming_final_with_latency_and_loss_on_every_link(bed: Bed
         )
     finally:
         lan.unimpair()
-    print(f"\n{lan.backend}: finalized {start} -> {start + 2} in {time.time() - began:.0f} s")
+    print(f"\n{backend}: finalized {start} -> {start + 2} in {time.time() - began:.0f} s")
     final = {net.block_hash(i, start + 2) for i in ALL}
     assert len(final) == 1, final
     finality_only_moves_forward_on_one_chain(bed)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import ipaddress
 import os
 import random
@@ -54,8 +55,12 @@ def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return r
 
 
+@functools.cache
 def unavailable() -> str | None:
-    """Why namespaces cannot be used here (a skip reason), or None if they can."""
+    """Why namespaces cannot be used here (a skip reason), or None if they can.
+
+    Probed once per process: test modules ask at import time, for their skip marks.
+    """
     if os.geteuid() != 0:
         return "network namespaces need root"
     for tool, pkg in (("ip", "iproute2"), ("iptables", "iptables")):
