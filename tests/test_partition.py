@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -38,6 +39,10 @@ from support.watch import FinalityWatch
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(bool(unavailable()), reason=unavailable() or ""),
+    # Opt-in until it has run against the event-driven rounds on a quiet machine.
+    pytest.mark.skipif(
+        os.environ.get("ZKPOT_TEST_PARTITION") != "1", reason="set ZKPOT_TEST_PARTITION=1"
+    ),
 ]
 
 NODES = 4
