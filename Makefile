@@ -32,7 +32,7 @@ TESTNET_DIR ?= .testnet
 testnet: $(STAMP)
 	rm -rf $(TESTNET_DIR)
 	$(BIN)/zkpot testnet init --out $(TESTNET_DIR) --nodes 4 --participants 3 \
-		--task digits-mlp --eval-batch 16 --round-seconds 48 --start-delay 20
+		--task digits-mlp --eval-batch 16 --round-seconds 48 --start-delay 35
 	$(BIN)/zkpot testnet up $(TESTNET_DIR) --rounds 5
 
 clean:
