@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import trio
 from libp2p.peer.id import ID
@@ -31,6 +32,14 @@ from p2p.host import public_key_of
 log = logging.getLogger("zkpot.node")
 
 MAX_REFUSED = 4096
+
+
+@dataclass
+class _Flight:
+    """One block's validation in progress, for copies that arrive meanwhile."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    invalid: InvalidError | None = None
 
 
 class BlockImporter:
@@ -54,7 +63,7 @@ class BlockImporter:
         self.sync = sync
         self.refused: OrderedDict[bytes, str] = OrderedDict()  # invalid or unplaceable blocks
         self.own: set[bytes] = set()  # our own publishes pass our validator
-        self._inflight: dict[bytes, trio.Event] = {}  # blocks being validated right now
+        self._inflight: dict[bytes, _Flight] = {}  # blocks being validated right now
         self.want_sync = want_sync  # a block arrived whose parent we lack
 
     def refuse(self, block_hash: bytes, reason: str) -> None:
@@ -85,16 +94,19 @@ class BlockImporter:
         """
         h = sha256(raw)
         busy = self._inflight.get(h)
-        if busy is not None:
-            await busy.wait()
-            if h in self.refused:
-                raise InvalidError(self.refused[h])
+        if busy is not None:  # the same verdict as that validation, not a second one
+            await busy.done.wait()
+            if busy.invalid is not None:
+                raise busy.invalid
             return self.chain.has(h)
-        self._inflight[h] = trio.Event()
+        flight = self._inflight[h] = _Flight()
         try:
             return await self._import(block, raw, h, sources)
+        except InvalidError as exc:
+            flight.invalid = exc
+            raise
         finally:
-            self._inflight.pop(h).set()
+            self._inflight.pop(h).done.set()
 
     async def _import(self, block: Block, raw: bytes, h: bytes, sources: list[ID]) -> bool:
         pinfo = self.chain.parent_info(block.parent)
