@@ -38,7 +38,12 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
     p.add_argument("--nodes", type=int, default=defaults.nodes)
     p.add_argument("--participants", type=int, default=defaults.participants)
     p.add_argument("--task", default=defaults.task)
-    p.add_argument("--round-seconds", type=int, default=defaults.round_seconds)
+    p.add_argument(
+        "--round-seconds",
+        type=int,
+        default=defaults.round_seconds,
+        help="the longest a round lasts; it ends as soon as its block is known",
+    )
     p.add_argument("--eval-batch", type=int, default=defaults.eval_batch)
     p.add_argument(
         "--rounds",
