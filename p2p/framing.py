@@ -7,6 +7,8 @@ limit *before* anything is buffered, every read has a deadline, and every failur
 request/response handler can never wedge or raise anything unexpected.
 
 Frame: unsigned LEB128 varint length (at most 5 bytes, minimal form) then the payload.
+A prefix that breaks these rules or exceeds the limit is a `FrameViolation` (the peer
+broke the protocol); every other failure is a plain `FrameError` (the stream broke).
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ _READ_CHUNK = 1 << 16
 
 class FrameError(Exception):
     """A frame could not be read or written: the stream is no longer usable."""
+
+
+class FrameViolation(FrameError):
+    """The peer broke the framing rules: a length prefix over the limit, non-minimal or
+    longer than 5 bytes. Unlike EOF, reset or a timeout, only a misbehaving peer does this."""
 
 
 class ByteStream(Protocol):
@@ -76,17 +83,17 @@ class FrameReader:
             value |= (byte & 0x7F) << (7 * i)
             if not byte & 0x80:
                 if i > 0 and byte == 0:
-                    raise FrameError("non-minimal varint length prefix")
+                    raise FrameViolation("non-minimal varint length prefix")
                 del self._buf[: i + 1]
                 return value
-        raise FrameError("varint length prefix too long")
+        raise FrameViolation("varint length prefix too long")
 
     async def read_frame(self, max_len: int, timeout_s: float) -> bytes:
         """One frame of at most `max_len` bytes within `timeout_s`, else `FrameError`."""
         with trio.move_on_after(timeout_s):
             length = await self._read_varint()
             if length > max_len:
-                raise FrameError(f"frame of {length} bytes exceeds the limit of {max_len}")
+                raise FrameViolation(f"frame of {length} bytes exceeds the limit of {max_len}")
             while len(self._buf) < length:
                 await self._fill()
             frame = bytes(self._buf[:length])

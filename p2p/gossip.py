@@ -48,6 +48,11 @@ GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 MAX_GOSSIP_PAYLOAD = 640 * 1024
 
 
+def message_id(msg: Any) -> bytes:
+    """The 32-byte sha256 of the payload alone: one object is one message, whoever sent it."""
+    return sha256(bytes(msg.data))
+
+
 @dataclass(frozen=True)
 class BlockAnnounce(Wire):
     """Announces a block too large to gossip; fetch it by hash over sync."""
@@ -164,7 +169,7 @@ class Gossip:
             host.libp2p,
             self.router,
             strict_signing=True,
-            msg_id_constructor=lambda msg: sha256(msg.data),  # content id: dedup across origins
+            msg_id_constructor=message_id,
             max_concurrent_validator_count=config.max_concurrent_validations,
             validation_timeout=config.validation_timeout_s + 5.0,
             # py-libp2p caches verdicts per message id; IGNORE must not stick for long.

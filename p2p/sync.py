@@ -35,9 +35,11 @@ MAX_BLOCKS_PER_REQUEST = 64
 MAX_CHUNK = 4 * 1024 * 1024
 DEFAULT_CHUNK = 1024 * 1024
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # blocks response budget; well under the frame limit
+ENTRY_COST = 64  # budget charged per BlockEntry on top of its raw bytes (covers its framing)
 MAX_REQUEST_FRAME = 512
 MAX_RESPONSE_FRAME = MAX_RESPONSE_BYTES + 64 * 1024
-MAX_CONTENT_BYTES = 1 << 30  # refuse to download anything larger
+MAX_CONTENT_BYTES = 1 << 30  # neither served nor downloaded if larger
+MAX_ERROR_MESSAGE = 200  # characters of printable ASCII, so also bytes
 
 _HASH = Bytes(32, 32)
 
@@ -85,7 +87,7 @@ class Status(Wire):
 
     genesis_hash: bytes = wire(_HASH)
     head: bytes = wire(_HASH)
-    height: int = wire(UInt(0, 2**64 - 1))
+    height: int = wire(UInt(0, 2**62))  # a head's height, as Block.height and BlockEntry
     score: int = wire(UInt(0, 2**64 - 1))
 
 
@@ -128,7 +130,14 @@ class Error(Wire):
     MAX_BYTES = 512
 
     code: int = wire(UInt(0, 255))
-    message: str = wire(Text(1, 200))
+    message: str = wire(Text(1, MAX_ERROR_MESSAGE))
+
+    def __post_init__(self) -> None:
+        """Any text becomes a valid message: non-printable-ASCII characters turn into
+        "?", the text is cut to MAX_ERROR_MESSAGE characters, and empty text is "error",
+        so an Error we send always decodes (a valid message is left unchanged)."""
+        text = "".join(ch if " " <= ch <= "~" else "?" for ch in str(self.message))
+        object.__setattr__(self, "message", text[:MAX_ERROR_MESSAGE] or "error")
 
 
 ERR_BAD_REQUEST = 1

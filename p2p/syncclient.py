@@ -22,7 +22,7 @@ from libp2p.peer.id import ID
 from consensus.encoding import Wire
 from consensus.errors import DecodeError
 from p2p import penalties
-from p2p.framing import FrameError, FrameReader, write_frame
+from p2p.framing import FrameError, FrameReader, FrameViolation, write_frame
 from p2p.sync import (
     DEFAULT_CHUNK,
     MAX_BLOCKS_PER_REQUEST,
@@ -97,6 +97,8 @@ class SyncSession:
             try:
                 await write_frame(self._stream, message.encode(), limits.response_stall_s)
                 frame = await self._reader.read_frame(MAX_RESPONSE_FRAME, limits.response_timeout_s)
+            except FrameViolation as exc:  # as an undecodable response: the peer broke the protocol
+                raise self._lied(f"malformed frame: {exc}") from None
             except FrameError as exc:
                 raise SyncError(f"{message.NAME} to {self.peer}: {exc}") from None
             finally:

@@ -20,13 +20,15 @@ from consensus.encoding import Wire
 from consensus.errors import DecodeError
 from p2p import penalties
 from p2p.addrs import addr_key, remote_ip
-from p2p.framing import FrameError, FrameReader, write_frame
+from p2p.framing import FrameError, FrameReader, FrameViolation, write_frame
 from p2p.slots import Slot, SlotTable
 from p2p.sync import (
+    ENTRY_COST,
     ERR_BAD_REQUEST,
     ERR_BUSY,
     ERR_INTERNAL,
     ERR_NOT_FOUND,
+    MAX_CONTENT_BYTES,
     MAX_REQUEST_FRAME,
     MAX_RESPONSE_BYTES,
     BlockEntry,
@@ -125,21 +127,25 @@ class SyncServer:
             started = trio.current_time()
             try:
                 frame = await reader.read_frame(MAX_REQUEST_FRAME, wait)
+                request = decode_request(frame)
+            except (FrameViolation, DecodeError) as exc:  # the peer broke the protocol
+                await self._malformed(stream, peer, str(exc))
+                return
             except FrameError:
-                return  # EOF, idle or garbage framing: the stream is done
+                return  # EOF, reset or idle: nobody to answer, the stream is done
             idle_left -= trio.current_time() - started
             slot.busy = True
-            try:
-                request = decode_request(frame)
-            except DecodeError as exc:
-                self._host.penalise(peer, penalties.MALFORMED, f"bad sync request: {exc}")
-                await write_frame(stream, Error(ERR_BAD_REQUEST, "undecodable request").encode(), 5)
-                return
             response = await self._answer(request)
             try:
                 await write_frame(stream, response.encode(), limits.write_timeout_s)
             except FrameError:
                 return
+
+    async def _malformed(self, stream: Any, peer: ID, why: str) -> None:
+        """A bad frame or an undecodable request: penalty, Error 1, end of the stream."""
+        self._host.penalise(peer, penalties.MALFORMED, f"bad sync request: {why}")
+        with suppress(FrameError):
+            await write_frame(stream, Error(ERR_BAD_REQUEST, "malformed request").encode(), 5)
 
     async def _answer(self, request: Wire) -> Wire:
         try:
@@ -174,9 +180,9 @@ class SyncServer:
             raw = self._source.get_block(block_hash)
             if raw is None:
                 break
-            if len(raw) + 64 > budget:
+            if len(raw) + ENTRY_COST > budget:
                 raw = b""  # the client fetches it by content hash
-            budget -= len(raw) + 64
+            budget -= len(raw) + ENTRY_COST
             entries.append(BlockEntry(height, block_hash, raw))
         return Blocks(tuple(entries))
 
@@ -186,6 +192,8 @@ class SyncServer:
             content = await trio.to_thread.run_sync(self._load, request.content_hash)
             if content is None:
                 return Error(ERR_NOT_FOUND, "unknown content hash")
+            if len(content) > MAX_CONTENT_BYTES:  # Chunk.total could not say its size
+                return Error(ERR_NOT_FOUND, "content too large to serve")
             self._cache[request.content_hash] = content
             while len(self._cache) > self.limits.content_cache_items:
                 self._cache.popitem(last=False)
