@@ -6,7 +6,8 @@ canonical msgpack array `[tag, 1, ...]` decoded by `consensus.encoding` rules, s
 a decoder raises only `DecodeError`:
 
 - StatusRequest -> Status (genesis hash = chain id, head hash, height, cumulative score);
-- BlocksRequest(start, count) -> Blocks: canonical blocks from `start`, consecutive,
+- BlocksRequest(start, count) -> Blocks: canonical blocks from `start` (height 0 is the
+  genesis, raw = its encoding), consecutive,
   each `[height, hash, raw]`; `raw` is empty when the block does not fit the
   response budget: fetch it by content hash;
 - ContentRequest(hash, offset, length) -> Chunk(hash, offset, total, data): any blob or
