@@ -53,7 +53,7 @@ def _build(cfg: tuple[str, int, int, int, int], out: str) -> dict[str, Any]:
     q = quantise_params(list(net.parameters()), fp.param_scale)
     linears = [m for m in net.modules() if hasattr(m, "in_features")]
     t = time.perf_counter()
-    m = circuit.build(
+    m, _ = circuit.build(
         arch,
         net,
         q,

@@ -21,6 +21,7 @@ from consensus.crypto import SIG_LEN, SigningKey, sha256, verify_signature
 from consensus.errors import InvalidError
 from consensus.merkle import depth_for, verify_merkle_proof
 from consensus.schedule import check_timing, round_exists
+from consensus.selection import tiebreak_key
 from consensus.types import (
     INPUT_ITEM_BYTES,
     MAX_BATCH_INPUT_BYTES,
@@ -39,7 +40,6 @@ Evaluator = Callable[[bytes, EvalBatch], int]
 
 PARTITIONS = ("iid", "dirichlet")
 COMMITMENT_MODES = ("polycommit",)
-TIEBREAK_DOMAIN = b"zkpot/tiebreak/v1"
 BINDING_DOMAIN = b"zkpot/commit/v1"
 
 S = TypeVar("S", CommitTx, Reveal, ProofTx, Block)
@@ -235,16 +235,6 @@ def contained_call(fn: Callable[..., object], *args: object) -> object:
 
 
 # --- ranking -------------------------------------------------------------------
-
-
-def tiebreak_key(batch_hash: bytes, participant: bytes) -> bytes:
-    """Equal scores rank by this hash, ascending.
-
-    Seeded by the round's batch hash: fixed at genesis (Merkle root), unknown to
-    participants until the reveal, and out of reach of the previous proposer (a
-    parent hash would let it grind ties of the next round).
-    """
-    return sha256(TIEBREAK_DOMAIN + batch_hash + participant)
 
 
 @dataclass(frozen=True)

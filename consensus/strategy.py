@@ -12,18 +12,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 from consensus.checks import Answers, Check, CommitModel, EvaluateModel, commitment, evaluation
 from consensus.errors import InvalidError
+from consensus.selection import Contribution
 from consensus.types import Block, Genesis, ProofTx
-
-
-@dataclass(frozen=True)
-class Contribution:
-    participant: bytes
-    weight: int  # integer: aggregation stays exact and deterministic
 
 
 class Rule(ABC):

@@ -16,7 +16,8 @@ from consensus import policy, rules, schedule
 from consensus.crypto import SigningKey, sha256
 from consensus.forkchoice import ChainNode
 from consensus.rules import sign
-from consensus.strategy import Contribution, Rule
+from consensus.selection import Contribution
+from consensus.strategy import Rule
 from consensus.types import Block, CommitTx, Genesis, ProofTx
 from node.chain import Chain
 from node.importer import BlockImporter

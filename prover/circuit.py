@@ -16,6 +16,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -242,7 +243,7 @@ def build(
     fp: FixedPoint | None = None,
     logrows: int = 14,
     srs: Path | None = None,
-) -> Manifest:
+) -> tuple[Manifest, SelfTest]:
     """Build the chain's circuit artifacts once: ONNX, settings, compiled circuit, SRS, keys.
 
     With `srs` None a test-only SRS is generated (its secret is known to this
@@ -281,16 +282,28 @@ def build(
     manifest.save(out)
     # Self-test: one real proof of the initial model fixes the proof length (ezkl
     # ignores trailing bytes, which would make proof ids malleable) and shows the
-    # artifacts work together before any genesis pins them.
+    # artifacts work together before any genesis pins them; its timing tells a
+    # testnet what round length this machine can meet.
     zeros = np.zeros((batch_size, input_dim), dtype=np.int64)
     labels = np.zeros(batch_size, dtype=np.int64)
+    started = time.perf_counter()
     k, proof = prove(out, net, qparams, zeros, labels)
+    proved = time.perf_counter()
     manifest = dataclasses.replace(manifest, proof_bytes=len(proof))
     manifest.save(out)
     ok, reason = verify(out, proof, zeros, labels, commit(out, net, qparams), k)
+    verified = time.perf_counter()
     if not ok:
         raise CircuitError(f"self-test proof of the new circuit does not verify: {reason}")
-    return manifest
+    return manifest, SelfTest(int((proved - started) * 1000), int((verified - proved) * 1000))
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    """How long the self-test proof took to prove and to verify on this machine."""
+
+    prove_ms: int
+    verify_ms: int
 
 
 def regenerate_pk(directory: Path) -> None:

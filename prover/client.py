@@ -46,6 +46,8 @@ class Built:
 
     manifest: dict[str, str | int]
     initial_model: bytes
+    prove_ms: int  # the self-test proof, on the machine that built the circuit
+    verify_ms: int
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def build_circuit(
     q = quantise_params(list(net.parameters()), fp.param_scale)
     first = next(m for m in net.modules() if isinstance(m, nn.Linear))
     last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
-    manifest = circuit.build(
+    manifest, test = circuit.build(
         arch,
         net,
         q,
@@ -79,7 +79,7 @@ def build_circuit(
         logrows=logrows,
         srs=Path(srs) if srs else None,
     )
-    return Built(dataclasses.asdict(manifest), model_to_bytes(net))
+    return Built(dataclasses.asdict(manifest), model_to_bytes(net), test.prove_ms, test.verify_ms)
 
 
 def commit(artifacts: str, arch: str, weights: bytes) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from consensus import rules
+from consensus import selection
 from node.home import Home
 from node.tools.testnet import init
 from support import child_env
@@ -126,7 +126,7 @@ def test_killing_the_leader_mid_round_lets_the_fallback_proposer_commit(net: Net
             continue
         seed = batches[rnd].hash()
         ranked = sorted(
-            proofs, key=lambda who: (-proofs[who], rules.tiebreak_key(seed, bytes.fromhex(who)))
+            proofs, key=lambda who: (-proofs[who], selection.tiebreak_key(seed, bytes.fromhex(who)))
         )
         leader = next(i for i, k in keys.items() if k.hex() == ranked[0])
         fallback = next(i for i in keys if i != leader)

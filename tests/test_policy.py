@@ -19,7 +19,8 @@ from consensus.checks import CommitModel, EvaluateModel, VerifyProof
 from consensus.errors import InvalidError
 from consensus.forkchoice import ChainNode
 from consensus.rules import Ranked, sign
-from consensus.strategy import RULES, Contribution, Winner, rule_for
+from consensus.selection import Contribution
+from consensus.strategy import RULES, Winner, rule_for
 from consensus.types import CommitTx
 from support.chainfactory import (
     Chain,

@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ def init_script(spec: ComposeSpec) -> str:
         "--logrows", str(spec.logrows), "--start-delay", str(spec.start_delay_s),
         "--p2p-port", str(spec.p2p_base_port), "--api-port", str(spec.api_base_port),
     ]  # fmt: skip
+    if spec.allow_short_rounds:
+        init.append("--allow-short-rounds")
     done = f"{INIT_HOMES}/{service_name(spec.nodes - 1)}/config.toml"  # written last
     return "\n".join(
         [
@@ -202,6 +205,19 @@ def _tcp_port(addr: str) -> int:
     return int(parts[parts.index("tcp") + 1])
 
 
+def _volume_ignore(top: Path) -> Callable[[str, list[str]], list[str]]:
+    """What a home's copy into its volume leaves out: config.toml (written last, it marks a
+    complete home) and the proving key (the node rebuilds it from the pinned circuit)."""
+    from prover.circuit import PK
+
+    def ignore(directory: str, _files: list[str]) -> list[str]:
+        if Path(directory) == top:
+            return ["config.toml"]
+        return [PK] if Path(directory).name == "artifacts" else []
+
+    return ignore
+
+
 def dns_homes(directory: Path, into: Path | None = None) -> list[dict[str, Any]]:
     """Rewrite each `nodeI` home of `directory` for a network where nodes find each other
     by name: listen on 0.0.0.0 (same port), bootstrap `/dns4/nodeJ/tcp/<port>/p2p/<id>`,
@@ -243,7 +259,7 @@ def dns_homes(directory: Path, into: Path | None = None) -> list[dict[str, Any]]
                 home.path,
                 where,
                 dirs_exist_ok=True,
-                ignore=lambda d, _files, top=home.path: ["config.toml"] if Path(d) == top else [],
+                ignore=_volume_ignore(home.path),
             )
             shutil.copy2(home.config_file, where / "config.toml")
         summary.append(

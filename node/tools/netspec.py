@@ -31,6 +31,25 @@ class TestnetSpec:
     learning_rate_ppm: int = 100_000
     p2p_base_port: int = P2P_BASE_PORT
     api_base_port: int = DEFAULT_API_PORT  # node0's; node I serves on this + I
+    allow_short_rounds: bool = False  # skip init's check against the measured proving time
+
+
+# The share of a round each phase may take at most (testnet.timing_for) and the headroom a
+# testnet's proof window keeps over the work measured at init.
+COMMIT_PERCENT, PROOF_PERCENT, FALLBACK_PERCENT = 25, 45, 12
+PROOF_HEADROOM_PERCENT = 125
+
+
+def shortest_round_seconds(spec: TestnetSpec, prove_ms: int, verify_ms: int) -> int:
+    """The shortest round a testnet of `spec` meets on this machine, from one measured proof.
+
+    Every node of a local testnet shares the machine's cores and ezkl uses them all, so
+    the proof window must hold every participant's proof one after another plus every
+    node's verification of each, with headroom for the rest of the node's work.
+    """
+    work_ms = spec.participants * prove_ms + spec.participants * spec.nodes * verify_ms
+    proof_ms = work_ms * PROOF_HEADROOM_PERCENT // 100
+    return -(-proof_ms * 100 // (PROOF_PERCENT * 1000))
 
 
 def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
@@ -43,6 +62,11 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
         type=int,
         default=defaults.round_seconds,
         help="the longest a round lasts; it ends as soon as its block is known",
+    )
+    p.add_argument(
+        "--allow-short-rounds",
+        action="store_true",
+        help="accept a round length shorter than init measures this machine can meet",
     )
     p.add_argument("--eval-batch", type=int, default=defaults.eval_batch)
     p.add_argument(
@@ -79,6 +103,7 @@ def network_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "participants": args.participants,
         "task": args.task,
         "round_seconds": args.round_seconds,
+        "allow_short_rounds": args.allow_short_rounds,
         "eval_batch": args.eval_batch,
         "rounds": args.rounds,
         "logrows": args.logrows,

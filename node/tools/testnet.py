@@ -9,6 +9,7 @@ nodes are observers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,13 @@ from consensus.merkle import merkle_root
 from consensus.rules import check_genesis
 from consensus.types import CircuitSpec, EvalPlan, Genesis, Task, Timing, chain_id
 from node.home import Home, NodeConfig
-from node.tools.netspec import TestnetSpec
+from node.tools.netspec import (
+    COMMIT_PERCENT,
+    FALLBACK_PERCENT,
+    PROOF_PERCENT,
+    TestnetSpec,
+    shortest_round_seconds,
+)
 from p2p import peer_id_from_seed
 from prover import circuit
 from prover.client import BuildCircuit
@@ -38,10 +45,17 @@ from prover.worker import run_once
 
 
 def timing_for(spec: TestnetSpec, genesis_ms: int) -> Timing:
-    """Split a round: 25 % commit window, 45 % proving, then fallback ranks."""
+    """Split a round: the commit window, proving, then fallback ranks (upper bounds all)."""
     r = spec.round_seconds * 1000
     max_rank = min(2, spec.participants)
-    return Timing(genesis_ms, r, r * 25 // 100, r * 45 // 100, r * 12 // 100, max_rank)
+    return Timing(
+        genesis_ms,
+        r,
+        r * COMMIT_PERCENT // 100,
+        r * PROOF_PERCENT // 100,
+        r * FALLBACK_PERCENT // 100,
+        max_rank,
+    )
 
 
 def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
@@ -73,6 +87,18 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
         timeout=3600,
         name="init",
     )
+    shortest = shortest_round_seconds(spec, built.prove_ms, built.verify_ms)
+    if spec.round_seconds < shortest and not spec.allow_short_rounds:
+        shutil.rmtree(shared)
+        raise ValueError(
+            f"--round-seconds {spec.round_seconds} is too short for {spec.participants} "
+            f"participants on this machine: one proof took {built.prove_ms} ms and one "
+            f"verification {built.verify_ms} ms here, and the proof window "
+            f"({PROOF_PERCENT} % of a round) must hold every participant's proof and every "
+            f"node's verification of it with room to spare; use --round-seconds {shortest} "
+            "or more (rounds still end as soon as their block is known), or "
+            "--allow-short-rounds to try anyway"
+        )
     initial_model = built.initial_model
     manifest = circuit.Manifest.load(shared)
     batches = [
@@ -136,6 +162,7 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
             shutil.copyfile(shared / name, home.artifacts / name)
         home.test_index_file.write_bytes(sp.test_index.astype("<i8").tobytes())
         if key in participants:
+            _share_proving_key(shared, home)
             shard = sp.pool_index[shards[participants.index(key)]]
             home.shard_file.write_bytes(shard.astype("<i8").tobytes())
         if key is publisher:
@@ -153,6 +180,15 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
     }
     (out / "testnet.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _share_proving_key(shared: Path, home: Home) -> None:
+    """Hard-link the proving key init just made into a participant's home: all homes are on
+    this machine, so each node need not rebuild it at start (tens of seconds of CPU each,
+    all at once). Where a link cannot be made the node rebuilds it from the pinned
+    circuit and SRS, as a node of any other network does."""
+    with contextlib.suppress(OSError):
+        os.link(shared / circuit.PK, home.artifacts / circuit.PK)
 
 
 # ---------------------------------------------------------------------- up

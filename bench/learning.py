@@ -1,0 +1,352 @@
+"""Learning benchmark: how well each selection rule learns, in-process, without proofs.
+
+A chain round is simulated with the project's own parts: the dataset split and
+partition (prover.data), local training (prover.train.train_local, the testnet's
+hyper-parameters), quantisation and the exact fixed-point evaluator the circuit
+proves (prover.quant: k on the round's held-out batch, for every model and for the
+parent), the selection rules the nodes run (consensus.selection) and the exact
+integer aggregate the block carries (consensus.aggregate). A proof would only
+confirm the k computed here, so leaving the prover out changes nothing selection
+sees. Baselines: FedAvg (float, weighted by shard size, every participant), each
+participant training alone (local), and one model on the whole pool (centralised).
+
+Adversaries: `flip` makes ceil(30 %) of the participants train on labels y -> 9-y;
+`freerider` adds one participant that resubmits the parent model unchanged
+(`freerider-noisy`: the parent with one weight moved by one quantum, so its
+commitment differs).
+
+Prints, per setting and rule, the test accuracy at the last round (mean ± sd over
+seeds), the share of rounds in which the global model got worse, the mean number of
+members, and the free-rider's selection rate against its fair share; writes
+bench/results/learning.json.
+
+    .venv/bin/python bench/learning.py                 # the full grid (about 20 min on 2 cores)
+    .venv/bin/python bench/learning.py --quick         # 3 seeds, 10 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+
+from consensus.aggregate import weighted_mean
+from consensus.selection import (
+    Candidate,
+    Contribution,
+    RoundFacts,
+    TrimmedMeanParams,
+    select_trimmed_mean,
+    select_winner,
+)
+from prover.data import Dataset, load_dataset, partition, split
+from prover.models import build_model, model_from_bytes, model_to_bytes
+from prover.quant import FixedPoint, accuracy_count, mlp_logits, quantise_inputs, quantise_params
+from prover.train import train_local
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ARCH = "digits-mlp"
+EPOCHS, TRAIN_BATCH, LR = 2, 16, 0.1  # the testnet's hyper-parameters
+
+Selector = Callable[[Sequence[Candidate], RoundFacts], tuple[Contribution, ...]]
+
+
+def _trimmed(spread: int, slack: int, lo: int = 3, hi: int = 64) -> Selector:
+    params = TrimmedMeanParams(spread=spread, slack=slack, min_members=lo, max_members=hi)
+    return lambda c, f: select_trimmed_mean(c, f, params)
+
+
+def rules_for(batch: int) -> dict[str, Selector]:
+    """The chain rules compared; spreads and slacks scale with the batch size."""
+    q = batch // 4
+    return {
+        "winner": select_winner,
+        f"trimmed(spread={q},slack=inf)": _trimmed(q, batch),
+        f"trimmed(spread={q},slack={q})": _trimmed(q, q),
+        f"trimmed(spread={q},slack=0)": _trimmed(q, 0),
+        "beat-parent": _trimmed(batch, -1, lo=1),
+        f"trimmed(spread={batch // 2},slack=inf)": _trimmed(batch // 2, batch),
+    }
+
+
+@dataclass(frozen=True)
+class Case:
+    setting: str  # iid | dir0.5 | dir0.1
+    n: int
+    seed: int
+    rule: str  # a chain rule, or fedavg | local | central
+    rounds: int
+    batch: int
+    adversary: str = ""  # "" | flip | freerider | freerider-noisy
+
+
+def _alpha(setting: str) -> tuple[str, float]:
+    return ("iid", 0.0) if setting == "iid" else ("dirichlet", float(setting[3:]))
+
+
+def _seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+def _q(weights: bytes, fp: FixedPoint) -> list[np.ndarray[Any, Any]]:
+    return quantise_params(list(model_from_bytes(ARCH, weights).parameters()), fp.param_scale)
+
+
+def _from_q(q: list[np.ndarray[Any, Any]], fp: FixedPoint) -> bytes:
+    model = build_model(ARCH, 0)
+    with torch.no_grad():
+        for p, v in zip(model.parameters(), q, strict=True):
+            p.copy_(torch.from_numpy(v.astype(np.float64) / (1 << fp.param_scale)))
+    return model_to_bytes(model)
+
+
+def _k(
+    q: list[np.ndarray[Any, Any]], xq: np.ndarray[Any, Any], y: np.ndarray[Any, Any], fp: FixedPoint
+) -> int:
+    logits, scale = mlp_logits(q, xq, fp)
+    return accuracy_count(logits, scale, y, fp)
+
+
+def _float_acc(
+    weights: bytes, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], fp: FixedPoint
+) -> float:
+    return _k(_q(weights, fp), quantise_inputs(x, fp.input_scale), y, fp) / len(y)
+
+
+def run(case: Case) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    fp = FixedPoint()
+    ds: Dataset = load_dataset("digits")
+    sp = split(
+        ds,
+        seed=case.seed,
+        eval_batch_size=case.batch,
+        num_eval_batches=case.rounds,
+        test_fraction=0.2,
+    )
+    scheme, alpha = _alpha(case.setting)
+    shards = partition(sp.pool_y, case.n, scheme=scheme, alpha=alpha, seed=case.seed)
+    data = [(sp.pool_x[s].reshape(len(s), -1), sp.pool_y[s].copy()) for s in shards]
+    if case.adversary == "flip":
+        for i in range(math.ceil(0.3 * case.n)):
+            data[i] = (data[i][0], 9 - data[i][1])
+    test_x, test_y = sp.test_x.reshape(len(sp.test_y), -1), sp.test_y
+    test_xq = quantise_inputs(test_x, fp.input_scale)
+    genesis = model_to_bytes(build_model(ARCH, case.seed))
+
+    def train(weights: bytes, i: int, r: int) -> bytes:
+        x, y = data[i]
+        return train_local(
+            ARCH,
+            weights,
+            x,
+            y,
+            epochs=EPOCHS,
+            batch_size=TRAIN_BATCH,
+            lr=LR,
+            seed=_seed(case.seed, r, i),
+        )
+
+    accs: list[float] = []
+    if case.rule == "local":
+        models = [genesis] * case.n
+        for r in range(case.rounds):
+            models = [train(models[i], i, r) for i in range(case.n)]
+        honest = range(math.ceil(0.3 * case.n) if case.adversary == "flip" else 0, case.n)
+        return {"final": statistics.mean(_float_acc(models[i], test_x, test_y, fp) for i in honest)}
+    if case.rule == "central":
+        x, y = sp.pool_x.reshape(len(sp.pool_y), -1), sp.pool_y
+        w = genesis
+        for r in range(case.rounds):
+            w = train_local(
+                ARCH,
+                w,
+                x,
+                y,
+                epochs=EPOCHS,
+                batch_size=TRAIN_BATCH,
+                lr=LR,
+                seed=_seed(case.seed, r),
+            )
+            accs.append(_float_acc(w, test_x, test_y, fp))
+        return {"final": accs[-1], "curve": accs}
+    if case.rule == "fedavg":
+        w = genesis
+        sizes = np.array([len(d[1]) for d in data], dtype=np.float64)
+        for r in range(case.rounds):
+            locals_ = [model_from_bytes(ARCH, train(w, i, r)) for i in range(case.n)]
+            avg = build_model(ARCH, 0)
+            with torch.no_grad():
+                for j, p in enumerate(avg.parameters()):
+                    p.copy_(
+                        sum(
+                            float(s) * list(m.parameters())[j]
+                            for s, m in zip(sizes, locals_, strict=True)
+                        )
+                        / sizes.sum()
+                    )
+            w = model_to_bytes(avg)
+            accs.append(_float_acc(w, test_x, test_y, fp))
+        return {"final": accs[-1], "curve": accs}
+
+    select = rules_for(case.batch)[case.rule]
+    keys = [bytes([i]) * 32 for i in range(case.n + 1)]
+    free = case.n if case.adversary.startswith("freerider") else None
+    q_global = _q(genesis, fp)
+    w_global = _from_q(q_global, fp)
+    worse = members = free_sel = 0
+    prev = _k(q_global, test_xq, test_y, fp)
+    for r in range(case.rounds):
+        bx, by = sp.eval_batches[r]
+        bxq = quantise_inputs(bx.reshape(len(by), -1), fp.input_scale)
+        qs = [_q(train(w_global, i, r), fp) for i in range(case.n)]
+        if free is not None:
+            copy = [v.copy() for v in q_global]
+            if case.adversary == "freerider-noisy":
+                copy[0].flat[0] += 1
+            qs.append(copy)
+        commit = [hashlib.sha256(b"".join(v.tobytes() for v in q)).digest() for q in qs]
+        cands = [Candidate(keys[i], _k(q, bxq, by, fp), commit[i]) for i, q in enumerate(qs)]
+        parent_commit = hashlib.sha256(b"".join(v.tobytes() for v in q_global)).digest()
+        facts = RoundFacts(
+            hashlib.sha256(bxq.tobytes()).digest(),
+            case.batch,
+            _k(q_global, bxq, by, fp),
+            parent_commit,
+        )
+        chosen = select(cands, facts)
+        members += len(chosen)
+        if free is not None and any(c.participant == keys[free] for c in chosen):
+            free_sel += 1
+        if chosen:
+            idx = [keys.index(c.participant) for c in chosen]
+            flat = [np.concatenate([v.ravel() for v in qs[i]]).tolist() for i in idx]
+            mean, _rest = weighted_mean(flat, [c.weight for c in chosen])
+            arr, out, at = np.asarray(mean, dtype=np.int64), [], 0
+            for v in q_global:
+                out.append(arr[at : at + v.size].reshape(v.shape))
+                at += v.size
+            q_global = out
+            w_global = _from_q(q_global, fp)
+        acc = _k(q_global, test_xq, test_y, fp)
+        worse += acc < prev
+        prev = acc
+        accs.append(acc / len(test_y))
+    return {
+        "final": accs[-1],
+        "curve": accs,
+        "worse_share": worse / case.rounds,
+        "members": members / case.rounds,
+        "freerider_rate": free_sel / case.rounds if free is not None else None,
+        "fair_share": members / case.rounds / (case.n + 1) if free is not None else None,
+    }
+
+
+def _grid(seeds: int, rounds: int, batches: Sequence[int]) -> list[Case]:
+    cases: list[Case] = []
+    base = 16
+    chain = list(rules_for(base))
+    for setting, n, adv in [
+        ("iid", 3, ""),
+        ("iid", 8, ""),
+        ("dir0.5", 8, ""),
+        ("dir0.1", 8, ""),
+        ("dir0.5", 8, "flip"),
+        ("dir0.5", 8, "freerider"),
+        ("dir0.5", 8, "freerider-noisy"),
+    ]:
+        rules = chain + (["fedavg", "local", "central"] if adv in ("", "flip") else [])
+        for rule in rules:
+            for s in range(seeds):
+                cases.append(Case(setting, n, s, rule, rounds, base, adv))
+    for b in batches:
+        if b == base:
+            continue
+        for rule in ["winner", *list(rules_for(b))[1:]]:
+            for s in range(seeds):
+                cases.append(Case("dir0.5", 8, s, rule, rounds, b))
+    return cases
+
+
+def _label(rule: str, batch: int) -> str:
+    """Rules named with their batch-scaled parameters, reported under one row name."""
+    names = list(rules_for(batch))
+    return list(rules_for(16))[names.index(rule)] if rule in names else rule
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--batches", type=int, nargs="*", default=[16, 32, 64])
+    ap.add_argument("--quick", action="store_true", help="3 seeds, 10 rounds, B=16 only")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    if args.quick:
+        args.seeds, args.rounds, args.batches = 3, 10, [16]
+    cases = _grid(args.seeds, args.rounds, args.batches)
+    started = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        results = pool.map(run, cases, chunksize=1)
+    rows: dict[tuple[str, int, str, int, str], list[dict[str, Any]]] = {}
+    for case, res in zip(cases, results, strict=True):
+        rows.setdefault(
+            (case.setting, case.n, case.adversary, case.batch, _label(case.rule, case.batch)), []
+        ).append(res)
+    table = []
+    print(
+        f"{'setting':<22} {'B':>3} {'rule':<30} {'acc@R':>12} {'worse':>6} {'members':>7} {'free/fair':>10}"
+    )
+    for (setting, n, adv, b, rule), rs in rows.items():
+        finals = [100 * r["final"] for r in rs]
+        row = {
+            "setting": setting, "n": n, "adversary": adv, "batch": b, "rule": rule,
+            "acc_mean": statistics.mean(finals),
+            "acc_sd": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+            "worse_share": statistics.mean(r.get("worse_share") or 0 for r in rs) if "worse_share" in rs[0] else None,
+            "members": statistics.mean(r["members"] for r in rs) if "members" in rs[0] else None,
+            "freerider_rate": statistics.mean(r["freerider_rate"] for r in rs) if rs[0].get("freerider_rate") is not None else None,
+            "fair_share": statistics.mean(r["fair_share"] for r in rs) if rs[0].get("fair_share") is not None else None,
+            "seeds": len(rs),
+        }  # fmt: skip
+        table.append(row)
+        name = f"{setting} n={n}" + (f" {adv}" if adv else "")
+        worse = f"{100 * row['worse_share']:.0f}%" if row["worse_share"] is not None else "-"
+        mem = f"{row['members']:.1f}" if row["members"] is not None else "-"
+        free = (
+            f"{100 * row['freerider_rate']:.0f}/{100 * row['fair_share']:.0f}%"
+            if row["freerider_rate"] is not None
+            else "-"
+        )
+        print(
+            f"{name:<22} {b:>3} {rule:<30} {row['acc_mean']:>6.1f}±{row['acc_sd']:<4.1f} {worse:>6} {mem:>7} {free:>10}"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    out = {
+        "rounds": args.rounds,
+        "seeds": args.seeds,
+        "seconds": time.perf_counter() - started,
+        "rows": table,
+    }
+    (RESULTS / "learning.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'learning.json'} ({out['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The global model of an averaging round: the exact integer mean of the selected models.
+
+With integer weights a_i and quantised models q_i, W = sum a_i * q_i, S = sum a_i; the
+block carries M = floor(W / S) and R = W - S * M (0 <= R < S elementwise), so that
+W = S * M + R exactly: that identity is what the commitment check verifies without
+seeing any q_i (docs/protocol.md). Floor, not round-to-nearest, because it is the one
+every language computes the same way on negative numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from consensus.errors import InvalidError
+
+
+def weighted_sum(vectors: Sequence[Sequence[int]], weights: Sequence[int]) -> list[int]:
+    if len(vectors) != len(weights) or not vectors:
+        raise InvalidError("aggregate: need one weight per model and at least one model")
+    size = len(vectors[0])
+    if any(len(v) != size for v in vectors):
+        raise InvalidError("aggregate: models of different sizes")
+    if any(a < 1 for a in weights):
+        raise InvalidError("aggregate: weights must be positive integers")
+    total = [0] * size
+    for v, a in zip(vectors, weights, strict=True):
+        for j, x in enumerate(v):
+            total[j] += a * x
+    return total
+
+
+def split_mean(total: Sequence[int], weight_sum: int) -> tuple[list[int], list[int]]:
+    """(M, R) with total = weight_sum * M + R and 0 <= R < weight_sum, elementwise."""
+    if weight_sum < 1:
+        raise InvalidError("aggregate: the weights must sum to a positive integer")
+    mean = [w // weight_sum for w in total]
+    rest = [w - weight_sum * m for w, m in zip(total, mean, strict=True)]
+    return mean, rest
+
+
+def weighted_mean(
+    vectors: Sequence[Sequence[int]], weights: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    return split_mean(weighted_sum(vectors, weights), sum(weights))

@@ -1,0 +1,44 @@
+"""`zkpot testnet init` refuses a round length this machine cannot meet, from a measured proof."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.tools.cli import main
+from node.tools.netspec import PROOF_PERCENT, TestnetSpec, shortest_round_seconds
+
+
+def test_shortest_round_holds_every_proof_and_verification() -> None:
+    spec = TestnetSpec(nodes=4, participants=3)
+    # 3 proofs of 4 s one after another, 12 verifications of 50 ms, 25 % headroom.
+    seconds = shortest_round_seconds(spec, prove_ms=4000, verify_ms=50)
+    proof_window_ms = seconds * 1000 * PROOF_PERCENT // 100
+    assert proof_window_ms >= (3 * 4000 + 12 * 50) * 125 // 100
+    assert (seconds - 1) * 1000 * PROOF_PERCENT // 100 < (3 * 4000 + 12 * 50) * 125 // 100
+    bigger = shortest_round_seconds(TestnetSpec(nodes=9, participants=8), 4000, 50)
+    assert bigger > seconds
+
+
+def test_init_refuses_a_round_too_short_and_names_one_that_works(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "net"
+    args = ["testnet", "init", "--out", str(out), "--nodes", "3", "--participants", "2"]
+    args += ["--task", "digits-mlp-tiny", "--eval-batch", "4", "--logrows", "13"]
+    assert main([*args, "--round-seconds", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "--round-seconds 1 is too short for 2 participants" in err
+    assert "one proof took" in err
+    suggested = int(err.split("use --round-seconds ")[1].split()[0])
+    assert suggested > 1
+    assert not (out / "node0").exists()
+    # the length it names is accepted (and the override accepts the short one)
+    assert (
+        main([*args, "--round-seconds", "1", "--allow-short-rounds", "--out", str(tmp_path / "b")])
+        == 0
+    )
+    assert (
+        tmp_path / "b" / "node1" / "artifacts" / "pk.key"
+    ).stat().st_nlink == 2  # one file, linked into both participants
