@@ -81,6 +81,8 @@ class TrimmedMeanParams:
     slack: int  # keep k >= parent_k - slack
     min_members: int  # fewer eligible: no aggregate this round (the parent stays)
     max_members: int  # at most this many, best-ranked first
+    keep_percent: int = 100  # and at most ceil(keep_percent % of the candidates)
+    margin_weights: bool = False  # weight k - bar + 1 instead of 1
 
 
 def select_trimmed_mean(
@@ -91,7 +93,10 @@ def select_trimmed_mean(
         return ()
     bar = max(median_k(fresh) - params.spread, facts.parent_k - params.slack)
     eligible = [c for c in ranked(fresh, facts.batch_hash) if c.k >= bar]
-    chosen = eligible[: params.max_members]
+    cap = min(params.max_members, -(-len(fresh) * params.keep_percent // 100))
+    chosen = eligible[:cap]
     if len(chosen) < params.min_members:
         return ()
-    return tuple(Contribution(c.participant, 1) for c in chosen)
+    return tuple(
+        Contribution(c.participant, c.k - bar + 1 if params.margin_weights else 1) for c in chosen
+    )
