@@ -3,11 +3,12 @@ and the importer.
 
 Per round r (consensus.schedule): participants train and commit (node.participant);
 the publisher reveals batch r and the sealed commits (node.publisher); proofs and
-blocks arrive by gossip (node.roundpool validates round messages, node.importer
-blocks) or by sync (node.syncer). A round ends as soon as a block of it becomes head
+blocks arrive by gossip (node.roundpool validates round messages, node.blockrelay
+blocks, which node.importer then imports) or by sync (node.syncer). A round ends as soon as a block of it becomes head
 (or a later reveal shows this node fell behind), at the latest round_ms after it
 opened (node.roundclock). Every task lives in the nursery of `run`; a round's tasks
-in that round's nursery, cancelled when the next round opens.
+in that round's nursery, cancelled when the next round opens; a gossiped block's full
+validation in the block relay's, which `run` owns.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from consensus.crypto import SigningKey
 from consensus.roles import roles_of
 from consensus.strategy import rule_for
 from consensus.types import EvalBatch
+from node.blockrelay import BlockRelay
 from node.chain import Chain
 from node.checker import Checker
 from node.importer import BlockImporter
@@ -70,6 +72,7 @@ class Engine:
         self.importer = BlockImporter(
             g, chain.cid, chain, checker, self.pool, net, sync, wakeup.set
         )
+        self.relay = BlockRelay(g, chain.cid, self.importer, net)
         self.syncer = Syncer(chain, self.importer, net, sync, wakeup)
         self.participant: Participant | None = None
         self.publisher: Publisher | None = None
@@ -103,7 +106,7 @@ class Engine:
                 clock=clock,
             )
         net.gossip.set_validator(TopicKind.ROUND, self.pool.validate)
-        net.gossip.set_validator(TopicKind.BLOCKS, self.importer.validate)
+        net.gossip.set_validator(TopicKind.BLOCKS, self.relay.validate)
 
     def current_round(self) -> int | None:
         """The round this node is in (None before genesis), for the API."""
@@ -119,6 +122,7 @@ class Engine:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.relay.run)
             nursery.start_soon(self._drain_inbox)
             nursery.start_soon(self.syncer.run)
             await self._round_loop()

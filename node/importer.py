@@ -4,7 +4,8 @@
 verified; the model is fetched by hash; the checker answers the expensive checks
 in the worker pool; `conclude` gives the score; the chain stores the block and
 fork choice takes it. Blocks that fail are remembered (bounded) so no peer makes
-this node validate one twice.
+this node validate one twice. Gossip reaches this module through node.blockrelay,
+which decides relay on the cheap rules and runs the import here afterwards.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import trio
 from libp2p.peer.id import ID
 
 from consensus import blocks
+from consensus.blocks import ParentInfo
 from consensus.crypto import sha256
 from consensus.errors import ForkChoiceError, InvalidError
 from consensus.types import Block, Genesis
@@ -25,9 +27,6 @@ from node.chain import Applied, Chain
 from node.checker import Checker
 from node.interfaces import Net, Sync
 from node.roundpool import RoundPool
-from p2p import BlockAnnounce, SyncError, Verdict
-from p2p.gossip import GossipItem
-from p2p.host import public_key_of
 
 log = logging.getLogger("zkpot.node")
 
@@ -35,9 +34,10 @@ MAX_REFUSED = 4096
 
 
 @dataclass
-class _Flight:
-    """One block's validation in progress, for copies that arrive meanwhile."""
+class Flight:
+    """One block's validation in progress, for copies (and children) that arrive meanwhile."""
 
+    block: Block
     done: trio.Event = field(default_factory=trio.Event)
     invalid: InvalidError | None = None
 
@@ -63,7 +63,7 @@ class BlockImporter:
         self.sync = sync
         self.refused: OrderedDict[bytes, str] = OrderedDict()  # invalid or unplaceable blocks
         self.own: set[bytes] = set()  # our own publishes pass our validator
-        self._inflight: dict[bytes, _Flight] = {}  # blocks being validated right now
+        self._inflight: dict[bytes, Flight] = {}  # blocks being validated right now
         self.want_sync = want_sync  # a block arrived whose parent we lack
 
     def refuse(self, block_hash: bytes, reason: str) -> None:
@@ -99,14 +99,48 @@ class BlockImporter:
             if busy.invalid is not None:
                 raise busy.invalid
             return self.chain.has(h)
-        flight = self._inflight[h] = _Flight()
+        return await self.fly(self.begin(h, block), raw, h, sources)
+
+    def flight(self, block_hash: bytes) -> Flight | None:
+        """The validation of this block in progress, if any."""
+        return self._inflight.get(block_hash)
+
+    def begin(self, block_hash: bytes, block: Block) -> Flight:
+        """Register a validation before it runs, so copies arriving meanwhile find it;
+        `fly` must follow (it ends the flight whatever happens)."""
+        flight = self._inflight[block_hash] = Flight(block)
+        return flight
+
+    async def fly(
+        self, flight: Flight, raw: bytes, h: bytes, sources: list[ID], after: Flight | None = None
+    ) -> bool:
+        """Run a begun validation: first wait for the parent's (`after`) if it is in flight."""
         try:
-            return await self._import(block, raw, h, sources)
+            if after is not None:
+                await after.done.wait()
+                if after.invalid is not None:  # no honest node builds on it: drop, no blame
+                    self.refuse(h, "its parent is invalid")
+                    return False
+            return await self._import(flight.block, raw, h, sources)
         except InvalidError as exc:
             flight.invalid = exc
             raise
         finally:
             self._inflight.pop(h).done.set()
+
+    def parent_for_gossip(
+        self, block: Block, block_hash: bytes
+    ) -> tuple[ParentInfo, Flight | None] | None:
+        """The parent as the cheap rules need it: applied, or being validated right now
+        (then also its flight, to wait for). None: not importable now (see `placeable`)."""
+        after = self._inflight.get(block.parent)
+        if after is not None:
+            p = after.block
+            return ParentInfo(block.parent, p.round, p.height), after
+        if not self.placeable(block, block_hash):
+            return None
+        pinfo = self.chain.parent_info(block.parent)
+        return None if pinfo is None else (pinfo, None)
 
     async def _import(self, block: Block, raw: bytes, h: bytes, sources: list[ID]) -> bool:
         pinfo = self.chain.parent_info(block.parent)
@@ -166,29 +200,3 @@ class BlockImporter:
             return blob
         peers = list(dict.fromkeys([*peers, *self.net.connected_peers()]))
         return await self.sync.content_from_any(peers, blob_hash)
-
-    def _peers_with_pubkey(self, pub: bytes) -> list[ID]:
-        return [p for p in self.net.connected_peers() if public_key_of(p) == pub]
-
-    async def validate(self, item: GossipItem, forwarder: ID) -> Verdict:
-        """The block topic's validator."""
-        if isinstance(item, BlockAnnounce):
-            return Verdict.IGNORE  # blocks above the inline limit come by sync
-        if not isinstance(item, Block):
-            return Verdict.REJECT
-        raw = item.encode()
-        h = sha256(raw)
-        if forwarder == self.net.peer_id and h in self.own:
-            return Verdict.ACCEPT  # our own block, already validated and applied
-        if not self.placeable(item, h):
-            return Verdict.IGNORE
-        sources = [forwarder, *self._peers_with_pubkey(item.proposer)]
-        try:
-            ok = await self.import_block(item, raw, sources)
-        except InvalidError as exc:
-            log.info("rejected block %s from %s: %s", h.hex()[:12], forwarder, exc)
-            return Verdict.REJECT
-        except SyncError as exc:
-            log.info("block %s: model not available yet: %s", h.hex()[:12], exc)
-            return Verdict.IGNORE
-        return Verdict.ACCEPT if ok else Verdict.IGNORE

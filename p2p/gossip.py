@@ -10,16 +10,18 @@ Topics carry the chain id in hex, so two chains never share a mesh:
 
 Every incoming message passes `_validate` before it is relayed or delivered: size
 limit, then the canonical decode (both free of the node's state), then the node's
-validator (consensus checks, zk verification through the prover pool). A validator
+validator, within a budget per topic: `validation_timeout_s` on the round topic (zk
+verification through the prover pool), `block_validation_budget_s` on the blocks topic
+(cheap checks only; the node validates a relayed block fully afterwards). A validator
 returns ACCEPT, REJECT or IGNORE and never raises into libp2p: an exception or a
 REJECT penalises the forwarding peer; IGNORE (e.g. a proof whose reveal is not
 here yet) drops the message without penalty. Rejected and ignored messages are
-never relayed. Accepted messages arrive in order on `Gossip.inbox`.
+never relayed; one past its budget is IGNORE. Accepted messages arrive in order on
+`Gossip.inbox`. The topics' wire values (names, payload types, decoding) are p2p.topics.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,87 +34,49 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 
 from consensus.crypto import sha256
-from consensus.encoding import Bytes, UInt, Wire, peek_tag, wire
 from consensus.errors import DecodeError
 from consensus.types import Block, CommitTx, ProofTx, Reveal
 from p2p import hardening, penalties
+from p2p.topics import (
+    BLOCK_TYPES,
+    MAX_GOSSIP_PAYLOAD,
+    ROUND_TYPES,
+    BlockAnnounce,
+    GossipItem,
+    TopicKind,
+    Validator,
+    Verdict,
+    accept_all,
+    decode_gossip,
+    message_id,
+    topic_name,
+)
 
 if TYPE_CHECKING:
     from p2p.host import P2PHost
 
+__all__ = [  # the topics' wire values stay importable from here
+    "BLOCK_TYPES",
+    "GOSSIPSUB_PROTOCOLS",
+    "MAX_GOSSIP_PAYLOAD",
+    "ROUND_TYPES",
+    "BlockAnnounce",
+    "Delivered",
+    "Gossip",
+    "GossipConfig",
+    "GossipItem",
+    "TopicKind",
+    "Validator",
+    "Verdict",
+    "accept_all",
+    "decode_gossip",
+    "message_id",
+    "topic_name",
+]
+
 log = logging.getLogger(__name__)
 
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
-# Largest gossip payload: a Reveal (536 672 bytes) fits; py-libp2p silently drops
-# frames above ~1 MiB, so everything bigger goes over sync streams.
-MAX_GOSSIP_PAYLOAD = 640 * 1024
-
-
-def message_id(msg: Any) -> bytes:
-    """The 32-byte sha256 of the payload alone: one object is one message, whoever sent it."""
-    return sha256(bytes(msg.data))
-
-
-@dataclass(frozen=True)
-class BlockAnnounce(Wire):
-    """Announces a block too large to gossip; fetch it by hash over sync."""
-
-    TAG = 20
-    NAME = "BlockAnnounce"
-    MAX_BYTES = 256
-
-    block_hash: bytes = wire(Bytes(32, 32))
-    parent: bytes = wire(Bytes(32, 32))
-    height: int = wire(UInt(1, 2**62))
-    round: int = wire(UInt(0, 2**20 - 1))
-    size: int = wire(UInt(1, Block.MAX_BYTES))
-
-
-GossipItem = CommitTx | Reveal | ProofTx | Block | BlockAnnounce
-
-ROUND_TYPES: dict[int, type[Wire]] = {
-    CommitTx.TAG: CommitTx,
-    Reveal.TAG: Reveal,
-    ProofTx.TAG: ProofTx,
-}
-BLOCK_TYPES: dict[int, type[Wire]] = {Block.TAG: Block, BlockAnnounce.TAG: BlockAnnounce}
-
-
-class Verdict(enum.Enum):
-    ACCEPT = "accept"  # relay and deliver
-    REJECT = "reject"  # invalid: drop and penalise the forwarder
-    IGNORE = "ignore"  # not useful now (duplicate, too early): drop, no penalty
-
-
-# The node's check of one decoded message; `forwarder` is the peer that sent it to us.
-Validator = Callable[[GossipItem, ID], Awaitable[Verdict]]
-
-
-async def accept_all(item: GossipItem, forwarder: ID) -> Verdict:
-    """Default validator: the canonical decode alone (the node installs the real one)."""
-    return Verdict.ACCEPT
-
-
-class TopicKind(enum.Enum):
-    ROUND = "round"
-    BLOCKS = "blocks"
-
-
-def topic_name(chain_id: bytes, kind: TopicKind) -> str:
-    return f"/zkpot/{chain_id.hex()}/{kind.value}/1"
-
-
-def decode_gossip(kind: TopicKind, data: bytes) -> GossipItem:
-    """Decode one payload of a topic; raises only `DecodeError`."""
-    if len(data) > MAX_GOSSIP_PAYLOAD:
-        raise DecodeError(f"gossip payload of {len(data)} bytes exceeds {MAX_GOSSIP_PAYLOAD}")
-    types = ROUND_TYPES if kind is TopicKind.ROUND else BLOCK_TYPES
-    tag = peek_tag(data)
-    cls = types.get(tag) if tag is not None else None
-    if cls is None:
-        raise DecodeError(f"type tag {tag!r} is not allowed on the {kind.value} topic")
-    item: GossipItem = cls.decode(data)  # type: ignore[assignment]
-    return item
 
 
 @dataclass(frozen=True)
@@ -128,6 +92,9 @@ class GossipConfig:
     max_msgs_per_topic_per_s: float = 2000.0
     block_inline_max: int = 512 * 1024
     validation_timeout_s: float = 30.0  # zk verification can queue behind the prover pool
+    # A block's relay decision runs cheap checks only (node.blockrelay); a validator that
+    # takes longer gets IGNORE, so a slow block never holds py-libp2p's validation slots.
+    block_validation_budget_s: float = 1.0
     max_concurrent_validations: int = 32
     publish_wait_s: float = 10.0  # backpressure: wait this long for peer queues to drain
     queue_high_water: int = 256  # of hardening.OUTBOUND_QUEUE_SIZE
@@ -213,7 +180,10 @@ class Gossip:
             self._host.penalise(forwarder, penalties.INVALID, f"bad gossip message: {exc!r}")
             return Verdict.REJECT
         verdict = Verdict.IGNORE
-        with trio.move_on_after(self.config.validation_timeout_s):
+        budget = self.config.validation_timeout_s
+        if kind is TopicKind.BLOCKS:
+            budget = self.config.block_validation_budget_s
+        with trio.move_on_after(budget):
             try:
                 verdict = await self._validators[kind](item, forwarder)
             except Exception:

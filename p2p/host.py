@@ -12,7 +12,8 @@ testnet): they are resolved by the system resolver at every dial.
 Refusals, earliest first: a banned address on the raw socket before the handshake
 (hardening patch 6), a banned identity right after the Noise handshake (patch 7), the
 connection limit once connected (`_Notifee`). Scores and bans are p2p.standing;
-`merit` (p2p.slots) records which peers have served us, for the sync server's slots.
+`merit` (p2p.slots) records which peers have served us, for the sync server's slots;
+`keepalive` (p2p.keepalive) closes connections whose peer stopped answering pings.
 (Over 300 lines: one class owns the host's lifecycle, peers and refusals; the logic
 behind each lives in the modules named above.)
 """
@@ -45,6 +46,7 @@ from p2p import hardening, penalties
 from p2p.addrs import addr_key, ip_of_multiaddr, resolve_addr
 from p2p.gossip import Gossip, GossipConfig
 from p2p.identity import key_pair_from_seed, peer_id_from_seed, public_key_of
+from p2p.keepalive import Keepalive
 from p2p.slots import PeerMerit
 from p2p.standing import Standing
 
@@ -78,6 +80,11 @@ class HostConfig:
     # an address is refused before the handshake once this many identities from it are
     # banned, even while peers in good standing share it (p2p.standing)
     addr_ban_after: int = 3
+    # keepalive (p2p.keepalive): a ping per peer every interval (0: off); a connection
+    # that misses `ping_failures` in a row is closed and the reconnect loop redials
+    ping_interval_s: float = 5.0
+    ping_timeout_s: float = 3.0
+    ping_failures: int = 2
     gossip: GossipConfig = field(default_factory=GossipConfig)
 
 
@@ -155,6 +162,14 @@ class P2PHost:
         hardening.refuse_after_security(swarm, self.is_banned, self._on_secured)
         swarm.register_notifee(_Notifee(self))
         self.gossip = Gossip(self, chain_id, config.gossip)
+        self.keepalive = Keepalive(
+            self.libp2p,
+            self.connected_peers,
+            self._disconnect,
+            interval_s=config.ping_interval_s,
+            timeout_s=config.ping_timeout_s,
+            failures=config.ping_failures,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -173,6 +188,8 @@ class P2PHost:
                     self._running = True
                     await self.gossip.start(nursery)
                     nursery.start_soon(self._reconnect_loop)
+                    if self.config.ping_interval_s > 0:
+                        nursery.start_soon(self.keepalive.run)
                     try:
                         yield self
                     finally:

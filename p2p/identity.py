@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libp2p.crypto.ed25519 import Ed25519PrivateKey
+from libp2p.crypto.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
@@ -17,6 +17,11 @@ def key_pair_from_seed(seed: bytes) -> KeyPair:
 
 def peer_id_from_seed(seed: bytes) -> ID:
     return ID.from_pubkey(key_pair_from_seed(seed).public_key)
+
+
+def peer_id_of_key(public: bytes) -> ID:
+    """The peer id of a raw 32-byte ed25519 key (a block's proposer, a tx's signer)."""
+    return ID.from_pubkey(Ed25519PublicKey.from_bytes(public))
 
 
 def public_key_of(peer: ID) -> bytes | None:

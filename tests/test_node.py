@@ -172,8 +172,9 @@ async def test_a_commit_waits_for_its_parent_block(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     chain = make_chain(n=3, num_batches=8)
-    async with running_net(tmp_path, chain, start=False) as (_, nodes, _):
+    async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
         observer = nodes[0]
+        await nursery.start(observer.engine.relay.run)
         block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 2, 2: 1})
         idx = chain.participants.index(chain.key_of(block.proposer))
         observer.chain.store.put_blob(models[idx])
@@ -185,7 +186,8 @@ async def test_a_commit_waits_for_its_parent_block(
         assert child.hash() not in pool.state(1).commits
         arrived = observer.engine.clock()
         await trio.sleep(1)
-        assert await observer.engine.importer.validate(block, peer) is Verdict.ACCEPT
+        assert await observer.engine.relay.validate(block, peer) is Verdict.ACCEPT
+        await until(lambda: observer.chain.has(block.hash()), 1)
         assert pool.state(1).commits[child.hash()] == child
         assert pool.state(1).received_ms[child.hash()] == arrived, (
             "its arrival time decides sealing"
@@ -228,6 +230,7 @@ async def test_copies_of_a_block_under_validation_wait_for_that_one_validation(
     chain = make_chain(n=3, num_batches=8)
     async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
         observer = nodes[0]
+        await nursery.start(observer.engine.relay.run)
         observer.prover.delay_s[Commit] = 1.0  # validation takes a while
         block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 2, 2: 1})
         idx = chain.participants.index(chain.key_of(block.proposer))
@@ -236,15 +239,16 @@ async def test_copies_of_a_block_under_validation_wait_for_that_one_validation(
 
         async def deliver(src: FakeNode) -> None:
             item = Block.decode(block.encode())
-            verdicts.append(await observer.engine.importer.validate(item, src.net.peer_id))
+            verdicts.append(await observer.engine.relay.validate(item, src.net.peer_id))
 
         async with trio.open_nursery() as inner:
-            for src in nodes[1:]:  # three forwarders at once
+            for src in nodes[1:]:  # three forwarders at once: relayed once
                 inner.start_soon(deliver, src)
-        assert verdicts == [Verdict.ACCEPT] * 3
+        assert sorted(v.value for v in verdicts) == ["accept", "ignore", "ignore"]
+        # the same block by sync meanwhile waits for the gossip copy's validation
+        assert await observer.engine.importer.import_block(block, block.encode(), [])
         assert sum(isinstance(j, Commit) for j in observer.prover.calls) == 1
         assert observer.chain.head == block.hash()
-        del nursery
 
 
 async def test_a_silent_peer_does_not_slow_catching_up(

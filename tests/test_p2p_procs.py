@@ -138,3 +138,22 @@ async def test_late_peer_syncs_blocks_and_models_from_another_process(tmp_path: 
                 got_model = await s.content(blocks[-1].model_hash)
             assert [e.block_hash for e in entries] == [b.hash() for b in blocks]
             assert got_model == model
+
+
+async def test_a_frozen_peer_process_is_disconnected_by_keepalive_and_redialled_after() -> None:
+    """SIGSTOP: the peer's kernel still ACKs, so only unanswered pings show it is gone."""
+    with child("frozen", free_port()) as (proc, info):
+        fast = {"ping_interval_s": 0.5, "ping_timeout_s": 0.5, "ping_failures": 2}
+        a = P2PHost(config("freezeA", reconnect_interval_s=0.5, **fast), CHAIN.cid)
+        async with running([a]):
+            peer = await a.connect(str(info["addrs"][0]))
+            await trio.sleep(1.5)  # pings answered: it stays
+            assert a.is_connected(peer) and a.keepalive.closed == 0
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                start = trio.current_time()
+                await wait_for(lambda: not a.is_connected(peer), 2 * (0.5 + 0.5) + 2)
+                assert trio.current_time() - start <= 2 * (0.5 + 0.5) + 1.5
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            await wait_for(lambda: a.is_connected(peer), 20)  # the reconnect loop redials it
