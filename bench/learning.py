@@ -10,7 +10,7 @@ confirm the k computed here, so leaving the prover out changes nothing selection
 sees. Baselines: FedAvg (float, weighted by shard size, every participant), each
 participant training alone (local), and one model on the whole pool (centralised).
 
-Adversaries: `flip` makes ceil(30 %) of the participants train on labels y -> 9-y;
+Adversaries: `flip` makes ceil(30 %) of the participants (`flip2`: two) train on labels y -> 9-y;
 `freerider` adds one participant that resubmits the parent model unchanged
 (`freerider-noisy`: the parent with one weight moved by one quantum, so its
 commitment differs).
@@ -74,15 +74,13 @@ def _trimmed(
 
 def rules_for(batch: int) -> dict[str, Selector]:
     """The chain rules compared; spreads and slacks scale with the batch size."""
-    q, e = batch // 4, batch // 8
+    q = batch // 4
     return {
         "winner": select_winner,
-        f"trimmed(spread={q})": _trimmed(q, batch),
-        f"trimmed(spread={e})": _trimmed(e, batch),
-        f"trimmed(spread={q},margin)": _trimmed(q, batch, margin=True),
         "top-half": _trimmed(batch, batch, keep=50),
-        "top-2/3": _trimmed(batch, batch, keep=67),
-        f"trimmed(spread={q},top-2/3)": _trimmed(q, batch, keep=67),
+        f"top-half,parent-slack={q}": _trimmed(batch, q, keep=50),
+        f"trimmed(spread={q})": _trimmed(q, batch),
+        f"trimmed(spread={q},margin)": _trimmed(q, batch, margin=True),
         "beat-parent": _trimmed(batch, -1, lo=1),
     }
 
@@ -96,6 +94,13 @@ class Case:
     rounds: int
     batch: int
     adversary: str = ""  # "" | flip | freerider | freerider-noisy
+
+
+def _flippers(case: Case) -> int:
+    """`flip`: ceil(30 %) of the participants flip their labels; `flip2`: two of them."""
+    if case.adversary == "flip":
+        return math.ceil(0.3 * case.n)
+    return 2 if case.adversary == "flip2" else 0
 
 
 def _alpha(setting: str) -> tuple[str, float]:
@@ -145,9 +150,8 @@ def run(case: Case) -> dict[str, Any]:
     scheme, alpha = _alpha(case.setting)
     shards = partition(sp.pool_y, case.n, scheme=scheme, alpha=alpha, seed=case.seed)
     data = [(sp.pool_x[s].reshape(len(s), -1), sp.pool_y[s].copy()) for s in shards]
-    if case.adversary == "flip":
-        for i in range(math.ceil(0.3 * case.n)):
-            data[i] = (data[i][0], 9 - data[i][1])
+    for i in range(_flippers(case)):
+        data[i] = (data[i][0], 9 - data[i][1])
     test_x, test_y = sp.test_x.reshape(len(sp.test_y), -1), sp.test_y
     test_xq = quantise_inputs(test_x, fp.input_scale)
     genesis = model_to_bytes(build_model(ARCH, case.seed))
@@ -170,7 +174,7 @@ def run(case: Case) -> dict[str, Any]:
         models = [genesis] * case.n
         for r in range(case.rounds):
             models = [train(models[i], i, r) for i in range(case.n)]
-        honest = range(math.ceil(0.3 * case.n) if case.adversary == "flip" else 0, case.n)
+        honest = range(_flippers(case), case.n)
         return {"final": statistics.mean(_float_acc(models[i], test_x, test_y, fp) for i in honest)}
     if case.rule == "central":
         x, y = sp.pool_x.reshape(len(sp.pool_y), -1), sp.pool_y
@@ -188,11 +192,13 @@ def run(case: Case) -> dict[str, Any]:
             )
             accs.append(_float_acc(w, test_x, test_y, fp))
         return {"final": accs[-1], "curve": accs}
-    if case.rule == "fedavg":
+    if case.rule in ("fedavg", "oracle"):
+        # oracle: FedAvg of the honest participants only (the best any selection can do)
+        who = list(range(_flippers(case) if case.rule == "oracle" else 0, case.n))
         w = genesis
-        sizes = np.array([len(d[1]) for d in data], dtype=np.float64)
+        sizes = np.array([len(data[i][1]) for i in who], dtype=np.float64)
         for r in range(case.rounds):
-            locals_ = [model_from_bytes(ARCH, train(w, i, r)) for i in range(case.n)]
+            locals_ = [model_from_bytes(ARCH, train(w, i, r)) for i in who]
             avg = build_model(ARCH, 0)
             with torch.no_grad():
                 for j, p in enumerate(avg.parameters()):
@@ -266,6 +272,7 @@ SETTINGS = [
     ("dir0.5", 8, ""),
     ("dir0.1", 8, ""),
     ("dir0.5", 8, "flip"),
+    ("dir0.5", 8, "flip2"),
     ("dir0.5", 8, "freerider"),
     ("dir0.5", 8, "freerider-noisy"),
 ]
@@ -284,6 +291,8 @@ def _grid(
             rules = list(rules_for(b))
             if not adv.startswith("freerider"):
                 rules.append("fedavg")
+            if adv.startswith("flip"):
+                rules.append("oracle")
             if b == BASE_BATCH and not adv.startswith("freerider"):
                 rules += ["local", "central"]
             for rule in rules:

@@ -30,6 +30,7 @@ from consensus import blocks
 from consensus.crypto import sha256
 from consensus.errors import InvalidError
 from consensus.types import Block, Genesis
+from node.checker import CheckIncomplete
 from node.importer import MAX_REFUSED, BlockImporter, Flight
 from node.interfaces import Net
 from p2p import BlockAnnounce, SyncError, Verdict, penalties
@@ -129,6 +130,8 @@ class BlockRelay:
                 )
             except SyncError as exc:
                 log.info("block %s: model not available: %s", h.hex()[:12], exc)
+            except CheckIncomplete as exc:  # no verdict: a later copy or sync tries again
+                log.info("block %s: not checked: %s", h.hex()[:12], exc)
             except Exception:  # a bug here must never end the node
                 log.exception("importing block %s failed unexpectedly", h.hex()[:12])
         if scope.cancelled_caught:

@@ -1,9 +1,11 @@
 """Answers consensus's expensive checks (consensus.checks) in the worker pool.
 
 zk verifications are cached by their public values (a proof is seen by gossip,
-then again in its block); model checks run in parallel with them. A worker
-failure is an answer too: for a proof it is "does not verify" (not cached: it may
-be transient), for the block's model it refuses the block with the reason.
+then again in its block); model checks run in parallel with them. A worker that
+fails or overruns is not a verdict: `CheckIncomplete` says the check could not be
+done here and now (busy machine, killed worker), so callers neither refuse the
+block or proof nor blame whoever sent it, and a later copy or the sync loop tries
+again. Timing is not correctness.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from consensus.crypto import sha256
 from consensus.errors import InvalidError
 from node.interfaces import Prover
 from prover.client import Commit, Evaluate, Verify
-from prover.worker import WorkerError
+from prover.worker import JobFailed, WorkerError
+
+
+class CheckIncomplete(WorkerError):
+    """A check could not be completed here (worker failure or timeout): no verdict."""
 
 
 class Checker:
@@ -42,8 +48,10 @@ class Checker:
         job = Verify(self.artifacts, check.proof, check.batch.encode(), check.commitment, check.k)
         try:
             v = await self.pool.run(job, timeout=self.timeout_s)
+        except JobFailed as exc:  # the verifier raised on these inputs: they are bad
+            return False, f"verification failed: {exc}"
         except WorkerError as exc:
-            return False, f"verification did not complete: {exc}"
+            raise CheckIncomplete(f"verification did not complete: {exc}") from exc
         self._cache[key] = (v.ok, v.reason)
         if len(self._cache) > 100_000:
             self._cache.clear()
@@ -55,7 +63,8 @@ class Checker:
         if any(not isinstance(c, VerifyProof) and c.model_hash != model_hash for c in checks):
             raise InvalidError("Block: the model blob does not match model_hash")
         answers: dict[Check, Answer] = {}
-        failures: list[str] = []
+        failures: list[str] = []  # the inputs made the job fail: a verdict
+        incomplete: list[str] = []  # no verdict (timeout, crash)
 
         async def one(check: Check) -> None:
             # Each task reports its own failure: an exception group out of the nursery
@@ -70,14 +79,16 @@ class Checker:
                 elif isinstance(check, EvaluateModel):
                     ev = Evaluate(self.artifacts, self.arch, model, check.batch.encode())
                     answers[check] = await self.pool.run(ev, timeout=self.timeout_s)
-            except WorkerError as exc:
+            except JobFailed as exc:
                 failures.append(f"{type(check).__name__}: {exc}")
+            except WorkerError as exc:
+                incomplete.append(f"{type(check).__name__}: {exc}")
 
         async with trio.open_nursery() as nursery:
             for c in checks:
                 nursery.start_soon(one, c)
         if failures:
-            raise InvalidError(
-                f"Block: the revealed model cannot be checked: {'; '.join(failures)}"
-            )
+            raise InvalidError(f"Block: the revealed model fails its checks: {'; '.join(failures)}")
+        if incomplete:
+            raise CheckIncomplete(f"the block cannot be checked now: {'; '.join(incomplete)}")
         return answers

@@ -24,7 +24,7 @@ from consensus.crypto import sha256
 from consensus.errors import ForkChoiceError, InvalidError
 from consensus.types import Block, Genesis
 from node.chain import Applied, Chain
-from node.checker import Checker
+from node.checker import Checker, CheckIncomplete
 from node.interfaces import Net, Sync
 from node.roundpool import RoundPool
 
@@ -86,7 +86,8 @@ class BlockImporter:
 
     async def import_block(self, block: Block, raw: bytes, sources: list[ID]) -> bool:
         """Validate completely and apply. InvalidError: the block is bad (refused here);
-        SyncError: its model could not be fetched (may be transient; not refused).
+        SyncError: its model could not be fetched, CheckIncomplete: a worker could not
+        check it (both may be transient: not refused, nobody blamed).
         False: a valid block fork choice cannot take.
 
         The same block arriving again (several forwarders, gossip and sync at once) while
@@ -169,6 +170,9 @@ class BlockImporter:
             score = blocks.conclude(pending, await self.checker.answer(pending.checks, model))
         except InvalidError as exc:
             log.error("round %d: our own block is invalid, not proposing: %s", block.round, exc)
+            return None
+        except CheckIncomplete as exc:
+            log.warning("round %d: our own block could not be checked: %s", block.round, exc)
             return None
         applied = await self._apply(block, raw, model, score)
         if applied is not None:

@@ -21,7 +21,7 @@ from consensus.errors import InvalidError
 from consensus.forkchoice import ChainNode
 from consensus.types import Block, CommitTx, Genesis, ProofTx, Reveal
 from node.chain import Chain
-from node.checker import Checker
+from node.checker import Checker, CheckIncomplete
 from node.interfaces import Clock
 from node.roundclock import RoundClock
 from node.roundlog import ProofSeen, RoundLog
@@ -241,7 +241,11 @@ class RoundPool:
         check = rules.proof_check(self.genesis, self.cid, st.reveal, commit, tx)
         seen = ProofSeen(tx.participant, tx.commit_id, tx.k, None)
         self.roundlog.record(tx.round).proofs[tx.commit_id] = seen
-        ok, reason = await self.checker.verify(check)
+        try:
+            ok, reason = await self.checker.verify(check)
+        except CheckIncomplete as exc:  # no verdict here now; the block will carry it
+            log.info("proof of %s not checked: %s", tx.participant.hex()[:8], exc)
+            return Verdict.IGNORE
         if not ok:
             seen.valid, seen.reason = False, reason
             raise InvalidError(f"ProofTx: {reason}")

@@ -139,3 +139,25 @@ async def test_the_relay_passes_nothing_before_it_runs(
     async with running_net(tmp_path, chain, start=False) as (_, nodes, _):
         block, _ = chain.round_block(0, chain.cid, 1, SCORES)
         assert await relay(nodes[0], block, nodes[2]) is Verdict.IGNORE
+
+
+async def test_a_block_a_busy_worker_could_not_check_is_not_refused_and_imports_later(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A timeout is not a verdict: the block is neither refused nor its proposer blamed,
+    and the next copy (here: the sync path) validates and applies it."""
+    chain = make_chain(n=3)
+    async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
+        observer, forwarder = nodes[0], nodes[3]
+        block, _ = chain.round_block(0, chain.cid, 1, SCORES)
+        await observe(observer, nursery, chain, block)
+        observer.prover.delay_s[Commit] = 1000.0  # past the checker's 30 s timeout
+        assert await relay(observer, block, forwarder) is Verdict.ACCEPT
+        importer = observer.engine.importer
+        await until(lambda: importer.flight(block.hash()) is None, 100)
+        assert not observer.chain.has(block.hash())
+        assert block.hash() not in importer.refused
+        assert observer.net.penalties == []
+        observer.prover.delay_s[Commit] = 0.01
+        assert await importer.import_block(block, block.encode(), [forwarder.net.peer_id])
+        assert observer.chain.head == block.hash()

@@ -29,6 +29,7 @@ from p2p.gossip import Validator
 from p2p.host import peer_id_from_seed
 from p2p.sync import BlockEntry, Status
 from prover.client import Commit, Evaluate, Job, Prove, Proved, Train, Verified, Verify
+from prover.worker import JobTimeout
 from storage import ChainStore
 from support.chainfactory import Chain, hash_proof, hash_verify, model_commitment
 
@@ -54,8 +55,10 @@ class FakeProver:
 
     async def run(self, job: Job[R], *, timeout: float) -> R:
         self.calls.append(job)
-        with trio.fail_after(timeout):
+        with trio.move_on_after(timeout) as scope:
             await trio.sleep(self.delay_s.get(type(job), 0.01))
+        if scope.cancelled_caught:  # as the real pool: its worker would be killed
+            raise JobTimeout(f"{type(job).__name__} overran its {timeout:.0f} s deadline")
         return self.answer(job)  # type: ignore[return-value]
 
     @staticmethod
