@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from consensus import bn254
 from consensus.errors import InvalidError
 
 
@@ -42,3 +43,35 @@ def weighted_mean(
     vectors: Sequence[Sequence[int]], weights: Sequence[int]
 ) -> tuple[list[int], list[int]]:
     return split_mean(weighted_sum(vectors, weights), sum(weights))
+
+
+def shifted(commitment: bn254.Point, k_point: bn254.Point) -> bn254.Point:
+    """C - K: the linear part L(q) of a weight commitment."""
+    return bn254.sub(commitment, k_point)
+
+
+def check_aggregate(
+    commitments: Sequence[bn254.Point],
+    weights: Sequence[int],
+    k_point: bn254.Point,
+    mean_commitment: bn254.Point,
+    rest_commitment: bn254.Point,
+) -> None:
+    """Raise unless sum a_i*(C_i - K) == S*(C(M) - K) + (C(R) - K), S = sum a_i.
+
+    Because C(q) = L(q) + K with L linear, the left side is L(W) and the right side is
+    L(S*M + R): equal exactly when W = S*M + R (L is binding), i.e. when M and R are the
+    weighted mean and remainder of the committed models, none of which is seen here.
+    """
+    if len(commitments) != len(weights) or not commitments:
+        raise InvalidError("aggregate: need one weight per commitment")
+    left = bn254.msm([shifted(c, k_point) for c in commitments], list(weights))
+    right = bn254.add(
+        bn254.mul(shifted(mean_commitment, k_point), sum(weights)),
+        shifted(rest_commitment, k_point),
+    )
+    if left != right:
+        raise InvalidError(
+            "Block: the aggregate does not match the selected models' commitments "
+            "(sum a_i*(C_i - K) != S*(C(M) - K) + (C(R) - K))"
+        )

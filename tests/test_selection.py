@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from consensus.aggregate import split_mean, weighted_mean, weighted_sum
+from consensus import bn254
+from consensus.aggregate import check_aggregate, split_mean, weighted_mean, weighted_sum
 from consensus.errors import InvalidError
 from consensus.selection import (
     Candidate,
@@ -91,3 +92,30 @@ def test_weighted_mean_is_exact() -> None:
 def test_weighted_mean_refuses_bad_input(vectors: list[list[int]], weights: list[int]) -> None:
     with pytest.raises(InvalidError):
         weighted_mean(vectors, weights)
+
+
+def test_the_aggregate_check_on_an_affine_commitment() -> None:
+    """C(q) = sum q_j*B_j + K (the shape ezkl's commitment has): the check accepts the
+    exact mean and remainder and refuses either off by one in one weight."""
+    rng = random.Random(5)
+    basis = [bn254.mul(bn254.G, rng.randrange(1, bn254.R)) for _ in range(12)]
+    k_point = bn254.mul(bn254.G, rng.randrange(1, bn254.R))
+
+    def commit(q: list[int]) -> bn254.Point:
+        return bn254.add(bn254.msm(basis, q), k_point)
+
+    models = [[rng.randrange(-300, 300) for _ in basis] for _ in range(4)]
+    weights = [1, 2, 1, 3]
+    mean, rest = weighted_mean(models, weights)
+    cs = [commit(q) for q in models]
+    check_aggregate(cs, weights, k_point, commit(mean), commit(rest))
+    off = list(mean)
+    off[5] += 1
+    with pytest.raises(InvalidError, match="aggregate does not match"):
+        check_aggregate(cs, weights, k_point, commit(off), commit(rest))
+    rest_off = list(rest)
+    rest_off[0] += 1
+    with pytest.raises(InvalidError, match="aggregate does not match"):
+        check_aggregate(cs, weights, k_point, commit(mean), commit(rest_off))
+    with pytest.raises(InvalidError, match="aggregate does not match"):
+        check_aggregate(cs, [1, 2, 1, 2], k_point, commit(mean), commit(rest))
