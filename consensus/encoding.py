@@ -2,7 +2,10 @@
 
 Every protocol object is a msgpack array ``[tag, version, field1, field2, ...]``
 with fields in declaration order and no maps, floats, bools, nils or extension
-types anywhere. An encoding is canonical when re-encoding the decoded value
+types anywhere. A field added by a later protocol version is declared with `since`
+and a default: an object whose later fields all hold their defaults encodes as the
+earlier version (so every version-1 object keeps its bytes and its hash), otherwise
+as the latest version its fields need, with every field up to that version. An encoding is canonical when re-encoding the decoded value
 gives the same bytes (msgpack-python always emits the shortest form), so a
 content hash identifies exactly one object and a peer cannot vary the bytes of
 a message without changing its id. `decode` checks every size and shape limit
@@ -21,7 +24,7 @@ import msgpack
 from consensus.crypto import sha256
 from consensus.errors import DecodeError
 
-ENCODING_VERSION = 1
+ENCODING_VERSION = 1  # the first version; later fields name theirs with `since`
 SIGNING_DOMAIN = b"zkpot/sig/v1/"
 
 
@@ -69,9 +72,16 @@ class Struct:
 Kind = UInt | Bytes | Text | ListOf | Struct
 
 
-def wire(kind: Kind) -> Any:
-    """Declare a dataclass field's wire kind (its schema)."""
-    return dataclasses.field(metadata={"wire": kind})
+def wire(kind: Kind, *, since: int = ENCODING_VERSION, default: Any = dataclasses.MISSING) -> Any:
+    """Declare a dataclass field's wire kind (its schema); a field a later version added
+    names that version and the default its earlier encodings stand for."""
+    if since != ENCODING_VERSION and default is dataclasses.MISSING:
+        raise TypeError("a field added by a later version needs a default")
+    return dataclasses.field(default=default, metadata={"wire": kind, "since": since})
+
+
+def _since(f: dataclasses.Field[Any]) -> int:
+    return int(f.metadata.get("since", ENCODING_VERSION))
 
 
 class Wire:
@@ -81,10 +91,23 @@ class Wire:
     NAME: ClassVar[str]
     MAX_BYTES: ClassVar[int]
 
+    def version(self) -> int:
+        """The earliest version that carries every non-default field."""
+        return max(
+            (
+                _since(f)
+                for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                if _since(f) > ENCODING_VERSION and getattr(self, f.name) != f.default
+            ),
+            default=ENCODING_VERSION,
+        )
+
     def to_obj(self) -> list[Any]:
-        out: list[Any] = [self.TAG, ENCODING_VERSION]
+        version = self.version()
+        out: list[Any] = [self.TAG, version]
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            out.append(_to_obj(getattr(self, f.name)))
+            if _since(f) <= version:
+                out.append(_to_obj(getattr(self, f.name)))
         return out
 
     def encode(self) -> bytes:
@@ -163,16 +186,20 @@ def _to_obj(value: Any) -> Any:
 
 
 def _from_obj(cls: type[Wire], value: Any, path: str) -> Any:
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     if not isinstance(value, list):
         raise DecodeError(f"{path}: expected an array, got {_tname(value)}")
-    if len(value) != len(fields) + 2:
-        raise DecodeError(f"{path}: expected {len(fields) + 2} elements, got {len(value)}")
+    if len(value) < 2:
+        raise DecodeError(f"{path}: expected [tag, version, ...], got {len(value)} elements")
     tag, version = value[0], value[1]
     if not _is_int(tag) or tag != cls.TAG:
         raise DecodeError(f"{path}: type tag {tag!r} is not {cls.NAME} (tag {cls.TAG})")
-    if not _is_int(version) or version != ENCODING_VERSION:
-        raise DecodeError(f"{path}: unsupported encoding version {version!r}")
+    every = dataclasses.fields(cls)  # type: ignore[arg-type]
+    latest = max(_since(f) for f in every)  # the latest version this type has
+    if not _is_int(version) or not ENCODING_VERSION <= version <= latest:
+        raise DecodeError(f"{path}: unsupported encoding version {version!r} of {cls.NAME}")
+    fields = [f for f in every if _since(f) <= version]
+    if len(value) != len(fields) + 2:
+        raise DecodeError(f"{path}: expected {len(fields) + 2} elements, got {len(value)}")
     kwargs = {
         f.name: _check(f.metadata["wire"], v, f"{path}.{f.name}")
         for f, v in zip(fields, value[2:], strict=True)

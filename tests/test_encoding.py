@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from dataclasses import dataclass
 
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consensus.encoding import Wire, peek_tag
+from consensus.encoding import UInt, Wire, pack, peek_tag, wire
 from consensus.errors import DecodeError
 from consensus.types import Block, CommitTx, EvalBatch, Genesis, ProofTx, Reveal
 from support.chainfactory import make_chain
@@ -221,3 +222,30 @@ def test_every_wire_tag_is_one_peek_tag_can_read() -> None:
     tagged = [c for c in subclasses(Wire) if "TAG" in vars(c)]
     assert {p2p.sync.Status, p2p.gossip.BlockAnnounce, Block} <= set(tagged)
     assert all(0 <= c.TAG < 0x80 for c in tagged), [(c.__name__, c.TAG) for c in tagged]
+
+
+@dataclass(frozen=True)
+class _Grown(Wire):
+    """A type that gained a field in version 2."""
+
+    TAG = 120
+    NAME = "Grown"
+    MAX_BYTES = 64
+
+    a: int = wire(UInt(0, 9))
+    b: int = wire(UInt(0, 9), since=2, default=0)
+
+
+def test_a_field_added_later_keeps_old_encodings_and_their_hashes() -> None:
+    old = _Grown(3)
+    assert old.encode() == pack([120, 1, 3])  # the default: the version-1 bytes
+    assert _Grown.decode(pack([120, 1, 3])) == old
+    new = _Grown(3, 4)
+    assert new.encode() == pack([120, 2, 3, 4])
+    assert _Grown.decode(new.encode()) == new
+    with pytest.raises(DecodeError, match="non-canonical"):
+        _Grown.decode(pack([120, 2, 3, 0]))  # version 2 for a version-1 value
+    with pytest.raises(DecodeError, match="expected 3 elements"):
+        _Grown.decode(pack([120, 1, 3, 4]))
+    with pytest.raises(DecodeError, match="unsupported encoding version 3"):
+        _Grown.decode(pack([120, 3, 3, 4]))
