@@ -81,7 +81,7 @@ class TrimmedMeanParams:
     slack: int  # keep k >= parent_k - slack
     min_members: int  # fewer eligible: no aggregate this round (the parent stays)
     max_members: int  # at most this many, best-ranked first
-    keep_percent: int = 100  # and at most ceil(keep_percent % of the candidates)
+    keep_percent: int = 100  # and at most max(min_members, ceil(keep_percent % of them))
     margin_weights: bool = False  # weight k - bar + 1 instead of 1
 
 
@@ -93,7 +93,9 @@ def select_trimmed_mean(
         return ()
     bar = max(median_k(fresh) - params.spread, facts.parent_k - params.slack)
     eligible = [c for c in ranked(fresh, facts.batch_hash) if c.k >= bar]
-    cap = min(params.max_members, -(-len(fresh) * params.keep_percent // 100))
+    # the best keep_percent of the proofs, but never fewer than a set needs to hide its members
+    share = max(params.min_members, -(-len(fresh) * params.keep_percent // 100))
+    cap = min(params.max_members, share)
     chosen = eligible[:cap]
     if len(chosen) < params.min_members:
         return ()
