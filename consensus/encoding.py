@@ -194,7 +194,7 @@ def _from_obj(cls: type[Wire], value: Any, path: str) -> Any:
     if not _is_int(tag) or tag != cls.TAG:
         raise DecodeError(f"{path}: type tag {tag!r} is not {cls.NAME} (tag {cls.TAG})")
     every = dataclasses.fields(cls)  # type: ignore[arg-type]
-    latest = max(_since(f) for f in every)  # the latest version this type has
+    latest = max((_since(f) for f in every), default=ENCODING_VERSION)  # this type's latest
     if not _is_int(version) or not ENCODING_VERSION <= version <= latest:
         raise DecodeError(f"{path}: unsupported encoding version {version!r} of {cls.NAME}")
     fields = [f for f in every if _since(f) <= version]

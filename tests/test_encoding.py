@@ -249,3 +249,14 @@ def test_a_field_added_later_keeps_old_encodings_and_their_hashes() -> None:
         _Grown.decode(pack([120, 1, 3, 4]))
     with pytest.raises(DecodeError, match="unsupported encoding version 3"):
         _Grown.decode(pack([120, 3, 3, 4]))
+
+
+@dataclass(frozen=True)
+class _Empty(Wire):
+    TAG = 121
+    NAME = "Empty"
+    MAX_BYTES = 8
+
+
+def test_a_type_without_fields_round_trips() -> None:
+    assert _Empty.decode(_Empty().encode()) == _Empty()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.tools.netspec import TestnetSpec, add_network_args, network_kwargs
+from node.tools.netspec import AUTO, TestnetSpec, add_network_args, network_kwargs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = "docker/Dockerfile"  # relative to the build context
@@ -44,7 +44,6 @@ HEADER = (
 class ComposeSpec(TestnetSpec):
     """The network (as `zkpot testnet init` takes it) and where the image comes from."""
 
-    round_seconds: int = 48
     start_delay_s: int = 120  # image start-up and each participant's key setup come first
     image: str = IMAGE
     context: str = ".."  # build context, relative to the compose file's directory
@@ -59,12 +58,16 @@ def volume_name(i: int) -> str:
     return f"node{i}-home"
 
 
+def _seconds(round_seconds: int) -> str:
+    return "auto" if round_seconds == AUTO else str(round_seconds)
+
+
 def init_script(spec: ComposeSpec) -> str:
     """The init service's shell script; it keeps existing homes so `up` can be re-run."""
     init = [
         "zkpot", "testnet", "init", "--out", INIT_SCRATCH,
         "--nodes", str(spec.nodes), "--participants", str(spec.participants),
-        "--task", spec.task, "--round-seconds", str(spec.round_seconds),
+        "--task", spec.task, "--round-seconds", _seconds(spec.round_seconds),
         "--eval-batch", str(spec.eval_batch), "--rounds", str(spec.rounds),
         "--logrows", str(spec.logrows), "--start-delay", str(spec.start_delay_s),
         "--p2p-port", str(spec.p2p_base_port), "--api-port", str(spec.api_base_port),

@@ -13,6 +13,12 @@ from typing import Any
 from node.apispec import DEFAULT_API_PORT
 
 P2P_BASE_PORT = 27100
+# The share of a round each phase may take at most (testnet.timing_for) and the headroom a
+# testnet's proof window keeps over the work measured at init.
+COMMIT_PERCENT, PROOF_PERCENT, FALLBACK_PERCENT = 25, 45, 12
+PROOF_HEADROOM_PERCENT = 125
+AUTO = 0  # --round-seconds auto: init picks the shortest this machine meets
+MIN_AUTO_ROUND_S = 24
 
 
 @dataclass(frozen=True)
@@ -21,7 +27,7 @@ class TestnetSpec:
     nodes: int = 4
     participants: int = 3
     task: str = "digits-mlp"
-    round_seconds: int = 60
+    round_seconds: int = AUTO
     eval_batch: int = 16
     rounds: int = 40
     logrows: int = 14
@@ -32,12 +38,6 @@ class TestnetSpec:
     p2p_base_port: int = P2P_BASE_PORT
     api_base_port: int = DEFAULT_API_PORT  # node0's; node I serves on this + I
     allow_short_rounds: bool = False  # skip init's check against the measured proving time
-
-
-# The share of a round each phase may take at most (testnet.timing_for) and the headroom a
-# testnet's proof window keeps over the work measured at init.
-COMMIT_PERCENT, PROOF_PERCENT, FALLBACK_PERCENT = 25, 45, 12
-PROOF_HEADROOM_PERCENT = 125
 
 
 def shortest_round_seconds(spec: TestnetSpec, prove_ms: int, verify_ms: int) -> int:
@@ -59,9 +59,10 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
     p.add_argument("--task", default=defaults.task)
     p.add_argument(
         "--round-seconds",
-        type=int,
+        type=_round_seconds,
         default=defaults.round_seconds,
-        help="the longest a round lasts; it ends as soon as its block is known",
+        help="the longest a round lasts (it ends as soon as its block is known); "
+        "'auto' (the default for init): the shortest init measures this machine meets",
     )
     p.add_argument(
         "--allow-short-rounds",
@@ -94,6 +95,18 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
         default=defaults.api_base_port,
         help="first node's API port (others follow)",
     )
+
+
+def _round_seconds(text: str) -> int:
+    if text == "auto":
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("a round lasts at least 1 second")
+    return value
 
 
 def network_kwargs(args: argparse.Namespace) -> dict[str, Any]:

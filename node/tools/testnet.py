@@ -10,6 +10,7 @@ nodes are observers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -28,8 +29,10 @@ from consensus.rules import check_genesis
 from consensus.types import CircuitSpec, EvalPlan, Genesis, Task, Timing, chain_id
 from node.home import Home, NodeConfig
 from node.tools.netspec import (
+    AUTO,
     COMMIT_PERCENT,
     FALLBACK_PERCENT,
+    MIN_AUTO_ROUND_S,
     PROOF_PERCENT,
     TestnetSpec,
     shortest_round_seconds,
@@ -88,7 +91,9 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
         name="init",
     )
     shortest = shortest_round_seconds(spec, built.prove_ms, built.verify_ms)
-    if spec.round_seconds < shortest and not spec.allow_short_rounds:
+    if spec.round_seconds == AUTO:  # the shortest this machine meets, with a floor
+        spec = dataclasses.replace(spec, round_seconds=max(MIN_AUTO_ROUND_S, shortest))
+    elif spec.round_seconds < shortest and not spec.allow_short_rounds:
         shutil.rmtree(shared)
         raise ValueError(
             f"--round-seconds {spec.round_seconds} is too short for {spec.participants} "
