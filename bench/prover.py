@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # (architecture, eval batch, decomp_base, decomp_legs, logrows)
-DEFAULT = ("digits-mlp", 16, 4096, 3, 14)
+DEFAULT = ("digits-mlp", 16, 1024, 4, 13)
 GRID = [
     DEFAULT,
     ("digits-mlp", 16, 16384, 2, 15),  # ezkl's default decomposition
-    ("digits-mlp", 16, 1024, 4, 13),
+    ("digits-mlp", 16, 4096, 3, 14),
     ("digits-mlp-tiny", 16, 4096, 3, 14),
     ("digits-mlp", 32, 4096, 3, 15),
     ("digits-mlp", 64, 4096, 3, 16),
@@ -156,8 +156,10 @@ def measure(cfg: tuple[str, int, int, int, int]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the default task")
+    parser.add_argument("--only", type=int, nargs="*", help="these rows of the grid (0-based)")
     args = parser.parse_args()
-    rows = [measure(cfg) for cfg in ([DEFAULT] if args.quick else GRID)]
+    grid = [DEFAULT] if args.quick else [GRID[i] for i in args.only] if args.only else GRID
+    rows = [measure(cfg) for cfg in grid]
     cols = [
         "arch",
         "batch",

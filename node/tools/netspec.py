@@ -30,7 +30,7 @@ class TestnetSpec:
     round_seconds: int = AUTO
     eval_batch: int = 16
     rounds: int = 40
-    logrows: int = 14
+    logrows: int = 13
     start_delay_s: int = 45
     finality_depth: int = 1
     local_epochs: int = 2
