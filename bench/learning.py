@@ -50,6 +50,7 @@ from consensus.selection import (
     Contribution,
     RoundFacts,
     TrimmedMeanParams,
+    select_best_share,
     select_trimmed_mean,
     select_winner,
 )
@@ -77,7 +78,7 @@ def rules_for(batch: int) -> dict[str, Selector]:
     q = batch // 4
     return {
         "winner": select_winner,
-        "top-half": _trimmed(batch, batch, keep=50),
+        "best-share(50%)": lambda c, f: select_best_share(c, f, 50, 3, 64),
         f"top-half,parent-slack={q}": _trimmed(batch, q, keep=50),
         f"trimmed(spread={q})": _trimmed(q, batch),
         f"trimmed(spread={q},margin)": _trimmed(q, batch, margin=True),

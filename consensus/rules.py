@@ -22,6 +22,7 @@ from consensus.errors import InvalidError
 from consensus.merkle import depth_for, verify_merkle_proof
 from consensus.schedule import check_timing, round_exists
 from consensus.selection import tiebreak_key
+from consensus.strategy import RULES
 from consensus.types import (
     INPUT_ITEM_BYTES,
     MAX_BATCH_INPUT_BYTES,
@@ -90,6 +91,12 @@ def check_genesis(genesis: Genesis) -> None:
         )
     if genesis.task.partition == "dirichlet" and genesis.task.dirichlet_alpha_ppm == 0:
         raise InvalidError("task.dirichlet_alpha_ppm must be > 0 for a dirichlet partition")
+    if genesis.rule.name not in RULES:
+        raise InvalidError(
+            f"rule {genesis.rule.name!r} is not one this node runs (known: {', '.join(RULES)})"
+        )
+    if genesis.rule.min_members > genesis.rule.max_members:
+        raise InvalidError("rule: min_members exceeds max_members")
     if genesis.circuit.commitment not in COMMITMENT_MODES:
         raise InvalidError(
             f"circuit.commitment must be one of {COMMITMENT_MODES}, not {genesis.circuit.commitment!r}"

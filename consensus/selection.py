@@ -7,7 +7,12 @@ The rules below decide from those alone, integers only, so every node and the
 learning benchmark (bench/learning.py) run the very same selection.
 
 - `winner` (protocol v1): the best-ranked proof alone.
-- `trimmed_mean`: every proof whose model is not the parent resubmitted, whose k is
+- `best_share` (protocol v2's default, chosen with bench/learning.py): the best-ranked
+  keep_percent of the proofs whose model is not the parent resubmitted, at least
+  min_members (a smaller set would let its members learn each other's models from the
+  sum) and at most max_members; equal weights. Fewer eligible: no aggregate.
+- `trimmed_mean` (its general form, for the benchmark): every proof whose model is not
+  the parent resubmitted, whose k is
   within `spread` of the round's median k and at least `floor` above the parent's k
   minus `slack`, capped at `max_members` by rank; equal weights. A label-flipper's or
   a broken model's k falls far below the honest median, so it is left out; a
@@ -102,3 +107,15 @@ def select_trimmed_mean(
     return tuple(
         Contribution(c.participant, c.k - bar + 1 if params.margin_weights else 1) for c in chosen
     )
+
+
+def select_best_share(
+    candidates: Sequence[Candidate],
+    facts: RoundFacts,
+    keep_percent: int,
+    min_members: int,
+    max_members: int,
+) -> tuple[Contribution, ...]:
+    everyone = facts.batch_size  # no k is more than the batch size below any other
+    params = TrimmedMeanParams(everyone, everyone, min_members, max_members, keep_percent)
+    return select_trimmed_mean(candidates, facts, params)

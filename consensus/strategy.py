@@ -93,5 +93,6 @@ class Winner(Rule):
 
 
 def rule_for(genesis: Genesis) -> Rule:
-    """The chain's rule. A version-1 genesis has no rule field: it means `winner`."""
-    return RULES[Winner.name]()
+    """The rule the genesis names (a version-1 genesis has no rule field: `winner`);
+    check_genesis has refused any other name."""
+    return RULES[genesis.rule.name]()

@@ -99,6 +99,39 @@ class CircuitSpec(Wire):
 
 
 @dataclass(frozen=True)
+class RuleSpec(Wire):
+    """Protocol v2: the selection/aggregation rule (consensus.strategy) and its parameters."""
+
+    TAG = 14
+    NAME = "RuleSpec"
+    MAX_BYTES = 128
+
+    name: str = wire(_NAME)  # "winner" (v1) or "best-share"
+    keep_percent: int = wire(UInt(1, 100))  # best-share: the best this share of the proofs
+    min_members: int = wire(UInt(1, MAX_PARTICIPANTS))  # ... but never fewer than this
+    max_members: int = wire(UInt(1, MAX_PARTICIPANTS))  # ... nor more
+
+
+WINNER_RULE = RuleSpec("winner", 100, 1, 1)  # what a version-1 genesis means
+
+
+@dataclass(frozen=True)
+class AggregationSpec(Wire):
+    """Protocol v2: what every node needs to check an aggregate against commitments
+    (consensus.commitment): the circuit's blinding rows and the hash of its basis."""
+
+    TAG = 15
+    NAME = "AggregationSpec"
+    MAX_BYTES = 128
+
+    unusable_rows: int = wire(UInt(0, 64))
+    basis_hash: bytes = wire(Bytes(0, HASH_LEN))  # empty: the rule aggregates nothing
+
+
+NO_AGGREGATION = AggregationSpec(0, b"")
+
+
+@dataclass(frozen=True)
 class Genesis(Wire):
     """The chain's constitution; its content hash is the chain id."""
 
@@ -117,6 +150,8 @@ class Genesis(Wire):
     eval_plan: EvalPlan = wire(Struct(EvalPlan))
     circuit: CircuitSpec = wire(Struct(CircuitSpec))
     initial_model_hash: bytes = wire(_HASH)
+    rule: RuleSpec = wire(Struct(RuleSpec), since=2, default=WINNER_RULE)
+    aggregation: AggregationSpec = wire(Struct(AggregationSpec), since=2, default=NO_AGGREGATION)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from consensus.crypto import SigningKey, sha256
 from consensus.errors import InvalidError
 from consensus.merkle import merkle_proof, merkle_root, verify_merkle_proof
 from consensus.rules import sign
-from consensus.types import Block, Genesis, Timing, chain_id
+from consensus.types import WINNER_RULE, Block, Genesis, RuleSpec, Timing, chain_id
 from support.chainfactory import (
     Chain,
     hash_verify,
@@ -438,3 +438,17 @@ def test_block_whose_proposer_scored_zero_is_rejected(chain: Chain) -> None:
 def test_block_batch_helper_is_deterministic() -> None:
     assert make_batch(3) == make_batch(3)
     assert make_batch(3).hash() != make_batch(4).hash()
+
+
+def test_a_version_1_genesis_means_the_winner_rule_and_keeps_its_bytes() -> None:
+    chain = make_chain(n=3)
+    g = chain.genesis
+    assert g.rule == WINNER_RULE and g.version() == 1
+    assert Genesis.decode(g.encode()) == g
+    named = dataclasses.replace(g, rule=RuleSpec("winner", 100, 1, 2))
+    assert named.version() == 2 and Genesis.decode(named.encode()) == named
+    rules.check_genesis(named)
+    with pytest.raises(InvalidError, match="not one this node runs"):
+        rules.check_genesis(dataclasses.replace(g, rule=RuleSpec("no-such-rule", 50, 3, 8)))
+    with pytest.raises(InvalidError, match="min_members exceeds"):
+        rules.check_genesis(dataclasses.replace(g, rule=RuleSpec("winner", 50, 4, 3)))
