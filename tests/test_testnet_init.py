@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from node.home import Home
 from node.tools.cli import main
 from node.tools.netspec import PROOF_PERCENT, TestnetSpec, shortest_round_seconds
 
@@ -34,11 +35,13 @@ def test_init_refuses_a_round_too_short_and_names_one_that_works(
     suggested = int(err.split("use --round-seconds ")[1].split()[0])
     assert suggested > 1
     assert not (out / "node0").exists()
-    # the length it names is accepted (and the override accepts the short one)
-    assert (
-        main([*args, "--round-seconds", "1", "--allow-short-rounds", "--out", str(tmp_path / "b")])
-        == 0
-    )
-    assert (
-        tmp_path / "b" / "node1" / "artifacts" / "pk.key"
-    ).stat().st_nlink == 2  # one file, linked into both participants
+    # the override accepts the short one; the task's flags reach the genesis
+    skew = ["--partition", "dirichlet", "--alpha", "0.1", "--local-epochs", "3"]
+    skew += ["--learning-rate", "0.05", "--train-batch-size", "8"]
+    b = ["--round-seconds", "1", "--allow-short-rounds", "--out", str(tmp_path / "b"), *skew]
+    assert main([*args, *b]) == 0
+    pk = tmp_path / "b" / "node1" / "artifacts" / "pk.key"
+    assert pk.stat().st_nlink == 2  # one file, linked into both participants
+    task = Home(tmp_path / "b" / "node0").load_genesis().task
+    assert (task.partition, task.dirichlet_alpha_ppm) == ("dirichlet", 100_000)
+    assert (task.local_epochs, task.learning_rate_ppm, task.train_batch_size) == (3, 50_000, 8)

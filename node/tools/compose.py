@@ -71,6 +71,10 @@ def init_script(spec: ComposeSpec) -> str:
         "--eval-batch", str(spec.eval_batch), "--rounds", str(spec.rounds),
         "--logrows", str(spec.logrows), "--start-delay", str(spec.start_delay_s),
         "--p2p-port", str(spec.p2p_base_port), "--api-port", str(spec.api_base_port),
+        "--partition", spec.partition, "--alpha", str(spec.dirichlet_alpha_ppm / 1e6),
+        "--local-epochs", str(spec.local_epochs),
+        "--learning-rate", str(spec.learning_rate_ppm / 1e6),
+        "--train-batch-size", str(spec.train_batch_size),
     ]  # fmt: skip
     if spec.allow_short_rounds:
         init.append("--allow-short-rounds")

@@ -35,6 +35,9 @@ class TestnetSpec:
     finality_depth: int = 1
     local_epochs: int = 2
     learning_rate_ppm: int = 100_000
+    train_batch_size: int = 16
+    partition: str = "iid"  # how the training pool is shared: iid | dirichlet
+    dirichlet_alpha_ppm: int = 500_000  # dirichlet only: label skew (smaller: more skewed)
     p2p_base_port: int = P2P_BASE_PORT
     api_base_port: int = DEFAULT_API_PORT  # node0's; node I serves on this + I
     allow_short_rounds: bool = False  # skip init's check against the measured proving time
@@ -71,6 +74,23 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
     )
     p.add_argument("--eval-batch", type=int, default=defaults.eval_batch)
     p.add_argument(
+        "--partition",
+        choices=("iid", "dirichlet"),
+        default=defaults.partition,
+        help="how participants' training data is split (dirichlet: label skew, non-IID)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=_positive_float,
+        default=defaults.dirichlet_alpha_ppm / 1e6,
+        help="Dirichlet concentration (with --partition dirichlet; smaller is more skewed)",
+    )
+    p.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
+    p.add_argument(
+        "--learning-rate", type=_positive_float, default=defaults.learning_rate_ppm / 1e6
+    )
+    p.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size)
+    p.add_argument(
         "--rounds",
         type=int,
         default=defaults.rounds,
@@ -97,6 +117,16 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
     )
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def _round_seconds(text: str) -> int:
     if text == "auto":
         return AUTO
@@ -116,6 +146,11 @@ def network_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "participants": args.participants,
         "task": args.task,
         "round_seconds": args.round_seconds,
+        "partition": args.partition,
+        "dirichlet_alpha_ppm": round(args.alpha * 1e6),
+        "local_epochs": args.local_epochs,
+        "learning_rate_ppm": round(args.learning_rate * 1e6),
+        "train_batch_size": args.train_batch_size,
         "allow_short_rounds": args.allow_short_rounds,
         "eval_batch": args.eval_batch,
         "rounds": args.rounds,

@@ -82,7 +82,13 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
         test_fraction=0.2,
     )
     data_seed = fresh_seed()
-    shards = partition(sp.pool_y, spec.participants, scheme="iid", seed=data_seed)
+    shards = partition(
+        sp.pool_y,
+        spec.participants,
+        scheme=spec.partition,
+        alpha=spec.dirichlet_alpha_ppm / 1e6,
+        seed=data_seed,
+    )
     shared = out / "_circuit"
 
     built = run_once(
@@ -119,10 +125,10 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
             arch.dataset,
             spec.task,
             spec.local_epochs,
-            16,
+            spec.train_batch_size,
             spec.learning_rate_ppm,
-            "iid",
-            0,
+            spec.partition,
+            spec.dirichlet_alpha_ppm if spec.partition == "dirichlet" else 0,
             data_seed % 2**63,
         ),
         eval_plan=EvalPlan(
