@@ -38,8 +38,9 @@ from p2p import (
     Verdict,
 )
 from p2p.host import public_key_of
-from prover import circuit
+from prover import circuit, trainfile
 from prover.client import RegeneratePk, Warmup
+from prover.data import DatasetError
 from prover.worker import WorkerError, worker_pool
 from storage import ChainStore, StoreError
 
@@ -124,7 +125,16 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
     except InvalidError as exc:
         raise HomeError(f"{home.genesis_file}: {exc}") from None
     roles = roles_of(genesis, key.public)
-    shard = home.shard_file.read_bytes() if roles.participant else None
+    data_file = None
+    if roles.participant:  # a file that does not fit the task stops the node here, not mid-round
+        data_file = home.training_data(cfg)
+        plan = genesis.eval_plan
+        try:
+            await trio.to_thread.run_sync(
+                trainfile.load, data_file, plan.input_shape, plan.num_classes
+            )
+        except DatasetError as exc:
+            raise HomeError(str(exc)) from None
     batches = home.load_batches() if roles.publisher else None
     store = ChainStore.open(home.store_dir)
     try:
@@ -148,9 +158,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
             worker_pool(
                 1,
                 name=f"{cfg.name}-prover",
-                warmup=Warmup(
-                    genesis.task.dataset if roles.participant else None, cfg.dataset_path
-                ),
+                warmup=Warmup(genesis.task.architecture, str(data_file) if data_file else None),
             ) as prover,
             worker_pool(cfg.verify_workers, name=f"{cfg.name}-verify", warmup=Warmup()) as verifier,
             host.run(),
@@ -169,8 +177,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 verifier=verifier,
                 artifacts=home.artifacts,
                 roundlog=roundlog,
-                shard=shard,
-                dataset_path=cfg.dataset_path,
+                data_file=str(data_file) if data_file else None,
                 batches=batches,
                 verify_timeout_s=cfg.verify_timeout_s,
                 prove_timeout_s=cfg.prove_timeout_s,

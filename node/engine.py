@@ -51,8 +51,7 @@ class Engine:
         verifier: Prover,
         artifacts: Path,
         roundlog: RoundLog,
-        shard: bytes | None,
-        dataset_path: str | None,
+        data_file: str | None,
         batches: list[EvalBatch] | None,
         verify_timeout_s: float,
         prove_timeout_s: float,
@@ -77,8 +76,8 @@ class Engine:
         self.participant: Participant | None = None
         self.publisher: Publisher | None = None
         if self.roles.participant:
-            if shard is None:
-                raise ValueError("a participant needs its training shard")
+            if data_file is None:
+                raise ValueError("a participant needs its training data file")
             self.participant = Participant(
                 key=key,
                 genesis=g,
@@ -90,8 +89,7 @@ class Engine:
                 prover=prover,
                 publish=self.publish,
                 artifacts=artifacts,
-                shard=shard,
-                dataset_path=dataset_path,
+                data_file=data_file,
                 prove_timeout_s=prove_timeout_s,
                 clock=clock,
             )

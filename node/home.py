@@ -6,7 +6,8 @@ Layout:
     genesis.bin          the chain's genesis (canonical encoding)
     artifacts/           circuit artifacts (pk.key is regenerated locally, never shipped)
     initial_model.bin    the genesis model
-    shard.bin            participant: int64 LE indices of its private training shard
+    data.npz             participant: its own training data (prover.trainfile), unless
+                         config.toml's [data] file names another file
     test_index.bin       int64 LE indices of the public test split (accuracy reports)
     publisher/batches.bin  publisher only: the held-out batches (msgpack list of EvalBatch)
     store/               LevelDB chain store
@@ -40,7 +41,7 @@ class NodeConfig:
     bootstrap: tuple[str, ...] = ()
     api_host: str = DEFAULT_API_HOST
     api_port: int = DEFAULT_API_PORT
-    dataset_path: str = ""
+    data_file: str = ""  # a participant's training data; "" is data.npz in the home
     verify_workers: int = 1
     prove_timeout_s: float = 600.0
     verify_timeout_s: float = 120.0
@@ -54,7 +55,7 @@ class NodeConfig:
             f"[node]\nname = {_q(self.name)}\n\n"
             f"[p2p]\nlisten = {strs(self.listen)}\nbootstrap = {strs(self.bootstrap)}\n\n"
             f"[api]\nhost = {_q(self.api_host)}\nport = {self.api_port}\n\n"
-            f"[data]\npath = {_q(self.dataset_path)}\n\n"
+            f"[data]\nfile = {_q(self.data_file)}\n\n"
             f"[prover]\nverify_workers = {self.verify_workers}\n"
             f"prove_timeout_s = {self.prove_timeout_s}\nverify_timeout_s = {self.verify_timeout_s}\n"
         )
@@ -77,7 +78,7 @@ class NodeConfig:
                 bootstrap=tuple(str(a) for a in p2p.get("bootstrap", ())),
                 api_host=api_host,
                 api_port=api_port,
-                dataset_path=str(data.get("path", "")),
+                data_file=str(data.get("file", "")),
                 verify_workers=int(prover.get("verify_workers", 1)),
                 prove_timeout_s=float(prover.get("prove_timeout_s", 600.0)),
                 verify_timeout_s=float(prover.get("verify_timeout_s", 120.0)),
@@ -124,8 +125,15 @@ class Home:
         return self.path / "initial_model.bin"
 
     @property
-    def shard_file(self) -> Path:
-        return self.path / "shard.bin"
+    def data_file(self) -> Path:
+        """The participant's own training data (the default; config may name another)."""
+        return self.path / "data.npz"
+
+    def training_data(self, cfg: NodeConfig) -> Path:
+        if not cfg.data_file:
+            return self.data_file
+        named = Path(cfg.data_file).expanduser()
+        return named if named.is_absolute() else self.path / named
 
     @property
     def test_index_file(self) -> Path:

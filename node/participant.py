@@ -45,8 +45,7 @@ class Participant:
         prover: Prover,
         publish: Publish,
         artifacts: Path,
-        shard: bytes,
-        dataset_path: str | None,
+        data_file: str,
         prove_timeout_s: float,
         clock: Clock,
     ) -> None:
@@ -60,8 +59,7 @@ class Participant:
         self.prover = prover
         self.publish = publish
         self.artifacts = str(artifacts)
-        self.shard = shard
-        self.dataset_path = dataset_path or None
+        self.data_file = data_file
         self.prove_timeout_s = prove_timeout_s
         self.clock = clock
 
@@ -104,9 +102,7 @@ class Participant:
         train = Train(
             t.architecture,
             global_model,
-            t.dataset,
-            self.dataset_path,
-            self.shard,
+            self.data_file,
             t.local_epochs,
             t.train_batch_size,
             t.learning_rate_ppm,

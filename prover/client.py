@@ -52,13 +52,12 @@ class Built:
 
 @dataclass(frozen=True)
 class Train(Job[bytes]):
-    """Local training on this participant's shard (int64 LE dataset indices); returns the weights."""
+    """Local training on this participant's own data file (prover.trainfile); returns
+    the weights."""
 
     arch: str
     global_weights: bytes
-    dataset: str
-    data_path: str | None
-    shard: bytes
+    data_file: str
     epochs: int
     batch_size: int
     learning_rate_ppm: int
@@ -70,9 +69,7 @@ class Train(Job[bytes]):
         return jobs.train(
             self.arch,
             self.global_weights,
-            self.dataset,
-            self.data_path,
-            self.shard,
+            self.data_file,
             self.epochs,
             self.batch_size,
             self.learning_rate_ppm,
@@ -176,10 +173,11 @@ class Warmup(Job[None]):
     """Run first in every new worker: imports torch and ezkl (and loads the training data,
     if named), so no real job pays for them inside a round's window."""
 
-    dataset: str | None = None
-    data_path: str | None = None
+    arch: str = "digits-mlp-tiny"
+
+    data_file: str | None = None
 
     def execute(self) -> None:
         from prover import jobs
 
-        jobs.warm(self.dataset, self.data_path)
+        jobs.warm(self.arch, self.data_file)

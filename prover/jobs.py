@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 from consensus.types import EvalBatch
-from prover import circuit
+from prover import circuit, trainfile
 from prover.client import Built, Proved, Verified
-from prover.data import Dataset, load_dataset
-from prover.models import build_model, model_from_bytes, model_to_bytes
+from prover.models import build_model, get_arch, model_from_bytes, model_to_bytes
 from prover.quant import (
     FixedPoint,
     IntArray,
@@ -123,32 +122,34 @@ def evaluate(artifacts: str, arch: str, weights: bytes, batch: bytes) -> int:
 
 
 @cache
-def _dataset(name: str, path: str | None) -> Dataset:
-    return load_dataset(name, path)
+def _training_data(arch: str, data_file: str, stamp: tuple[int, int]) -> tuple[Any, Any]:
+    """The file's (x, y), loaded once per version of the file (`stamp`: mtime, size)."""
+    spec = get_arch(arch)
+    return trainfile.load(Path(data_file), spec.input_shape, spec.num_classes)
+
+
+def _load(arch: str, data_file: str) -> tuple[Any, Any]:
+    st = Path(data_file).stat() if Path(data_file).exists() else None
+    stamp = (st.st_mtime_ns, st.st_size) if st else (0, 0)
+    return _training_data(arch, data_file, stamp)
 
 
 def train(
     arch: str,
     global_weights: bytes,
-    dataset: str,
-    data_path: str | None,
-    shard: bytes,
+    data_file: str,
     epochs: int,
     batch_size: int,
     learning_rate_ppm: int,
     seed: int,
 ) -> bytes:
-    """Local training on this participant's shard (int64 LE indices into the dataset)."""
-    ds = _dataset(dataset, data_path)
-    idx = np.frombuffer(shard, dtype="<i8")
-    if idx.size == 0 or idx.min() < 0 or idx.max() >= len(ds.y):
-        raise QuantError("shard indices are empty or outside the dataset")
-    x = ds.x[idx].reshape(len(idx), -1)
+    """Local training on this participant's own data file."""
+    x, y = _load(arch, data_file)
     trained: bytes = train_local(
         arch,
         global_weights,
         x,
-        ds.y[idx],
+        y,
         epochs=epochs,
         batch_size=batch_size,
         lr=learning_rate_ppm / 1e6,
@@ -161,10 +162,10 @@ def regenerate_pk(artifacts: str) -> None:
     circuit.regenerate_pk(Path(artifacts))
 
 
-def warm(dataset: str | None, data_path: str | None) -> None:
+def warm(arch: str, data_file: str | None) -> None:
     """Touch what the first real job would load: torch's kernels, the training data."""
     net = build_model("digits-mlp-tiny", 0)
     first = next(m for m in net.modules() if isinstance(m, nn.Linear))
     net(torch.zeros(1, first.in_features))
-    if dataset is not None:
-        _dataset(dataset, data_path)
+    if data_file is not None:
+        _load(arch, data_file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import trio
@@ -121,10 +122,12 @@ async def test_pool_runs_jobs_in_parallel_processes() -> None:
     assert start_a < end_b and start_b < end_a  # the two jobs overlapped in time
 
 
-async def test_training_runs_in_a_worker_and_improves_the_model() -> None:
-    """The real train job: a participant's shard, the task's hyper-parameters, a fresh seed."""
+async def test_training_runs_in_a_worker_and_improves_the_model(tmp_path: Path) -> None:
+    """The real train job: a participant's own data file, the task's hyper-parameters, a
+    fresh seed."""
     import numpy as np
 
+    from prover import trainfile
     from prover.data import load_dataset, partition, split
     from prover.models import build_model, model_to_bytes
     from prover.train import evaluate_float, fresh_seed
@@ -133,15 +136,14 @@ async def test_training_runs_in_a_worker_and_improves_the_model() -> None:
     sp = split(ds, seed=1, eval_batch_size=16, num_eval_batches=4, test_fraction=0.2)
     shards = partition(sp.pool_y, 3, scheme="iid", seed=2)
     start = model_to_bytes(build_model("digits-mlp", 0))
-    shard = sp.pool_index[shards[0]].astype("<i8").tobytes()
+    data = tmp_path / "data.npz"
+    trainfile.save(data, sp.pool_x[shards[0]], sp.pool_y[shards[0]])
     async with worker_pool(1) as pool:
         trained = await pool.run(
             Train(
                 arch="digits-mlp",
                 global_weights=start,
-                dataset="digits",
-                data_path=None,
-                shard=shard,
+                data_file=str(data),
                 epochs=5,
                 batch_size=16,
                 learning_rate_ppm=100_000,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from node.home import Home
@@ -45,3 +48,20 @@ def test_init_refuses_a_round_too_short_and_names_one_that_works(
     task = Home(tmp_path / "b" / "node0").load_genesis().task
     assert (task.partition, task.dirichlet_alpha_ppm) == ("dirichlet", 100_000)
     assert (task.local_epochs, task.learning_rate_ppm, task.train_batch_size) == (3, 50_000, 8)
+    # each participant holds its own rows, and a data file that does not fit stops its
+    # node at start with the file and the problem named
+    x1 = np.load(tmp_path / "b" / "node1" / "data.npz")["x"]
+    x2 = np.load(tmp_path / "b" / "node2" / "data.npz")["x"]
+    assert x1.shape[1] == 64 and not (tmp_path / "b" / "node0" / "data.npz").exists()
+    assert not {r.tobytes() for r in x1} & {r.tobytes() for r in x2}
+    bad = tmp_path / "b" / "node1" / "data.npz"
+    np.savez(bad.open("wb"), x=np.zeros((5, 63), np.float32), y=np.zeros(5, np.int64))
+    run = subprocess.run(
+        [sys.executable, "-m", "node.tools.cli", "node", "start", "--home", str(bad.parent)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert f"training data file {bad}: 'x' has shape (5, 63)" in run.stderr
+    assert "Traceback" not in run.stderr

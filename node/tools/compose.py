@@ -5,7 +5,7 @@
 `testnet compose` writes a compose file: a one-shot `init` service runs `zkpot testnet
 init` (the same network `zkpot testnet up` runs), then `zkpot testnet dns` rewrites the
 homes for containers and copies each into its own volume, so a participant's container
-never sees another's key or shard, nor the publisher's held-out batches. N `nodeI`
+never sees another's key or training data, nor the publisher's held-out batches. N `nodeI`
 services wait for it, run `zkpot node start --home /data`, find each other by service
 name, and publish their API on 127.0.0.1 only.
 """

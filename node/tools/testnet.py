@@ -1,8 +1,9 @@
 """A local testnet: `zkpot testnet init` writes every node's home, `up` runs them.
 
 init: keys, the dataset split (a secret seed: only the publisher's home holds the
-held-out batches; everyone else knows their Merkle root from the genesis), the
-participants' shards, the circuit artifacts and SRS (test-only), and the genesis.
+held-out batches; everyone else knows their Merkle root from the genesis), each
+participant's own training rows (a data file in its home, prover.trainfile), the
+circuit artifacts and SRS (test-only), and the genesis.
 Node 0 is the publisher (and observes); nodes 1..K are participants; any further
 nodes are observers.
 """
@@ -38,7 +39,7 @@ from node.tools.netspec import (
     shortest_round_seconds,
 )
 from p2p import peer_id_from_seed
-from prover import circuit
+from prover import circuit, trainfile
 from prover.client import BuildCircuit
 from prover.data import load_dataset, partition, split
 from prover.jobs import make_eval_batch
@@ -174,8 +175,8 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
         home.test_index_file.write_bytes(sp.test_index.astype("<i8").tobytes())
         if key in participants:
             _share_proving_key(shared, home)
-            shard = sp.pool_index[shards[participants.index(key)]]
-            home.shard_file.write_bytes(shard.astype("<i8").tobytes())
+            rows = shards[participants.index(key)]  # its own rows, never another's
+            trainfile.save(home.data_file, sp.pool_x[rows], sp.pool_y[rows])
         if key is publisher:
             home.write_batches(batches)
     shutil.rmtree(shared)

@@ -47,7 +47,7 @@ def fake_model(k: int, *salt: bytes) -> bytes:
 class FakeProver:
     """Answers the typed prover jobs with hash stand-ins, taking `delay_s` of virtual time.
 
-    A participant's shard is one byte: the k its trained models score.
+    A participant's data file is named `fake:K`: K is the k its trained models score.
     """
 
     delay_s: dict[type, float] = field(default_factory=dict)
@@ -64,7 +64,8 @@ class FakeProver:
     @staticmethod
     def answer(job: Job[Any]) -> object:
         if isinstance(job, Train):
-            return fake_model(job.shard[0], job.global_weights, job.seed.to_bytes(8, "big"))
+            k = int(job.data_file.removeprefix("fake:"))
+            return fake_model(k, job.global_weights, job.seed.to_bytes(8, "big"))
         if isinstance(job, Commit):
             return model_commitment(job.weights)
         if isinstance(job, Prove):
@@ -247,8 +248,7 @@ def make_node(
         verifier=prover,
         artifacts=store_dir / "artifacts",
         roundlog=roundlog,
-        shard=bytes([k]),
-        dataset_path=None,
+        data_file=f"fake:{k}",
         batches=chain.batches,
         verify_timeout_s=30,
         prove_timeout_s=30,
