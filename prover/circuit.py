@@ -7,6 +7,9 @@ whole chain: keys depend on the architecture and batch size, not the weights.
 
 Every function here calls ezkl directly and may take seconds or hang on bad
 input: call them only inside a worker process (`prover.worker`).
+
+(Over 300 lines on purpose: everything that touches ezkl's files and formats, the ONNX
+export, settings, keys, witness, proof bytes and commitments, stays in this one module.)
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ promises to keep stable across versions), not from `Generator.permutation`, so t
 split and the IID partition do not depend on the numpy version. The Dirichlet
 partition needs gamma draws, whose algorithm numpy may change between versions; that
 is fine here because partitions are a prover-side convention, not consensus.
+
+(Over 300 lines on purpose: three file formats' untrusted readers and the split and
+partition that cut what they read; `prover.trainfile` is a participant's own file.)
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ participant's own training rows (a data file in its home, prover.trainfile), the
 circuit artifacts and SRS (test-only), and the genesis.
 Node 0 is the publisher (and observes); nodes 1..K are participants; any further
 nodes are observers.
+
+(Over 300 lines on purpose: writing a testnet and running it share its layout; the
+two halves, `init` and `up`, are each under 150 lines.)
 """
 
 from __future__ import annotations
