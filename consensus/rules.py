@@ -21,7 +21,7 @@ from consensus.crypto import SIG_LEN, SigningKey, sha256, verify_signature
 from consensus.errors import InvalidError
 from consensus.merkle import depth_for, verify_merkle_proof
 from consensus.schedule import check_timing, round_exists
-from consensus.selection import tiebreak_key
+from consensus.selection import rank_key
 from consensus.strategy import RULES
 from consensus.types import (
     INPUT_ITEM_BYTES,
@@ -253,7 +253,7 @@ class Ranked:
 
 
 def rank_proofs(batch: EvalBatch, proofs: Iterable[ProofTx]) -> list[Ranked]:
-    """Order valid proofs by k descending, then by `tiebreak_key` ascending."""
+    """Order valid proofs by `selection.rank_key`: k descending, then the tiebreak."""
     seed = batch_hash(batch)
-    ordered = sorted(proofs, key=lambda p: (-p.k, tiebreak_key(seed, p.participant)))
+    ordered = sorted(proofs, key=lambda p: rank_key(seed, p.k, p.participant))
     return [Ranked(i + 1, p.participant, p.k, p.commit_id) for i, p in enumerate(ordered)]

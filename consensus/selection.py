@@ -64,9 +64,13 @@ def tiebreak_key(batch_hash: bytes, participant: bytes) -> bytes:
     return sha256(TIEBREAK_DOMAIN + batch_hash + participant)
 
 
+def rank_key(batch_hash: bytes, k: int, participant: bytes) -> tuple[int, bytes]:
+    """The one ranking order of a round's proofs: k descending, then `tiebreak_key`."""
+    return -k, tiebreak_key(batch_hash, participant)
+
+
 def ranked(candidates: Sequence[Candidate], batch_hash: bytes) -> list[Candidate]:
-    """k descending, then `tiebreak_key` ascending."""
-    return sorted(candidates, key=lambda c: (-c.k, tiebreak_key(batch_hash, c.participant)))
+    return sorted(candidates, key=lambda c: rank_key(batch_hash, c.k, c.participant))
 
 
 def median_k(candidates: Sequence[Candidate]) -> int:
