@@ -131,9 +131,10 @@ def _k(
     return accuracy_count(logits, scale, y, fp)
 
 
-def _float_acc(
+def _test_acc(
     weights: bytes, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], fp: FixedPoint
 ) -> float:
+    """Test accuracy of a float model as the chain measures it: quantised, exact evaluator."""
     return _k(_q(weights, fp), quantise_inputs(x, fp.input_scale), y, fp) / len(y)
 
 
@@ -176,7 +177,7 @@ def run(case: Case) -> dict[str, Any]:
         for r in range(case.rounds):
             models = [train(models[i], i, r) for i in range(case.n)]
         honest = range(_flippers(case), case.n)
-        return {"final": statistics.mean(_float_acc(models[i], test_x, test_y, fp) for i in honest)}
+        return {"final": statistics.mean(_test_acc(models[i], test_x, test_y, fp) for i in honest)}
     if case.rule == "central":
         x, y = sp.pool_x.reshape(len(sp.pool_y), -1), sp.pool_y
         w = genesis
@@ -191,7 +192,7 @@ def run(case: Case) -> dict[str, Any]:
                 lr=LR,
                 seed=_seed(case.seed, r),
             )
-            accs.append(_float_acc(w, test_x, test_y, fp))
+            accs.append(_test_acc(w, test_x, test_y, fp))
         return {"final": accs[-1], "curve": accs}
     if case.rule in ("fedavg", "oracle"):
         # oracle: FedAvg of the honest participants only (the best any selection can do)
@@ -211,7 +212,7 @@ def run(case: Case) -> dict[str, Any]:
                         / sizes.sum()
                     )
             w = model_to_bytes(avg)
-            accs.append(_float_acc(w, test_x, test_y, fp))
+            accs.append(_test_acc(w, test_x, test_y, fp))
         return {"final": accs[-1], "curve": accs}
 
     select = rules_for(case.batch)[case.rule]

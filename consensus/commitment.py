@@ -20,6 +20,7 @@ formula; an aggregate M or remainder R is only ever committed by this formula.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from consensus import bn254
@@ -76,12 +77,7 @@ def basis(
     if len(shapes) % 2 or not shapes:
         raise InvalidError("commitment basis: expected weight/bias shape pairs")
     n = 1 << srs_logrows(srs)
-    count = 0
-    for shape in shapes:
-        size = 1
-        for d in shape:
-            size *= d
-        count += size
+    count = sum(math.prod(shape) for shape in shapes)
     if count + unusable_rows > n:
         raise InvalidError(f"commitment basis: {count} parameters do not fit a 2^k domain")
     lag = lagrange_points(srs, range(count))

@@ -129,8 +129,11 @@ def _training_data(arch: str, data_file: str, stamp: tuple[int, int]) -> tuple[A
 
 
 def _load(arch: str, data_file: str) -> tuple[Any, Any]:
-    st = Path(data_file).stat() if Path(data_file).exists() else None
-    stamp = (st.st_mtime_ns, st.st_size) if st else (0, 0)
+    try:
+        st = Path(data_file).stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:  # trainfile.load says what is wrong with it
+        stamp = (0, 0)
     return _training_data(arch, data_file, stamp)
 
 
