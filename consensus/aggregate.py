@@ -50,6 +50,24 @@ def shifted(commitment: bn254.Point, k_point: bn254.Point) -> bn254.Point:
     return bn254.sub(commitment, k_point)
 
 
+def check_sum(
+    commitments: Sequence[bn254.Point],
+    weights: Sequence[int],
+    k_point: bn254.Point,
+    total_commitment: bn254.Point,
+) -> None:
+    """Raise unless sum a_i*(C_i - K) == C(S*M + R) - K: `check_aggregate` with C(S*M + R)
+    computed in one commitment (a node commits S*M + R directly: one MSM, not two)."""
+    if len(commitments) != len(weights) or not commitments:
+        raise InvalidError("aggregate: need one weight per commitment")
+    left = bn254.msm([shifted(c, k_point) for c in commitments], list(weights))
+    if left != shifted(total_commitment, k_point):
+        raise InvalidError(
+            "Block: the aggregate does not match the selected models' commitments "
+            "(sum a_i*(C_i - K) != C(S*M + R) - K)"
+        )
+
+
 def check_aggregate(
     commitments: Sequence[bn254.Point],
     weights: Sequence[int],
@@ -63,15 +81,9 @@ def check_aggregate(
     L(S*M + R): equal exactly when W = S*M + R (L is binding), i.e. when M and R are the
     weighted mean and remainder of the committed models, none of which is seen here.
     """
-    if len(commitments) != len(weights) or not commitments:
-        raise InvalidError("aggregate: need one weight per commitment")
-    left = bn254.msm([shifted(c, k_point) for c in commitments], list(weights))
-    right = bn254.add(
+    total = bn254.add(
         bn254.mul(shifted(mean_commitment, k_point), sum(weights)),
         shifted(rest_commitment, k_point),
+        k_point,
     )
-    if left != right:
-        raise InvalidError(
-            "Block: the aggregate does not match the selected models' commitments "
-            "(sum a_i*(C_i - K) != S*(C(M) - K) + (C(R) - K))"
-        )
+    check_sum(commitments, weights, k_point, total)

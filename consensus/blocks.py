@@ -11,13 +11,14 @@ model must be is the chain's rule's business (consensus.strategy).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from consensus.checks import (
     Answer,
     Answers,
     Check,
+    CommitAggregate,
     CommitModel,
     EvaluateModel,
     VerifyProof,
@@ -27,6 +28,7 @@ from consensus.crypto import sha256
 from consensus.errors import InvalidError
 from consensus.rules import (
     PROOF_FAILS,
+    AggregateCommitmentFn,
     CommitmentFn,
     Evaluator,
     ProofVerifier,
@@ -38,7 +40,7 @@ from consensus.rules import (
     proof_check,
     rank_proofs,
 )
-from consensus.strategy import Rule, rule_for
+from consensus.strategy import Rule, proposer_proof, rule_for
 from consensus.types import Block, Genesis
 
 
@@ -49,6 +51,7 @@ class ParentInfo:
     hash: bytes
     round: int
     height: int
+    model_hash: bytes = b""  # its global model's blob hash (the v2 rules need it)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class PendingBlock:
 
     block: Block
     rule: Rule
-    score: int
+    parent_model: bytes  # the parent's model blob hash
     checks: tuple[Check, ...]
 
 
@@ -103,10 +106,8 @@ def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block
         if p.commit_id not in commits:
             raise InvalidError("Block: a proof's commit is not in the block")
     rule = rule_for(genesis)
-    rule.contributions(block.proofs, block.proposer)
-    score = rule.score(block)
-    if score < 1:
-        raise InvalidError("Block: the proposer's proven k must be at least 1")
+    proposer_proof(block)
+    rule.check_shape(block)
     ranking = rank_proofs(block.reveal.batch, block.proofs)
     mine = next(r for r in ranking if r.participant == block.proposer)
     if mine.rank != block.rank:
@@ -116,7 +117,8 @@ def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block
     verifications = tuple(
         proof_check(genesis, chain_id, block.reveal, commits[p.commit_id], p) for p in block.proofs
     )
-    return PendingBlock(block, rule, score, (*verifications, *rule.model_checks(block)))
+    model_checks = rule.model_checks(block, parent.model_hash)
+    return PendingBlock(block, rule, parent.model_hash, (*verifications, *model_checks))
 
 
 def conclude(pending: PendingBlock, answers: Answers) -> int:
@@ -124,26 +126,33 @@ def conclude(pending: PendingBlock, answers: Answers) -> int:
     for check in pending.checks:
         if isinstance(check, VerifyProof) and not verified(answers, check):
             raise InvalidError(PROOF_FAILS)
-    pending.rule.check_model(pending.block, answers)
-    return pending.score
+    return pending.rule.conclude(pending.block, answers, pending.parent_model)
 
 
 def answer_with(
     checks: Sequence[Check],
-    model_blob: bytes,
+    blobs: Mapping[bytes, bytes],
     verify: ProofVerifier,
     commitment_of: CommitmentFn,
     evaluate: Evaluator,
+    commit_aggregate: AggregateCommitmentFn | None = None,
 ) -> dict[Check, Answer]:
-    """Answers from plain functions (tests, tools); a raising function is an InvalidError."""
+    """Answers from plain functions (tests, tools); a raising function is an InvalidError.
+    `blobs` holds the model blobs the checks name, by hash."""
     answers: dict[Check, Answer] = {}
     for c in checks:
         if isinstance(c, VerifyProof):
             answers[c] = bool(contained_call(verify, c.proof, c.batch, c.commitment, c.k))
-        elif isinstance(c, CommitModel):
-            answers[c] = contained_call(commitment_of, model_blob)  # type: ignore[assignment]
+            continue
+        blob = blobs.get(c.model_hash)
+        if blob is None:
+            raise InvalidError(f"Block: model blob {c.model_hash.hex()[:12]} is not available")
+        if isinstance(c, CommitModel):
+            answers[c] = contained_call(commitment_of, blob)  # type: ignore[assignment]
         elif isinstance(c, EvaluateModel):
-            answers[c] = contained_call(evaluate, model_blob, c.batch)  # type: ignore[assignment]
+            answers[c] = contained_call(evaluate, blob, c.batch)  # type: ignore[assignment]
+        elif isinstance(c, CommitAggregate) and commit_aggregate is not None:
+            answers[c] = contained_call(commit_aggregate, blob, c.remainder, c.weight_sum)  # type: ignore[assignment]
     return answers
 
 
@@ -156,11 +165,14 @@ def check_block(
     verify: ProofVerifier,
     commitment_of: CommitmentFn,
     evaluate: Evaluator,
+    *,
+    parent_model: bytes = b"",
+    commit_aggregate: AggregateCommitmentFn | None = None,
 ) -> int:
     """`on_block`, answered by plain functions, then `conclude`: the block's score."""
     pending = on_block(genesis, chain_id, parent, block)
     if sha256(model_blob) != block.model_hash:
         raise InvalidError("Block: the model blob does not match model_hash")
-    return conclude(
-        pending, answer_with(pending.checks, model_blob, verify, commitment_of, evaluate)
-    )
+    blobs = {block.model_hash: model_blob, parent.model_hash: parent_model}
+    answers = answer_with(pending.checks, blobs, verify, commitment_of, evaluate, commit_aggregate)
+    return conclude(pending, answers)

@@ -41,7 +41,17 @@ class EvaluateModel:
     batch: EvalBatch
 
 
-Check = VerifyProof | CommitModel | EvaluateModel
+@dataclass(frozen=True)
+class CommitAggregate:
+    """Answer: bytes, the compressed C(S*M + R) = L(S*M + R) + K of the block's model M
+    (integers at the parameter scale) with weight sum S and remainder R (consensus.aggregate)."""
+
+    model_hash: bytes
+    remainder: bytes
+    weight_sum: int
+
+
+Check = VerifyProof | CommitModel | EvaluateModel | CommitAggregate
 Answer = bool | bytes | int
 Answers = Mapping[Check, Answer]
 
@@ -53,15 +63,15 @@ def verified(answers: Answers, check: VerifyProof) -> bool:
     return got
 
 
-def commitment(answers: Answers, check: CommitModel) -> bytes:
+def commitment(answers: Answers, check: CommitModel | CommitAggregate) -> bytes:
     got = answers.get(check)
     if not isinstance(got, bytes):
-        raise InvalidError("the commitment of the block's model was not answered")
+        raise InvalidError("a model's commitment was not answered")
     return got
 
 
 def evaluation(answers: Answers, check: EvaluateModel) -> int:
     got = answers.get(check)
     if not isinstance(got, int) or isinstance(got, bool):
-        raise InvalidError("the re-evaluation of the block's model was not answered")
+        raise InvalidError("a model's re-evaluation was not answered")
     return got

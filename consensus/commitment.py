@@ -28,6 +28,7 @@ from consensus.crypto import sha256
 from consensus.errors import InvalidError
 
 POINT_BYTES = 64  # an SRS point: x, y little-endian, Montgomery form
+UNUSABLE_ROWS = 6  # halo2's blinding rows in ezkl 23.0.5's circuits (tests check it)
 _R_INV = pow(2**256, -1, bn254.P)  # leaves Montgomery form
 
 
@@ -65,6 +66,21 @@ def lagrange_points(srs: bytes, rows: Sequence[int]) -> list[bn254.Point]:
     return out
 
 
+def scales(shapes: Sequence[tuple[int, ...]], input_scale: int, param_scale: int) -> list[int]:
+    """Each parameter's factor in the committed column: 1 for a weight, 2^(input_scale +
+    l*param_scale) for a bias of layer l (shapes: weight (out, in), bias (out,) alternating,
+    as in the state dict). B_j = scale_j * Lag_j."""
+    if len(shapes) % 2 or not shapes:
+        raise InvalidError("commitment basis: expected weight/bias shape pairs")
+    out: list[int] = []
+    scale = input_scale
+    for w_shape, b_shape in zip(shapes[0::2], shapes[1::2], strict=True):
+        out += [1] * math.prod(w_shape)
+        out += [1 << scale] * math.prod(b_shape)
+        scale += param_scale
+    return out
+
+
 def basis(
     srs: bytes,
     shapes: Sequence[tuple[int, ...]],
@@ -72,26 +88,15 @@ def basis(
     param_scale: int,
     unusable_rows: int,
 ) -> tuple[list[bn254.Point], bn254.Point]:
-    """(B, K) for an MLP whose parameters have these shapes (weight (out, in), bias (out,)
-    alternating, as in the state dict)."""
-    if len(shapes) % 2 or not shapes:
-        raise InvalidError("commitment basis: expected weight/bias shape pairs")
+    """(B, K) for an MLP whose parameters have these shapes."""
+    factors = scales(shapes, input_scale, param_scale)
     n = 1 << srs_logrows(srs)
-    count = sum(math.prod(shape) for shape in shapes)
-    if count + unusable_rows > n:
-        raise InvalidError(f"commitment basis: {count} parameters do not fit a 2^k domain")
-    lag = lagrange_points(srs, range(count))
+    if len(factors) + unusable_rows > n:
+        raise InvalidError(f"commitment basis: {len(factors)} parameters do not fit a 2^k domain")
+    lag = lagrange_points(srs, range(len(factors)))
     tail = lagrange_points(srs, range(n - unusable_rows, n))
-    out: list[bn254.Point] = []
-    row, scale = 0, input_scale
-    for w_shape, b_shape in zip(shapes[0::2], shapes[1::2], strict=True):
-        w = w_shape[0] * w_shape[1]
-        out += lag[row : row + w]
-        row += w
-        out += [bn254.mul(p, 1 << scale) for p in lag[row : row + b_shape[0]]]
-        row += b_shape[0]
-        scale += param_scale
-    return out, bn254.add(*tail)
+    points = [p if f == 1 else bn254.mul(p, f) for p, f in zip(lag, factors, strict=True)]
+    return points, bn254.add(*tail)
 
 
 def basis_hash(points: Sequence[bn254.Point], k_point: bn254.Point) -> bytes:

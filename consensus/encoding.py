@@ -77,7 +77,11 @@ def wire(kind: Kind, *, since: int = ENCODING_VERSION, default: Any = dataclasse
     names that version and the default its earlier encodings stand for."""
     if since != ENCODING_VERSION and default is dataclasses.MISSING:
         raise TypeError("a field added by a later version needs a default")
-    return dataclasses.field(default=default, metadata={"wire": kind, "since": since})
+    # keyword-only, so a signed type's `signature` may stay its last field after them
+    later = since != ENCODING_VERSION
+    return dataclasses.field(
+        default=default, metadata={"wire": kind, "since": since}, kw_only=later
+    )
 
 
 def _since(f: dataclasses.Field[Any]) -> int:

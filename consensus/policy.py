@@ -100,7 +100,7 @@ def build_block(
         tuple(commits[i] for i in ids),
         tuple(proofs[i] for i in ids),
         model_hash,
-        bytes(64),
+        signature=bytes(64),
     )
 
 
@@ -117,6 +117,8 @@ def proposal_decision(
     max_rank: int,
     candidate: ChainNode | None,
     best_sibling: ChainNode | None,
+    *,
+    built_late: bool = False,
 ) -> Decision:
     """At the proposal time of `rank_due`: propose, wait for our rank, or abstain.
 
@@ -125,14 +127,15 @@ def proposal_decision(
     exists for the same parent; with no valid proof of k >= 1 it never proposes. A
     participant whose proof was ready only after its rank's time (a slow machine)
     still proposes while the round lasts: a better late block wins by fork choice.
+    Under an averaging rule the block is built only when proposing (`built_late`: the
+    aggregation round), so its score is unknown here: any block for the parent already
+    seen makes us abstain.
     """
     mine = next((r for r in ranking if r.participant == me), None)
     if mine is None or mine.k < 1 or mine.rank > max_rank:
         return Decision.ABSTAIN
-    if (
-        candidate is not None
-        and best_sibling is not None
-        and not is_better(candidate, best_sibling)
+    if best_sibling is not None and (
+        built_late or (candidate is not None and not is_better(candidate, best_sibling))
     ):
         return Decision.ABSTAIN
     return Decision.PROPOSE if mine.rank <= rank_due else Decision.WAIT

@@ -4,7 +4,8 @@ Expensive or environment-bound checks are passed in as functions, so this module
 stays pure and every rule can be replayed in a test:
 - `ProofVerifier(proof, batch, commitment, k) -> bool`: the zk verification;
 - `CommitmentFn(model_blob) -> bytes`: the weight commitment of a revealed model;
-- `Evaluator(model_blob, batch) -> int`: the plain quantised re-evaluation of k.
+- `Evaluator(model_blob, batch) -> int`: the plain quantised re-evaluation of k;
+- `AggregateCommitmentFn(model_blob, remainder, weight_sum) -> bytes`: C(S*M + R).
 Each `check_*` returns None or raises `InvalidError` whose message says which rule broke.
 """
 
@@ -18,15 +19,18 @@ from typing import TypeVar
 
 from consensus.checks import VerifyProof
 from consensus.crypto import SIG_LEN, SigningKey, sha256, verify_signature
+from consensus.encoding import Signed
 from consensus.errors import InvalidError
 from consensus.merkle import depth_for, verify_merkle_proof
 from consensus.schedule import check_timing, round_exists
+from consensus.secagg import MAX_VECTOR_LEN, Complete, MaskedUpdate, Selection, Unmask
 from consensus.selection import rank_key
 from consensus.strategy import RULES
 from consensus.types import (
     INPUT_ITEM_BYTES,
     MAX_BATCH_INPUT_BYTES,
     MAX_MERKLE_DEPTH,
+    POINT_LEN,
     Block,
     CommitTx,
     EvalBatch,
@@ -38,12 +42,13 @@ from consensus.types import (
 ProofVerifier = Callable[[bytes, EvalBatch, bytes, int], bool]
 CommitmentFn = Callable[[bytes], bytes]
 Evaluator = Callable[[bytes, EvalBatch], int]
+AggregateCommitmentFn = Callable[[bytes, bytes, int], bytes]  # (M blob, R, S) -> C(S*M + R)
 
 PARTITIONS = ("iid", "dirichlet")
 COMMITMENT_MODES = ("polycommit",)
 BINDING_DOMAIN = b"zkpot/commit/v1"
 
-S = TypeVar("S", CommitTx, Reveal, ProofTx, Block)
+S = TypeVar("S", CommitTx, Reveal, ProofTx, Block, Selection, MaskedUpdate, Complete, Unmask)
 
 
 # --- signing -----------------------------------------------------------------
@@ -55,9 +60,7 @@ def sign(obj: S, key: SigningKey, chain_id: bytes) -> S:
     return dataclasses.replace(unsigned, signature=key.sign(unsigned.signing_bytes(chain_id)))
 
 
-def check_signature(
-    obj: CommitTx | Reveal | ProofTx | Block, signer: bytes, chain_id: bytes
-) -> None:
+def check_signature(obj: Signed, signer: bytes, chain_id: bytes) -> None:
     if not verify_signature(signer, obj.signing_bytes(chain_id), obj.signature):
         raise InvalidError(
             f"{obj.NAME}: bad signature (not signed by {signer.hex()[:16]}… for this chain)"
@@ -97,9 +100,35 @@ def check_genesis(genesis: Genesis) -> None:
         )
     if genesis.rule.min_members > genesis.rule.max_members:
         raise InvalidError("rule: min_members exceeds max_members")
+    if RULES[genesis.rule.name].aggregates:
+        check_aggregation(genesis)
     if genesis.circuit.commitment not in COMMITMENT_MODES:
         raise InvalidError(
             f"circuit.commitment must be one of {COMMITMENT_MODES}, not {genesis.circuit.commitment!r}"
+        )
+
+
+MIN_PRIVATE_MEMBERS = 3  # with two, each member learns the other's model from the sum
+
+
+def check_aggregation(genesis: Genesis) -> None:
+    """What an averaging rule needs of the genesis (docs/protocol.md §10)."""
+    agg = genesis.aggregation
+    if genesis.rule.min_members < MIN_PRIVATE_MEMBERS:
+        raise InvalidError(
+            f"rule: min_members must be at least {MIN_PRIVATE_MEMBERS} for an averaging rule "
+            "(with two, each member could subtract its own model from the sum)"
+        )
+    if genesis.rule.max_members > 256:
+        raise InvalidError("rule: at most 256 members (the remainder is one byte)")
+    if genesis.circuit.commitment_bytes != POINT_LEN:
+        raise InvalidError("aggregation: the circuit must commit its parameters in one column")
+    if len(agg.basis_hash) != 32 or len(agg.constant) != POINT_LEN or agg.parameters < 1:
+        raise InvalidError("aggregation: an averaging rule needs the basis hash, K and the size")
+    if agg.parameters > MAX_VECTOR_LEN:
+        raise InvalidError(
+            f"aggregation: {agg.parameters} parameters; a masked vector carries at most "
+            f"{MAX_VECTOR_LEN}"
         )
 
 

@@ -29,6 +29,8 @@ _KEY = Bytes(PUBKEY_LEN, PUBKEY_LEN)
 _SIG = Bytes(SIG_LEN, SIG_LEN)
 _NAME = Text(1, MAX_NAME)
 _MS = UInt(0, 2**62)
+POINT_LEN = 32  # a compressed BN254 G1 point (consensus.bn254.compress)
+MAX_REMAINDER = 1 << 16  # parameters of a model an averaging rule can aggregate
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,12 @@ class AggregationSpec(Wire):
     MAX_BYTES = 128
 
     unusable_rows: int = wire(UInt(0, 64))
+    parameters: int = wire(UInt(0, MAX_REMAINDER))  # the model's parameter count
     basis_hash: bytes = wire(Bytes(0, HASH_LEN))  # empty: the rule aggregates nothing
+    constant: bytes = wire(Bytes(0, POINT_LEN))  # K, compressed: C(q) = L(q) + K
 
 
-NO_AGGREGATION = AggregationSpec(0, b"")
+NO_AGGREGATION = AggregationSpec(0, 0, b"", b"")
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,8 @@ class CommitTx(Signed):
     parent: bytes = wire(_HASH)  # the block whose model it trained from
     participant: bytes = wire(_KEY)
     binding: bytes = wire(_HASH)
+    # protocol v2: this round's Diffie-Hellman key for pairwise masks (consensus.masking)
+    mask_key: bytes = wire(Bytes(0, POINT_LEN), since=2, default=b"")
     signature: bytes = wire(_SIG)
 
 
@@ -229,7 +235,10 @@ class Block(Signed):
     TAG = 5
     NAME = "Block"
     MAX_BYTES = (
-        Reveal.MAX_BYTES + MAX_PARTICIPANTS * (CommitTx.MAX_BYTES + ProofTx.MAX_BYTES) + 1024
+        Reveal.MAX_BYTES
+        + MAX_PARTICIPANTS * (CommitTx.MAX_BYTES + ProofTx.MAX_BYTES + PUBKEY_LEN + 4)
+        + MAX_REMAINDER
+        + 1024
     )
 
     round: int = wire(UInt(0, MAX_NUM_BATCHES - 1))
@@ -241,6 +250,13 @@ class Block(Signed):
     commits: tuple[CommitTx, ...] = wire(ListOf(Struct(CommitTx), MAX_PARTICIPANTS, lo=1))
     proofs: tuple[ProofTx, ...] = wire(ListOf(Struct(ProofTx), MAX_PARTICIPANTS, lo=1))
     model_hash: bytes = wire(_HASH)
+    # protocol v2, averaging rules: whose models the global model averages (empty: the
+    # rule's v1 meaning, or no aggregate this round), and the remainder R of the exact
+    # integer mean, one byte per parameter (consensus.aggregate)
+    members: tuple[bytes, ...] = wire(
+        ListOf(_KEY, MAX_PARTICIPANTS, strictly_sorted=True), since=2, default=()
+    )
+    remainder: bytes = wire(Bytes(0, MAX_REMAINDER), since=2, default=b"")
     signature: bytes = wire(_SIG)
 
 

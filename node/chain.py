@@ -81,12 +81,12 @@ class Chain:
 
     def parent_info(self, block_hash: bytes) -> ParentInfo | None:
         if block_hash == self.cid:
-            return ParentInfo(self.cid, -1, 0)
+            return ParentInfo(self.cid, -1, 0, self.genesis.initial_model_hash)
         b = self.block(block_hash)
         meta = self.store.get_meta(block_hash)
         if b is None or meta is None:
             return None
-        return ParentInfo(block_hash, b.round, meta.height)
+        return ParentInfo(block_hash, b.round, meta.height, b.model_hash)
 
     def model_of(self, block_hash: bytes) -> bytes:
         """The global model a block carries (the genesis's initial model for the genesis)."""

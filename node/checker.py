@@ -10,16 +10,24 @@ again. Timing is not correctness.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import trio
 
-from consensus.checks import Answer, Check, CommitModel, EvaluateModel, VerifyProof
+from consensus.checks import (
+    Answer,
+    Check,
+    CommitAggregate,
+    CommitModel,
+    EvaluateModel,
+    VerifyProof,
+)
 from consensus.crypto import sha256
 from consensus.errors import InvalidError
 from node.interfaces import Prover
 from prover.client import Commit, Evaluate, Verify
+from prover.client import CommitAggregate as CommitAggregateJob
 from prover.worker import JobFailed, WorkerError
 
 
@@ -57,11 +65,17 @@ class Checker:
             self._cache.clear()
         return v.ok, v.reason
 
-    async def answer(self, checks: Sequence[Check], model: bytes) -> dict[Check, Answer]:
-        """Every check answered, in parallel; `model` is the blob the model checks name."""
-        model_hash = sha256(model)
-        if any(not isinstance(c, VerifyProof) and c.model_hash != model_hash for c in checks):
-            raise InvalidError("Block: the model blob does not match model_hash")
+    async def answer(
+        self, checks: Sequence[Check], blobs: Mapping[bytes, bytes]
+    ) -> dict[Check, Answer]:
+        """Every check answered, in parallel; `blobs` holds the model blobs the checks
+        name, by hash (the block's model, its parent's)."""
+        for c in checks:
+            if isinstance(c, VerifyProof):
+                continue
+            blob = blobs.get(c.model_hash)
+            if blob is None or sha256(blob) != c.model_hash:
+                raise InvalidError(f"Block: model blob {c.model_hash.hex()[:12]} is not at hand")
         answers: dict[Check, Answer] = {}
         failures: list[str] = []  # the inputs made the job fail: a verdict
         incomplete: list[str] = []  # no verdict (timeout, crash)
@@ -73,12 +87,18 @@ class Checker:
                 if isinstance(check, VerifyProof):
                     answers[check] = (await self.verify(check))[0]
                     return
+                model = blobs[check.model_hash]
                 if isinstance(check, CommitModel):
                     job = Commit(self.artifacts, self.arch, model)
                     answers[check] = await self.pool.run(job, timeout=self.timeout_s)
                 elif isinstance(check, EvaluateModel):
                     ev = Evaluate(self.artifacts, self.arch, model, check.batch.encode())
                     answers[check] = await self.pool.run(ev, timeout=self.timeout_s)
+                elif isinstance(check, CommitAggregate):
+                    agg = CommitAggregateJob(
+                        self.artifacts, self.arch, model, check.remainder, check.weight_sum
+                    )
+                    answers[check] = await self.pool.run(agg, timeout=self.timeout_s)
             except JobFailed as exc:
                 failures.append(f"{type(check).__name__}: {exc}")
             except WorkerError as exc:

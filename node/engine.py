@@ -23,6 +23,7 @@ from consensus.crypto import SigningKey
 from consensus.roles import roles_of
 from consensus.strategy import rule_for
 from consensus.types import EvalBatch
+from node.aggregator import Aggregation
 from node.blockrelay import BlockRelay
 from node.chain import Chain
 from node.checker import Checker
@@ -78,11 +79,26 @@ class Engine:
         if self.roles.participant:
             if data_file is None:
                 raise ValueError("a participant needs its training data file")
+            rule = rule_for(g)
+            aggregation = None
+            if rule.aggregates:
+                aggregation = Aggregation(
+                    key=key,
+                    genesis=g,
+                    cid=chain.cid,
+                    rule=rule,
+                    chain=chain,
+                    prover=prover,
+                    publish=self.publish,
+                    artifacts=artifacts,
+                    timeout_s=prove_timeout_s,
+                    clock=clock,
+                )
             self.participant = Participant(
                 key=key,
                 genesis=g,
                 cid=chain.cid,
-                rule=rule_for(g),
+                rule=rule,
                 chain=chain,
                 pool=self.pool,
                 importer=self.importer,
@@ -92,6 +108,7 @@ class Engine:
                 data_file=data_file,
                 prove_timeout_s=prove_timeout_s,
                 clock=clock,
+                aggregation=aggregation,
             )
         if self.roles.publisher:
             self.publisher = Publisher(

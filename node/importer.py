@@ -137,7 +137,7 @@ class BlockImporter:
         after = self._inflight.get(block.parent)
         if after is not None:
             p = after.block
-            return ParentInfo(block.parent, p.round, p.height), after
+            return ParentInfo(block.parent, p.round, p.height, p.model_hash), after
         if not self.placeable(block, block_hash):
             return None
         pinfo = self.chain.parent_info(block.parent)
@@ -152,7 +152,7 @@ class BlockImporter:
             if self.pool.in_window(block.round):
                 self.pool.mark(block.round, "block_received")
             model = await self.fetch_blob(block.model_hash, sources)
-            answers = await self.checker.answer(pending.checks, model)
+            answers = await self.checker.answer(pending.checks, self._blobs(pinfo, block, model))
             score = blocks.conclude(pending, answers)
         except InvalidError as exc:
             self.refuse(h, str(exc))
@@ -167,7 +167,8 @@ class BlockImporter:
             return None
         try:
             pending = blocks.on_block(self.genesis, self.cid, pinfo, block)
-            score = blocks.conclude(pending, await self.checker.answer(pending.checks, model))
+            answers = await self.checker.answer(pending.checks, self._blobs(pinfo, block, model))
+            score = blocks.conclude(pending, answers)
         except InvalidError as exc:
             log.error("round %d: our own block is invalid, not proposing: %s", block.round, exc)
             return None
@@ -178,6 +179,16 @@ class BlockImporter:
         if applied is not None:
             self.own.add(applied.block_hash)
         return applied
+
+    def _blobs(self, parent: ParentInfo, block: Block, model: bytes) -> dict[bytes, bytes]:
+        """The model blobs a block's checks may name: its own and its parent's."""
+        blobs = {block.model_hash: model}
+        if parent.model_hash not in blobs:
+            try:
+                blobs[parent.model_hash] = self.chain.model_of(parent.hash)
+            except LookupError as exc:  # not this block's fault
+                raise CheckIncomplete(f"the parent's model is not at hand: {exc}") from exc
+        return blobs
 
     async def _apply(self, block: Block, raw: bytes, model: bytes, score: int) -> Applied | None:
         try:

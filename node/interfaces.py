@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 from libp2p.peer.id import ID
 
+from consensus.secagg import AggMessage
 from consensus.types import Block, CommitTx, ProofTx, Reveal
 from p2p.gossip import TopicKind, Validator
 from p2p.sync import BlockEntry, Status
@@ -22,7 +23,7 @@ from prover.client import Job
 R = TypeVar("R")
 
 Clock = Callable[[], int]  # wall-clock milliseconds
-Outgoing = CommitTx | Reveal | ProofTx | Block
+Outgoing = CommitTx | Reveal | ProofTx | Block | AggMessage
 Publish = Callable[[Outgoing], Awaitable[None]]
 
 

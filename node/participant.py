@@ -7,18 +7,20 @@ never leave the node except as the global model of a block this node proposes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from pathlib import Path
 
 import trio
 
-from consensus import policy, rules, schedule
+from consensus import policy, rules, schedule, secagg
 from consensus.crypto import SigningKey, sha256
 from consensus.forkchoice import ChainNode
 from consensus.rules import sign
-from consensus.selection import Contribution
 from consensus.strategy import Rule
 from consensus.types import Block, CommitTx, Genesis, ProofTx
+from node.aggregator import Aggregation, Outcome
 from node.chain import Chain
 from node.importer import BlockImporter
 from node.interfaces import Clock, Prover, Publish, sleep_until
@@ -48,6 +50,7 @@ class Participant:
         data_file: str,
         prove_timeout_s: float,
         clock: Clock,
+        aggregation: Aggregation | None = None,
     ) -> None:
         self.key = key
         self.genesis = genesis
@@ -62,6 +65,7 @@ class Participant:
         self.data_file = data_file
         self.prove_timeout_s = prove_timeout_s
         self.clock = clock
+        self.aggregation = aggregation  # None: the chain's rule publishes the winner's model
 
     def _budget_s(self, deadline_ms: int) -> float:
         return max(0.0, (deadline_ms - self.clock()) / 1000)
@@ -85,8 +89,15 @@ class Participant:
             rec.notes.append("our commit was not sealed by the publisher")
             log.warning("round %d: our commit was not sealed", rnd)
             return
-        if await self._prove(rnd, opened, st, mine):
+        if not await self._prove(rnd, opened, st, mine):
+            return
+        if self.aggregation is None:
             await self._propose_when_due(rnd, opened, st, mine)
+            return
+        async with trio.open_nursery() as nursery:  # the round's end cancels the member
+            nursery.start_soon(self.aggregation.serve, st, mine)
+            await self._propose_when_due(rnd, opened, st, mine)
+            await trio.sleep_forever()
 
     async def _train_and_commit(self, rnd: int, opened: int) -> Mine | None:
         g = self.genesis
@@ -123,10 +134,13 @@ class Participant:
             log.error("round %d: training failed: %s", rnd, exc)
             return None
         binding = rules.commit_binding(self.cid, self.key.public, rnd, parent, c)
-        commit = sign(
-            CommitTx(rnd, parent, self.key.public, binding, bytes(64)), self.key, self.cid
+        secret = secagg.mask_secret(os.urandom(32)) if self.rule.aggregates else 0
+        mask_key = secagg.mask_public(secret) if secret else b""
+        unsigned = CommitTx(
+            rnd, parent, self.key.public, binding, mask_key=mask_key, signature=bytes(64)
         )
-        mine = Mine(weights, commit, c)
+        commit = sign(unsigned, self.key, self.cid)
+        mine = Mine(weights, commit, c, secret)
         self.pool.state(rnd).mine = mine
         self.pool.record_commit(rnd, commit)
         self.pool.mark(rnd, "committed")
@@ -162,28 +176,21 @@ class Participant:
         log.info("round %d: proved k=%d", rnd, proved.k)
         return True
 
-    def _candidate(self, st: RoundState, mine: Mine, ranking: list[rules.Ranked]) -> Block | None:
-        """Our block for this ranking, signed, or None if we cannot build one."""
+    def _candidate(
+        self, st: RoundState, mine: Mine, ranking: list[rules.Ranked], outcome: Outcome
+    ) -> Block | None:
+        """Our block for this ranking and global model, signed, or None if we cannot build one."""
         me = self.key.public
-        parent = mine.commit.parent
-        pinfo = self.chain.parent_info(parent)
+        pinfo = self.chain.parent_info(mine.commit.parent)
         if st.reveal is None or pinfo is None or not any(r.participant == me for r in ranking):
             return None
-        ranked = [st.proofs[r.commit_id] for r in ranking]
-        model = self._global_model(self.rule.contributions(ranked, me), mine)
-        if model is None:
-            return None
         block = policy.build_block(
-            pinfo, me, st.reveal, ranking, st.commits, st.proofs, sha256(model)
+            pinfo, me, st.reveal, ranking, st.commits, st.proofs, sha256(outcome.model)
         )
-        return sign(block, self.key, self.cid)
-
-    def _global_model(self, contributions: tuple[Contribution, ...], mine: Mine) -> bytes | None:
-        """The model the rule asks for; with `winner` that is our own weights."""
-        if contributions == (Contribution(self.key.public, 1),):
-            return mine.weights
-        log.error("the chain's rule %r needs other participants' models", self.rule.name)
-        return None
+        full: Block = dataclasses.replace(
+            block, members=outcome.members, remainder=outcome.remainder
+        )
+        return sign(full, self.key, self.cid)
 
     async def _propose_when_due(self, rnd: int, opened: int, st: RoundState, mine: Mine) -> None:
         g = self.genesis
@@ -200,25 +207,54 @@ class Participant:
                 await sleep_until(self.clock, due)
             ranking = policy.ranking_for(reveal, st.commits, st.proofs, parent)
             self.pool.roundlog.record(rnd).ranking = [(r.rank, r.participant, r.k) for r in ranking]
-            block = self._candidate(st, mine, ranking)
-            candidate = None
-            if block is not None:
-                p = self.chain.node(parent)
-                h = sha256(block.encode())
-                candidate = ChainNode(h, parent, p.height + 1, p.score + self.rule.score(block))
+            block, candidate = None, None
+            if self.aggregation is None:  # winner: our block is cheap to build and score
+                block = self._candidate(st, mine, ranking, Outcome(mine.weights, (), b""))
+                if block is not None:
+                    p = self.chain.node(parent)
+                    k = next(r.k for r in ranking if r.participant == self.key.public)
+                    candidate = ChainNode(sha256(block.encode()), parent, p.height + 1, p.score + k)
             decision = policy.proposal_decision(
-                self.key.public, ranking, rank, g.timing.max_rank, candidate, st.blocks.get(parent)
+                self.key.public,
+                ranking,
+                rank,
+                g.timing.max_rank,
+                candidate,
+                st.blocks.get(parent),
+                built_late=self.aggregation is not None,
             )
             if decision is policy.Decision.ABSTAIN:
                 return
-            if decision is policy.Decision.PROPOSE and block is not None:
-                await self._propose(rnd, block, mine)
+            if decision is not policy.Decision.PROPOSE:
+                continue
+            if self.aggregation is None:
+                if block is not None:
+                    await self._propose(rnd, block, mine.weights)
                 return
-
-    async def _propose(self, rnd: int, block: Block, mine: Mine) -> None:
-        applied = await self.importer.import_own(block, mine.weights)
-        if applied is None:
+            await self._aggregate_and_propose(rnd, opened, st, mine, ranking)
             return
+
+    async def _aggregate_and_propose(
+        self, rnd: int, opened: int, st: RoundState, mine: Mine, ranking: list[rules.Ranked]
+    ) -> None:
+        assert self.aggregation is not None
+        end = schedule.round_end(self.genesis, opened)
+        outcome = await self.aggregation.aggregate(st, mine, ranking, end)
+        block = self._candidate(st, mine, ranking, outcome)
+        if block is None or st.blocks.get(mine.commit.parent) is not None:
+            return  # someone's block for this parent came first
+        if await self._propose(rnd, block, outcome.model) or not outcome.members:
+            return
+        log.warning("round %d: our aggregate did not check: proposing the parent's model", rnd)
+        keep = Outcome(self.chain.model_of(mine.commit.parent), (), b"")
+        block = self._candidate(st, mine, ranking, keep)
+        if block is not None:
+            await self._propose(rnd, block, keep.model)
+
+    async def _propose(self, rnd: int, block: Block, model: bytes) -> bool:
+        applied = await self.importer.import_own(block, model)
+        if applied is None:
+            return False
         self.pool.mark(rnd, "proposed")
         self.pool.mark(rnd, "block")
         log.info(
@@ -229,3 +265,4 @@ class Participant:
             block.rank,
         )
         await self.publish(block)
+        return True

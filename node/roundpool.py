@@ -19,7 +19,11 @@ from libp2p.peer.id import ID
 from consensus import policy, rules
 from consensus.errors import InvalidError
 from consensus.forkchoice import ChainNode
+from consensus.secagg import AggMessage, Complete, MaskedUpdate, Selection, Unmask
+from consensus.strategy import rule_for
 from consensus.types import Block, CommitTx, Genesis, ProofTx, Reveal
+from node import aggstate
+from node.aggstate import AggState
 from node.chain import Chain
 from node.checker import Checker, CheckIncomplete
 from node.interfaces import Clock
@@ -40,6 +44,7 @@ class Mine:
     weights: bytes
     commit: CommitTx
     commitment: bytes
+    mask_secret: int = 0  # protocol v2: this round's mask key (consensus.secagg)
 
 
 @dataclass
@@ -51,6 +56,7 @@ class RoundState:
     proofs: dict[bytes, ProofTx] = field(default_factory=dict)  # commit id -> valid proof
     mine: Mine | None = None
     blocks: dict[bytes, ChainNode] = field(default_factory=dict)  # parent -> best block seen
+    agg: AggState = field(default_factory=AggState)  # protocol v2's aggregation round
     changed: trio.Event = field(default_factory=trio.Event)  # set (and renewed) on progress
 
     def touch(self) -> None:
@@ -94,6 +100,7 @@ class RoundPool:
         self.roundclock = roundclock
         self.own_peer = own_peer
         self.rounds: dict[int, RoundState] = {}
+        self.aggregates = rule_for(genesis).aggregates
         # (participant, round, parent) -> (commit, arrival) for commits whose parent is not applied yet
         self.held: dict[tuple[bytes, int, bytes], tuple[CommitTx, int]] = {}
 
@@ -196,10 +203,46 @@ class RoundPool:
                 return self._on_gossip_reveal(item)
             if isinstance(item, ProofTx):
                 return await self._on_proof(item)
+            if isinstance(item, Selection | MaskedUpdate | Complete | Unmask):
+                return self.on_agg(item)
             return Verdict.REJECT
         except InvalidError as exc:
             log.info("rejected %s from %s: %s", type(item).__name__, forwarder, exc)
             return Verdict.REJECT
+
+    def on_agg(self, item: AggMessage) -> Verdict:
+        """An aggregation message (ours too: recorded before it is published)."""
+        if isinstance(item, Selection):
+            if not self.in_window(item.round) or not self.aggregates:
+                return Verdict.IGNORE
+            aggstate.check_selection(self.genesis, self.cid, item)
+            st = self.state(item.round)
+            return self._touched(st, st.agg.add_selection(item))
+        found = self._selection(item.selection)
+        if found is None:
+            return Verdict.IGNORE
+        st, sel = found
+        if isinstance(item, MaskedUpdate):
+            aggstate.check_update(self.genesis, self.cid, sel, item)
+            return self._touched(st, st.agg.add_update(item))
+        if isinstance(item, Complete):
+            aggstate.check_complete(self.cid, sel, item)
+            return self._touched(st, st.agg.add_complete(item))
+        aggstate.check_unmask(self.cid, sel, item)
+        return self._touched(st, st.agg.add_unmask(item))
+
+    def _selection(self, h: bytes) -> tuple[RoundState, Selection] | None:
+        for st in self.rounds.values():
+            sel = st.agg.selections.get(h)
+            if sel is not None:
+                return st, sel
+        return None
+
+    @staticmethod
+    def _touched(st: RoundState, added: bool) -> Verdict:
+        if added:
+            st.touch()
+        return aggstate.verdict(added)
 
     def _on_commit(self, c: CommitTx) -> Verdict:
         rules.check_commit(self.genesis, self.cid, c)

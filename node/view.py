@@ -23,8 +23,6 @@ from prometheus_client import CollectorRegistry
 
 from consensus import schedule
 from consensus.crypto import HASH_LEN
-from consensus.errors import ConsensusError
-from consensus.strategy import rule_for
 from consensus.types import Block, Genesis
 from node.metrics import ChainCollector
 from node.roundlog import RoundLog, RoundRecord
@@ -145,10 +143,8 @@ class NodeView:
                 proofs=[],
             )
             return out
-        try:
-            score: int | None = rule_for(self.genesis).score(block)
-        except ConsensusError:
-            score = None
+        parent_meta = self.store.get_meta(meta.parent)
+        score = None if parent_meta is None else meta.score - parent_meta.score
         out.update(
             genesis=False,
             round=block.round,
@@ -157,6 +153,7 @@ class NodeView:
             rank=block.rank,
             score=score,
             model_hash=block.model_hash.hex(),
+            members=[m.hex() for m in block.members],
             batch_index=block.reveal.batch.index,
             commits=[
                 {"id": c.hash().hex(), "participant": c.participant.hex()} for c in block.commits

@@ -35,6 +35,7 @@ from libp2p.pubsub.pubsub import Pubsub
 
 from consensus.crypto import sha256
 from consensus.errors import DecodeError
+from consensus.secagg import AggMessage
 from consensus.types import Block, CommitTx, ProofTx, Reveal
 from p2p import hardening, penalties
 from p2p.topics import (
@@ -216,7 +217,7 @@ class Gossip:
 
     # ------------------------------------------------------------------ publishing
 
-    async def publish(self, item: CommitTx | Reveal | ProofTx | Block) -> None:
+    async def publish(self, item: CommitTx | Reveal | ProofTx | Block | AggMessage) -> None:
         """Publish our message (it passes our own validator too), waiting for queue room."""
         if isinstance(item, Block):
             raw = item.encode()

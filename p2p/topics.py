@@ -16,6 +16,7 @@ from libp2p.peer.id import ID
 from consensus.crypto import sha256
 from consensus.encoding import Bytes, UInt, Wire, peek_tag, wire
 from consensus.errors import DecodeError
+from consensus.secagg import AggMessage, Complete, MaskedUpdate, Selection, Unmask
 from consensus.types import Block, CommitTx, ProofTx, Reveal
 
 # Largest gossip payload: a Reveal (536 672 bytes) fits; py-libp2p silently drops
@@ -43,12 +44,17 @@ class BlockAnnounce(Wire):
     size: int = wire(UInt(1, Block.MAX_BYTES))
 
 
-GossipItem = CommitTx | Reveal | ProofTx | Block | BlockAnnounce
+GossipItem = CommitTx | Reveal | ProofTx | Block | BlockAnnounce | AggMessage
 
 ROUND_TYPES: dict[int, type[Wire]] = {
     CommitTx.TAG: CommitTx,
     Reveal.TAG: Reveal,
     ProofTx.TAG: ProofTx,
+    # protocol v2's aggregation round (consensus.secagg)
+    Selection.TAG: Selection,
+    MaskedUpdate.TAG: MaskedUpdate,
+    Complete.TAG: Complete,
+    Unmask.TAG: Unmask,
 }
 BLOCK_TYPES: dict[int, type[Wire]] = {Block.TAG: Block, BlockAnnounce.TAG: BlockAnnounce}
 

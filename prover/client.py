@@ -138,6 +138,110 @@ class Evaluate(Job[int]):
 
 
 @dataclass(frozen=True)
+class MaskVector(Job[tuple[bytes, tuple[bytes, ...], bytes]]):
+    """A member's masked vector for a selection: (y, pairwise-mask commitments, self-mask
+    commitment); `others` are the other members' (key, mask public key) in member order."""
+
+    artifacts: str
+    arch: str
+    weights: bytes
+    weight: int
+    secret: int
+    me: bytes
+    others: tuple[tuple[bytes, bytes], ...]
+    context: bytes
+
+    def execute(self) -> tuple[bytes, tuple[bytes, ...], bytes]:
+        from prover import aggregation
+
+        return aggregation.mask_update(
+            self.artifacts,
+            self.arch,
+            self.weights,
+            self.weight,
+            self.secret,
+            self.me,
+            self.others,
+            self.context,
+        )
+
+
+@dataclass(frozen=True)
+class CheckUpdate(Job[bool]):
+    """Whether a member's masked vector is its committed model plus the masks it committed."""
+
+    artifacts: str
+    arch: str
+    commitment: bytes
+    weight: int
+    update: bytes  # an encoded MaskedUpdate
+    signs: tuple[int, ...]
+
+    def execute(self) -> bool:
+        from consensus.secagg import MaskedUpdate
+        from prover import aggregation
+
+        return aggregation.check_update(
+            self.artifacts,
+            self.arch,
+            self.commitment,
+            self.weight,
+            MaskedUpdate.decode(self.update),
+            self.signs,
+        )
+
+
+@dataclass(frozen=True)
+class Aggregate(Job[tuple[bytes, bytes]]):
+    """(M's blob, R) from a completed selection's vectors and self-mask seeds."""
+
+    artifacts: str
+    arch: str
+    vectors: tuple[bytes, ...]
+    seeds: tuple[bytes, ...]
+    weight_sum: int
+
+    def execute(self) -> tuple[bytes, bytes]:
+        from prover import aggregation
+
+        return aggregation.aggregate(
+            self.artifacts, self.arch, self.vectors, self.seeds, self.weight_sum
+        )
+
+
+@dataclass(frozen=True)
+class CommitAggregate(Job[bytes]):
+    """C(S*M + R), compressed, for the aggregate check of a block."""
+
+    artifacts: str
+    arch: str
+    weights: bytes
+    remainder: bytes
+    weight_sum: int
+
+    def execute(self) -> bytes:
+        from prover import aggregation
+
+        return aggregation.commit_aggregate(
+            self.artifacts, self.arch, self.weights, self.remainder, self.weight_sum
+        )
+
+
+@dataclass(frozen=True)
+class DeriveAggregation(Job[bytes]):
+    """The encoded AggregationSpec of a circuit (testnet init pins it; nodes re-derive it)."""
+
+    artifacts: str
+    arch: str
+    unusable_rows: int
+
+    def execute(self) -> bytes:
+        from prover import aggregation
+
+        return aggregation.spec(self.artifacts, self.arch, self.unusable_rows).encode()
+
+
+@dataclass(frozen=True)
 class BuildCircuit(Job[Built]):
     """Build the chain's circuit artifacts into `out` (`srs` None: a test-only SRS)."""
 

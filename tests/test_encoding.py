@@ -93,7 +93,7 @@ def test_bin32_header_for_short_bytes_is_rejected() -> None:
         (lambda o: [*o, 1], "expected 7 elements"),
         (lambda o: o[:-1], "expected 7 elements"),
         (lambda o: [99, *o[1:]], "type tag"),
-        (lambda o: [o[0], 2, *o[2:]], "version"),
+        (lambda o: [o[0], 3, *o[2:]], "version"),  # CommitTx knows versions 1 and 2
         (lambda o: [*o[:2], 1.0, *o[3:]], "expected an integer"),
         (lambda o: [*o[:2], True, *o[3:]], "expected an integer"),
         (lambda o: [*o[:2], None, *o[3:]], "expected an integer"),
@@ -240,7 +240,7 @@ def test_a_field_added_later_keeps_old_encodings_and_their_hashes() -> None:
     old = _Grown(3)
     assert old.encode() == pack([120, 1, 3])  # the default: the version-1 bytes
     assert _Grown.decode(pack([120, 1, 3])) == old
-    new = _Grown(3, 4)
+    new = _Grown(3, b=4)
     assert new.encode() == pack([120, 2, 3, 4])
     assert _Grown.decode(new.encode()) == new
     with pytest.raises(DecodeError, match="non-canonical"):

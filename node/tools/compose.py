@@ -75,6 +75,8 @@ def init_script(spec: ComposeSpec) -> str:
         "--local-epochs", str(spec.local_epochs),
         "--learning-rate", str(spec.learning_rate_ppm / 1e6),
         "--train-batch-size", str(spec.train_batch_size),
+        "--rule", spec.rule, "--keep-percent", str(spec.keep_percent),
+        "--min-members", str(spec.min_members), "--max-members", str(spec.max_members),
     ]  # fmt: skip
     if spec.allow_short_rounds:
         init.append("--allow-short-rounds")

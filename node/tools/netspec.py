@@ -41,6 +41,10 @@ class TestnetSpec:
     p2p_base_port: int = P2P_BASE_PORT
     api_base_port: int = DEFAULT_API_PORT  # node0's; node I serves on this + I
     allow_short_rounds: bool = False  # skip init's check against the measured proving time
+    rule: str = "winner"  # consensus.strategy's name: winner | best-share
+    keep_percent: int = 50  # best-share: the best half of the fresh proofs ...
+    min_members: int = 3  # ... never fewer than 3 (privacy) ...
+    max_members: int = 16  # ... nor more than 16
 
 
 def shortest_round_seconds(spec: TestnetSpec, prove_ms: int, verify_ms: int) -> int:
@@ -73,6 +77,16 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
         help="accept a round length shorter than init measures this machine can meet",
     )
     p.add_argument("--eval-batch", type=int, default=defaults.eval_batch)
+    p.add_argument(
+        "--rule",
+        choices=("winner", "best-share"),
+        default=defaults.rule,
+        help="how a round's proven models make the next global model (winner: the best "
+        "model alone; best-share: the private average of the best share of them)",
+    )
+    p.add_argument("--keep-percent", type=int, default=defaults.keep_percent)
+    p.add_argument("--min-members", type=int, default=defaults.min_members)
+    p.add_argument("--max-members", type=int, default=defaults.max_members)
     p.add_argument(
         "--partition",
         choices=("iid", "dirichlet"),
@@ -152,6 +166,10 @@ def network_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "learning_rate_ppm": round(args.learning_rate * 1e6),
         "train_batch_size": args.train_batch_size,
         "allow_short_rounds": args.allow_short_rounds,
+        "rule": args.rule,
+        "keep_percent": args.keep_percent,
+        "min_members": args.min_members,
+        "max_members": args.max_members,
         "eval_batch": args.eval_batch,
         "rounds": args.rounds,
         "logrows": args.logrows,

@@ -27,10 +27,20 @@ from typing import Any
 
 import numpy as np
 
+from consensus.commitment import UNUSABLE_ROWS
 from consensus.crypto import SigningKey, sha256
 from consensus.merkle import merkle_root
 from consensus.rules import check_genesis
-from consensus.types import CircuitSpec, EvalPlan, Genesis, Task, Timing, chain_id
+from consensus.types import (
+    AggregationSpec,
+    CircuitSpec,
+    EvalPlan,
+    Genesis,
+    RuleSpec,
+    Task,
+    Timing,
+    chain_id,
+)
 from node.home import Home, NodeConfig
 from node.tools.netspec import (
     AUTO,
@@ -43,7 +53,7 @@ from node.tools.netspec import (
 )
 from p2p import peer_id_from_seed
 from prover import circuit, trainfile
-from prover.client import BuildCircuit
+from prover.client import BuildCircuit, DeriveAggregation
 from prover.data import load_dataset, partition, split
 from prover.jobs import make_eval_batch
 from prover.models import get_arch
@@ -153,6 +163,7 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
             bytes.fromhex(manifest.srs_hash),
         ),
         initial_model_hash=sha256(initial_model),
+        **_rule_fields(spec, shared),
     )
     check_genesis(genesis)
     addrs = [
@@ -195,6 +206,16 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
     }
     (out / "testnet.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _rule_fields(spec: TestnetSpec, shared: Path) -> dict[str, Any]:
+    """The genesis's rule, and for an averaging rule the circuit's AggregationSpec."""
+    if spec.rule == "winner":
+        return {}
+    job = DeriveAggregation(str(shared), spec.task, UNUSABLE_ROWS)
+    aggregation = AggregationSpec.decode(run_once(job, timeout=600, name="init"))
+    rule = RuleSpec(spec.rule, spec.keep_percent, spec.min_members, spec.max_members)
+    return {"rule": rule, "aggregation": aggregation}
 
 
 def _share_proving_key(shared: Path, home: Home) -> None:

@@ -1,0 +1,208 @@
+"""Protocol v2's aggregation round: its messages and the pure functions members and the
+aggregator run (double masking as in Bonawitz et al., CCS 2017; consensus.masking).
+
+Once the proofs are in, the proposer (the aggregator) publishes a `Selection`: the
+proofs its block will carry and the members the rule selects from them, with an
+attempt number. Each member answers with a `MaskedUpdate`: y_i = a_i*q_i + sum of
+signed pairwise masks + a self mask, with the commitments L(u_ij) of its pairwise
+masks and L(p_i) of its self mask, so that anyone can check its vector alone:
+L(y_i) = a_i*(C_i - K) + sum_j s(i,j)*L(u_ij) + L(p_i). When every member's vector
+is in, the aggregator publishes `Complete`; a member reveals its self-mask seed
+(`Unmask`) for at most one Complete per round, so no two sums that differ by one
+member are ever both computable. A member that stays silent before Complete is
+left out by a new attempt with fresh masks (the context is the Selection's hash).
+
+Vectors are `FIELD_BYTES` little-endian field elements each, below R.
+docs/protocol.md §10 specifies every byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from consensus import bn254, masking
+from consensus.crypto import HASH_LEN, PUBKEY_LEN, SIG_LEN
+from consensus.encoding import Bytes, ListOf, Signed, UInt, wire
+from consensus.errors import InvalidError
+from consensus.types import MAX_NUM_BATCHES, MAX_PARTICIPANTS, POINT_LEN
+
+FIELD_BYTES = 32
+MAX_ATTEMPTS = 8  # a round gives up aggregating after this many attempts
+MAX_VECTOR_BYTES = 600 * 1024  # fits one gossip message (p2p.topics.MAX_GOSSIP_PAYLOAD)
+MAX_VECTOR_LEN = MAX_VECTOR_BYTES // FIELD_BYTES
+
+_HASH = Bytes(HASH_LEN, HASH_LEN)
+_KEY = Bytes(PUBKEY_LEN, PUBKEY_LEN)
+_SIG = Bytes(SIG_LEN, SIG_LEN)
+_POINT = Bytes(POINT_LEN, POINT_LEN)
+_ROUND = UInt(0, MAX_NUM_BATCHES - 1)
+
+
+@dataclass(frozen=True)
+class Selection(Signed):
+    """The aggregator's call: these proofs, these members, this attempt."""
+
+    TAG = 7
+    NAME = "Selection"
+    MAX_BYTES = MAX_PARTICIPANTS * (HASH_LEN + PUBKEY_LEN + 4) + 256
+
+    round: int = wire(_ROUND)
+    parent: bytes = wire(_HASH)
+    proposer: bytes = wire(_KEY)
+    attempt: int = wire(UInt(0, MAX_ATTEMPTS - 1))
+    proofs: tuple[bytes, ...] = wire(ListOf(_HASH, MAX_PARTICIPANTS, lo=1, strictly_sorted=True))
+    members: tuple[bytes, ...] = wire(ListOf(_KEY, MAX_PARTICIPANTS, lo=1, strictly_sorted=True))
+    signature: bytes = wire(_SIG)
+
+
+@dataclass(frozen=True)
+class MaskedUpdate(Signed):
+    """A member's masked vector and the commitments that let anyone check it alone.
+
+    `pair_commitments[t]` is L(u) of the pairwise mask with the t-th other member (in
+    the Selection's member order, this member skipped)."""
+
+    TAG = 8
+    NAME = "MaskedUpdate"
+    MAX_BYTES = MAX_VECTOR_BYTES + MAX_PARTICIPANTS * (POINT_LEN + 4) + 512
+
+    selection: bytes = wire(_HASH)
+    member: bytes = wire(_KEY)
+    vector: bytes = wire(Bytes(FIELD_BYTES, MAX_VECTOR_BYTES))
+    pair_commitments: tuple[bytes, ...] = wire(ListOf(_POINT, MAX_PARTICIPANTS - 1))
+    self_commitment: bytes = wire(_POINT)
+    signature: bytes = wire(_SIG)
+
+
+@dataclass(frozen=True)
+class Complete(Signed):
+    """Every member's vector is in: the hashes of the updates, in member order."""
+
+    TAG = 9
+    NAME = "Complete"
+    MAX_BYTES = MAX_PARTICIPANTS * (HASH_LEN + 4) + 256
+
+    selection: bytes = wire(_HASH)
+    updates: tuple[bytes, ...] = wire(ListOf(_HASH, MAX_PARTICIPANTS, lo=1))
+    signature: bytes = wire(_SIG)
+
+
+@dataclass(frozen=True)
+class Unmask(Signed):
+    """A member's self-mask seed for one completed selection (never two in a round)."""
+
+    TAG = 16
+    NAME = "Unmask"
+    MAX_BYTES = 256
+
+    selection: bytes = wire(_HASH)
+    member: bytes = wire(_KEY)
+    seed: bytes = wire(_HASH)
+    signature: bytes = wire(_SIG)
+
+
+AggMessage = Selection | MaskedUpdate | Complete | Unmask
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+def encode_vector(values: Sequence[int]) -> bytes:
+    return b"".join((v % bn254.R).to_bytes(FIELD_BYTES, "little") for v in values)
+
+
+def decode_vector(data: bytes, length: int) -> list[int]:
+    if len(data) != FIELD_BYTES * length:
+        raise InvalidError(
+            f"a masked vector is {FIELD_BYTES * length} bytes for {length} parameters, "
+            f"got {len(data)}"
+        )
+    out = [
+        int.from_bytes(data[i : i + FIELD_BYTES], "little")
+        for i in range(0, len(data), FIELD_BYTES)
+    ]
+    if any(v >= bn254.R for v in out):
+        raise InvalidError("a masked vector element is not below the field modulus")
+    return out
+
+
+def mask_secret(seed: bytes) -> int:
+    """A round's mask key secret from 32 random bytes (never 0)."""
+    return int.from_bytes(seed, "big") % (bn254.R - 1) + 1
+
+
+def mask_public(secret: int) -> bytes:
+    return bn254.compress(masking.public_key(secret))
+
+
+@dataclass(frozen=True)
+class MemberMasks:
+    """What a member adds to its weighted model: signed pairwise masks and its self mask."""
+
+    pair_masks: tuple[tuple[int, tuple[int, ...]], ...]  # (sign, u) per other member
+    self_seed: bytes
+    self_mask: tuple[int, ...]
+
+
+def member_masks(
+    secret: int,
+    me: bytes,
+    others: Sequence[tuple[bytes, bytes]],
+    context: bytes,
+    length: int,
+) -> MemberMasks:
+    """The masks of member `me` (mask key `secret`) for the selection `context`;
+    `others` are the other members' (key, compressed mask public key), in member order."""
+    pairs = []
+    for key, public in others:
+        shared = masking.shared_point(secret, bn254.decompress(public))
+        u = masking.expand(masking.pair_seed(shared, context), length)
+        pairs.append((masking.pair_sign(me, key), tuple(u)))
+    seed = masking.self_seed(secret.to_bytes(32, "big"), context)
+    return MemberMasks(tuple(pairs), seed, tuple(masking.expand(seed, length)))
+
+
+def unmasked_sum(vectors: Sequence[Sequence[int]], self_seeds: Sequence[bytes]) -> list[int]:
+    """sum y_i - sum p_i over the field, as signed integers: W = sum a_i*q_i once the
+    pairwise masks have cancelled (every member of the selection is in the sum)."""
+    if len(vectors) != len(self_seeds) or not vectors:
+        raise InvalidError("one self-mask seed per vector, and at least one vector")
+    length = len(vectors[0])
+    total = masking.field_sum(vectors)
+    for seed in self_seeds:
+        p = masking.expand(seed, length)
+        total = [(a - b) % bn254.R for a, b in zip(total, p, strict=True)]
+    return masking.to_signed(total)
+
+
+def others_of(members: Sequence[bytes], me: bytes) -> list[bytes]:
+    return [m for m in members if m != me]
+
+
+def expected_update(
+    weighted_commitment: bn254.Point,
+    pair_commitments: Sequence[bn254.Point],
+    signs: Sequence[int],
+    self_commitment: bn254.Point,
+) -> bn254.Point:
+    """What L(y_i) must be: a_i*(C_i - K) + sum s(i,j)*L(u_ij) + L(p_i)."""
+    total = bn254.add(weighted_commitment, self_commitment)
+    for sign, point in zip(signs, pair_commitments, strict=True):
+        total = bn254.add(total, point if sign > 0 else bn254.neg(point))
+    return total
+
+
+def pairs_agree(updates: dict[bytes, MaskedUpdate], members: Sequence[bytes]) -> list[bytes]:
+    """Members whose pairwise-mask commitments disagree with a partner's: the masks of a
+    pair must be the same vector, so both commit the same point (empty: all agree)."""
+    bad: set[bytes] = set()
+    for i in members:
+        for j in members:
+            if i >= j:
+                continue
+            ui = updates[i].pair_commitments[others_of(members, i).index(j)]
+            uj = updates[j].pair_commitments[others_of(members, j).index(i)]
+            if ui != uj:
+                bad.update((i, j))
+    return sorted(bad)

@@ -1,0 +1,97 @@
+"""What a node holds of a round's aggregation (protocol v2), and the round topic's
+checks of its messages (consensus.secagg).
+
+Every message is signed by the one who may send it and bounded per round: at most
+MAX_ATTEMPTS selections per proposer, one update and one unmask per member and
+selection, one Complete per selection. Anything that refers to a selection this
+node has not seen is ignored, not rejected (gossip may reorder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from consensus import rules
+from consensus.errors import InvalidError
+from consensus.secagg import FIELD_BYTES, MAX_ATTEMPTS, Complete, MaskedUpdate, Selection, Unmask
+from consensus.types import Genesis
+from p2p import Verdict
+
+
+@dataclass
+class AggState:
+    selections: dict[bytes, Selection] = field(default_factory=dict)  # by hash
+    updates: dict[bytes, dict[bytes, MaskedUpdate]] = field(default_factory=dict)  # sel -> member
+    completes: dict[bytes, Complete] = field(default_factory=dict)  # by selection
+    unmasks: dict[bytes, dict[bytes, Unmask]] = field(default_factory=dict)  # sel -> member
+    answered: set[bytes] = field(default_factory=set)  # selections we sent our update for
+    unmasked: bytes | None = None  # the one selection we revealed our self mask for
+
+    def add_selection(self, sel: Selection) -> bool:
+        h = sel.hash()
+        if h in self.selections:
+            return False
+        by_proposer = sum(1 for s in self.selections.values() if s.proposer == sel.proposer)
+        if by_proposer >= MAX_ATTEMPTS:
+            return False
+        self.selections[h] = sel
+        return True
+
+    def add_update(self, upd: MaskedUpdate) -> bool:
+        held = self.updates.setdefault(upd.selection, {})
+        if upd.member in held:
+            return False
+        held[upd.member] = upd
+        return True
+
+    def add_complete(self, comp: Complete) -> bool:
+        if comp.selection in self.completes:
+            return False
+        self.completes[comp.selection] = comp
+        return True
+
+    def add_unmask(self, um: Unmask) -> bool:
+        held = self.unmasks.setdefault(um.selection, {})
+        if um.member in held:
+            return False
+        held[um.member] = um
+        return True
+
+
+def check_selection(genesis: Genesis, cid: bytes, sel: Selection) -> None:
+    if sel.proposer not in genesis.participants:
+        raise InvalidError("Selection: the proposer is not a participant")
+    if any(m not in genesis.participants for m in sel.members):
+        raise InvalidError("Selection: a member is not a participant")
+    if len(sel.members) < genesis.rule.min_members:
+        raise InvalidError(
+            f"Selection: {len(sel.members)} members, the rule needs {genesis.rule.min_members}"
+        )
+    rules.check_signature(sel, sel.proposer, cid)
+
+
+def check_update(genesis: Genesis, cid: bytes, sel: Selection, upd: MaskedUpdate) -> None:
+    if upd.member not in sel.members:
+        raise InvalidError("MaskedUpdate: the sender is not a member of the selection")
+    want = FIELD_BYTES * genesis.aggregation.parameters
+    if len(upd.vector) != want:
+        raise InvalidError(f"MaskedUpdate: the vector is {len(upd.vector)} bytes, not {want}")
+    if len(upd.pair_commitments) != len(sel.members) - 1:
+        raise InvalidError("MaskedUpdate: one pairwise-mask commitment per other member")
+    rules.check_signature(upd, upd.member, cid)
+
+
+def check_complete(cid: bytes, sel: Selection, comp: Complete) -> None:
+    if len(comp.updates) != len(sel.members):
+        raise InvalidError("Complete: one update hash per member")
+    rules.check_signature(comp, sel.proposer, cid)
+
+
+def check_unmask(cid: bytes, sel: Selection, um: Unmask) -> None:
+    if um.member not in sel.members:
+        raise InvalidError("Unmask: the sender is not a member of the selection")
+    rules.check_signature(um, um.member, cid)
+
+
+def verdict(added: bool) -> Verdict:
+    return Verdict.ACCEPT if added else Verdict.IGNORE

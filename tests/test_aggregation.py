@@ -1,0 +1,130 @@
+"""Private aggregation on a real circuit: ezkl's kzg_commit is the commitment formula,
+masked vectors check against their members' real commitments, the unmasked sum is
+the exact integer mean, and the block's aggregate check holds for it and fails for
+an M or R off by one (prover.aggregation, consensus.secagg, consensus.aggregate)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from consensus import aggregate, bn254, commitment, masking, secagg
+from consensus.errors import InvalidError
+from prover import aggregation, circuit, jobs
+from prover.models import build_model, model_to_bytes, param_shapes
+
+ARCH = "digits-mlp"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("agg")
+    jobs.build_circuit(ARCH, 4, str(out), 1, 13, None)
+    return str(out)
+
+
+def test_kzg_commit_is_the_formula(artifacts: str) -> None:
+    m = circuit.Manifest.load(Path(artifacts))
+    shapes = [s for _, s in param_shapes(ARCH)]
+    srs = (Path(artifacts) / circuit.SRS).read_bytes()
+    b, k_point = commitment.basis(
+        srs, shapes, m.input_scale, m.param_scale, commitment.UNUSABLE_ROWS
+    )
+    rng = random.Random(3)
+    v = [rng.randrange(bn254.R) for _ in b]
+    assert aggregation.commit_vector(artifacts, ARCH, v) == commitment.commit(b, k_point, v)
+    assert aggregation.constant(artifacts, ARCH) == k_point
+    spec = aggregation.spec(artifacts, ARCH, commitment.UNUSABLE_ROWS)
+    assert spec.parameters == len(b)
+    assert spec.constant == bn254.compress(k_point)
+    assert spec.basis_hash == commitment.basis_hash(b, k_point)
+
+
+def _members(n: int) -> list[tuple[bytes, int, bytes]]:
+    """(key, mask secret, trained-like weights) per member, keys sorted."""
+    out = []
+    for i in range(n):
+        secret = secagg.mask_secret(os.urandom(32))
+        out.append((bytes([i + 1]) * 32, secret, model_to_bytes(build_model(ARCH, 10 + i))))
+    return out
+
+
+def test_masked_round_gives_the_exact_mean_and_the_block_check(artifacts: str) -> None:
+    members = _members(3)
+    keys = [k for k, _, _ in members]
+    publics = {k: secagg.mask_public(s) for k, s, _ in members}
+    context = b"\x42" * 32
+    commitments = {k: circuit_commit(artifacts, w) for k, _, w in members}
+    updates, seeds = [], []
+    for key, secret, weights in members:
+        others = [(o, publics[o]) for o in secagg.others_of(keys, key)]
+        y, pairs, self_c = aggregation.mask_update(
+            artifacts, ARCH, weights, 1, secret, key, others, context
+        )
+        upd = secagg.MaskedUpdate(context, key, y, pairs, self_c, bytes(64))
+        signs = [masking.pair_sign(key, o) for o, _ in others]
+        assert aggregation.check_update(artifacts, ARCH, commitments[key], 1, upd, signs)
+        # a vector that is not the committed model is caught, alone
+        bad = bytearray(y)
+        bad[0] ^= 1
+        forged = secagg.MaskedUpdate(context, key, bytes(bad), pairs, self_c, bytes(64))
+        assert not aggregation.check_update(artifacts, ARCH, commitments[key], 1, forged, signs)
+        updates.append(upd)
+        seeds.append(secagg.member_masks(secret, key, others, context, 1).self_seed)
+        assert aggregation.self_seed_matches(artifacts, ARCH, upd, seeds[-1])
+    by_member = {u.member: u for u in updates}
+    assert secagg.pairs_agree(by_member, keys) == []
+    blob, rest = aggregation.aggregate(
+        artifacts, ARCH, [u.vector for u in updates], seeds, len(keys)
+    )
+    qs = [aggregation.params_of(artifacts, ARCH, w) for _, _, w in members]
+    want_mean, want_rest = aggregate.weighted_mean(qs, [1, 1, 1])
+    assert aggregation.exact_params(artifacts, ARCH, blob) == want_mean
+    assert list(rest) == want_rest
+    # no single masked vector reveals its model: y_i - a_i*q_i is a full-size mask
+    assert secagg.decode_vector(updates[0].vector, len(qs[0]))[:50] != masking.to_field(qs[0][:50])
+
+    points = [bn254.decompress(commitments[k]) for k in keys]
+    k_point = aggregation.constant(artifacts, ARCH)
+    total = bn254.decompress(aggregation.commit_aggregate(artifacts, ARCH, blob, rest, 3))
+    aggregate.check_sum(points, [1, 1, 1], k_point, total)
+
+    off = list(want_mean)
+    off[7] += 1
+    off_blob = aggregation.model_blob(artifacts, ARCH, off)
+    bad_total = bn254.decompress(aggregation.commit_aggregate(artifacts, ARCH, off_blob, rest, 3))
+    with pytest.raises(InvalidError, match="aggregate does not match"):
+        aggregate.check_sum(points, [1, 1, 1], k_point, bad_total)
+    rest_off = bytearray(rest)
+    rest_off[3] = (rest_off[3] + 1) % 3
+    bad_rest = bn254.decompress(
+        aggregation.commit_aggregate(artifacts, ARCH, blob, bytes(rest_off), 3)
+    )
+    with pytest.raises(InvalidError, match="aggregate does not match"):
+        aggregate.check_sum(points, [1, 1, 1], k_point, bad_rest)
+
+
+def circuit_commit(artifacts: str, weights: bytes) -> bytes:
+    return jobs.commit(artifacts, ARCH, weights)
+
+
+def test_a_dropped_member_leaves_the_sum_masked(artifacts: str) -> None:
+    """Without one member's vector the pairwise masks do not cancel: what remains
+    is not the others' sum (and the silent member's model is never in any sum)."""
+    members = _members(3)
+    keys = [k for k, _, _ in members]
+    publics = {k: secagg.mask_public(s) for k, s, _ in members}
+    context = b"\x07" * 32
+    vectors, seeds = [], []
+    for key, secret, weights in members[:2]:
+        others = [(o, publics[o]) for o in secagg.others_of(keys, key)]
+        y, _, _ = aggregation.mask_update(artifacts, ARCH, weights, 1, secret, key, others, context)
+        vectors.append(y)
+        seeds.append(secagg.member_masks(secret, key, others, context, 1).self_seed)
+    n = len(aggregation.params_of(artifacts, ARCH, members[0][2]))
+    total = secagg.unmasked_sum([secagg.decode_vector(v, n) for v in vectors], seeds)
+    qs = [aggregation.params_of(artifacts, ARCH, w) for _, _, w in members[:2]]
+    assert total != [a + b for a, b in zip(*qs, strict=True)]
