@@ -91,9 +91,9 @@ def _facts(genesis: Genesis, batch: EvalBatch, parent_commitment: bytes) -> Roun
     return RoundFacts(batch.hash(), genesis.eval_plan.batch_size, 0, parent_commitment)
 
 
-def _score(block: Block, answers: Answers, model_hash: bytes) -> int:
+def _score(block: Block, answers: Answers, model_hash: bytes, least: int = 1) -> int:
     k = evaluation(answers, EvaluateModel(model_hash, block.reveal.batch))
-    if k < 1:
+    if k < least:
         raise InvalidError("Block: the new global model must classify at least one example")
     return k
 
@@ -197,7 +197,9 @@ class BestShare(Rule):
         if not block.members:
             if block.model_hash != parent_model:
                 raise InvalidError("Block: a block without an aggregate keeps the parent's model")
-            return _score(block, answers, parent_model)
+            # it keeps the chain live (and final) through rounds too thin to aggregate
+            # privately, whatever the parent scores; fork choice needs every block >= 1
+            return max(1, _score(block, answers, parent_model, least=0))
         parent_c = commitment(answers, CommitModel(parent_model))
         chosen = self.select(block.reveal.batch, block.proofs, parent_c)
         weights = {c.participant: c.weight for c in chosen}

@@ -41,7 +41,7 @@ class TestnetSpec:
     p2p_base_port: int = P2P_BASE_PORT
     api_base_port: int = DEFAULT_API_PORT  # node0's; node I serves on this + I
     allow_short_rounds: bool = False  # skip init's check against the measured proving time
-    rule: str = "winner"  # consensus.strategy's name: winner | best-share
+    rule: str = "best-share"  # consensus.strategy's name: best-share (v2) | winner (v1)
     keep_percent: int = 50  # best-share: the best half of the fresh proofs ...
     min_members: int = 3  # ... never fewer than 3 (privacy) ...
     max_members: int = 16  # ... nor more than 16
