@@ -1,0 +1,185 @@
+"""The best-share rule's block validity, as pure functions: real BN254 commitments over a
+toy basis (B_j = (j+2)*G, K = 99*G) stand in for the circuit's, so every check of the
+aggregate runs for real: a valid aggregate scores its model's k; an M or R off by one
+in one weight, a member the rule does not select, a resubmitted parent, too few
+members and a keep-parent block that changes the model are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from consensus import aggregate, blocks, bn254, rules
+from consensus.blocks import ParentInfo
+from consensus.commitment import commit
+from consensus.crypto import sha256
+from consensus.errors import InvalidError
+from consensus.rules import sign
+from consensus.types import AggregationSpec, Block, CommitTx, ProofTx, RuleSpec
+from support.chainfactory import Chain, hash_proof, hash_verify, make_chain
+
+BASIS = [bn254.mul(bn254.G, j + 2) for j in range(4)]
+K = bn254.mul(bn254.G, 99)
+
+
+def blob(k: int, q: list[int]) -> bytes:
+    """A toy model: its k on every batch, then its parameters as signed bytes."""
+    return bytes([k]) + bytes(v & 0xFF for v in q)
+
+
+def params(model: bytes) -> list[int]:
+    return [v - 256 if v > 127 else v for v in model[1:]]
+
+
+def c_of(model: bytes) -> bytes:
+    return bn254.compress(commit(BASIS, K, params(model)))
+
+
+def commit_aggregate(model: bytes, remainder: bytes, weight_sum: int) -> bytes:
+    total = [weight_sum * m + r for m, r in zip(params(model), remainder, strict=True)]
+    return bn254.compress(commit(BASIS, K, total))
+
+
+PARENT = blob(2, [1, 1, 1, 1])
+
+
+@pytest.fixture
+def chain() -> Chain:
+    base = make_chain(n=5)
+    g = dataclasses.replace(
+        base.genesis,
+        initial_model_hash=sha256(PARENT),
+        rule=RuleSpec("best-share", 50, 3, 16),
+        aggregation=AggregationSpec(6, 4, sha256(b"basis"), bn254.compress(K)),
+    )
+    rules.check_genesis(g)
+    return Chain(base.participants, base.publisher, g, base.batches)
+
+
+def _block(
+    chain: Chain, models: list[bytes], ks: list[int], members: list[int] | None = None
+) -> tuple[Block, bytes, list[bytes]]:
+    """A signed best-share block of round 0 on the genesis: participant i proves ks[i]
+    for models[i]; the rank-1 proposer aggregates `members` (default: the rule's)."""
+    commits: dict[int, CommitTx] = {}
+    proofs: dict[int, ProofTx] = {}
+    reveal_batch = chain.batches[0]
+    for i, m in enumerate(models):
+        who = chain.participants[i]
+        c = c_of(m)
+        binding = rules.commit_binding(chain.cid, who.public, 0, chain.cid, c)
+        commits[i] = sign(
+            CommitTx(0, chain.cid, who.public, binding, signature=bytes(64)), who, chain.cid
+        )
+    reveal = chain.reveal(0, [c.hash() for c in commits.values()])
+    for i, m in enumerate(models):
+        who = chain.participants[i]
+        c = c_of(m)
+        tx = ProofTx(
+            0,
+            commits[i].hash(),
+            who.public,
+            c,
+            ks[i],
+            hash_proof(reveal_batch, c, ks[i]),
+            bytes(64),
+        )
+        proofs[i] = sign(tx, who, chain.cid)
+    ranking = rules.rank_proofs(reveal.batch, proofs.values())
+    order = [next(i for i in proofs if proofs[i].participant == r.participant) for r in ranking]
+    if members is None:
+        fresh = [i for i in order if c_of(models[i]) != c_of(PARENT)]
+        members = fresh[: max(3, -(-len(fresh) // 2))]
+    keys = sorted(chain.participants[i].public for i in members)
+    idx = {chain.participants[i].public: i for i in members}
+    mean, rest = aggregate.weighted_mean([params(models[idx[k]]) for k in keys], [1] * len(keys))
+    model = blob(4, mean)
+    proposer = chain.participants[order[0]]
+    block = Block(
+        0,
+        chain.cid,
+        1,
+        proposer.public,
+        1,
+        reveal,
+        tuple(sorted(commits.values(), key=lambda c: c.hash())),
+        tuple(sorted(proofs.values(), key=lambda p: p.commit_id)),
+        sha256(model),
+        members=tuple(keys),
+        remainder=bytes(rest),
+        signature=bytes(64),
+    )
+    return sign(block, proposer, chain.cid), model, keys
+
+
+def _check(chain: Chain, block: Block, model: bytes) -> int:
+    parent = ParentInfo(chain.cid, -1, 0, sha256(PARENT))
+    return blocks.check_block(
+        chain.genesis,
+        chain.cid,
+        parent,
+        block,
+        model,
+        hash_verify,
+        c_of,
+        lambda m, _b: m[0],
+        parent_model=PARENT,
+        commit_aggregate=commit_aggregate,
+    )
+
+
+KS = [4, 3, 3, 2, 1]  # proven k on the 4-example batch
+MODELS = [blob(k, [k + i, -k, 3 * k - i, 5]) for i, k in enumerate(KS)]
+
+
+def resign(chain: Chain, block: Block, **changes: object) -> Block:
+    return sign(dataclasses.replace(block, **changes), chain.key_of(block.proposer), chain.cid)
+
+
+def test_a_valid_aggregate_scores_its_model_s_k(chain: Chain) -> None:
+    block, model, members = _block(chain, MODELS, KS)
+    assert len(members) == 3  # the best half of 5, but never fewer than 3
+    assert _check(chain, block, model) == 4
+
+
+def test_an_aggregate_off_by_one_is_refused(chain: Chain) -> None:
+    block, model, _ = _block(chain, MODELS, KS)
+    q = params(model)
+    q[2] += 1
+    off = blob(4, q)
+    with pytest.raises(InvalidError, match="aggregate does not match"):
+        _check(chain, resign(chain, block, model_hash=sha256(off)), off)
+    rest = bytearray(block.remainder)
+    rest[0] = (rest[0] + 1) % 3
+    with pytest.raises(InvalidError, match="aggregate does not match"):
+        _check(chain, resign(chain, block, remainder=bytes(rest)), model)
+
+
+def test_members_must_be_the_rule_s_and_enough(chain: Chain) -> None:
+    block, model, _ = _block(chain, MODELS, KS, members=[0, 1, 4])  # 4 ranks last
+    with pytest.raises(InvalidError, match="not one the rule selects"):
+        _check(chain, block, model)
+    block, model, _ = _block(chain, MODELS, KS, members=[0, 1])
+    with pytest.raises(InvalidError, match="at least 3"):
+        _check(chain, block, model)
+
+
+def test_a_resubmitted_parent_is_never_selected(chain: Chain) -> None:
+    models = [PARENT, *MODELS[1:]]
+    ks = [4, *KS[1:]]  # the free-rider even ranks first on the batch
+    block, model, members = _block(chain, models, ks)
+    assert chain.participants[0].public not in members
+    assert _check(chain, block, model) == 4
+    forced, fmodel, _ = _block(chain, models, ks, members=[0, 1, 2])
+    with pytest.raises(InvalidError, match="not one the rule selects"):
+        _check(chain, forced, fmodel)
+
+
+def test_a_block_without_members_keeps_the_parent_s_model(chain: Chain) -> None:
+    block, _, _ = _block(chain, MODELS, KS)
+    keep = resign(chain, block, members=(), remainder=b"", model_hash=sha256(PARENT))
+    assert _check(chain, keep, PARENT) == 2
+    other = resign(chain, keep, model_hash=sha256(MODELS[0]))
+    with pytest.raises(InvalidError, match="keeps the parent's model"):
+        _check(chain, other, MODELS[0])
