@@ -49,6 +49,7 @@ class Outcome:
     model: bytes
     members: tuple[bytes, ...]
     remainder: bytes
+    proofs: frozenset[bytes] | None = None  # the commit ids of the proofs it rests on (None: all)
 
 
 class Aggregation:
@@ -167,16 +168,20 @@ class Aggregation:
             log.warning("round %d: no parent commitment: %s", mine.commit.round, exc)
             return keep
         proofs = [st.proofs[r.commit_id] for r in ranking]
-        chosen = self.rule.select(st.reveal.batch, proofs, parent_c)
-        commits = {st.commits[p.commit_id].participant: st.commits[p.commit_id] for p in proofs}
-        members = sorted(c.participant for c in chosen if commits[c.participant].mask_key)
-        proof_ids = tuple(sorted(r.commit_id for r in ranking))
-        by_key = {p.participant: p for p in proofs}
+        commits = {p.participant: st.commits[p.commit_id] for p in proofs}
+        excluded = {k for k, c in commits.items() if not c.mask_key}
         wait_ms = self.genesis.timing.fallback_ms
         for attempt in range(secagg.MAX_ATTEMPTS):
+            # a silent or wrong member's proof leaves the block: the rule then selects
+            # from the others (the next-ranked fresh model takes its place)
+            kept = [p for p in proofs if p.participant not in excluded]
+            chosen = self.rule.select(st.reveal.batch, kept, parent_c) if kept else ()
+            members = sorted(c.participant for c in chosen)
             if len(members) < self.genesis.rule.min_members:
-                log.info("round %d: %d members left: no aggregate", st.reveal.round, len(members))
+                log.info("round %d: %d members: no aggregate", st.reveal.round, len(members))
                 return keep
+            by_key = {p.participant: p for p in kept}
+            proof_ids = tuple(sorted(p.commit_id for p in kept))
             sel = Selection(
                 st.reveal.round,
                 parent,
@@ -213,7 +218,7 @@ class Aggregation:
                     len(missing),
                     len(wrong),
                 )
-                members = [m for m in members if m not in missing and m not in wrong]
+                excluded.update(missing, wrong)
                 continue
             comp = sign(
                 Complete(h, tuple(got[m].hash() for m in members), bytes(64)), self.key, self.cid
@@ -239,7 +244,7 @@ class Aggregation:
             except WorkerError as exc:
                 log.warning("round %d: aggregation failed: %s", sel.round, exc)
                 return keep
-            return Outcome(model, tuple(members), rest)
+            return Outcome(model, tuple(members), rest, frozenset(proof_ids))
         return keep
 
     async def _wrong_updates(

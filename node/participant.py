@@ -26,6 +26,7 @@ from node.importer import BlockImporter
 from node.interfaces import Clock, Prover, Publish, sleep_until
 from node.roundlog import ProofSeen
 from node.roundpool import Mine, RoundPool, RoundState
+from prover import faults
 from prover.client import Commit, Prove, Train
 from prover.train import fresh_seed
 from prover.worker import WorkerError
@@ -122,6 +123,8 @@ class Participant:
         try:
             with trio.fail_after(self._budget_s(schedule.commit_deadline(g, opened))):
                 weights = await self.prover.run(train, timeout=self.prove_timeout_s)
+                if faults.free_rides():
+                    weights = global_model
                 self.pool.mark(rnd, "trained")
                 commit_job = Commit(self.artifacts, t.architecture, weights)
                 c = await self.prover.run(commit_job, timeout=self.prove_timeout_s)
@@ -141,6 +144,10 @@ class Participant:
         )
         commit = sign(unsigned, self.key, self.cid)
         mine = Mine(weights, commit, c, secret)
+        keep_dir = faults.keep_weights_dir()
+        if keep_dir is not None:
+            await trio.Path(keep_dir).mkdir(parents=True, exist_ok=True)
+            await trio.Path(keep_dir / f"round-{rnd}.bin").write_bytes(weights)
         self.pool.state(rnd).mine = mine
         self.pool.record_commit(rnd, commit)
         self.pool.mark(rnd, "committed")
@@ -182,7 +189,12 @@ class Participant:
         """Our block for this ranking and global model, signed, or None if we cannot build one."""
         me = self.key.public
         pinfo = self.chain.parent_info(mine.commit.parent)
-        if st.reveal is None or pinfo is None or not any(r.participant == me for r in ranking):
+        if st.reveal is None or pinfo is None:
+            return None
+        if outcome.proofs is not None:  # the aggregate left silent members' proofs out
+            kept = [st.proofs[r.commit_id] for r in ranking if r.commit_id in outcome.proofs]
+            ranking = rules.rank_proofs(st.reveal.batch, kept)
+        if not any(r.participant == me for r in ranking):
             return None
         block = policy.build_block(
             pinfo, me, st.reveal, ranking, st.commits, st.proofs, sha256(outcome.model)

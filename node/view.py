@@ -154,6 +154,7 @@ class NodeView:
             score=score,
             model_hash=block.model_hash.hex(),
             members=[m.hex() for m in block.members],
+            remainder=block.remainder.hex(),
             batch_index=block.reveal.batch.index,
             commits=[
                 {"id": c.hash().hex(), "participant": c.participant.hex()} for c in block.commits

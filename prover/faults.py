@@ -1,4 +1,5 @@
-"""Fault injection for tests: stall chosen jobs, to show a missed deadline costs one round.
+"""Fault injection for tests: stall chosen jobs, to show a missed deadline costs one round;
+make a participant a free-rider; keep a participant's weights for a test to check.
 
 `ZKPOT_FAULTS` is a comma-separated list of `JOB:N:SECONDS` entries: the N-th job of
 class JOB (1-based) that this node's pools run sleeps SECONDS in its worker before it
@@ -11,8 +12,23 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 ENV = "ZKPOT_FAULTS"
+FREE_RIDE_ENV = "ZKPOT_TEST_FREE_RIDE"  # "1": resubmit the global model, untrained
+KEEP_WEIGHTS_ENV = "ZKPOT_TEST_KEEP_WEIGHTS"  # a directory: write each round's weights there
+
+
+def free_rides() -> bool:
+    """Test hook: this participant is a free-rider (it commits the parent model unchanged)."""
+    return os.environ.get(FREE_RIDE_ENV) == "1"
+
+
+def keep_weights_dir() -> Path | None:
+    """Test hook: where this participant writes its trained weights (round-R.bin), so a
+    test can recompute an aggregate from the members' own models. Off unless set."""
+    value = os.environ.get(KEEP_WEIGHTS_ENV)
+    return Path(value) if value else None
 
 
 @dataclass
