@@ -20,11 +20,13 @@ from consensus import rules
 from consensus.crypto import sha256
 from consensus.errors import InvalidError
 from consensus.roles import roles_of
-from consensus.types import Genesis, chain_id
+from consensus.strategy import rule_for
+from consensus.types import AggregationSpec, Genesis, chain_id
 from node.api import create_app, serve_api
 from node.chain import Chain
 from node.engine import Engine
 from node.home import Home, HomeError
+from node.interfaces import Prover
 from node.roundlog import RoundLog
 from node.view import NodeView
 from p2p import (
@@ -39,7 +41,7 @@ from p2p import (
 )
 from p2p.host import public_key_of
 from prover import circuit, trainfile
-from prover.client import RegeneratePk, Warmup
+from prover.client import DeriveAggregation, RegeneratePk, Warmup
 from prover.data import DatasetError
 from prover.worker import WorkerError, worker_pool
 from storage import ChainStore, StoreError
@@ -115,6 +117,23 @@ def derive_manifest(home: Home, genesis: Genesis) -> circuit.Manifest:
     return manifest
 
 
+async def check_aggregation_spec(home: Home, genesis: Genesis, pool: Prover) -> None:
+    """An averaging rule's K and basis, re-derived from the pinned SRS and circuit: a
+    genesis that pins others would make this node accept aggregates it cannot check."""
+    if not rule_for(genesis).aggregates:
+        return
+    pinned = genesis.aggregation
+    job = DeriveAggregation(str(home.artifacts), genesis.task.architecture, pinned.unusable_rows)
+    derived = AggregationSpec.decode(await pool.run(job, timeout=600))
+    if derived != pinned:
+        raise HomeError(
+            f"{home.genesis_file}: the genesis pins an aggregation basis (K "
+            f"{pinned.constant.hex()[:16]}…, {pinned.parameters} parameters) that the circuit's "
+            f"SRS does not give (K {derived.constant.hex()[:16]}…, {derived.parameters}): "
+            "this genesis was not made for these circuit artifacts"
+        )
+
+
 async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
     home.check_exists()
     cfg = home.load_config()
@@ -167,6 +186,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             await ensure_pinned_files(home, genesis, store, host)
             derive_manifest(home, genesis)
+            await check_aggregation_spec(home, genesis, verifier)
             chain = Chain(store, genesis, home.initial_model_file.read_bytes())
             engine = Engine(
                 key=key,

@@ -5,16 +5,24 @@ an M or R off by one (prover.aggregation, consensus.secagg, consensus.aggregate)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 from consensus import aggregate, bn254, commitment, masking, secagg
 from consensus.errors import InvalidError
+from consensus.types import RuleSpec
+from node.daemon import check_aggregation_spec
+from node.home import Home, HomeError
 from prover import aggregation, circuit, jobs
 from prover.models import build_model, model_to_bytes, param_shapes
+from support.chainfactory import make_chain
 
 ARCH = "digits-mlp"
 
@@ -128,3 +136,35 @@ def test_a_dropped_member_leaves_the_sum_masked(artifacts: str) -> None:
     total = secagg.unmasked_sum([secagg.decode_vector(v, n) for v in vectors], seeds)
     qs = [aggregation.params_of(artifacts, ARCH, w) for _, _, w in members[:2]]
     assert total != [a + b for a, b in zip(*qs, strict=True)]
+
+
+class _Inline:
+    """Runs a job in this process: the computation is real, only the pool is skipped."""
+
+    async def run(self, job: Any, *, timeout: float) -> Any:
+        return job.execute()
+
+
+def test_a_node_refuses_a_genesis_whose_basis_its_srs_does_not_give(
+    artifacts: str, tmp_path: Path
+) -> None:
+    home = Home(tmp_path / "home")
+    home.path.mkdir()
+    shutil.copytree(artifacts, home.artifacts)
+    spec = aggregation.spec(artifacts, ARCH, commitment.UNUSABLE_ROWS)
+    base = make_chain().genesis
+    genesis = dataclasses.replace(
+        base,
+        task=dataclasses.replace(base.task, architecture=ARCH),
+        rule=RuleSpec("best-share", 50, 3, 16),
+        aggregation=spec,
+    )
+    trio.run(check_aggregation_spec, home, genesis, _Inline())
+    forged = dataclasses.replace(spec, constant=bn254.compress(bn254.G))
+    with pytest.raises(HomeError, match="does not give"):
+        trio.run(
+            check_aggregation_spec,
+            home,
+            dataclasses.replace(genesis, aggregation=forged),
+            _Inline(),
+        )
