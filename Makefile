@@ -27,7 +27,8 @@ test: lint typecheck
 	$(BIN)/pytest -q
 
 # A fresh 4-node network (a publisher that also observes, 3 participants) on a non-IID
-# (Dirichlet 0.5 label skew) split of digits,
+# (Dirichlet 0.5 label skew) split of digits, under protocol v2's best-share rule (each
+# round's global model is the private, exact mean of the best proven models),
 # run until 5 blocks are final on every node.
 TESTNET_DIR ?= .testnet
 # Seconds from init to round 0: the nodes start in them (participants get the proving key
@@ -36,7 +37,7 @@ START_DELAY ?= 15
 testnet: $(STAMP)
 	rm -rf $(TESTNET_DIR)
 	$(BIN)/zkpot testnet init --out $(TESTNET_DIR) --nodes 4 --participants 3 \
-		--task digits-mlp --eval-batch 16 --partition dirichlet --alpha 0.5 \
+		--task digits-mlp --eval-batch 16 --partition dirichlet --alpha 0.5 --rule best-share \
 		--start-delay $(START_DELAY)
 	$(BIN)/zkpot testnet up $(TESTNET_DIR) --rounds 5
 

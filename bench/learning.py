@@ -79,6 +79,8 @@ def rules_for(batch: int) -> dict[str, Selector]:
     return {
         "winner": select_winner,
         "best-share(50%)": lambda c, f: select_best_share(c, f, 50, 3, 64),
+        "best-share(60%)": lambda c, f: select_best_share(c, f, 60, 3, 64),
+        "best-share(75%)": lambda c, f: select_best_share(c, f, 75, 3, 64),
         f"top-half,parent-slack={q}": _trimmed(batch, q, keep=50),
         f"trimmed(spread={q})": _trimmed(q, batch),
         f"trimmed(spread={q},margin)": _trimmed(q, batch, margin=True),

@@ -78,6 +78,22 @@ class Aggregation:
         self.arch = genesis.task.architecture
         self.timeout_s = timeout_s
         self.clock = clock
+        self._parent_c: dict[bytes, bytes] = {}
+
+    async def parent_commitment(self, parent: bytes) -> bytes:
+        """C of a parent block's model (what a free-rider would resubmit); b"" if it
+        cannot be computed now. Cached: members and the aggregator both need it."""
+        if parent not in self._parent_c:
+            try:
+                model = self.chain.model_of(parent)
+                job = Commit(self.artifacts, self.arch, model)
+                self._parent_c[parent] = await self.prover.run(job, timeout=self.timeout_s)
+            except (LookupError, WorkerError) as exc:
+                log.warning("no commitment of parent %s: %s", parent.hex()[:8], exc)
+                return b""
+            if len(self._parent_c) > 64:
+                self._parent_c.pop(next(iter(self._parent_c)))
+        return self._parent_c[parent]
 
     # ------------------------------------------------------------------ member
 
@@ -99,16 +115,26 @@ class Aggregation:
         )
 
     async def _answer(self, st: RoundState, h: bytes, sel: Selection, mine: Mine) -> None:
-        keys = {}
-        for commit_id in sel.proofs:
-            c = st.commits.get(commit_id)
-            if c is not None and c.participant in sel.members:
-                keys[c.participant] = c.mask_key
+        """Our masked vector, for a selection that is the rule's: its members are exactly
+        whom the rule selects from its proofs, and its proposer is one of them by proof.
+        (Anything else could only waste our one unmask of the round on an invalid block.)"""
+        proofs = [st.proofs.get(cid) for cid in sel.proofs]
+        held = [p for p in proofs if p is not None]
+        if len(held) < len(proofs) or st.reveal is None:
+            return  # a proof is not verified here yet: try again when it is
+        keys = {p.participant: st.commits[p.commit_id].mask_key for p in held}
         me = self.key.public
         others = secagg.others_of(sel.members, me)
         if any(not keys.get(m) for m in others):
             return  # a member's commit is not here yet: try again when it is
         st.agg.answered.add(h)
+        parent_c = await self.parent_commitment(sel.parent)
+        chosen = self.rule.select(st.reveal.batch, held, parent_c) if parent_c else ()
+        if sel.proposer not in keys or tuple(sorted(c.participant for c in chosen)) != sel.members:
+            log.warning(
+                "round %d: selection %s is not the rule's: not answering", sel.round, h.hex()[:8]
+            )
+            return
         job = MaskVector(
             self.artifacts,
             self.arch,
@@ -161,11 +187,8 @@ class Aggregation:
         parent = mine.commit.parent
         parent_model = self.chain.model_of(parent)
         keep = Outcome(parent_model, (), b"")
-        commit_job = Commit(self.artifacts, self.arch, parent_model)
-        try:
-            parent_c = await self.prover.run(commit_job, timeout=self.timeout_s)
-        except WorkerError as exc:
-            log.warning("round %d: no parent commitment: %s", mine.commit.round, exc)
+        parent_c = await self.parent_commitment(parent)
+        if not parent_c:
             return keep
         proofs = [st.proofs[r.commit_id] for r in ranking]
         commits = {p.participant: st.commits[p.commit_id] for p in proofs}

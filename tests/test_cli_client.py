@@ -121,7 +121,17 @@ def test_chain_blocks_table_and_paging(
     code, out, _ = _run(capsys, "chain", "blocks", "--from", "1", "--to", "3", "--api", server.url)
     assert code == 0
     rows = out.splitlines()
-    assert rows[0].split() == ["HEIGHT", "ROUND", "HASH", "PROPOSER", "RANK", "K", "CUM", "FINAL"]
+    assert rows[0].split() == [
+        "HEIGHT",
+        "ROUND",
+        "HASH",
+        "PROPOSER",
+        "RANK",
+        "MEMBERS",
+        "K",
+        "CUM",
+        "FINAL",
+    ]
     assert [r.split()[:2] for r in rows[1:]] == [["1", "0"], ["2", "1"], ["3", "3"]]
     assert rows[1].split()[2] == server.node.hashes[1].hex()[:16]
     assert rows[2].endswith("final") and not rows[3].endswith("final")

@@ -87,10 +87,19 @@ def format_block(b: dict[str, Any]) -> str:
     ]
     out = [pairs(items), ""]
     proofs = {p["commit_id"]: p["k"] for p in b["proofs"]}
+    members = set(b.get("members") or [])
     out.append(
         table(
-            ["commit", "participant", "k"],
-            [[short(c["id"]), short(c["participant"]), proofs.get(c["id"])] for c in b["commits"]],
+            ["commit", "participant", "k", "member"],
+            [
+                [
+                    short(c["id"]),
+                    short(c["participant"]),
+                    proofs.get(c["id"]),
+                    "yes" if c["participant"] in members else "",
+                ]
+                for c in b["commits"]
+            ],
         )
     )
     return "\n".join(out)
@@ -104,13 +113,14 @@ def format_blocks(page: dict[str, Any]) -> str:
             short(b["hash"]),
             short(b["proposer"]),
             b["rank"],
+            len(b.get("members") or []),
             b["score"],
             b["cumulative_score"],
             "final" if b["final"] else "",
         ]
         for b in page["blocks"]
     ]
-    headers = ["height", "round", "hash", "proposer", "rank", "k", "cum", "final"]
+    headers = ["height", "round", "hash", "proposer", "rank", "members", "k", "cum", "final"]
     return table(headers, rows) if rows else "(no blocks in that range)"
 
 

@@ -269,6 +269,23 @@ def stop_nodes(procs: Iterable[subprocess.Popen[bytes]], grace_s: float = 20) ->
             p.wait()
 
 
+def _final_line(height: int, blk: dict[str, Any], genesis: Genesis, acc: float) -> str:
+    """One final block as make testnet prints it: who made the global model, and how good."""
+    k_of = {p["participant"]: p["k"] for p in blk.get("proofs", [])}
+    members = blk.get("members") or []
+    if members:
+        made = "mean of " + ", ".join(f"{m[:8]} (k={k_of.get(m, '?')})" for m in members)
+    elif genesis.rule.name == "winner":
+        made = "the proposer's own model"
+    else:
+        made = "no aggregate this round, the parent's model kept"
+    batch = genesis.eval_plan.batch_size
+    return (
+        f"final block {height}: round {blk['round']} by {blk['proposer'][:8]}: {made}; "
+        f"global model k={blk['score']}/{batch}, test accuracy {acc:.3f}"
+    )
+
+
 def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> int:
     """Run every node as its own OS process until `rounds` blocks are final everywhere.
 
@@ -332,12 +349,7 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
                     blk = client.get(f"{apis[0]}/blocks/{reported}").json()
                     model = client.get(f"{apis[0]}/models/{reported}").content
                     acc = evaluate_float(genesis.task.architecture, model, tx, ty)
-                    print(
-                        f"final block {reported}: round {blk['round']} leader {blk['proposer'][:12]} "
-                        f"k={blk['score']}/{genesis.eval_plan.batch_size} test accuracy {acc:.3f}",
-                        file=say,
-                        flush=True,
-                    )
+                    print(_final_line(reported, blk, genesis, acc), file=say, flush=True)
                 head = live[0]["head"]
                 line = (
                     f"  round {live[0].get('round')}: head height {head['height']} score {head['score']}, "
