@@ -32,7 +32,10 @@ class TestnetSpec:
     rounds: int = 40
     logrows: int = 13
     start_delay_s: int = 45
-    finality_depth: int = 1
+    # 2, not 1: two proposers of one round (a fallback rank whose clock opened the round
+    # earlier) can each see their own block first; with depth 1 each would finalize its
+    # own side at once and the network would split for good (seen in the e2e tests)
+    finality_depth: int = 2
     local_epochs: int = 2
     learning_rate_ppm: int = 100_000
     train_batch_size: int = 16
