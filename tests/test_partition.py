@@ -127,7 +127,7 @@ class Bed:
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     root = tmp_path_factory.mktemp("partition") / "net"
-    spec = dataclasses.replace(small_net(NODES), round_seconds=ROUND_S)
+    spec = dataclasses.replace(small_net(NODES), round_seconds=ROUND_S, finality_depth=1)
     with Lan(NODES) as lan:
         init(root, spec)
         net = NsNet(root, spec, lan)
