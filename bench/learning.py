@@ -285,7 +285,11 @@ BASE_BATCH = 16
 
 
 def _grid(
-    seeds: int, rounds: int, batches: Sequence[int], settings: Sequence[tuple[str, int, str]]
+    seeds: int,
+    rounds: int,
+    batches: Sequence[int],
+    settings: Sequence[tuple[str, int, str]],
+    only: Sequence[str] = (),
 ) -> list[Case]:
     """Every setting at the base batch; the two deciding settings at the other batches
     (the pool shrinks as B grows: each round's batch is fresh, taken from the dataset)."""
@@ -300,6 +304,8 @@ def _grid(
             if b == BASE_BATCH and not adv.startswith("freerider"):
                 rules += ["local", "central"]
             for rule in rules:
+                if only and rule not in only:
+                    continue
                 for s in range(seeds):
                     cases.append(Case(setting, n, s, rule, rounds, b, adv))
     return cases
@@ -321,10 +327,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 seeds, 10 rounds, B=16 only")
     ap.add_argument("--focus", action="store_true", help="only Dirichlet 0.5, honest and flip")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rules", nargs="*", default=[], help="only these rows (names as printed)")
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.rounds, args.batches = 3, 10, [16]
-    cases = _grid(args.seeds, args.rounds, args.batches, FOCUS if args.focus else SETTINGS)
+    cases = _grid(
+        args.seeds, args.rounds, args.batches, FOCUS if args.focus else SETTINGS, args.rules
+    )
     started = time.perf_counter()
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(run, cases, chunksize=1)
