@@ -145,16 +145,26 @@ def check_update(
     return linear(artifacts, arch, y) == want
 
 
-def self_seed_matches(artifacts: str, arch: str, update: secagg.MaskedUpdate, seed: bytes) -> bool:
+def self_seed_matches(artifacts: str, arch: str, self_commitment: bytes, seed: bytes) -> bool:
+    """Whether a revealed self seed expands to the mask the member committed L(p) of."""
     n = len(_scales(artifacts, arch))
-    return bn254.compress(linear(artifacts, arch, expand(seed, n))) == update.self_commitment
+    return bn254.compress(linear(artifacts, arch, expand(seed, n))) == self_commitment
 
 
 def aggregate(
-    artifacts: str, arch: str, vectors: Sequence[bytes], seeds: Sequence[bytes], weight_sum: int
+    artifacts: str,
+    arch: str,
+    vectors: Sequence[bytes],
+    seeds: Sequence[bytes],
+    self_commitments: Sequence[bytes],
+    weight_sum: int,
 ) -> tuple[bytes, bytes]:
     """(the blob of M, R as one byte per parameter) from a completed selection's vectors
-    and every member's self-mask seed."""
+    and every member's self-mask seed; a seed that does not open its member's self-mask
+    commitment is named (by its position in member order), so its member alone is blamed."""
+    for i, (seed, committed) in enumerate(zip(seeds, self_commitments, strict=True)):
+        if not self_seed_matches(artifacts, arch, committed, seed):
+            raise InvalidError(f"member #{i}'s self seed does not open its self-mask commitment")
     n = len(_scales(artifacts, arch))
     total = secagg.unmasked_sum([secagg.decode_vector(v, n) for v in vectors], seeds)
     mean, rest = split_mean(total, weight_sum)

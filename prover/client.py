@@ -199,13 +199,19 @@ class Aggregate(Job[tuple[bytes, bytes]]):
     arch: str
     vectors: tuple[bytes, ...]
     seeds: tuple[bytes, ...]
+    self_commitments: tuple[bytes, ...]
     weight_sum: int
 
     def execute(self) -> tuple[bytes, bytes]:
         from prover import aggregation
 
         return aggregation.aggregate(
-            self.artifacts, self.arch, self.vectors, self.seeds, self.weight_sum
+            self.artifacts,
+            self.arch,
+            self.vectors,
+            self.seeds,
+            self.self_commitments,
+            self.weight_sum,
         )
 
 
