@@ -15,7 +15,6 @@ parent's model. best-share weighs every member 1, so a member's weight is 1.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -259,6 +258,7 @@ class Aggregation:
             job = Aggregate(
                 self.artifacts,
                 self.arch,
+                tuple(members),
                 tuple(got[m].vector for m in members),
                 tuple(unmasks[m].seed for m in members),
                 tuple(got[m].self_commitment for m in members),
@@ -266,10 +266,8 @@ class Aggregation:
             )
             try:
                 model, rest = await self.prover.run(job, timeout=self.timeout_s)
-            except WorkerError as exc:  # a wrong seed is named by its member's position
-                found = re.search(r"member #(\d+)", str(exc))
-                who = members[int(found.group(1))].hex()[:8] if found else "?"
-                log.warning("round %d: aggregation failed (member %s): %s", sel.round, who, exc)
+            except WorkerError as exc:  # a wrong self seed names its member
+                log.warning("round %d: aggregation failed: %s", sel.round, exc)
                 return keep
             return Outcome(model, tuple(members), rest, frozenset(proof_ids))
         return keep

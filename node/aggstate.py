@@ -10,6 +10,7 @@ node has not seen is ignored, not rejected (gossip may reorder).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from consensus import rules
 from consensus.errors import InvalidError
@@ -38,11 +39,7 @@ class AggState:
         return True
 
     def add_update(self, upd: MaskedUpdate) -> bool:
-        held = self.updates.setdefault(upd.selection, {})
-        if upd.member in held:
-            return False
-        held[upd.member] = upd
-        return True
+        return _first(self.updates, upd.selection, upd.member, upd)
 
     def add_complete(self, comp: Complete) -> bool:
         if comp.selection in self.completes:
@@ -51,11 +48,19 @@ class AggState:
         return True
 
     def add_unmask(self, um: Unmask) -> bool:
-        held = self.unmasks.setdefault(um.selection, {})
-        if um.member in held:
-            return False
-        held[um.member] = um
-        return True
+        return _first(self.unmasks, um.selection, um.member, um)
+
+
+M = TypeVar("M", MaskedUpdate, Unmask)
+
+
+def _first(table: dict[bytes, dict[bytes, M]], selection: bytes, member: bytes, msg: M) -> bool:
+    """Keep a member's first message for a selection; a repeat is not added."""
+    held = table.setdefault(selection, {})
+    if member in held:
+        return False
+    held[member] = msg
+    return True
 
 
 def check_selection(genesis: Genesis, cid: bytes, sel: Selection) -> None:

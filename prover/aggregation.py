@@ -154,17 +154,20 @@ def self_seed_matches(artifacts: str, arch: str, self_commitment: bytes, seed: b
 def aggregate(
     artifacts: str,
     arch: str,
+    members: Sequence[bytes],
     vectors: Sequence[bytes],
     seeds: Sequence[bytes],
     self_commitments: Sequence[bytes],
     weight_sum: int,
 ) -> tuple[bytes, bytes]:
     """(the blob of M, R as one byte per parameter) from a completed selection's vectors
-    and every member's self-mask seed; a seed that does not open its member's self-mask
-    commitment is named (by its position in member order), so its member alone is blamed."""
-    for i, (seed, committed) in enumerate(zip(seeds, self_commitments, strict=True)):
+    and every member's self-mask seed (all in member order); a seed that does not open its
+    member's self-mask commitment names that member, so it alone is blamed."""
+    for member, seed, committed in zip(members, seeds, self_commitments, strict=True):
         if not self_seed_matches(artifacts, arch, committed, seed):
-            raise InvalidError(f"member #{i}'s self seed does not open its self-mask commitment")
+            raise InvalidError(
+                f"member {member.hex()[:16]}'s self seed does not open its self-mask commitment"
+            )
     n = len(_scales(artifacts, arch))
     total = secagg.unmasked_sum([secagg.decode_vector(v, n) for v in vectors], seeds)
     mean, rest = split_mean(total, weight_sum)

@@ -197,6 +197,7 @@ class Aggregate(Job[tuple[bytes, bytes]]):
 
     artifacts: str
     arch: str
+    members: tuple[bytes, ...]
     vectors: tuple[bytes, ...]
     seeds: tuple[bytes, ...]
     self_commitments: tuple[bytes, ...]
@@ -208,6 +209,7 @@ class Aggregate(Job[tuple[bytes, bytes]]):
         return aggregation.aggregate(
             self.artifacts,
             self.arch,
+            self.members,
             self.vectors,
             self.seeds,
             self.self_commitments,

@@ -86,12 +86,11 @@ def test_masked_round_gives_the_exact_mean_and_the_block_check(artifacts: str) -
     by_member = {u.member: u for u in updates}
     assert secagg.pairs_agree(by_member, keys) == []
     self_cs = [u.self_commitment for u in updates]
-    with pytest.raises(InvalidError, match="member #1's self seed"):
+    vectors = [u.vector for u in updates]
+    with pytest.raises(InvalidError, match=f"member {keys[1].hex()[:16]}'s self seed"):
         wrong = [seeds[0], b"\x00" * 32, seeds[2]]
-        aggregation.aggregate(artifacts, ARCH, [u.vector for u in updates], wrong, self_cs, 3)
-    blob, rest = aggregation.aggregate(
-        artifacts, ARCH, [u.vector for u in updates], seeds, self_cs, len(keys)
-    )
+        aggregation.aggregate(artifacts, ARCH, keys, vectors, wrong, self_cs, 3)
+    blob, rest = aggregation.aggregate(artifacts, ARCH, keys, vectors, seeds, self_cs, len(keys))
     qs = [aggregation.params_of(artifacts, ARCH, w) for _, _, w in members]
     want_mean, want_rest = aggregate.weighted_mean(qs, [1, 1, 1])
     assert aggregation.exact_params(artifacts, ARCH, blob) == want_mean
