@@ -23,7 +23,15 @@ from consensus.encoding import Signed
 from consensus.errors import InvalidError
 from consensus.merkle import depth_for, verify_merkle_proof
 from consensus.schedule import check_timing, round_exists
-from consensus.secagg import MAX_VECTOR_LEN, Complete, MaskedUpdate, Selection, Unmask
+from consensus.secagg import (
+    MAX_VECTOR_LEN,
+    Complete,
+    Dispute,
+    MaskedUpdate,
+    PairReveal,
+    Selection,
+    Unmask,
+)
 from consensus.selection import rank_key
 from consensus.strategy import RULES
 from consensus.types import (
@@ -48,7 +56,19 @@ PARTITIONS = ("iid", "dirichlet")
 COMMITMENT_MODES = ("polycommit",)
 BINDING_DOMAIN = b"zkpot/commit/v1"
 
-S = TypeVar("S", CommitTx, Reveal, ProofTx, Block, Selection, MaskedUpdate, Complete, Unmask)
+S = TypeVar(
+    "S",
+    CommitTx,
+    Reveal,
+    ProofTx,
+    Block,
+    Selection,
+    MaskedUpdate,
+    Complete,
+    Unmask,
+    Dispute,
+    PairReveal,
+)
 
 
 # --- signing -----------------------------------------------------------------

@@ -18,7 +18,7 @@ docs/protocol.md §10 specifies every byte.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from consensus import bn254, masking
@@ -102,7 +102,42 @@ class Unmask(Signed):
     signature: bytes = wire(_SIG)
 
 
-AggMessage = Selection | MaskedUpdate | Complete | Unmask
+@dataclass(frozen=True)
+class Dispute(Signed):
+    """The aggregator's call: these pairs of members committed different points for
+    their shared mask, so this selection is abandoned and each pair should show whose
+    commitment is right. `pairs[t]` is the two members' keys, the smaller first."""
+
+    TAG = 17
+    NAME = "Dispute"
+    MAX_BYTES = MAX_PARTICIPANTS * (2 * PUBKEY_LEN + 4) + 256
+
+    selection: bytes = wire(_HASH)
+    pairs: tuple[bytes, ...] = wire(
+        ListOf(Bytes(2 * PUBKEY_LEN, 2 * PUBKEY_LEN), MAX_PARTICIPANTS, lo=1, strictly_sorted=True)
+    )
+    signature: bytes = wire(_SIG)
+
+
+@dataclass(frozen=True)
+class PairReveal(Signed):
+    """A disputed pair's shared point x_i*X_j, with a Chaum-Pedersen proof that it is
+    (consensus.masking): anyone can then expand the pair's true mask for the selection."""
+
+    TAG = 18
+    NAME = "PairReveal"
+    MAX_BYTES = 512
+
+    selection: bytes = wire(_HASH)
+    member: bytes = wire(_KEY)
+    partner: bytes = wire(_KEY)
+    shared: bytes = wire(_POINT)
+    challenge: bytes = wire(Bytes(FIELD_BYTES, FIELD_BYTES))  # big-endian, below R
+    response: bytes = wire(Bytes(FIELD_BYTES, FIELD_BYTES))
+    signature: bytes = wire(_SIG)
+
+
+AggMessage = Selection | MaskedUpdate | Complete | Unmask | Dispute | PairReveal
 
 
 # --------------------------------------------------------------------------- vectors
@@ -193,16 +228,64 @@ def expected_update(
     return total
 
 
-def pairs_agree(updates: dict[bytes, MaskedUpdate], members: Sequence[bytes]) -> list[bytes]:
-    """Members whose pairwise-mask commitments disagree with a partner's: the masks of a
-    pair must be the same vector, so both commit the same point (empty: all agree)."""
-    bad: set[bytes] = set()
-    for i in members:
-        for j in members:
-            if i >= j:
-                continue
-            ui = updates[i].pair_commitments[others_of(members, i).index(j)]
-            uj = updates[j].pair_commitments[others_of(members, j).index(i)]
-            if ui != uj:
-                bad.update((i, j))
-    return sorted(bad)
+def pair_commitment(
+    updates: Mapping[bytes, MaskedUpdate], members: Sequence[bytes], i: bytes, j: bytes
+) -> bytes:
+    """What member i committed for its pairwise mask with j."""
+    return updates[i].pair_commitments[others_of(members, i).index(j)]
+
+
+def disputed_pairs(updates: Mapping[bytes, MaskedUpdate], members: Sequence[bytes]) -> list[bytes]:
+    """The pairs (as `pair_id`s) whose two members committed different points for their
+    shared mask: the mask of a pair is one vector, so both must commit the same L(u)."""
+    return [
+        pair_id(i, j)
+        for i in members
+        for j in members
+        if i < j
+        and pair_commitment(updates, members, i, j) != pair_commitment(updates, members, j, i)
+    ]
+
+
+def pair_id(a: bytes, b: bytes) -> bytes:
+    """A Dispute's name for a pair: both keys, the smaller first."""
+    return min(a, b) + max(a, b)
+
+
+def pair_of(pid: bytes) -> tuple[bytes, bytes]:
+    return pid[:PUBKEY_LEN], pid[PUBKEY_LEN:]
+
+
+def reveal_pair(
+    secret: int, me: bytes, partner: bytes, their_public: bytes, context: bytes
+) -> PairReveal:
+    """Our shared point with `partner` and its proof, unsigned."""
+    shared, proof = masking.prove_shared(secret, bn254.decompress(their_public))
+    return PairReveal(
+        context,
+        me,
+        partner,
+        bn254.compress(shared),
+        proof.challenge.to_bytes(FIELD_BYTES, "big"),
+        proof.response.to_bytes(FIELD_BYTES, "big"),
+        bytes(SIG_LEN),
+    )
+
+
+def reveal_holds(reveal: PairReveal, member_public: bytes, partner_public: bytes) -> bool:
+    """Whether a PairReveal's point is the pair's shared point (its proof checks against
+    the two mask keys the members published in their commits)."""
+    try:
+        mine, theirs = bn254.decompress(member_public), bn254.decompress(partner_public)
+        shared = bn254.decompress(reveal.shared)
+    except InvalidError:
+        return False
+    proof = masking.SharedKeyProof(
+        int.from_bytes(reveal.challenge, "big"), int.from_bytes(reveal.response, "big")
+    )
+    return masking.verify_shared(mine, theirs, shared, proof)
+
+
+def true_pair_seed(reveal: PairReveal) -> bytes:
+    """The seed of the pair's mask for the disputed selection, from a revealed point."""
+    return masking.pair_seed(bn254.decompress(reveal.shared), reveal.selection)

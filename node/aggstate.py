@@ -3,7 +3,8 @@ checks of its messages (consensus.secagg).
 
 Every message is signed by the one who may send it and bounded per round: at most
 MAX_ATTEMPTS selections per proposer, one update and one unmask per member and
-selection, one Complete per selection. Anything that refers to a selection this
+selection, one Complete and one Dispute per selection, one PairReveal per disputed
+pair. Anything that refers to a selection this
 node has not seen is ignored, not rejected (gossip may reorder).
 """
 
@@ -12,9 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from consensus import rules
+from consensus import rules, secagg
 from consensus.errors import InvalidError
-from consensus.secagg import FIELD_BYTES, MAX_ATTEMPTS, Complete, MaskedUpdate, Selection, Unmask
+from consensus.secagg import (
+    FIELD_BYTES,
+    MAX_ATTEMPTS,
+    Complete,
+    Dispute,
+    MaskedUpdate,
+    PairReveal,
+    Selection,
+    Unmask,
+)
 from consensus.types import Genesis
 from p2p import Verdict
 
@@ -25,8 +35,11 @@ class AggState:
     updates: dict[bytes, dict[bytes, MaskedUpdate]] = field(default_factory=dict)  # sel -> member
     completes: dict[bytes, Complete] = field(default_factory=dict)  # by selection
     unmasks: dict[bytes, dict[bytes, Unmask]] = field(default_factory=dict)  # sel -> member
+    disputes: dict[bytes, Dispute] = field(default_factory=dict)  # by selection
+    reveals: dict[bytes, dict[bytes, PairReveal]] = field(default_factory=dict)  # sel -> pair
     answered: set[bytes] = field(default_factory=set)  # selections we sent our update for
     unmasked: bytes | None = None  # the one selection we revealed our self mask for
+    revealed_with: set[bytes] = field(default_factory=set)  # partners whose shared point is out
 
     def add_selection(self, sel: Selection) -> bool:
         h = sel.hash()
@@ -50,16 +63,26 @@ class AggState:
     def add_unmask(self, um: Unmask) -> bool:
         return _first(self.unmasks, um.selection, um.member, um)
 
+    def add_dispute(self, d: Dispute) -> bool:
+        if d.selection in self.disputes:
+            return False
+        self.disputes[d.selection] = d
+        return True
 
-M = TypeVar("M", MaskedUpdate, Unmask)
+    def add_reveal(self, r: PairReveal) -> bool:
+        """One reveal settles a pair: the shared point is the same from either side."""
+        return _first(self.reveals, r.selection, secagg.pair_id(r.member, r.partner), r)
 
 
-def _first(table: dict[bytes, dict[bytes, M]], selection: bytes, member: bytes, msg: M) -> bool:
-    """Keep a member's first message for a selection; a repeat is not added."""
+M = TypeVar("M", MaskedUpdate, Unmask, PairReveal)
+
+
+def _first(table: dict[bytes, dict[bytes, M]], selection: bytes, who: bytes, msg: M) -> bool:
+    """Keep the first message for a selection from a member (or about a pair)."""
     held = table.setdefault(selection, {})
-    if member in held:
+    if who in held:
         return False
-    held[member] = msg
+    held[who] = msg
     return True
 
 
@@ -96,6 +119,23 @@ def check_unmask(cid: bytes, sel: Selection, um: Unmask) -> None:
     if um.member not in sel.members:
         raise InvalidError("Unmask: the sender is not a member of the selection")
     rules.check_signature(um, um.member, cid)
+
+
+def check_dispute(cid: bytes, sel: Selection, d: Dispute) -> None:
+    for pid in d.pairs:
+        a, b = secagg.pair_of(pid)
+        if not (a < b and a in sel.members and b in sel.members):
+            raise InvalidError("Dispute: a pair is not two members of the selection, in order")
+    rules.check_signature(d, sel.proposer, cid)
+
+
+def check_reveal(cid: bytes, d: Dispute, r: PairReveal, mask_keys: dict[bytes, bytes]) -> None:
+    """`mask_keys`: the members' mask public keys from their commits."""
+    if secagg.pair_id(r.member, r.partner) not in d.pairs:
+        raise InvalidError("PairReveal: the dispute names no such pair")
+    rules.check_signature(r, r.member, cid)
+    if not secagg.reveal_holds(r, mask_keys[r.member], mask_keys[r.partner]):
+        raise InvalidError("PairReveal: the shared point's proof does not hold")
 
 
 def verdict(added: bool) -> Verdict:

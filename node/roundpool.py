@@ -19,7 +19,15 @@ from libp2p.peer.id import ID
 from consensus import policy, rules
 from consensus.errors import InvalidError
 from consensus.forkchoice import ChainNode
-from consensus.secagg import AggMessage, Complete, MaskedUpdate, Selection, Unmask
+from consensus.secagg import (
+    AggMessage,
+    Complete,
+    Dispute,
+    MaskedUpdate,
+    PairReveal,
+    Selection,
+    Unmask,
+)
 from consensus.strategy import rule_for
 from consensus.types import Block, CommitTx, Genesis, ProofTx, Reveal
 from node import aggstate
@@ -203,7 +211,9 @@ class RoundPool:
                 return self._on_gossip_reveal(item)
             if isinstance(item, ProofTx):
                 return await self._on_proof(item)
-            if isinstance(item, Selection | MaskedUpdate | Complete | Unmask):
+            if isinstance(
+                item, Selection | MaskedUpdate | Complete | Unmask | Dispute | PairReveal
+            ):
                 return self.on_agg(item)
             return Verdict.REJECT
         except InvalidError as exc:
@@ -228,6 +238,16 @@ class RoundPool:
         if isinstance(item, Complete):
             aggstate.check_complete(self.cid, sel, item)
             return self._touched(st, st.agg.add_complete(item))
+        if isinstance(item, Dispute):
+            aggstate.check_dispute(self.cid, sel, item)
+            return self._touched(st, st.agg.add_dispute(item))
+        if isinstance(item, PairReveal):
+            dispute = st.agg.disputes.get(item.selection)
+            keys = {c.participant: c.mask_key for c in map(st.commits.get, sel.proofs) if c}
+            if dispute is None or not {item.member, item.partner} <= set(keys):
+                return Verdict.IGNORE  # its context is not here (yet): gossip may reorder
+            aggstate.check_reveal(self.cid, dispute, item, keys)
+            return self._touched(st, st.agg.add_reveal(item))
         aggstate.check_unmask(self.cid, sel, item)
         return self._touched(st, st.agg.add_unmask(item))
 

@@ -16,7 +16,15 @@ from libp2p.peer.id import ID
 from consensus.crypto import sha256
 from consensus.encoding import Bytes, UInt, Wire, peek_tag, wire
 from consensus.errors import DecodeError
-from consensus.secagg import AggMessage, Complete, MaskedUpdate, Selection, Unmask
+from consensus.secagg import (
+    AggMessage,
+    Complete,
+    Dispute,
+    MaskedUpdate,
+    PairReveal,
+    Selection,
+    Unmask,
+)
 from consensus.types import Block, CommitTx, ProofTx, Reveal
 
 # Largest gossip payload: a Reveal (536 672 bytes) fits; py-libp2p silently drops
@@ -55,6 +63,8 @@ ROUND_TYPES: dict[int, type[Wire]] = {
     MaskedUpdate.TAG: MaskedUpdate,
     Complete.TAG: Complete,
     Unmask.TAG: Unmask,
+    Dispute.TAG: Dispute,
+    PairReveal.TAG: PairReveal,
 }
 BLOCK_TYPES: dict[int, type[Wire]] = {Block.TAG: Block, BlockAnnounce.TAG: BlockAnnounce}
 

@@ -145,10 +145,16 @@ def check_update(
     return linear(artifacts, arch, y) == want
 
 
+def mask_commitment(artifacts: str, arch: str, seed: bytes) -> bytes:
+    """L(expand(seed)), compressed: what a member must have committed for the mask that
+    seed expands to (a revealed self seed, or a disputed pair's true seed)."""
+    n = len(_scales(artifacts, arch))
+    return bn254.compress(linear(artifacts, arch, expand(seed, n)))
+
+
 def self_seed_matches(artifacts: str, arch: str, self_commitment: bytes, seed: bytes) -> bool:
     """Whether a revealed self seed expands to the mask the member committed L(p) of."""
-    n = len(_scales(artifacts, arch))
-    return bn254.compress(linear(artifacts, arch, expand(seed, n))) == self_commitment
+    return mask_commitment(artifacts, arch, seed) == self_commitment
 
 
 def aggregate(

@@ -192,6 +192,20 @@ class CheckUpdate(Job[bool]):
 
 
 @dataclass(frozen=True)
+class MaskCommitment(Job[bytes]):
+    """L(expand(seed)), compressed: settles a pair dispute from the pair's true seed."""
+
+    artifacts: str
+    arch: str
+    seed: bytes
+
+    def execute(self) -> bytes:
+        from prover import aggregation
+
+        return aggregation.mask_commitment(self.artifacts, self.arch, self.seed)
+
+
+@dataclass(frozen=True)
 class Aggregate(Job[tuple[bytes, bytes]]):
     """(M's blob, R) from a completed selection's vectors and self-mask seeds."""
 

@@ -84,7 +84,7 @@ def test_masked_round_gives_the_exact_mean_and_the_block_check(artifacts: str) -
         seeds.append(secagg.member_masks(secret, key, others, context, 1).self_seed)
         assert aggregation.self_seed_matches(artifacts, ARCH, upd.self_commitment, seeds[-1])
     by_member = {u.member: u for u in updates}
-    assert secagg.pairs_agree(by_member, keys) == []
+    assert secagg.disputed_pairs(by_member, keys) == []
     self_cs = [u.self_commitment for u in updates]
     vectors = [u.vector for u in updates]
     with pytest.raises(InvalidError, match=f"member {keys[1].hex()[:16]}'s self seed"):
@@ -139,6 +139,45 @@ def test_a_dropped_member_leaves_the_sum_masked(artifacts: str) -> None:
     total = secagg.unmasked_sum([secagg.decode_vector(v, n) for v in vectors], seeds)
     qs = [aggregation.params_of(artifacts, ARCH, w) for _, _, w in members[:2]]
     assert total != [a + b for a, b in zip(*qs, strict=True)]
+
+
+def test_a_pair_dispute_names_the_member_that_masked_with_another_key(artifacts: str) -> None:
+    """A member that masks with another key than the one it published commits its masks
+    consistently (its own vector check passes), but its partners disagree with it; one
+    partner's revealed shared point (with its proof) names it, and only it."""
+    members = _members(3)
+    keys = [k for k, _, _ in members]
+    publics = {k: secagg.mask_public(s) for k, s, _ in members}
+    secrets = {k: s for k, s, _ in members}
+    liar = keys[1]
+    context = b"\x19" * 32
+    got = {}
+    for key, secret, weights in members:
+        used = secret + 1 if key == liar else secret
+        others = [(o, publics[o]) for o in secagg.others_of(keys, key)]
+        y, pairs, self_c = aggregation.mask_update(
+            artifacts, ARCH, weights, 1, used, key, others, context
+        )
+        upd = secagg.MaskedUpdate(context, key, y, pairs, self_c, bytes(64))
+        signs = [masking.pair_sign(key, o) for o, _ in others]
+        assert aggregation.check_update(
+            artifacts, ARCH, circuit_commit(artifacts, weights), 1, upd, signs
+        )
+        got[key] = upd
+    disputed = secagg.disputed_pairs(got, keys)
+    assert disputed == sorted(secagg.pair_id(liar, k) for k in keys if k != liar)
+    for pid in disputed:
+        a, b = secagg.pair_of(pid)
+        honest = a if b == liar else b
+        reveal = secagg.reveal_pair(secrets[honest], honest, liar, publics[liar], context)
+        assert secagg.reveal_holds(reveal, publics[honest], publics[liar])
+        assert not secagg.reveal_holds(reveal, publics[liar], publics[honest])
+        true = aggregation.mask_commitment(artifacts, ARCH, secagg.true_pair_seed(reveal))
+        assert secagg.pair_commitment(got, keys, honest, liar) == true
+        assert secagg.pair_commitment(got, keys, liar, honest) != true
+        # the liar's own reveal is the same point: it cannot shift the blame
+        own = secagg.reveal_pair(secrets[liar], liar, honest, publics[honest], context)
+        assert own.shared == reveal.shared
 
 
 class _Inline:

@@ -1,0 +1,144 @@
+"""The round topic's checks of aggregation messages (node.aggstate), pure: who may send
+each message, its bounds, and the pair dispute's reveal, whose Chaum-Pedersen proof is
+checked against the mask keys the members published in their commits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from consensus import secagg
+from consensus.crypto import SigningKey
+from consensus.errors import InvalidError
+from consensus.rules import sign
+from consensus.secagg import Complete, Dispute, PairReveal, Selection, Unmask
+from node import aggstate
+from node.aggstate import AggState
+from support.chainfactory import Chain, make_chain
+
+
+@pytest.fixture
+def chain() -> Chain:
+    return make_chain(n=4)
+
+
+def _selection(chain: Chain, attempt: int = 0) -> Selection:
+    members = tuple(sorted(p.public for p in chain.participants[:3]))
+    proposer = chain.participants[0]
+    sel = Selection(0, chain.cid, proposer.public, attempt, (b"\x01" * 32,), members, bytes(64))
+    return sign(sel, proposer, chain.cid)
+
+
+def _secrets(sel: Selection) -> dict[bytes, int]:
+    return {m: secagg.mask_secret(bytes([i + 1]) * 32) for i, m in enumerate(sel.members)}
+
+
+def _keys(secrets: dict[bytes, int]) -> dict[bytes, bytes]:
+    return {m: secagg.mask_public(s) for m, s in secrets.items()}
+
+
+def _signer(chain: Chain, key: bytes) -> SigningKey:
+    return next(p for p in chain.participants if p.public == key)
+
+
+def test_a_selection_needs_participants_and_enough_members(chain: Chain) -> None:
+    g = dataclasses.replace(
+        chain.genesis, rule=dataclasses.replace(chain.genesis.rule, min_members=3)
+    )
+    sel = _selection(chain)
+    aggstate.check_selection(g, chain.cid, sel)
+    few = sign(dataclasses.replace(sel, members=sel.members[:2]), chain.participants[0], chain.cid)
+    with pytest.raises(InvalidError, match="2 members, the rule needs 3"):
+        aggstate.check_selection(g, chain.cid, few)
+    forged = dataclasses.replace(sel, attempt=1)
+    with pytest.raises(InvalidError, match="bad signature"):
+        aggstate.check_selection(g, chain.cid, forged)
+
+
+def test_at_most_max_attempts_selections_per_proposer(chain: Chain) -> None:
+    st = AggState()
+    for a in range(secagg.MAX_ATTEMPTS):
+        assert st.add_selection(_selection(chain, a))
+    assert not st.add_selection(_selection(chain, 0))  # a repeat
+    extra = dataclasses.replace(_selection(chain, 0), proofs=(b"\x02" * 32,))
+    assert not st.add_selection(sign(extra, chain.participants[0], chain.cid))
+
+
+def test_a_dispute_is_the_proposers_and_names_pairs_of_members(chain: Chain) -> None:
+    sel = _selection(chain)
+    a, b, c = sel.members
+    proposer = chain.participants[0]
+    good = sign(Dispute(sel.hash(), (secagg.pair_id(a, b),), bytes(64)), proposer, chain.cid)
+    aggstate.check_dispute(chain.cid, sel, good)
+    outsider = chain.participants[3].public
+    stranger = sign(
+        Dispute(sel.hash(), (secagg.pair_id(a, outsider),), bytes(64)), proposer, chain.cid
+    )
+    with pytest.raises(InvalidError, match="not two members"):
+        aggstate.check_dispute(chain.cid, sel, stranger)
+    backwards = sign(Dispute(sel.hash(), (b + a,), bytes(64)), proposer, chain.cid)
+    with pytest.raises(InvalidError, match="in order"):
+        aggstate.check_dispute(chain.cid, sel, backwards)
+    by_member = sign(
+        Dispute(sel.hash(), (secagg.pair_id(b, c),), bytes(64)), _signer(chain, c), chain.cid
+    )
+    with pytest.raises(InvalidError, match="bad signature"):
+        aggstate.check_dispute(chain.cid, sel, by_member)
+    st = AggState()
+    assert st.add_dispute(good) and not st.add_dispute(good)
+
+
+def test_a_pair_reveal_must_prove_the_pairs_shared_point(chain: Chain) -> None:
+    sel = _selection(chain)
+    a, b, c = sel.members
+    secrets = _secrets(sel)
+    keys = _keys(secrets)
+    proposer = chain.participants[0]
+    dispute = sign(Dispute(sel.hash(), (secagg.pair_id(a, b),), bytes(64)), proposer, chain.cid)
+
+    def reveal(member: bytes, partner: bytes, secret: int) -> PairReveal:
+        unsigned = secagg.reveal_pair(secret, member, partner, keys[partner], sel.hash())
+        return sign(unsigned, _signer(chain, member), chain.cid)
+
+    good = reveal(b, a, secrets[b])
+    aggstate.check_reveal(chain.cid, dispute, good, keys)
+    # the other member reveals the same point: either settles the pair, once
+    other = reveal(a, b, secrets[a])
+    aggstate.check_reveal(chain.cid, dispute, other, keys)
+    assert other.shared == good.shared
+    st = AggState()
+    assert st.add_reveal(good) and not st.add_reveal(other)
+    # a point from a key other than the published one does not prove
+    with pytest.raises(InvalidError, match="proof does not hold"):
+        aggstate.check_reveal(chain.cid, dispute, reveal(b, a, secrets[b] + 1), keys)
+    tampered = sign(
+        dataclasses.replace(good, shared=reveal(c, a, secrets[c]).shared),
+        _signer(chain, b),
+        chain.cid,
+    )
+    with pytest.raises(InvalidError, match="proof does not hold"):
+        aggstate.check_reveal(chain.cid, dispute, tampered, keys)
+    with pytest.raises(InvalidError, match="names no such pair"):
+        aggstate.check_reveal(chain.cid, dispute, reveal(c, a, secrets[c]), keys)
+    with pytest.raises(InvalidError, match="bad signature"):
+        aggstate.check_reveal(
+            chain.cid, dispute, dataclasses.replace(good, member=a, partner=b), keys
+        )
+    # and the wire form round-trips
+    assert PairReveal.decode(good.encode()) == good
+    assert Dispute.decode(dispute.encode()) == dispute
+
+
+def test_complete_and_unmask_come_from_whom_they_must(chain: Chain) -> None:
+    sel = _selection(chain)
+    proposer = chain.participants[0]
+    comp = sign(Complete(sel.hash(), (b"\x03" * 32,) * 3, bytes(64)), proposer, chain.cid)
+    aggstate.check_complete(chain.cid, sel, comp)
+    short = sign(Complete(sel.hash(), (b"\x03" * 32,) * 2, bytes(64)), proposer, chain.cid)
+    with pytest.raises(InvalidError, match="one update hash per member"):
+        aggstate.check_complete(chain.cid, sel, short)
+    outsider = chain.participants[3]
+    um = sign(Unmask(sel.hash(), outsider.public, b"\x04" * 32, bytes(64)), outsider, chain.cid)
+    with pytest.raises(InvalidError, match="not a member"):
+        aggstate.check_unmask(chain.cid, sel, um)
