@@ -221,6 +221,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 role=engine.roles.name,
                 peers=peers,
                 current_round=engine.current_round,
+                sync=engine.syncer.progress.report,
                 registry=CollectorRegistry(),
             )
             api_port = await nursery.start(serve_api, create_app(view), cfg.api_host, cfg.api_port)

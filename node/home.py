@@ -146,7 +146,7 @@ class Home:
     def check_exists(self) -> None:
         if not self.path.is_dir():
             raise HomeError(
-                f"node home {self.path} does not exist; create one with `zkpot testnet init`"
+                f"node home {self.path} does not exist; create one with `zkpot node init` (join a chain) or `zkpot testnet init`"
             )
         for f in (self.config_file, self.key_file, self.genesis_file):
             if not f.is_file():

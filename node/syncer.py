@@ -9,6 +9,7 @@ importer, so a synced block is validated exactly like a gossiped one.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import trio
 from libp2p.peer.id import ID
@@ -46,6 +47,43 @@ class Wakeup:
         self._event = trio.Event()
 
 
+@dataclass
+class Progress:
+    """How far catching up has come, for `zkpot status`: the best height a peer
+    reported, and the import rate (an average over the recent imports by sync)."""
+
+    peer_height: int = 0
+    blocks_per_s: float = 0.0
+    _mark: tuple[float, int] | None = (
+        None  # (monotonic seconds, blocks imported) at the last sample
+    )
+
+    def imported(self, count: int, now: float) -> None:
+        if self._mark is None:
+            self._mark = (now, 0)
+        at, total = self._mark
+        total += count
+        if now - at >= 1.0:  # one sample per second at most: a smooth rate
+            rate = total / (now - at)
+            self.blocks_per_s = (
+                rate if not self.blocks_per_s else 0.7 * self.blocks_per_s + 0.3 * rate
+            )
+            self._mark = (now, 0)
+        else:
+            self._mark = (at, total)
+
+    def report(self, height: int) -> dict[str, object]:
+        behind = max(0, self.peer_height - height)
+        eta = round(behind / self.blocks_per_s, 1) if behind and self.blocks_per_s else None
+        return {
+            "height": height,
+            "peer_height": max(self.peer_height, height),
+            "catching_up": behind > 1,
+            "blocks_per_s": round(self.blocks_per_s, 2),
+            "eta_s": eta,
+        }
+
+
 class Syncer:
     def __init__(
         self, chain: Chain, importer: BlockImporter, net: Net, sync: Sync, wakeup: Wakeup
@@ -55,6 +93,7 @@ class Syncer:
         self.net = net
         self.sync = sync
         self.wakeup = wakeup
+        self.progress = Progress()
 
     async def run(self) -> None:
         while True:
@@ -76,8 +115,11 @@ class Syncer:
         async with trio.open_nursery() as nursery:
             for peer in self.net.connected_peers():
                 nursery.start_soon(ask, peer)
+        # what peers claim is only shown, never trusted: the height of a heavier chain
+        heavier = [st.height for st in statuses.values() if st.score > self._head_score()]
+        self.progress.peer_height = max(heavier, default=self.chain.head_height())
         for peer, status in sorted(statuses.items(), key=lambda ps: -ps[1].score):
-            if status.score <= self.chain.node(self.chain.head).score:
+            if status.score <= self._head_score():
                 break
             try:
                 with trio.move_on_after(PEER_BUDGET_S):
@@ -114,4 +156,8 @@ class Syncer:
                 except InvalidError as exc:
                     self.net.penalise(peer, penalties.LIE, f"served an invalid block: {exc}")
                     return
+                self.progress.imported(1, trio.current_time())
             start = entries[-1].height + 1
+
+    def _head_score(self) -> int:
+        return self.chain.node(self.chain.head).score

@@ -75,6 +75,7 @@ class NodeView:
         peers: Callable[[], list[dict[str, Any]]],
         now_ms: Callable[[], int] | None = None,
         current_round: Callable[[], int | None] | None = None,
+        sync: Callable[[int], dict[str, Any]] | None = None,
         registry: CollectorRegistry,
         chain_metrics: bool = True,
     ) -> None:
@@ -89,6 +90,7 @@ class NodeView:
         self._current_round = current_round or (
             lambda: schedule.slot_round(self.genesis, self._now_ms())
         )
+        self._sync = sync or (lambda height: {"height": height, "peer_height": height})
         self.registry = registry
         self.chain_id = genesis.hash()
         if chain_metrics:
@@ -307,6 +309,7 @@ class NodeView:
             "round_ms": self.genesis.timing.round_ms,
             "task": f"{self.genesis.task.dataset}/{self.genesis.task.architecture}",
             "peers": len(self._peers()),
+            "sync": self._sync(head.meta.height),
         }
 
     def peers(self) -> Json:

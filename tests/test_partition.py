@@ -19,21 +19,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from node.tools.testnet import init
-from p2p import peer_id_from_seed
-from support import child_env
-from support.e2e_util import Net, small_net
+from support.e2e_util import small_net
 from support.netns import Lan, unavailable
+from support.nsnet import NsNet, place_on
 from support.watch import FinalityWatch
 
 pytestmark = [
@@ -48,72 +43,9 @@ pytestmark = [
 NODES = 4
 ALL = list(range(NODES))
 WITH_PUBLISHER, CUT_OFF = [0, 1], [2, 3]
-P2P_PORT = 27100  # the same on every host: each has its own IP
-API_PORT = 8645
 # The e2e tests' 24 s rounds leave 2 cores no slack for a catch-up's re-verification; see
 # the note on CPU at the top.
 ROUND_S = 36
-
-
-class NsNet(Net):
-    """The e2e harness with node I on host I of a Lan, its API on that host's IP."""
-
-    def __init__(self, root: Path, spec: Any, lan: Lan) -> None:
-        super().__init__(root, spec)
-        self.lan = lan
-
-    def api(self, i: int) -> str:
-        return f"http://{self.lan.ips[i]}:{API_PORT}"
-
-    def start(self, i: int) -> None:
-        cmd = [sys.executable, "-m", "node.tools.cli", "node", "start", "--home"]
-        with (self.home(i).path / "node.log").open("ab") as log:
-            self.procs[i] = self.lan.popen(
-                i,
-                [*cmd, str(self.home(i).path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=child_env(),
-            )
-
-    def head(self, i: int) -> tuple[int, str]:
-        s = self.status(i)
-        assert s is not None, f"node{i} does not answer: {self.tail(i)}"
-        return s["head"]["height"], s["head"]["hash"]
-
-    def block_hash(self, i: int, height: int) -> str | None:
-        r = self.client.get(f"{self.api(i)}/blocks/{height}")
-        return r.json()["hash"] if r.status_code == 200 else None
-
-    def wait(self, what: str, cond: Any, timeout: float) -> None:
-        """Poll `cond()` until true; fail with every node's status and log tail if not."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            self.lan.check()
-            for i, p in self.procs.items():
-                assert p.poll() is None, f"node{i} died: {self.tail(i)}"
-            if cond():
-                return
-            time.sleep(1)
-        sts = {i: self.status(i) for i in ALL}
-        tails = "\n".join(f"--- node{i}\n{self.tail(i)}" for i in ALL)
-        raise AssertionError(f"{what}: not within {timeout:.0f} s\n{json.dumps(sts)}\n{tails}")
-
-
-def place_on(lan: Lan, net: Net) -> None:
-    """Rewrite every home for its host: listen, announce and serve the API on the host's IP."""
-    homes = [net.home(i) for i in ALL]
-    ids = [str(peer_id_from_seed(h.load_key().seed)) for h in homes]
-    addrs = [f"/ip4/{lan.ips[i]}/tcp/{P2P_PORT}/p2p/{ids[i]}" for i in ALL]
-    for i, home in enumerate(homes):
-        cfg = dataclasses.replace(
-            home.load_config(),
-            listen=(f"/ip4/{lan.ips[i]}/tcp/{P2P_PORT}",),
-            bootstrap=tuple(a for j, a in enumerate(addrs) if j != i),
-            api_host=lan.ips[i],
-            api_port=API_PORT,
-        )
-        home.config_file.write_text(cfg.to_toml())
 
 
 @dataclass
@@ -131,7 +63,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     with Lan(NODES) as lan:
         init(root, spec)
         net = NsNet(root, spec, lan)
-        place_on(lan, net)
+        place_on(lan, net, NODES)
         for i in ALL:
             net.start(i)
         watch = FinalityWatch([net.api(i) for i in ALL]).start()

@@ -18,6 +18,7 @@ from typing import Any
 from consensus import rules
 from consensus.errors import ConsensusError
 from consensus.types import Genesis
+from node.apispec import DEFAULT_API_HOST, DEFAULT_API_PORT
 from node.tools.client import add_client_commands
 from node.tools.compose import add_compose_commands
 from node.tools.netspec import TestnetSpec, add_network_args, network_kwargs
@@ -37,6 +38,30 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
     from node.daemon import start
 
     return start(args.home, args.bootstrap)
+
+
+def _cmd_node_init(args: argparse.Namespace) -> int:
+    from node.home import HomeError
+    from node.tools.join import JoinSpec, init_home
+
+    spec = JoinSpec(
+        home=Path(args.home),
+        bootstrap=tuple(args.bootstrap),
+        chain_id=args.chain_id or "",
+        genesis_file=args.genesis or "",
+        data_file=args.data or "",
+        listen=tuple(args.listen or JoinSpec.listen),
+        api_host=args.api_host,
+        api_port=args.api_port,
+        name=args.name or "",
+    )
+    try:
+        summary = init_home(spec)
+    except HomeError as exc:
+        print(f"zkpot: node init failed: {exc}", file=sys.stderr)
+        return 1
+    _print_summary(summary, args.json, width=11)
+    return 0
 
 
 def _cmd_testnet_init(args: argparse.Namespace) -> int:
@@ -184,6 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra peer to dial (repeatable)",
     )
     p.set_defaults(func=_cmd_node_start)
+    p = node.add_parser(
+        "init", help="make a home for a chain another node runs (join from a bootstrap peer)"
+    )
+    p.add_argument("--home", required=True, help="the new node's home (must not exist yet)")
+    p.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        required=True,
+        metavar="MULTIADDR",
+        help="a node of the chain, /ip4/IP/tcp/PORT/p2p/PEER_ID (repeatable)",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--chain-id", help="the chain id (hex): the genesis is fetched and checked")
+    which.add_argument("--genesis", metavar="FILE", help="the chain's genesis file")
+    p.add_argument("--data", metavar="FILE", help="this participant's training data (.npz)")
+    p.add_argument(
+        "--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable)"
+    )
+    p.add_argument("--api-host", default=DEFAULT_API_HOST)
+    p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT)
+    p.add_argument("--name", help="the node's name in logs (default: the home's name)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_node_init)
 
     testnet = sub.add_parser("testnet", help="a local testnet").add_subparsers(
         dest="sub", required=True

@@ -62,8 +62,27 @@ def format_status(s: dict[str, Any]) -> str:
             ("head hash", head["hash"]),
             ("finalized", f"height {fin['height']}, {fin['hash']}"),
             ("round", round_text),
+            ("sync", _sync_text(s.get("sync") or {})),
             ("peers", s["peers"]),
         ]
+    )
+
+
+def _sync_text(sync: dict[str, Any]) -> str:
+    height, peer = sync.get("height"), sync.get("peer_height")
+    if not sync.get("catching_up"):
+        return f"following (height {height}, peers at {peer})"
+    rate, eta = sync.get("blocks_per_s") or 0, sync.get("eta_s")
+    eta_text = "ETA unknown" if eta is None else f"ETA {_duration(eta)}"
+    return f"catching up: height {height} of {peer}, {rate:.1f} blocks/s, {eta_text}"
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return (
+        f"{s // 3600} h {s % 3600 // 60:02d} min"
+        if s >= 3600
+        else (f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s")
     )
 
 
