@@ -14,6 +14,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from consensus import membership
 from consensus.checks import (
     Answer,
     Answers,
@@ -26,6 +27,7 @@ from consensus.checks import (
 )
 from consensus.crypto import sha256
 from consensus.errors import InvalidError
+from consensus.membership import Roster, genesis_roster
 from consensus.rules import (
     PROOF_FAILS,
     AggregateCommitmentFn,
@@ -52,6 +54,7 @@ class ParentInfo:
     round: int
     height: int
     model_hash: bytes = b""  # its global model's blob hash (the v2 rules need it)
+    roster: Roster | None = None  # the participant set after it (None: the genesis's)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,11 @@ class PendingBlock:
     rule: Rule
     parent_model: bytes  # the parent's model blob hash
     checks: tuple[Check, ...]
+    roster: Roster  # the participant set after this block (consensus.membership)
+
+
+def parent_roster(genesis: Genesis, parent: ParentInfo) -> Roster:
+    return parent.roster if parent.roster is not None else genesis_roster(genesis)
 
 
 def check_block_header(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block) -> None:
@@ -76,8 +84,8 @@ def check_block_header(genesis: Genesis, chain_id: bytes, parent: ParentInfo, bl
         )
     if block.reveal.round != block.round:
         raise InvalidError("Block: the reveal is for another round")
-    if block.proposer not in genesis.participants:
-        raise InvalidError("Block: the proposer is not a genesis participant")
+    if block.proposer not in parent_roster(genesis, parent).at(block.round):
+        raise InvalidError(f"Block: the proposer is not a participant of round {block.round}")
     if block.rank > genesis.timing.max_rank:
         raise InvalidError(f"Block: rank {block.rank} exceeds max_rank {genesis.timing.max_rank}")
     check_signature(block, block.proposer, chain_id)
@@ -86,6 +94,8 @@ def check_block_header(genesis: Genesis, chain_id: bytes, parent: ParentInfo, bl
 def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block) -> PendingBlock:
     """Every rule that needs no prover; raises InvalidError at the first broken one."""
     check_block_header(genesis, chain_id, parent, block)
+    roster = parent_roster(genesis, parent)
+    participants = roster.at(block.round)
     check_reveal(genesis, chain_id, block.reveal)
     commit_ids = [c.hash() for c in block.commits]
     if any(a >= b for a, b in itertools.pairwise(commit_ids)):
@@ -98,7 +108,7 @@ def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block
             raise InvalidError("Block: a commit is for another parent or round")
         if not is_sealed(block.reveal, cid):
             raise InvalidError("Block: a commit is not in the reveal's sealed set")
-        check_commit(genesis, chain_id, c)
+        check_commit(genesis, chain_id, c, participants)
     proof_ids = [p.commit_id for p in block.proofs]
     if any(a >= b for a, b in itertools.pairwise(proof_ids)):
         raise InvalidError("Block: proofs must be sorted by commit id, one per commit")
@@ -118,7 +128,8 @@ def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block
         proof_check(genesis, chain_id, block.reveal, commits[p.commit_id], p) for p in block.proofs
     )
     model_checks = rule.model_checks(block, parent.model_hash)
-    return PendingBlock(block, rule, parent.model_hash, (*verifications, *model_checks))
+    after = membership.apply(genesis, chain_id, roster, block.round, block.membership)
+    return PendingBlock(block, rule, parent.model_hash, (*verifications, *model_checks), after)
 
 
 def conclude(pending: PendingBlock, answers: Answers) -> int:

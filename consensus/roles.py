@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from consensus.types import Genesis
@@ -21,5 +22,6 @@ class Roles:
         return "+".join(parts) or "observer"
 
 
-def roles_of(genesis: Genesis, key: bytes) -> Roles:
-    return Roles(key in genesis.participants, key == genesis.publisher)
+def roles_of(genesis: Genesis, key: bytes, participants: Collection[bytes]) -> Roles:
+    """`participants`: the set that counts now (consensus.membership: the head's roster)."""
+    return Roles(key in participants, key == genesis.publisher)

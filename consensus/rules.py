@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -43,6 +43,8 @@ from consensus.types import (
     CommitTx,
     EvalBatch,
     Genesis,
+    JoinRequest,
+    Membership,
     ProofTx,
     Reveal,
 )
@@ -68,6 +70,8 @@ S = TypeVar(
     Unmask,
     Dispute,
     PairReveal,
+    JoinRequest,
+    Membership,
 )
 
 
@@ -185,8 +189,6 @@ def check_reveal(genesis: Genesis, chain_id: bytes, reveal: Reveal) -> None:
             f"Reveal: round {reveal.round} must reveal batch {reveal.round}, not {reveal.batch.index}"
         )
     check_batch_shape(genesis, reveal.batch)
-    if len(reveal.sealed) > len(genesis.participants):
-        raise InvalidError("Reveal: more sealed commits than participants")
     if not verify_merkle_proof(
         genesis.eval_plan.merkle_root,
         genesis.eval_plan.num_batches,
@@ -216,10 +218,16 @@ def commit_binding(
     )
 
 
-def check_commit(genesis: Genesis, chain_id: bytes, tx: CommitTx) -> None:
-    """Stateless: whether its parent is known is for the caller (node or block check)."""
-    if tx.participant not in genesis.participants:
-        raise InvalidError(f"CommitTx: {tx.participant.hex()[:16]}… is not a genesis participant")
+def check_commit(
+    genesis: Genesis, chain_id: bytes, tx: CommitTx, participants: Collection[bytes]
+) -> None:
+    """`participants`: the set of the commit's round on top of its parent (the caller
+    knows the parent: consensus.membership), or, before the parent is known, a superset
+    the caller trusts to filter spam."""
+    if tx.participant not in participants:
+        raise InvalidError(
+            f"CommitTx: {tx.participant.hex()[:16]}… is not a participant of round {tx.round}"
+        )
     if not round_exists(genesis, tx.round):
         raise InvalidError(f"CommitTx: round {tx.round} is beyond the evaluation plan")
     check_signature(tx, tx.participant, chain_id)
@@ -230,8 +238,8 @@ def proof_check(
 ) -> VerifyProof:
     """Every cheap rule of a sealed commit's proof; returns the zk verification still to do.
 
-    The reveal must already be valid. Public instances come from the reveal's batch,
-    the commit's C and the tx's k, never from the message.
+    The reveal and the commit must already be valid (check_reveal, check_commit). Public
+    instances come from the reveal's batch, the commit's C and the tx's k, never the message.
     """
     if tx.commit_id != commit.hash():
         raise InvalidError("ProofTx: commit_id does not match the commit given")
@@ -260,7 +268,6 @@ def proof_check(
         != commit.binding
     ):
         raise InvalidError("ProofTx: the disclosed commitment does not open the commit's binding")
-    check_commit(genesis, chain_id, commit)
     check_signature(tx, tx.participant, chain_id)
     return VerifyProof(tx.proof, reveal.batch, tx.commitment, tx.k)
 

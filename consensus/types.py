@@ -229,6 +229,43 @@ class ProofTx(Signed):
 
 
 @dataclass(frozen=True)
+class JoinRequest(Signed):
+    """Protocol v3: a key asks to become a participant (it signs with that key, so
+    nobody can be admitted without holding it); gossiped for the publisher to admit."""
+
+    TAG = 19
+    NAME = "JoinRequest"
+    MAX_BYTES = 128
+
+    key: bytes = wire(_KEY)
+    signature: bytes = wire(_SIG)
+
+
+ADMIT, EXIT, REMOVE = 1, 2, 3  # Membership.kind
+
+
+@dataclass(frozen=True)
+class Membership(Signed):
+    """Protocol v3: a change of the participant set, carried by a block
+    (consensus.membership): an admission or removal signed by the publisher, or a
+    participant's own exit. It takes effect from `from_round` on; an admission
+    carries the newcomer's JoinRequest signature."""
+
+    TAG = 21
+    NAME = "Membership"
+    MAX_BYTES = 256
+
+    kind: int = wire(UInt(ADMIT, REMOVE))
+    key: bytes = wire(_KEY)
+    from_round: int = wire(UInt(1, MAX_NUM_BATCHES - 1))
+    request: bytes = wire(Bytes(0, SIG_LEN))  # ADMIT: the JoinRequest's signature; else empty
+    signature: bytes = wire(_SIG)
+
+
+MAX_MEMBERSHIP_PER_BLOCK = 16
+
+
+@dataclass(frozen=True)
 class Block(Signed):
     """Round r's block: the reveal, the sealed commits and proofs, the winner's model hash."""
 
@@ -238,6 +275,7 @@ class Block(Signed):
         Reveal.MAX_BYTES
         + MAX_PARTICIPANTS * (CommitTx.MAX_BYTES + ProofTx.MAX_BYTES + PUBKEY_LEN + 4)
         + MAX_REMAINDER
+        + MAX_MEMBERSHIP_PER_BLOCK * (Membership.MAX_BYTES + 4)
         + 1024
     )
 
@@ -257,6 +295,10 @@ class Block(Signed):
         ListOf(_KEY, MAX_PARTICIPANTS, strictly_sorted=True), since=2, default=()
     )
     remainder: bytes = wire(Bytes(0, MAX_REMAINDER), since=2, default=b"")
+    # protocol v3: changes of the participant set (consensus.membership), sorted by hash
+    membership: tuple[Membership, ...] = wire(
+        ListOf(Struct(Membership), MAX_MEMBERSHIP_PER_BLOCK), since=3, default=()
+    )
     signature: bytes = wire(_SIG)
 
 

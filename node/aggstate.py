@@ -86,10 +86,13 @@ def _first(table: dict[bytes, dict[bytes, M]], selection: bytes, who: bytes, msg
     return True
 
 
-def check_selection(genesis: Genesis, cid: bytes, sel: Selection) -> None:
-    if sel.proposer not in genesis.participants:
+def check_selection(
+    genesis: Genesis, cid: bytes, sel: Selection, participants: frozenset[bytes]
+) -> None:
+    """`participants`: the set of the selection's round on top of its parent."""
+    if sel.proposer not in participants:
         raise InvalidError("Selection: the proposer is not a participant")
-    if any(m not in genesis.participants for m in sel.members):
+    if any(m not in participants for m in sel.members):
         raise InvalidError("Selection: a member is not a participant")
     if len(sel.members) < genesis.rule.min_members:
         raise InvalidError(

@@ -1,7 +1,9 @@
 """The node's HTTP JSON API: Starlette routes over a `NodeView`, served by Hypercorn on trio.
 
-Read-only by design: nothing here changes node state, so exposing it is about privacy
-and load, not safety; it still binds 127.0.0.1 unless the operator configures otherwise.
+Read-only by design, with one exception: `POST /membership` takes a signed JoinRequest
+or Membership change and treats it exactly as if it had come by gossip (checked, then
+relayed), so it can do nothing a peer cannot. Exposing the API is about privacy and
+load, not safety; it still binds 127.0.0.1 unless the operator configures otherwise.
 Errors are JSON `{"error": "..."}` whose message says what to do: 400 for malformed
 input, 404 for things this node does not have.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import anyio.to_thread
 import hypercorn.trio
@@ -27,6 +29,9 @@ from starlette.routing import Route
 
 from consensus import schedule
 from consensus.crypto import sha256
+from consensus.encoding import peek_tag
+from consensus.errors import ConsensusError, InvalidError
+from consensus.types import JoinRequest, Membership
 from node.apispec import ARCH_HEADER, DEFAULT_API_HOST, DEFAULT_API_PORT, MODEL_HASH_HEADER
 from node.view import NodeView, parse_block_ref
 
@@ -39,6 +44,8 @@ ENDPOINTS = (
     "/peers",
     "/models/{height}",
     "/metrics",
+    "/participants",
+    "POST /membership",
 )
 
 if TYPE_CHECKING:
@@ -69,8 +76,43 @@ def _uint(value: str, what: str) -> int:
     return int(value)
 
 
-def create_app(view: NodeView) -> Starlette:
-    """The API application; `view` is the only thing it reads."""
+class MembershipDesk(Protocol):
+    """The participant set's side of the API (node.engine.Engine provides it)."""
+
+    def participants(self) -> dict[str, Any]: ...
+
+    async def submit(self, item: JoinRequest | Membership) -> str: ...
+
+
+MAX_SUBMIT_BYTES = 1024
+
+
+def create_app(view: NodeView, desk: MembershipDesk | None = None) -> Starlette:
+    """The API application; `view` is the only thing it reads, `desk` the only thing it
+    hands signed messages to."""
+
+    def need_desk() -> MembershipDesk:
+        if desk is None:
+            raise ApiError(404, "this node does not track the participant set")
+        return desk
+
+    async def participants(request: Request) -> Response:
+        return JSONResponse(need_desk().participants())
+
+    async def submit(request: Request) -> Response:
+        body = await request.body()
+        if not 0 < len(body) <= MAX_SUBMIT_BYTES:
+            raise ApiError(400, f"send one encoded message of 1..{MAX_SUBMIT_BYTES} bytes")
+        item: JoinRequest | Membership
+        try:
+            item = (JoinRequest if peek_tag(body) == JoinRequest.TAG else Membership).decode(body)
+        except ConsensusError as exc:
+            raise ApiError(400, f"not a JoinRequest or Membership message: {exc}") from None
+        try:
+            result = await need_desk().submit(item)
+        except InvalidError as exc:
+            raise ApiError(400, str(exc)) from None
+        return JSONResponse({"result": result, "hash": item.hash().hex()})
 
     async def in_thread(fn: Callable[..., T], *args: Any) -> T:
         # Store-only reads (block decoding, model blobs) stay off the event loop.
@@ -156,7 +198,11 @@ def create_app(view: NodeView) -> Starlette:
                 404, f"no such endpoint {request.url.path}; endpoints: {', '.join(ENDPOINTS)}"
             )
         if exc.status_code == 405:
-            return _error(405, f"{request.method} is not allowed here; the API is read-only (GET)")
+            return _error(
+                405,
+                f"{request.method} is not allowed here; the API is read-only (GET) but for "
+                "POST /membership",
+            )
         return _error(exc.status_code, str(exc.detail))
 
     async def on_crash(request: Request, exc: Exception) -> Response:
@@ -177,6 +223,8 @@ def create_app(view: NodeView) -> Starlette:
         Route("/peers", peers),
         Route("/models/{height}", model),
         Route("/metrics", metrics),
+        Route("/participants", participants),
+        Route("/membership", submit, methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers=handlers)
 

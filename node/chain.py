@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import trio
 
+from consensus import membership
 from consensus.blocks import ParentInfo
 from consensus.crypto import sha256
-from consensus.errors import ForkChoiceError
+from consensus.errors import ForkChoiceError, InvalidError
 from consensus.forkchoice import ChainNode, ForkChoice
+from consensus.membership import Roster, genesis_roster
 from consensus.types import Block, Genesis, chain_id
 from storage import BlockMeta, ChainStore
 
@@ -57,6 +59,7 @@ class Chain:
             )
             store.set_head(self.forks.head)
         self._lock = trio.Lock()
+        self._rosters: dict[bytes, Roster] = {self.cid: genesis_roster(genesis)}
 
     # ---------------------------------------------------------------- reading
 
@@ -81,12 +84,54 @@ class Chain:
 
     def parent_info(self, block_hash: bytes) -> ParentInfo | None:
         if block_hash == self.cid:
-            return ParentInfo(self.cid, -1, 0, self.genesis.initial_model_hash)
+            return ParentInfo(
+                self.cid, -1, 0, self.genesis.initial_model_hash, self.roster(self.cid)
+            )
         b = self.block(block_hash)
         meta = self.store.get_meta(block_hash)
         if b is None or meta is None:
             return None
-        return ParentInfo(block_hash, b.round, meta.height, b.model_hash)
+        return ParentInfo(block_hash, b.round, meta.height, b.model_hash, self.roster(block_hash))
+
+    def roster(self, block_hash: bytes) -> Roster:
+        """The participant set after a stored block (consensus.membership), folded from
+        the nearest block whose roster is known; LookupError if a block is missing."""
+        path: list[tuple[bytes, Block]] = []
+        h = block_hash
+        while h not in self._rosters:
+            b = self.block(h)
+            if b is None:
+                raise LookupError(f"block {h.hex()} is not stored")
+            path.append((h, b))
+            h = b.parent
+        roster = self._rosters[h]
+        for h, b in reversed(path):
+            roster = membership.apply(self.genesis, self.cid, roster, b.round, b.membership)
+            self._rosters[h] = roster
+        return roster
+
+    def roster_after(self, block: Block) -> Roster | None:
+        """The roster after a block not applied yet (None: its parent is not stored, or
+        its changes are not valid on it)."""
+        try:
+            parent = self.roster(block.parent)
+            return membership.apply(self.genesis, self.cid, parent, block.round, block.membership)
+        except (LookupError, InvalidError):
+            return None
+
+    def participants(self, parent: bytes, rnd: int) -> frozenset[bytes] | None:
+        """Who may commit, prove and propose in round `rnd` on top of `parent` (None: the
+        parent is not stored here)."""
+        try:
+            return self.roster(parent).at(rnd)
+        except LookupError:
+            return None
+
+    def known_participants(self, rnd: int) -> frozenset[bytes]:
+        """A filter for messages whose parent is not here yet: anyone who is or will be a
+        participant by the head's roster (the exact check waits for the parent)."""
+        r = self.roster(self.head)
+        return r.at(rnd) | r.eventual()
 
     def model_of(self, block_hash: bytes) -> bytes:
         """The global model a block carries (the genesis's initial model for the genesis)."""

@@ -143,9 +143,10 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
         rules.check_genesis(genesis)
     except InvalidError as exc:
         raise HomeError(f"{home.genesis_file}: {exc}") from None
-    roles = roles_of(genesis, key.public)
     data_file = None
-    if roles.participant:  # a file that does not fit the task stops the node here, not mid-round
+    if key.public in genesis.participants or cfg.data_file or home.data_file.exists():
+        # a participant now, or once admitted: a file that does not fit the task stops
+        # the node here, not mid-round
         data_file = home.training_data(cfg)
         plan = genesis.eval_plan
         try:
@@ -154,7 +155,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
             )
         except DatasetError as exc:
             raise HomeError(str(exc)) from None
-    batches = home.load_batches() if roles.publisher else None
+    batches = home.load_batches() if key.public == genesis.publisher else None
     store = ChainStore.open(home.store_dir)
     try:
         host = P2PHost(
@@ -202,14 +203,15 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 verify_timeout_s=cfg.verify_timeout_s,
                 prove_timeout_s=cfg.prove_timeout_s,
             )
-            if roles.participant and not (home.artifacts / circuit.PK).exists():
+            if data_file is not None and not (home.artifacts / circuit.PK).exists():
                 log.info("regenerating the proving key from the pinned circuit and SRS")
                 await prover.run(RegeneratePk(str(home.artifacts)), timeout=1800)
 
             def peers() -> list[dict[str, object]]:
                 out: list[dict[str, object]] = []
                 for p in host.connected_peers():
-                    role = roles_of(genesis, public_key_of(p) or b"").name
+                    now = chain.roster(chain.head).at(engine.current_round() or 0)
+                    role = roles_of(genesis, public_key_of(p) or b"", now).name
                     out.append({"peer_id": str(p), "role": role})
                 return out
 
@@ -218,13 +220,15 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 genesis,
                 roundlog,
                 peer_id=str(host.peer_id),
-                role=engine.roles.name,
+                role=lambda: engine.roles.name,
                 peers=peers,
                 current_round=engine.current_round,
                 sync=engine.syncer.progress.report,
                 registry=CollectorRegistry(),
             )
-            api_port = await nursery.start(serve_api, create_app(view), cfg.api_host, cfg.api_port)
+            api_port = await nursery.start(
+                serve_api, create_app(view, engine), cfg.api_host, cfg.api_port
+            )
             print(
                 json.dumps(
                     {

@@ -15,27 +15,31 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import trio
+from libp2p.peer.id import ID
 
-from consensus import schedule
+from consensus import membership, schedule
 from consensus.crypto import SigningKey
-from consensus.roles import roles_of
+from consensus.errors import InvalidError
+from consensus.roles import Roles, roles_of
 from consensus.strategy import rule_for
-from consensus.types import EvalBatch
+from consensus.types import EvalBatch, JoinRequest, Membership
 from node.aggregator import Aggregation
 from node.blockrelay import BlockRelay
 from node.chain import Chain
 from node.checker import Checker
 from node.importer import BlockImporter
 from node.interfaces import Clock, Net, Outgoing, Prover, Sync, now_ms, sleep_until
+from node.membershippool import MembershipPool
 from node.participant import Participant
 from node.publisher import Publisher
 from node.roundclock import RoundClock
 from node.roundlog import RoundLog
 from node.roundpool import RoundPool
 from node.syncer import Syncer, Wakeup
-from p2p import TopicKind
+from p2p import GossipItem, TopicKind, Verdict
 
 log = logging.getLogger("zkpot.node")
 
@@ -62,7 +66,7 @@ class Engine:
         self.chain = chain
         self.net = net
         self.clock = clock
-        self.roles = roles_of(g, key.public)
+        self.key = key
         checker = Checker(verifier, artifacts, g.task.architecture, verify_timeout_s)
         self.rounds = RoundClock(g, clock)
         self.pool = RoundPool(
@@ -74,11 +78,10 @@ class Engine:
         )
         self.relay = BlockRelay(g, chain.cid, self.importer, net)
         self.syncer = Syncer(chain, self.importer, net, sync, wakeup)
+        self.members = MembershipPool(g, chain.cid, chain, lambda: self.current_round() or 0)
         self.participant: Participant | None = None
         self.publisher: Publisher | None = None
-        if self.roles.participant:
-            if data_file is None:
-                raise ValueError("a participant needs its training data file")
+        if data_file is not None:  # a participant, now or once admitted (it plays when it is)
             rule = rule_for(g)
             aggregation = None
             if rule.aggregates:
@@ -109,8 +112,9 @@ class Engine:
                 prove_timeout_s=prove_timeout_s,
                 clock=clock,
                 aggregation=aggregation,
+                members=self.members,
             )
-        if self.roles.publisher:
+        if key.public == g.publisher:
             self.publisher = Publisher(
                 key=key,
                 genesis=g,
@@ -120,8 +124,75 @@ class Engine:
                 publish=self.publish,
                 clock=clock,
             )
-        net.gossip.set_validator(TopicKind.ROUND, self.pool.validate)
+        net.gossip.set_validator(TopicKind.ROUND, self._validate_round)
         net.gossip.set_validator(TopicKind.BLOCKS, self.relay.validate)
+
+    async def _validate_round(self, item: GossipItem, forwarder: ID) -> Verdict:
+        """The round topic: changes of the participant set go to their pool, the rest to
+        the round-message pool."""
+        if not isinstance(item, JoinRequest | Membership):
+            return await self.pool.validate(item, forwarder)
+        if forwarder == self.net.peer_id:
+            return Verdict.ACCEPT  # our own publish: `submit` checked it
+        try:
+            return self._membership_verdict(item)
+        except InvalidError as exc:
+            log.info("rejected %s from %s: %s", item.NAME, forwarder, exc)
+            return Verdict.REJECT
+
+    def _membership_verdict(self, item: JoinRequest | Membership) -> Verdict:
+        if isinstance(item, JoinRequest):
+            return self.members.on_request(item)
+        return self.members.on_change(item)
+
+    async def submit(self, item: JoinRequest | Membership) -> str:
+        """From this node's API: checked as if it came by gossip, then gossiped. Returns
+        what happened, for the caller; InvalidError if it is not valid at all."""
+        verdict = self._membership_verdict(item)
+        if verdict is Verdict.ACCEPT:
+            await self.publish(item)
+            return "accepted and relayed"
+        return "ignored: already known, or not applicable on this node's head now"
+
+    def participants(self) -> dict[str, Any]:
+        """The participant set on our head, with the pending requests and changes (API)."""
+        rnd = self.current_round() or 0
+        roster = self.chain.roster(self.chain.head)
+        now = roster.at(rnd)
+        return {
+            "round": rnd,
+            "head": self.chain.head.hex(),
+            "publisher": self.genesis.publisher.hex(),
+            "participants": [
+                {
+                    "key": t.key.hex(),
+                    "joined": t.joined,
+                    "left": t.left,
+                    "active": t.key in now and t.holds(rnd),
+                }
+                for t in roster.tenures
+            ],
+            "requests": [
+                {"key": k.hex(), "signature": r.signature.hex()}
+                for k, r in self.members.requests.items()
+            ],
+            "pending": [
+                {
+                    "kind": membership.KIND_NAMES[tx.kind],
+                    "key": tx.key.hex(),
+                    "from_round": tx.from_round,
+                    "hash": h.hex(),
+                }
+                for h, tx in self.members.pending.items()
+            ],
+        }
+
+    @property
+    def roles(self) -> Roles:
+        """What this node is now: a participant of the current round on the head's roster."""
+        rnd = self.current_round()
+        head = self.chain.roster(self.chain.head)
+        return roles_of(self.genesis, self.key.public, head.at(rnd if rnd is not None else 0))
 
     def current_round(self) -> int | None:
         """The round this node is in (None before genesis), for the API."""

@@ -137,7 +137,10 @@ class BlockImporter:
         after = self._inflight.get(block.parent)
         if after is not None:
             p = after.block
-            return ParentInfo(block.parent, p.round, p.height, p.model_hash), after
+            roster = self.chain.roster_after(p)
+            if roster is None:  # the parent's own changes do not hold: it will be refused
+                return None
+            return ParentInfo(block.parent, p.round, p.height, p.model_hash, roster), after
         if not self.placeable(block, block_hash):
             return None
         pinfo = self.chain.parent_info(block.parent)

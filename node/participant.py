@@ -24,6 +24,7 @@ from node.aggregator import Aggregation, Outcome
 from node.chain import Chain
 from node.importer import BlockImporter
 from node.interfaces import Clock, Prover, Publish, sleep_until
+from node.membershippool import MembershipPool
 from node.roundlog import ProofSeen
 from node.roundpool import Mine, RoundPool, RoundState
 from prover import faults
@@ -52,6 +53,7 @@ class Participant:
         prove_timeout_s: float,
         clock: Clock,
         aggregation: Aggregation | None = None,
+        members: MembershipPool | None = None,
     ) -> None:
         self.key = key
         self.genesis = genesis
@@ -67,12 +69,16 @@ class Participant:
         self.prove_timeout_s = prove_timeout_s
         self.clock = clock
         self.aggregation = aggregation  # None: the chain's rule publishes the winner's model
+        self.members = members  # pending changes of the participant set our blocks carry
 
     def _budget_s(self, deadline_ms: int) -> float:
         return max(0.0, (deadline_ms - self.clock()) / 1000)
 
     async def play(self, rnd: int, opened: int) -> None:
-        """Round `rnd`, which this node opened at `opened` (deadlines count from there)."""
+        """Round `rnd`, which this node opened at `opened` (deadlines count from there);
+        only if our key is a participant of that round on our head (consensus.membership)."""
+        if self.key.public not in (self.chain.participants(self.chain.head, rnd) or ()):
+            return
         mine = await self._train_and_commit(rnd, opened)
         if mine is None:
             return
@@ -199,8 +205,9 @@ class Participant:
         block = policy.build_block(
             pinfo, me, st.reveal, ranking, st.commits, st.proofs, sha256(outcome.model)
         )
+        changes = () if self.members is None else self.members.for_block(pinfo.hash, block.round)
         full: Block = dataclasses.replace(
-            block, members=outcome.members, remainder=outcome.remainder
+            block, members=outcome.members, remainder=outcome.remainder, membership=changes
         )
         return sign(full, self.key, self.cid)
 

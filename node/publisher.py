@@ -44,11 +44,16 @@ class Publisher:
         self.publish = publish
         self.clock = clock
 
+    def _participants(self, rnd: int) -> frozenset[bytes]:
+        """Whom to wait for: the round's participants on top of our head."""
+        chain = self.pool.chain
+        return chain.participants(chain.head, rnd) or frozenset()
+
     async def play(self, rnd: int, opened: int) -> None:
         deadline = schedule.commit_deadline(self.genesis, opened)
         st = self.pool.state(rnd)
         await st.wait_until(
-            lambda: policy.commits_complete(self.genesis.participants, st.arrivals()),
+            lambda: policy.commits_complete(self._participants(rnd), st.arrivals()),
             deadline,
             self.clock,
         )

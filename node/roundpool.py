@@ -191,6 +191,8 @@ class RoundPool:
     def _release_commits(self, parent: bytes) -> None:
         for key in [k for k in self.held if k[2] == parent]:
             c, received = self.held.pop(key)
+            if c.participant not in (self.chain.participants(parent, c.round) or ()):
+                continue
             if self.in_window(c.round) and policy.admits_commit(
                 self.state(c.round).commits.values(), c
             ):
@@ -225,7 +227,10 @@ class RoundPool:
         if isinstance(item, Selection):
             if not self.in_window(item.round) or not self.aggregates:
                 return Verdict.IGNORE
-            aggstate.check_selection(self.genesis, self.cid, item)
+            members = self.chain.participants(item.parent, item.round)
+            if members is None:
+                return Verdict.IGNORE  # its parent is not here (yet)
+            aggstate.check_selection(self.genesis, self.cid, item, members)
             st = self.state(item.round)
             return self._touched(st, st.agg.add_selection(item))
         found = self._selection(item.selection)
@@ -265,7 +270,10 @@ class RoundPool:
         return aggstate.verdict(added)
 
     def _on_commit(self, c: CommitTx) -> Verdict:
-        rules.check_commit(self.genesis, self.cid, c)
+        members = self.chain.participants(c.parent, c.round)
+        if members is None:  # parent not here: filter by the head's roster until it is
+            members = self.chain.known_participants(c.round)
+        rules.check_commit(self.genesis, self.cid, c, members)
         if not self.in_window(c.round):
             return Verdict.IGNORE
         if not self.chain.has(c.parent):

@@ -71,7 +71,7 @@ class NodeView:
         roundlog: RoundLog,
         *,
         peer_id: str,
-        role: str,
+        role: str | Callable[[], str],
         peers: Callable[[], list[dict[str, Any]]],
         now_ms: Callable[[], int] | None = None,
         current_round: Callable[[], int | None] | None = None,
@@ -83,7 +83,7 @@ class NodeView:
         self.genesis = genesis
         self.roundlog = roundlog
         self.peer_id = peer_id
-        self.role = role
+        self._role = role if callable(role) else (lambda: role)  # roles change with the roster
         self._peers = peers
         self._now_ms = now_ms if now_ms is not None else (lambda: time.time_ns() // 1_000_000)
         # The round the node is in (rounds end early); without a node, the slot's round.
@@ -295,7 +295,7 @@ class NodeView:
             "chain_id": self.chain_id.hex(),
             "chain_name": self.genesis.chain_name,
             "peer_id": self.peer_id,
-            "role": self.role,
+            "role": self._role(),
             "head": {
                 "hash": head.hash.hex(),
                 "height": head.meta.height,

@@ -25,7 +25,7 @@ from consensus.secagg import (
     Selection,
     Unmask,
 )
-from consensus.types import Block, CommitTx, ProofTx, Reveal
+from consensus.types import Block, CommitTx, JoinRequest, Membership, ProofTx, Reveal
 
 # Largest gossip payload: a Reveal (536 672 bytes) fits; py-libp2p silently drops
 # frames above ~1 MiB, so everything bigger goes over sync streams.
@@ -52,12 +52,17 @@ class BlockAnnounce(Wire):
     size: int = wire(UInt(1, Block.MAX_BYTES))
 
 
-GossipItem = CommitTx | Reveal | ProofTx | Block | BlockAnnounce | AggMessage
+GossipItem = (
+    CommitTx | Reveal | ProofTx | Block | BlockAnnounce | AggMessage | JoinRequest | Membership
+)
 
 ROUND_TYPES: dict[int, type[Wire]] = {
     CommitTx.TAG: CommitTx,
     Reveal.TAG: Reveal,
     ProofTx.TAG: ProofTx,
+    # protocol v3: changes of the participant set (consensus.membership)
+    JoinRequest.TAG: JoinRequest,
+    Membership.TAG: Membership,
     # protocol v2's aggregation round (consensus.secagg)
     Selection.TAG: Selection,
     MaskedUpdate.TAG: MaskedUpdate,

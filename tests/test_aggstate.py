@@ -47,13 +47,16 @@ def test_a_selection_needs_participants_and_enough_members(chain: Chain) -> None
         chain.genesis, rule=dataclasses.replace(chain.genesis.rule, min_members=3)
     )
     sel = _selection(chain)
-    aggstate.check_selection(g, chain.cid, sel)
+    everyone = frozenset(g.participants)
+    aggstate.check_selection(g, chain.cid, sel, everyone)
+    with pytest.raises(InvalidError, match="a member is not a participant"):
+        aggstate.check_selection(g, chain.cid, sel, everyone - {sel.members[-1]})
     few = sign(dataclasses.replace(sel, members=sel.members[:2]), chain.participants[0], chain.cid)
     with pytest.raises(InvalidError, match="2 members, the rule needs 3"):
-        aggstate.check_selection(g, chain.cid, few)
+        aggstate.check_selection(g, chain.cid, few, everyone)
     forged = dataclasses.replace(sel, attempt=1)
     with pytest.raises(InvalidError, match="bad signature"):
-        aggstate.check_selection(g, chain.cid, forged)
+        aggstate.check_selection(g, chain.cid, forged, everyone)
 
 
 def test_at_most_max_attempts_selections_per_proposer(chain: Chain) -> None:

@@ -109,7 +109,10 @@ def test_chain_id_changes_with_any_genesis_field(chain: Chain) -> None:
 
 def test_valid_commit_passes(chain: Chain) -> None:
     rules.check_commit(
-        chain.genesis, chain.cid, chain.commit(chain.participants[0], 0, chain.cid, b"m")
+        chain.genesis,
+        chain.cid,
+        chain.commit(chain.participants[0], 0, chain.cid, b"m"),
+        chain.genesis.participants,
     )
 
 
@@ -117,7 +120,7 @@ def test_commit_with_tampered_signature_is_rejected(chain: Chain) -> None:
     tx = chain.commit(chain.participants[0], 0, chain.cid, b"m")
     bad = dataclasses.replace(tx, signature=_flip(tx.signature, 5))
     with pytest.raises(InvalidError, match="bad signature"):
-        rules.check_commit(chain.genesis, chain.cid, bad)
+        rules.check_commit(chain.genesis, chain.cid, bad, chain.genesis.participants)
 
 
 @pytest.mark.parametrize("field", ["round", "parent", "binding"])
@@ -126,27 +129,32 @@ def test_commit_with_tampered_field_is_rejected(chain: Chain, field: str) -> Non
     value = getattr(tx, field)
     new = value + 1 if isinstance(value, int) else _flip(value)
     with pytest.raises(InvalidError, match="bad signature"):
-        rules.check_commit(chain.genesis, chain.cid, dataclasses.replace(tx, **{field: new}))
+        rules.check_commit(
+            chain.genesis,
+            chain.cid,
+            dataclasses.replace(tx, **{field: new}),
+            chain.genesis.participants,
+        )
 
 
 def test_commit_signed_for_another_chain_is_rejected(chain: Chain) -> None:
     tx = chain.commit(chain.participants[0], 0, chain.cid, b"m")
     other = sign(tx, chain.participants[0], sha256(b"another chain"))
     with pytest.raises(InvalidError, match="bad signature"):
-        rules.check_commit(chain.genesis, chain.cid, other)
+        rules.check_commit(chain.genesis, chain.cid, other, chain.genesis.participants)
 
 
 def test_commit_from_non_participant_is_rejected(chain: Chain) -> None:
     outsider = SigningKey(sha256(b"outsider"))
     tx = chain.commit(outsider, 0, chain.cid, b"m")
-    with pytest.raises(InvalidError, match="not a genesis participant"):
-        rules.check_commit(chain.genesis, chain.cid, tx)
+    with pytest.raises(InvalidError, match="not a participant of round 0"):
+        rules.check_commit(chain.genesis, chain.cid, tx, chain.genesis.participants)
 
 
 def test_commit_beyond_the_evaluation_plan_is_rejected(chain: Chain) -> None:
     tx = chain.commit(chain.participants[0], 8, chain.cid, b"m")
     with pytest.raises(InvalidError, match="beyond the evaluation plan"):
-        rules.check_commit(chain.genesis, chain.cid, tx)
+        rules.check_commit(chain.genesis, chain.cid, tx, chain.genesis.participants)
 
 
 # --- reveals -----------------------------------------------------------------------------

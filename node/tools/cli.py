@@ -22,6 +22,7 @@ from node.apispec import DEFAULT_API_HOST, DEFAULT_API_PORT
 from node.tools.client import add_client_commands
 from node.tools.compose import add_compose_commands
 from node.tools.netspec import TestnetSpec, add_network_args, network_kwargs
+from node.tools.participants import add_participant_commands
 from storage import ChainStore, StoreError
 
 
@@ -283,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_store_check)
 
     # status, chain, peers, model: inspect a running node through its HTTP API.
+    add_participant_commands(sub)
     add_client_commands(sub)
     add_compose_commands(sub)  # testnet compose, testnet dns
     return parser

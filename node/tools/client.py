@@ -28,6 +28,7 @@ from node.home import Home, HomeError
 from node.tools.tables import (
     format_block,
     format_blocks,
+    format_participants,
     format_peers,
     format_round,
     format_status,
@@ -88,10 +89,16 @@ class ApiClient:
     timeout: float = 10.0
     home: str | None = None
 
-    def _get(self, path: str, params: dict[str, int] | None = None) -> httpx.Response:
+    def _get(
+        self, path: str, params: dict[str, int] | None = None, content: bytes | None = None
+    ) -> httpx.Response:
+        """GET, or POST when there is `content` (the one write: POST /membership)."""
         url = self.base_url + path
         try:
-            resp = httpx.get(url, params=params, timeout=self.timeout)
+            if content is None:
+                resp = httpx.get(url, params=params, timeout=self.timeout)
+            else:
+                resp = httpx.post(url, content=content, timeout=self.timeout)
         except httpx.ConnectError:
             start = f"zkpot node start --home {self.home or 'DIR'}"
             raise ClientError(
@@ -131,6 +138,12 @@ class ApiClient:
             raise ClientError(
                 f"{self.base_url} did not answer with JSON; is --api pointing at a zkpot node?"
             ) from None
+
+    def post(self, path: str, content: bytes) -> Any:
+        try:
+            return self._get(path, content=content).json()
+        except ValueError:
+            raise ClientError(f"{self.base_url} did not answer with JSON") from None
 
     def get_bytes(self, path: str) -> tuple[bytes, httpx.Headers]:
         resp = self._get(path)
@@ -180,6 +193,10 @@ def _cmd_blocks(args: argparse.Namespace) -> None:
 
 def _cmd_round(args: argparse.Namespace) -> None:
     _emit(args, _client(args).get_json(f"/rounds/{args.round}"), format_round)
+
+
+def _cmd_participants(args: argparse.Namespace) -> None:
+    _emit(args, _client(args).get_json("/participants"), format_participants)
 
 
 def _cmd_peers(args: argparse.Namespace) -> None:
@@ -307,6 +324,9 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p = _common(chain.add_parser("round", help="commits, reveal, proofs and winner of a round"))
     p.add_argument("round", type=_height, metavar="R")
     p.set_defaults(func=_wrap(_cmd_round))
+
+    p = _common(chain.add_parser("participants", help="the participant set, with pending changes"))
+    p.set_defaults(func=_wrap(_cmd_participants))
 
     p = _common(sub.add_parser("peers", help="a running node's connected peers"))
     p.set_defaults(func=_wrap(_cmd_peers))

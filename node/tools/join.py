@@ -176,7 +176,7 @@ async def join_home(spec: JoinSpec) -> dict[str, object]:
         "chain_id": genesis.hash().hex(),
         "chain_name": genesis.chain_name,
         "public_key": key.public.hex(),
-        "role": roles_of(genesis, key.public).name,
+        "role": roles_of(genesis, key.public, genesis.participants).name,
         "data": data_file or "(none: this node follows until it has data and is admitted)",
         "next": f"zkpot node start --home {spec.home}",
     }

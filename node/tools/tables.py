@@ -192,3 +192,28 @@ def format_peers(p: dict[str, Any]) -> str:
     for peer in peers:
         headers += [k for k in peer if k not in headers]
     return table(headers, [[peer.get(h) for h in headers] for peer in peers])
+
+
+def _tenure_now(t: dict[str, Any], rnd: int) -> str:
+    if t["active"]:
+        return "participant" if t["left"] is None else f"participant (leaves in round {t['left']})"
+    if t["joined"] > rnd:
+        return f"joins in round {t['joined']}"
+    return f"left in round {t['left']}"
+
+
+def format_participants(p: dict[str, Any]) -> str:
+    rows = [
+        (t["key"], t["joined"], _cell(t["left"]), _tenure_now(t, p["round"]))
+        for t in p["participants"]
+    ]
+    out = [f"round {p['round']}; publisher {p['publisher']}", ""]
+    out.append(table(("key", "joined", "left", "now"), rows))
+    if p["pending"]:
+        out += ["", "pending changes (waiting for a block):"]
+        changes = [(c["kind"], c["key"], c["from_round"]) for c in p["pending"]]
+        out.append(table(("kind", "key", "from round"), changes))
+    if p["requests"]:
+        out += ["", "join requests (the publisher admits one with `zkpot participant admit KEY`):"]
+        out += [f"  {r['key']}" for r in p["requests"]]
+    return "\n".join(out)

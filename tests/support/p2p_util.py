@@ -115,7 +115,7 @@ def consensus_validator(chain: Chain) -> Callable[[GossipItem, ID], object]:
     async def validate(item: GossipItem, forwarder: ID) -> Verdict:
         try:
             if isinstance(item, CommitTx):
-                rules.check_commit(genesis, chain.cid, item)
+                rules.check_commit(genesis, chain.cid, item, genesis.participants)
             elif isinstance(item, Reveal):
                 rules.check_reveal(genesis, chain.cid, item)
             elif isinstance(item, ProofTx):

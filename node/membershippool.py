@@ -1,0 +1,92 @@
+"""Pending changes of the participant set: join requests waiting for the publisher, and
+signed changes (consensus.membership) waiting for a block to carry them.
+
+Both arrive by gossip on the round topic or from this node's API (`POST /membership`,
+the same checks), and both are bounded: a request per key (the newest kept, at most
+MAX_REQUESTS), changes at most MAX_PENDING. A change is kept only while it can still
+be carried: valid on the head's roster for a block of the current round or later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+from consensus import membership, rules
+from consensus.errors import InvalidError
+from consensus.types import ADMIT, EXIT, Genesis, JoinRequest, Membership
+from node.chain import Chain
+from p2p import Verdict
+
+log = logging.getLogger("zkpot.node")
+
+MAX_REQUESTS = 256
+MAX_PENDING = 64
+
+
+class MembershipPool:
+    def __init__(
+        self, genesis: Genesis, cid: bytes, chain: Chain, current_round: Callable[[], int]
+    ) -> None:
+        self.genesis = genesis
+        self.cid = cid
+        self.chain = chain
+        self.current_round = current_round
+        self.requests: OrderedDict[bytes, JoinRequest] = OrderedDict()  # by key
+        self.pending: dict[bytes, Membership] = {}  # by hash
+
+    def on_request(self, req: JoinRequest) -> Verdict:
+        rules.check_signature(req, req.key, self.cid)
+        if req.key in self.chain.roster(self.chain.head).eventual() or req.key in self.requests:
+            return Verdict.IGNORE
+        self.requests[req.key] = req
+        while len(self.requests) > MAX_REQUESTS:
+            self.requests.popitem(last=False)
+        log.info("join request from %s", req.key.hex()[:8])
+        return Verdict.ACCEPT
+
+    def on_change(self, tx: Membership) -> Verdict:
+        """A signature that does not hold is a lie (REJECT); a change that is stale or
+        not valid on our head now is only useless here (IGNORE: heads differ)."""
+        signer = tx.key if tx.kind == EXIT else self.genesis.publisher
+        rules.check_signature(tx, signer, self.cid)
+        if tx.kind == ADMIT:
+            rules.check_signature(JoinRequest(tx.key, tx.request), tx.key, self.cid)
+        h = tx.hash()
+        if h in self.pending or len(self.pending) >= MAX_PENDING:
+            return Verdict.IGNORE
+        try:
+            roster = self.chain.roster(self.chain.head)
+            membership.check_change(self.genesis, self.cid, roster, self.current_round(), tx)
+        except InvalidError as exc:
+            log.info("membership change not applicable on our head: %s", exc)
+            return Verdict.IGNORE
+        self.pending[h] = tx
+        log.info(
+            "pending %s of %s from round %d",
+            membership.KIND_NAMES[tx.kind],
+            tx.key.hex()[:8],
+            tx.from_round,
+        )
+        return Verdict.ACCEPT
+
+    def for_block(self, parent: bytes, block_round: int) -> tuple[Membership, ...]:
+        """What our block on `parent` carries (consensus.membership.pick)."""
+        self.prune(block_round)
+        try:
+            roster = self.chain.roster(parent)
+        except LookupError:
+            return ()
+        return membership.pick(
+            self.genesis, self.cid, roster, block_round, list(self.pending.values())
+        )
+
+    def prune(self, rnd: int) -> None:
+        """Drop changes no block from round `rnd` on can carry, and requests of members."""
+        for h, tx in list(self.pending.items()):
+            if tx.from_round <= rnd:
+                del self.pending[h]
+        members = self.chain.roster(self.chain.head).eventual()
+        for key in [k for k in self.requests if k in members]:
+            del self.requests[key]
