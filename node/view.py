@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from consensus import schedule
 from consensus.crypto import HASH_LEN
+from consensus.membership import KIND_NAMES
 from consensus.types import Block, Genesis
 from node.metrics import ChainCollector
 from node.roundlog import RoundLog, RoundRecord
@@ -164,6 +165,10 @@ class NodeView:
             proofs=[
                 {"commit_id": p.commit_id.hex(), "participant": p.participant.hex(), "k": p.k}
                 for p in block.proofs
+            ],
+            membership=[
+                {"kind": KIND_NAMES[c.kind], "key": c.key.hex(), "from_round": c.from_round}
+                for c in block.membership
             ],
         )
         return out

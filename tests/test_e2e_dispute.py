@@ -44,35 +44,41 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_a_member_with_a_wrong_pairwise_mask_is_named_alone_and_the_round_aggregates(
     net: Net,
 ) -> None:
+    """Every round the rule selects the liar, an honest aggregator names it (and only it);
+    in a round where that aggregator holds the three honest proofs (under load it may
+    not have verified them all in time: then the round keeps the parent's model), the
+    next attempt aggregates them."""
     liar = net.home(LIAR).load_key().public.hex()
-    honest = {net.home(i).load_key().public.hex()[:8]: i for i in range(1, 4)}
+    honest = {net.home(i).load_key().public.hex()[:8] for i in range(1, 4)}
     named = re.compile(r"round (\d+): selection \w+: (\w+) committed a wrong mask for its pair")
-    end = time.time() + 420
+    end = time.time() + 480
     rounds: dict[int, set[str]] = {}
+    blocks: dict[int, dict[str, Any]] = {}
     found = None
     while found is None and time.time() < end:
         for i in range(1, 4):  # honest aggregators' findings
             text = (net.home(i).path / "node.log").read_text()
             for r, who in named.findall(text):
                 rounds.setdefault(int(r), set()).add(who)
-        for r in sorted(rounds):
+        for r in sorted(set(rounds) - set(blocks)):
             block = net.get(0, f"/rounds/{r}").get("block")
             if block is not None:
-                found = (r, block)
-                break
+                blocks[r] = block
+                if len(block["members"]) == 3:
+                    found = r
         time.sleep(1)
-    assert found is not None, "no honest aggregator ever named the liar (or no block followed)"
-    rnd, block = found
-    assert rounds[rnd] == {liar[:8]}, f"round {rnd}: named {rounds[rnd]}, not only the liar"
-    # a partner showed the pair's true mask; the round still aggregated the honest three
+    assert rounds, "no honest aggregator ever named the liar"
+    assert found is not None, f"no round recovered from a dispute with 3 members: {blocks}"
+    for r, who in rounds.items():
+        assert who == {liar[:8]}, f"round {r}: named {who}, not only the liar"
+    for r, block in blocks.items():
+        assert liar not in block["members"], f"round {r}: the liar is a member"
+    # a partner showed the pair's true mask in the recovered round
     reveals = "".join((net.home(i).path / "node.log").read_text() for i in range(1, 4))
-    assert re.search(rf"round {rnd}: revealed our shared mask point with {liar[:8]}", reveals)
-    assert liar not in block["members"]
-    assert len(block["members"]) == 3, f"round {rnd}'s block: {block}"
+    assert re.search(rf"round {found}: revealed our shared mask point with {liar[:8]}", reveals)
     # over the whole run: the liar is never a member, no honest member is ever named
     net.wait_finalized([0, 1, 2, 3], 3, timeout=240)
     final = net.status(0)["finalized"]["height"]  # type: ignore[index]
     for h in range(1, final + 1):
         assert liar not in net.get(0, f"/blocks/{h}")["members"], f"block {h}"
-    for who in set().union(*rounds.values()):
-        assert who not in honest, f"an honest member ({who}) was named"
+    assert not set().union(*rounds.values()) & honest

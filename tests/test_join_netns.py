@@ -7,12 +7,19 @@ fetches the genesis from node0 over the bridge and `zkpot node start` fetches th
 circuit artifacts and the initial model by their pinned hashes, re-verifies every
 block it syncs, and then follows the chain live as an observer. `zkpot status`
 through its API shows the role and sync progress.
+
+Then it asks to join (`zkpot participant request`), the publisher admits it
+(`zkpot participant admit KEY --home node0`), and from the stated round on its
+commits and proofs compete and are counted in blocks, trained on its own data file;
+later it leaves (`zkpot participant leave`) and the network goes on without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,11 +67,13 @@ def test_a_new_host_joins_with_node_init_and_follows(bed: tuple[NsNet, Lan, Path
     home = net.home(NEWCOMER).path
     ip = lan.ips[NEWCOMER]
     cli = [sys.executable, "-m", "node.tools.cli"]
+    data = root / "newcomer-data.npz"  # its own training rows (here: a copy of node2's)
+    shutil.copy(net.home(2).data_file, data)
     out = lan.cmd(
         NEWCOMER,
         *cli, "node", "init", "--home", str(home), "--bootstrap", bootstrap, "--chain-id", cid,
         "--listen", f"/ip4/{ip}/tcp/{P2P_PORT}", "--api-host", ip, "--api-port", str(API_PORT),
-        "--json",
+        "--data", str(data), "--json",
     )  # fmt: skip
     summary = json.loads(out.stdout)
     assert summary["chain_id"] == cid and summary["role"] == "observer", summary
@@ -101,3 +110,66 @@ def test_a_new_host_joins_with_node_init_and_follows(bed: tuple[NsNet, Lan, Path
     )
     text = lan.cmd(NEWCOMER, *cli, "status", "--api", net.api(NEWCOMER)).stdout
     assert "observer" in text and "following" in text, text
+
+    # admission: the newcomer asks, the publisher admits it from a stated round
+    key = Home(home).load_key().public.hex()
+    asked = _cli(*cli, "participant", "request", "--home", str(home))
+    assert "accepted" in asked, asked
+    net.wait(
+        "the publisher's node holds the join request",
+        lambda: key in {r["key"] for r in net.get(0, "/participants")["requests"]},
+        timeout=60,
+    )
+    admitted = _cli(*cli, "participant", "admit", key, "--home", str(net.home(0).path), "--json")
+    assert json.loads(admitted)["result"].startswith("accepted"), admitted
+    net.wait(
+        "a block carries the admission",
+        lambda: any(t["key"] == key for t in net.get(0, "/participants")["participants"]),
+        timeout=240,
+    )
+    joined = next(t for t in net.get(0, "/participants")["participants"] if t["key"] == key)
+    since = joined["joined"]
+    listing = _cli(*cli, "chain", "participants", "--home", str(net.home(0).path))
+    assert key in listing, listing
+    # from that round on, its proofs compete and are counted in blocks
+    net.wait(
+        f"a block of round >= {since} counts the newcomer's proof",
+        lambda: any(key in _provers(net, h) for h in _heights(net, since)),
+        timeout=420,
+    )
+    # leaving: the network goes on without it
+    left = _cli(*cli, "participant", "leave", "--home", str(home), "--json")
+    assert json.loads(left)["result"].startswith("accepted"), left
+    net.wait(
+        "a block carries the exit",
+        lambda: (
+            next(t for t in net.get(0, "/participants")["participants"] if t["key"] == key)["left"]
+            is not None
+        ),
+        timeout=240,
+    )
+    gone = next(t for t in net.get(0, "/participants")["participants"] if t["key"] == key)["left"]
+    net.wait(
+        f"two blocks from round {gone} on, without the newcomer",
+        lambda: (
+            len(later := _heights(net, gone)) >= 2
+            and all(key not in _provers(net, h) for h in later)
+        ),
+        timeout=420,
+    )
+
+
+def _cli(*argv: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{argv[3:]}: {done.stderr}"
+    return done.stdout
+
+
+def _heights(net: NsNet, from_round: int) -> list[int]:
+    """Canonical heights on node0 of blocks from `from_round` on."""
+    blocks = net.get(0, "/blocks")["blocks"]
+    return [b["height"] for b in blocks if not b["genesis"] and b["round"] >= from_round]
+
+
+def _provers(net: NsNet, height: int) -> set[str]:
+    return {p["participant"] for p in net.get(0, f"/blocks/{height}")["proofs"]}
