@@ -1,0 +1,71 @@
+"""The node's pending changes of the participant set (node.membershippool) over a real
+chain store: what it relays, what it ignores, what it rejects, and what a block of ours
+carries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consensus.crypto import SigningKey, sha256
+from consensus.errors import InvalidError
+from consensus.rules import sign
+from consensus.types import ADMIT, EXIT, JoinRequest, Membership
+from node.chain import Chain as NodeChain
+from node.membershippool import MembershipPool
+from p2p import Verdict
+from storage import ChainStore
+from support.chainfactory import Chain, make_chain
+from support.fakes import INITIAL_MODEL
+
+NEWCOMER = SigningKey(sha256(b"newcomer"))
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Chain, MembershipPool]:
+    chain = make_chain()
+    node_chain = NodeChain(ChainStore.open(tmp_path / "store"), chain.genesis, INITIAL_MODEL)
+    return chain, MembershipPool(chain.genesis, chain.cid, node_chain, lambda: 0)
+
+
+def _request(chain: Chain, who: SigningKey = NEWCOMER) -> JoinRequest:
+    return sign(JoinRequest(who.public, bytes(64)), who, chain.cid)
+
+
+def _admit(chain: Chain, from_round: int = 3, signer: SigningKey | None = None) -> Membership:
+    tx = Membership(ADMIT, NEWCOMER.public, from_round, _request(chain).signature, bytes(64))
+    return sign(tx, signer or chain.publisher, chain.cid)
+
+
+def test_a_join_request_is_kept_once_and_a_members_is_ignored(
+    setup: tuple[Chain, MembershipPool],
+) -> None:
+    chain, pool = setup
+    assert pool.on_request(_request(chain)) is Verdict.ACCEPT
+    assert pool.on_request(_request(chain)) is Verdict.IGNORE
+    assert pool.on_request(_request(chain, chain.participants[0])) is Verdict.IGNORE
+    forged = JoinRequest(NEWCOMER.public, _request(chain, chain.participants[0]).signature)
+    with pytest.raises(InvalidError, match="bad signature"):
+        pool.on_request(forged)
+
+
+def test_changes_are_relayed_when_valid_on_the_head_and_carried_by_our_block(
+    setup: tuple[Chain, MembershipPool],
+) -> None:
+    chain, pool = setup
+    admit = _admit(chain)
+    assert pool.on_change(admit) is Verdict.ACCEPT
+    assert pool.on_change(admit) is Verdict.IGNORE  # already pending
+    with pytest.raises(InvalidError, match="bad signature"):  # not the publisher's
+        pool.on_change(_admit(chain, signer=chain.participants[0]))
+    stale = _admit(chain, from_round=0)
+    assert pool.on_change(stale) is Verdict.IGNORE  # signatures hold; not carriable now
+    a = chain.participants[0]
+    leave = sign(Membership(EXIT, a.public, 2, b"", bytes(64)), a, chain.cid)
+    assert pool.on_change(leave) is Verdict.ACCEPT
+    carried = pool.for_block(chain.cid, 0)
+    assert set(carried) == {admit, leave}
+    assert [t.hash() for t in carried] == sorted(t.hash() for t in carried)
+    # a block of round 2 can no longer carry the exit (it takes effect in round 2)
+    assert pool.for_block(chain.cid, 2) == (admit,)
