@@ -132,6 +132,12 @@ def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block
     return PendingBlock(block, rule, parent.model_hash, (*verifications, *model_checks), after)
 
 
+def proof_verifications(block: Block) -> tuple[VerifyProof, ...]:
+    """The zk verifications a block will need, before any rule is checked: the same
+    values `proof_check` asks for, so a node may run them ahead (sync does)."""
+    return tuple(VerifyProof(p.proof, block.reveal.batch, p.commitment, p.k) for p in block.proofs)
+
+
 def conclude(pending: PendingBlock, answers: Answers) -> int:
     """The verdict once the expensive checks are answered: the block's score, or InvalidError."""
     for check in pending.checks:

@@ -1,7 +1,9 @@
 """Answers consensus's expensive checks (consensus.checks) in the worker pool.
 
 zk verifications are cached by their public values (a proof is seen by gossip,
-then again in its block); model checks run in parallel with them. A worker that
+then again in its block; sync verifies a batch's proofs ahead of importing it), and a
+verification asked for while the same one runs waits for it instead of running
+twice; model checks run in parallel with them. A worker that
 fails or overruns is not a verdict: `CheckIncomplete` says the check could not be
 done here and now (busy machine, killed worker), so callers neither refuse the
 block or proof nor blame whoever sent it, and a later copy or the sync loop tries
@@ -42,6 +44,7 @@ class Checker:
         self.arch = arch
         self.timeout_s = timeout_s
         self._cache: dict[bytes, tuple[bool, str]] = {}
+        self._running: dict[bytes, trio.Event] = {}
 
     @staticmethod
     def _key(c: VerifyProof) -> bytes:
@@ -51,15 +54,21 @@ class Checker:
 
     async def verify(self, check: VerifyProof) -> tuple[bool, str]:
         key = self._key(check)
+        while key in self._running:  # the same verification is running: its answer will do
+            await self._running[key].wait()
         if key in self._cache:
             return self._cache[key]
         job = Verify(self.artifacts, check.proof, check.batch.encode(), check.commitment, check.k)
+        self._running[key] = done = trio.Event()
         try:
             v = await self.pool.run(job, timeout=self.timeout_s)
         except JobFailed as exc:  # the verifier raised on these inputs: they are bad
             return False, f"verification failed: {exc}"
         except WorkerError as exc:
             raise CheckIncomplete(f"verification did not complete: {exc}") from exc
+        finally:
+            del self._running[key]
+            done.set()
         self._cache[key] = (v.ok, v.reason)
         if len(self._cache) > 100_000:
             self._cache.clear()

@@ -9,11 +9,14 @@ importer, so a synced block is validated exactly like a gossiped one.
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from dataclasses import dataclass
 
 import trio
 from libp2p.peer.id import ID
 
+from consensus import blocks
+from consensus.checks import VerifyProof
 from consensus.crypto import sha256
 from consensus.errors import ConsensusError, InvalidError
 from consensus.types import Block
@@ -30,6 +33,7 @@ POLL_S = 3
 STATUS_TIMEOUT_S = 3  # peers are asked at once: a silent one costs this, not a turn each
 PEER_BUDGET_S = 300  # one slow peer must not stall catching up forever
 BATCH = 64
+AHEAD = 4  # proofs verified ahead at once (a 2-worker pool stays busy, its queue short)
 
 
 class Wakeup:
@@ -130,34 +134,65 @@ class Syncer:
                 log.exception("sync from %s failed unexpectedly", peer)
 
     async def sync_from(self, peer: ID, status: Status) -> None:
-        if status.score <= self.chain.node(self.chain.head).score or self.chain.has(status.head):
+        if status.score <= self._head_score() or self.chain.has(status.head):
             return
         start = self.chain.node(self.chain.forks.finalized).height + 1
         while start <= status.height:
             entries = await self.sync.blocks(peer, start, min(BATCH, status.height - start + 1))
             if not entries:
                 return
+            fetched: list[tuple[bytes, bytes, Block]] = []
+            cut = False  # the rest of this peer's chain is of no use
             for e in entries:
                 if self.chain.has(e.block_hash):
                     continue
                 if e.block_hash in self.importer.refused:
-                    return
+                    cut = True
+                    break
                 raw = e.raw or await self.sync.content(peer, e.block_hash)
                 if sha256(raw) != e.block_hash:
                     self.net.penalise(peer, penalties.LIE, "sync block does not match its hash")
-                    return
-                block = Block.decode(raw)
-                if not self.importer.placeable(block, e.block_hash):
-                    self.importer.refuse(e.block_hash, "parent unknown or below finality")
-                    return
-                try:
-                    if not await self.importer.import_block(block, raw, [peer]):
-                        return
-                except InvalidError as exc:
-                    self.net.penalise(peer, penalties.LIE, f"served an invalid block: {exc}")
-                    return
-                self.progress.imported(1, trio.current_time())
+                    cut = True
+                    break
+                fetched.append((e.block_hash, raw, Block.decode(raw)))
+            async with trio.open_nursery() as nursery:
+                # the batch's proofs are verified ahead, in parallel, while blocks import
+                # one by one (their checks then find the answers in the checker's cache)
+                nursery.start_soon(self._verify_ahead, [b for _, _, b in fetched])
+                complete = await self._import_in_order(peer, fetched)
+                nursery.cancel_scope.cancel()
+            if cut or not complete:
+                return
             start = entries[-1].height + 1
+
+    async def _verify_ahead(self, blocks_: list[Block]) -> None:
+        limiter = trio.CapacityLimiter(AHEAD)
+
+        async def one(check: VerifyProof) -> None:
+            async with limiter:
+                with suppress(WorkerError):  # the import asks again and decides
+                    await self.importer.checker.verify(check)
+
+        async with trio.open_nursery() as nursery:
+            for b in blocks_:
+                for check in blocks.proof_verifications(b):
+                    await limiter.acquire()  # keep the queue short: start as slots free up
+                    limiter.release()
+                    nursery.start_soon(one, check)
+
+    async def _import_in_order(self, peer: ID, fetched: list[tuple[bytes, bytes, Block]]) -> bool:
+        for h, raw, block in fetched:
+            if not self.importer.placeable(block, h):
+                self.importer.refuse(h, "parent unknown or below finality")
+                return False
+            try:
+                if not await self.importer.import_block(block, raw, [peer]):
+                    return False
+            except InvalidError as exc:
+                self.net.penalise(peer, penalties.LIE, f"served an invalid block: {exc}")
+                return False
+            self.progress.imported(1, trio.current_time())
+        return True
 
     def _head_score(self) -> int:
         return self.chain.node(self.chain.head).score
