@@ -32,7 +32,9 @@ from consensus.crypto import sha256
 from consensus.encoding import peek_tag
 from consensus.errors import ConsensusError, InvalidError
 from consensus.types import JoinRequest, Membership
+from node.accuracy import AccuracyBoard
 from node.apispec import ARCH_HEADER, DEFAULT_API_HOST, DEFAULT_API_PORT, MODEL_HASH_HEADER
+from node.explorer import explorer_routes
 from node.view import NodeView, parse_block_ref
 
 ENDPOINTS = (
@@ -45,6 +47,8 @@ ENDPOINTS = (
     "/models/{height}",
     "/metrics",
     "/participants",
+    "/ (the explorer page)",
+    "/curve",
     "POST /membership",
 )
 
@@ -87,7 +91,9 @@ class MembershipDesk(Protocol):
 MAX_SUBMIT_BYTES = 1024
 
 
-def create_app(view: NodeView, desk: MembershipDesk | None = None) -> Starlette:
+def create_app(
+    view: NodeView, desk: MembershipDesk | None = None, board: AccuracyBoard | None = None
+) -> Starlette:
     """The API application; `view` is the only thing it reads, `desk` the only thing it
     hands signed messages to."""
 
@@ -225,6 +231,7 @@ def create_app(view: NodeView, desk: MembershipDesk | None = None) -> Starlette:
         Route("/metrics", metrics),
         Route("/participants", participants),
         Route("/membership", submit, methods=["POST"]),
+        *explorer_routes(view, board),
     ]
     return Starlette(routes=routes, exception_handlers=handlers)
 

@@ -22,6 +22,7 @@ from consensus.errors import InvalidError
 from consensus.roles import roles_of
 from consensus.strategy import rule_for
 from consensus.types import AggregationSpec, Genesis, chain_id
+from node.accuracy import AccuracyBoard
 from node.api import create_app, serve_api
 from node.chain import Chain
 from node.engine import Engine
@@ -226,9 +227,11 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 sync=engine.syncer.progress.report,
                 registry=CollectorRegistry(),
             )
-            api_port = await nursery.start(
-                serve_api, create_app(view, engine), cfg.api_host, cfg.api_port
+            board = AccuracyBoard(
+                verifier, genesis.task.architecture, genesis.task.dataset, home.test_index_file
             )
+            app = create_app(view, engine, board)
+            api_port = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
             print(
                 json.dumps(
                     {

@@ -4,6 +4,8 @@ The node's event loop imports this module, so it stays light: a job's `execute`
 runs inside the worker process (`prover.worker`) and only there imports torch
 and ezkl (through `prover.jobs`). Jobs and results cross the pipe pickled, so
 they hold plain values (bytes, ints, strs) and a job can be replayed from them.
+(Over 300 lines on purpose: one small dataclass per job, so the list of what a worker
+can be asked is in one place.)
 """
 
 from __future__ import annotations
@@ -292,6 +294,22 @@ class RegeneratePk(Job[None]):
         from prover import jobs
 
         jobs.regenerate_pk(self.artifacts)
+
+
+@dataclass(frozen=True)
+class TestAccuracy(Job[int]):
+    """A global model's accuracy on the public test split, in ppm (reporting only: the
+    explorer's learning curve; consensus never reads it)."""
+
+    arch: str
+    dataset: str
+    test_index: str  # the home's test_index.bin: int64 LE row indices
+    weights: bytes
+
+    def execute(self) -> int:
+        from prover import jobs
+
+        return jobs.test_accuracy_ppm(self.arch, self.dataset, self.test_index, self.weights)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from torch import nn
 from consensus.types import EvalBatch
 from prover import circuit, trainfile
 from prover.client import Built, Proved, Verified
+from prover.data import load_dataset
 from prover.models import build_model, get_arch, model_from_bytes, model_to_bytes
 from prover.quant import (
     FixedPoint,
@@ -29,7 +30,7 @@ from prover.quant import (
     quantise_inputs,
     quantise_params,
 )
-from prover.train import train_local
+from prover.train import evaluate_float, train_local
 
 
 def _provable(net: nn.Module) -> None:
@@ -172,3 +173,18 @@ def warm(arch: str, data_file: str | None) -> None:
     net(torch.zeros(1, first.in_features))
     if data_file is not None:
         _load(arch, data_file)
+
+
+@cache
+def _test_split(dataset: str, test_index: str, stamp: tuple[int, int]) -> tuple[Any, Any]:
+    ds = load_dataset(dataset)
+    idx = np.frombuffer(Path(test_index).read_bytes(), dtype="<i8")
+    if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(ds.y):
+        raise ValueError(f"{test_index}: indices outside the {dataset} dataset")
+    return ds.x[idx].reshape(len(idx), -1), ds.y[idx]
+
+
+def test_accuracy_ppm(arch: str, dataset: str, test_index: str, weights: bytes) -> int:
+    st = Path(test_index).stat()
+    x, y = _test_split(dataset, test_index, (st.st_mtime_ns, st.st_size))
+    return round(evaluate_float(arch, weights, x, y) * 1_000_000)

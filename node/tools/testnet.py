@@ -318,6 +318,8 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
         genesis.task.architecture, homes[0].initial_model_file.read_bytes(), tx, ty
     )
     print(f"genesis model: test accuracy {initial_acc:.3f}", file=say, flush=True)
+    print(f"explorer: {apis[0]}/  (every node serves one)", file=say, flush=True)
+    curve: list[tuple[int, float, float]] = []  # (round, test accuracy, k / batch)
     last_line = ""
     deadline = time.time() + timeout_s
     reported = 0
@@ -350,6 +352,7 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
                     model = client.get(f"{apis[0]}/models/{reported}").content
                     acc = evaluate_float(genesis.task.architecture, model, tx, ty)
                     print(_final_line(reported, blk, genesis, acc), file=say, flush=True)
+                    curve.append((blk["round"], acc, blk["score"] / genesis.eval_plan.batch_size))
                 head = live[0]["head"]
                 line = (
                     f"  round {live[0].get('round')}: head height {head['height']} score {head['score']}, "
@@ -368,8 +371,34 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
                         file=say,
                     )
                     code = 0 if same else 1
+                    _plot(directory / "learning-curve.png", initial_acc, curve, say)
                     return code
             print(f"timed out after {timeout_s:.0f} s", file=say)
             return 1
     finally:
         stop_nodes(procs)
+
+
+def _plot(path: Path, initial: float, curve: list[tuple[int, float, float]], say: Any) -> None:
+    """The final blocks' test accuracy and proven score per round, as a PNG beside the logs."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no learning-curve.png: install matplotlib, `pip install zkpot[plot]`)", file=say)
+        return
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    rounds = [r for r, _, _ in curve]
+    ax.plot([-1, *rounds], [initial, *(a for _, a, _ in curve)], "o-", label="test accuracy")
+    ax.plot(rounds, [k for _, _, k in curve], "s--", label="proven score k / batch")
+    ax.set_xlabel("round (-1: the genesis model)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("global model of each final block")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"learning curve: {path}", file=say)

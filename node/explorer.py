@@ -1,0 +1,125 @@
+"""The explorer: a read-only web page every node serves at `/`, with no build step and
+nothing from a CDN. The server renders the page with the node's state at that moment
+(head, finality, recent blocks, peers); a small script then refreshes it from the JSON
+API every few seconds, shows one round's commits, reveal, proofs and verdicts on a
+click, and draws the global model's test accuracy and proven score per round on a
+canvas. Everything a peer or a participant chose (names, keys, hashes, reasons) is
+escaped on the server (`html.escape`) and set as text in the browser (`textContent`),
+never as markup.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from node.accuracy import AccuracyBoard
+from node.explorer_page import PAGE, SCRIPT
+from node.view import NodeView
+
+T = TypeVar("T")
+
+REFRESH_MS = 3000
+
+
+def _e(value: object) -> str:
+    return html.escape("—" if value is None else str(value), quote=True)
+
+
+def _short(h: str | None) -> str:
+    return "—" if not h else h[:12] + "…"
+
+
+def block_row(b: dict[str, Any]) -> str:
+    who = (
+        f"{len(b['members'])} contributors"
+        if b.get("members")
+        else f"proposer {_short(b.get('proposer'))}"
+    )
+    ks = ", ".join(str(p["k"]) for p in b.get("proofs", []))
+    acc = b.get("accuracy")
+    return (
+        f'<tr data-round="{_e(b.get("round"))}"><td>{_e(b["height"])}</td>'
+        f"<td>{_e(b.get('round'))}</td><td>{_e(who)}</td><td>{_e(b.get('score'))}</td>"
+        f"<td>{_e(ks)}</td><td>{_e(None if acc is None else f'{acc:.3f}')}</td>"
+        f"<td>{'final' if b.get('final') else 'canonical'}</td>"
+        f'<td title="{_e(b["hash"])}">{_e(_short(b["hash"]))}</td></tr>'
+    )
+
+
+def render(status: dict[str, Any], blocks: list[dict[str, Any]], peers: dict[str, Any]) -> str:
+    head, fin = status["head"], status["finalized"]
+    rows = "\n".join(block_row(b) for b in reversed(blocks) if not b.get("genesis"))
+    peer_items = "\n".join(
+        f"<li>{_e(p.get('peer_id'))} ({_e(p.get('role'))})</li>" for p in peers.get("peers", [])
+    )
+    return PAGE.format(
+        chain=_e(status["chain_name"]),
+        chain_id=_e(status["chain_id"]),
+        role=_e(status["role"]),
+        head_height=_e(head["height"]),
+        head_round=_e(head["round"]),
+        head_hash=_e(_short(head["hash"])),
+        fin_height=_e(fin["height"]),
+        fin_hash=_e(_short(fin["hash"])),
+        round=_e(status.get("round")),
+        peers=_e(len(peers.get("peers", []))),
+        rows=rows,
+        peer_items=peer_items,
+        refresh=REFRESH_MS,
+        script=SCRIPT,
+    )
+
+
+CURVE_BLOCKS = 200  # the learning curve covers at most this many recent final blocks
+
+
+def explorer_routes(view: NodeView, board: AccuracyBoard | None) -> list[Route]:
+    """`/` (the page) and `/curve` (its plot's points: the final blocks, which no reorg
+    can take back), read-only like the rest."""
+
+    async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+    async def accuracy(model_hash: str) -> float | None:
+        if board is None:
+            return None
+        h = bytes.fromhex(model_hash)
+        blob = await in_thread(view.store.get_blob, h)
+        return None if blob is None else await board.of(h, blob)
+
+    async def curve(request: Request) -> Response:
+        final = await in_thread(view.finalized_height)
+        page = await in_thread(view.blocks, max(0, final - CURVE_BLOCKS + 1), final)
+        batch = view.genesis.eval_plan.batch_size
+        points = [
+            {
+                "height": b["height"],
+                "round": b["round"],
+                "score": b["score"],
+                "score_share": None if b["score"] is None else b["score"] / batch,
+                "members": len(b["members"]),
+                "accuracy": await accuracy(b["model_hash"]),
+            }
+            for b in page["blocks"]
+            if not b["genesis"]
+        ]
+        return JSONResponse({"batch_size": batch, "finalized": final, "points": points})
+
+    async def page(request: Request) -> Response:
+        status = view.status()
+        recent = await in_thread(view.blocks, None, None)
+        blocks_ = recent["blocks"][-30:]
+        for b in blocks_:
+            if not b["genesis"]:
+                b["accuracy"] = await accuracy(b["model_hash"])
+        return HTMLResponse(render(status, blocks_, view.peers()))
+
+    return [Route("/", page), Route("/curve", curve)]

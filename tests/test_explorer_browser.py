@@ -1,0 +1,98 @@
+"""The explorer page in a real browser: Debian's chromium, driven by Playwright, against a
+real running network (node0 publishes, node1 participates; the e2e tests' tiny circuit).
+The page loads without console errors, its block table holds the node's head, its plot
+has one point per final block, a click shows a round, and untrusted text stays text.
+A screenshot lands in the test's output directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.explorer import render
+from node.tools.testnet import init
+from support.e2e_util import Net, small_net
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Net, Path]]:
+    root = tmp_path_factory.mktemp("explorer") / "net"
+    spec = dataclasses.replace(small_net(2), participants=1, rule="winner")
+    init(root, spec)
+    n = Net(root, spec)
+    for i in range(2):
+        n.start(i)
+    try:
+        yield n, root
+    finally:
+        n.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (`make test` installs it as root)")
+def test_the_page_shows_the_chain_live_in_a_real_browser(net: tuple[Net, Path]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    n, root = net
+    n.wait_finalized([0, 1], 2, timeout=300)
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1000, "height": 1100})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(n.api(0) + "/")
+        page.wait_for_function("document.body.dataset.updated !== undefined", timeout=30_000)
+        # the block table holds the head the node reports (it may move on: read both)
+        for _ in range(10):
+            head = n.status(0)["head"]["height"]  # type: ignore[index]
+            heights = page.locator("#blocks tbody tr td:first-child").all_text_contents()
+            if str(head) in heights:
+                break
+            time.sleep(1)
+            page.wait_for_timeout(3500)  # the next refresh
+        assert str(head) in heights, (head, heights)
+        assert page.locator("#head-height").text_content() is not None
+        # one plot point per final block
+        for _ in range(10):
+            final = n.status(0)["finalized"]["height"]  # type: ignore[index]
+            points = page.locator("#plot").get_attribute("data-points")
+            if points == str(final):
+                break
+            page.wait_for_timeout(3500)
+        assert points == str(final), (points, final)
+        # a click on a block shows its round
+        page.locator("#blocks tbody tr").first.click()
+        page.wait_for_function("document.querySelector('#round pre') !== null", timeout=10_000)
+        assert '"reveal"' in (page.locator("#round pre").text_content() or "")
+        page.screenshot(path=str(root / "explorer.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert (root / "explorer.png").stat().st_size > 10_000
+
+
+def test_untrusted_text_is_escaped_on_the_server() -> None:
+    evil = "<script>alert(1)</script>"
+    status: dict[str, Any] = {
+        "chain_name": evil,
+        "chain_id": "ab",
+        "role": evil,
+        "head": {"height": 1, "round": 0, "hash": evil},
+        "finalized": {"height": 0, "hash": "00"},
+        "round": 1,
+    }
+    block = {
+        "height": 1, "round": 0, "proposer": evil, "members": [], "score": 3,
+        "proofs": [{"k": 3}], "final": False, "hash": evil, "genesis": False,
+    }  # fmt: skip
+    html = render(status, [block], {"peers": [{"peer_id": evil, "role": evil}]})
+    assert evil not in html
+    assert "&lt;script&gt;" in html
