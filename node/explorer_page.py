@@ -5,6 +5,7 @@ PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>zkpot explorer · {chain}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <style>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
 h1 {{ font-size: 1.3em; margin: 0 0 .3em; }} h2 {{ font-size: 1.1em; margin: 1.2em 0 .4em; }}
@@ -19,8 +20,8 @@ tr[data-round] {{ cursor: pointer; }} tr[data-round]:hover {{ background: #f3f6f
 <h1>zkpot explorer · <span id="chain">{chain}</span></h1>
 <div class="facts"><span>chain id <code id="chain-id">{chain_id}</code></span>
 <span>this node: <b id="role">{role}</b></span></div>
-<div class="facts"><span>head: height <b id="head-height">{head_height}</b>, round
-<span id="head-round">{head_round}</span>, <code id="head-hash">{head_hash}</code></span>
+<div class="facts"><span>head: height <b id="head-height">{head_height}</b>,
+round <span id="head-round">{head_round}</span>, <code id="head-hash">{head_hash}</code></span>
 <span>final: height <b id="fin-height">{fin_height}</b>, <code id="fin-hash">{fin_hash}</code>
 </span><span>current round <b id="round-now">{round}</b></span>
 <span>peers <b id="peer-count">{peers}</b></span></div>
