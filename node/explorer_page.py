@@ -9,7 +9,7 @@ PAGE = """<!doctype html>
 <style>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
 h1 {{ font-size: 1.3em; margin: 0 0 .3em; }} h2 {{ font-size: 1.1em; margin: 1.2em 0 .4em; }}
-.facts span {{ margin-right: 1.5em; }} code {{ font-size: 12px; }}
+.facts > span {{ margin-right: 1.5em; }} code {{ font-size: 12px; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: 2px 10px; border-bottom: 1px solid #ddd;
   text-align: left; font-variant-numeric: tabular-nums; }}
 tr[data-round] {{ cursor: pointer; }} tr[data-round]:hover {{ background: #f3f6ff; }}
