@@ -3,9 +3,11 @@
 Builds a chain once per size with real ezkl proofs on the e2e tests' tiny circuit
 (digits-mlp-tiny, eval batch 4): every round's batch has the same content, so one real
 proof per participant, made once, is valid in every round; each block still carries
-its own commits, bindings, reveal (with its Merkle proof) and signatures, and no
-verification is reused across blocks (a batch's hash includes its round, so the
-checker's cache never hits). The chain is stored in a serving node's LevelDB store; a
+its own commits, bindings, reveal (with its Merkle proof) and signatures, and no check
+is answered from another block's (a batch's hash includes its round; each block's
+model blob is the winner's model with one float weight moved by less than a
+quantisation step, so its hash, hence its commitment and evaluation checks, are its
+own while its quantised weights — what C and k depend on — are the winner's). The chain is stored in a serving node's LevelDB store; a
 fresh node then catches up through the node's own code: `node.syncer.Syncer` pulls the
 blocks (support.fakes' FakeSync answers from the serving store, so no sockets: this
 measures validation, not transfer) and `node.importer` validates each like a gossiped
@@ -33,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import torch
 import trio
 
 from consensus import rules
@@ -57,7 +60,8 @@ from node.roundlog import RoundLog
 from prover import circuit, jobs
 from prover.client import Warmup
 from prover.data import load_dataset
-from prover.models import build_model, model_to_bytes
+from prover.models import build_model, model_from_bytes, model_to_bytes
+from prover.quant import quantise_params
 from prover.worker import worker_pool
 from storage import ChainStore
 from support.fakes import FakeNetwork, FakeSync
@@ -128,6 +132,18 @@ def genesis_for(mat: Material, blocks: int, batches: list[EvalBatch]) -> Genesis
     )
 
 
+def variant(model: bytes, r: int, scale: int) -> bytes:
+    """The same quantised model under another blob hash (see the module docstring)."""
+    net = model_from_bytes(ARCH, model)
+    before = quantise_params(list(net.parameters()), scale)
+    with torch.no_grad():
+        first = next(iter(net.parameters()))
+        first.view(-1)[0] += (r + 1) * 1e-7
+    after = quantise_params(list(net.parameters()), scale)
+    assert all((a == b).all() for a, b in zip(before, after, strict=True)), "moved a quantum"
+    return model_to_bytes(net)
+
+
 def build_chain(mat: Material, store_dir: Path, blocks: int, per_block: int) -> tuple[Genesis, int]:
     """Write a valid chain of `blocks` blocks with `per_block` proofs each into a store."""
     batches = [
@@ -162,6 +178,7 @@ def build_chain(mat: Material, store_dir: Path, blocks: int, per_block: int) -> 
             proofs[i] = sign(tx, mat.keys[i], cid)
         ranking = rules.rank_proofs(batches[r], proofs.values())
         best = next(i for i in who if mat.keys[i].public == ranking[0].participant)
+        model = variant(mat.models[best], r, mat.manifest.param_scale)
         block = Block(
             r,
             parent,
@@ -171,12 +188,12 @@ def build_chain(mat: Material, store_dir: Path, blocks: int, per_block: int) -> 
             reveal,
             tuple(sorted(commits.values(), key=lambda c: c.hash())),
             tuple(sorted(proofs.values(), key=lambda p: p.commit_id)),
-            sha256(mat.models[best]),
+            sha256(model),
             signature=bytes(64),
         )
         block = sign(block, mat.keys[best], cid)
         raw = block.encode()
-        trio.run(chain.apply, block, raw, mat.models[best], max(1, ranking[0].k))
+        trio.run(chain.apply, block, raw, model, max(1, ranking[0].k))
         parent = sha256(raw)
     store.close()
     return genesis, len(raw)

@@ -12,6 +12,7 @@ again. Timing is not correctness.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from prover.client import Commit, Evaluate, Verify
 from prover.client import CommitAggregate as CommitAggregateJob
 from prover.worker import JobFailed, WorkerError
 
+MAX_ANSWERS = 1024  # model checks remembered (sync answers a batch's ahead of importing it)
+
 
 class CheckIncomplete(WorkerError):
     """A check could not be completed here (worker failure or timeout): no verdict."""
@@ -45,6 +48,8 @@ class Checker:
         self.timeout_s = timeout_s
         self._cache: dict[bytes, tuple[bool, str]] = {}
         self._running: dict[bytes, trio.Event] = {}
+        self._answers: OrderedDict[Check, Answer] = OrderedDict()  # model checks, by value
+        self._pending: dict[Check, trio.Event] = {}  # model checks running now
 
     @staticmethod
     def _key(c: VerifyProof) -> bytes:
@@ -74,6 +79,11 @@ class Checker:
             self._cache.clear()
         return v.ok, v.reason
 
+    def _remember(self, check: Check, answer: Answer) -> None:
+        self._answers[check] = answer
+        while len(self._answers) > MAX_ANSWERS:
+            self._answers.popitem(last=False)
+
     async def answer(
         self, checks: Sequence[Check], blobs: Mapping[bytes, bytes]
     ) -> dict[Check, Answer]:
@@ -90,10 +100,17 @@ class Checker:
         async def one(check: Check) -> None:
             # Each task reports its own failure: an exception group out of the nursery
             # would escape every `except` the callers have.
+            running: trio.Event | None = None
             try:
                 if isinstance(check, VerifyProof):
                     answers[check] = (await self.verify(check))[0]
                     return
+                while check in self._pending:  # the same check is running: wait for it
+                    await self._pending[check].wait()
+                if check in self._answers:  # a model check is a function of its values
+                    answers[check] = self._answers[check]
+                    return
+                self._pending[check] = running = trio.Event()
                 model = blobs[check.model_hash]
                 if isinstance(check, CommitModel):
                     job = Commit(self.artifacts, self.arch, model)
@@ -106,10 +123,15 @@ class Checker:
                         self.artifacts, self.arch, model, check.remainder, check.weight_sum
                     )
                     answers[check] = await self.pool.run(agg, timeout=self.timeout_s)
+                self._remember(check, answers[check])
             except JobFailed as exc:
                 failures.append(f"{type(check).__name__}: {exc}")
             except WorkerError as exc:
                 incomplete.append(f"{type(check).__name__}: {exc}")
+            finally:
+                if running is not None:
+                    del self._pending[check]
+                    running.set()
 
         async with trio.open_nursery() as nursery:
             for c in checks:

@@ -31,6 +31,7 @@ from node.roundpool import RoundPool
 log = logging.getLogger("zkpot.node")
 
 MAX_REFUSED = 4096
+MAX_FETCHED = 128  # model blobs held between fetch and import (two sync batches)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class BlockImporter:
         self.own: set[bytes] = set()  # our own publishes pass our validator
         self._inflight: dict[bytes, Flight] = {}  # blocks being validated right now
         self.want_sync = want_sync  # a block arrived whose parent we lack
+        self.fetched: OrderedDict[bytes, bytes] = OrderedDict()  # model blobs not stored yet
 
     def refuse(self, block_hash: bytes, reason: str) -> None:
         self.refused[block_hash] = reason
@@ -213,8 +215,14 @@ class BlockImporter:
         return applied
 
     async def fetch_blob(self, blob_hash: bytes, peers: list[ID]) -> bytes:
-        blob = self.chain.store.get_blob(blob_hash)
+        """From the store, from what was fetched ahead (sync), or from peers (kept a
+        while: sync fetches a batch's models before it imports them)."""
+        blob = self.chain.store.get_blob(blob_hash) or self.fetched.get(blob_hash)
         if blob is not None:
             return blob
         peers = list(dict.fromkeys([*peers, *self.net.connected_peers()]))
-        return await self.sync.content_from_any(peers, blob_hash)
+        blob = await self.sync.content_from_any(peers, blob_hash)
+        self.fetched[blob_hash] = blob
+        while len(self.fetched) > MAX_FETCHED:
+            self.fetched.popitem(last=False)
+        return blob

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 from libp2p.peer.id import ID
@@ -19,6 +20,7 @@ from consensus import blocks
 from consensus.checks import VerifyProof
 from consensus.crypto import sha256
 from consensus.errors import ConsensusError, InvalidError
+from consensus.strategy import rule_for
 from consensus.types import Block
 from node.chain import Chain
 from node.importer import BlockImporter
@@ -33,7 +35,7 @@ POLL_S = 3
 STATUS_TIMEOUT_S = 3  # peers are asked at once: a silent one costs this, not a turn each
 PEER_BUDGET_S = 300  # one slow peer must not stall catching up forever
 BATCH = 64
-AHEAD = 4  # proofs verified ahead at once (a 2-worker pool stays busy, its queue short)
+AHEAD = 8  # checks run ahead at once: enough to keep a 2-worker pool busy between imports
 
 
 class Wakeup:
@@ -156,29 +158,60 @@ class Syncer:
                     break
                 fetched.append((e.block_hash, raw, Block.decode(raw)))
             async with trio.open_nursery() as nursery:
-                # the batch's proofs are verified ahead, in parallel, while blocks import
-                # one by one (their checks then find the answers in the checker's cache)
-                nursery.start_soon(self._verify_ahead, [b for _, _, b in fetched])
+                # the batch's checks run ahead, in parallel, while its blocks import one
+                # by one (their checks then find the answers in the checker's caches);
+                # ahead work stops at blocks already imported and, unless an import
+                # failed, is left to finish (cancelling a job would kill its worker)
+                nursery.start_soon(self._check_ahead, peer, fetched)
                 complete = await self._import_in_order(peer, fetched)
-                nursery.cancel_scope.cancel()
+                if not complete:
+                    nursery.cancel_scope.cancel()
             if cut or not complete:
                 return
             start = entries[-1].height + 1
 
-    async def _verify_ahead(self, blocks_: list[Block]) -> None:
+    async def _check_ahead(self, peer: ID, fetched: list[tuple[bytes, bytes, Block]]) -> None:
+        """Run a batch's expensive checks ahead, in parallel, a few at a time: every zk
+        verification and every model check that needs only the block, its model and its
+        parent's (all cached by value in the checker, so the imports find their answers).
+        Any failure here is left for the import to find and judge."""
         limiter = trio.CapacityLimiter(AHEAD)
+        rule = rule_for(self.chain.genesis)
+        checker = self.importer.checker
 
-        async def one(check: VerifyProof) -> None:
+        async def verify(check: VerifyProof) -> None:
             async with limiter:
-                with suppress(WorkerError):  # the import asks again and decides
-                    await self.importer.checker.verify(check)
+                with suppress(WorkerError):
+                    await checker.verify(check)
 
+        async def model(block: Block, parent_model: bytes) -> None:
+            async with limiter:
+                with suppress(WorkerError, InvalidError, SyncError, LookupError):
+                    blobs = {
+                        block.model_hash: await self.importer.fetch_blob(block.model_hash, [peer])
+                    }
+                    if parent_model and parent_model not in blobs:
+                        blobs[parent_model] = await self.importer.fetch_blob(parent_model, [peer])
+                    await checker.answer(rule.model_checks(block, parent_model), blobs)
+
+        models = {h: b.model_hash for h, _, b in fetched}  # the batch's models, by block
         async with trio.open_nursery() as nursery:
-            for b in blocks_:
-                for check in blocks.proof_verifications(b):
+            for h, _, b in fetched:
+                if self.chain.has(h):
+                    continue  # imported already: its checks are done
+                parent_model = models.get(b.parent) or self._model_hash_of(b.parent)
+                for job in (
+                    *(partial(verify, c) for c in blocks.proof_verifications(b)),
+                    partial(model, b, parent_model),
+                ):
                     await limiter.acquire()  # keep the queue short: start as slots free up
                     limiter.release()
-                    nursery.start_soon(one, check)
+                    nursery.start_soon(job)
+
+    def _model_hash_of(self, block_hash: bytes) -> bytes:
+        """The global model of a stored block (b"" if it is not stored)."""
+        info = self.chain.parent_info(block_hash)
+        return b"" if info is None else info.model_hash
 
     async def _import_in_order(self, peer: ID, fetched: list[tuple[bytes, bytes, Block]]) -> bool:
         for h, raw, block in fetched:

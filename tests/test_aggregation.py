@@ -22,6 +22,7 @@ from node.daemon import check_aggregation_spec
 from node.home import Home, HomeError
 from prover import aggregation, circuit, jobs
 from prover.models import build_model, model_to_bytes, param_shapes
+from prover.quant import quantise_params
 from support.chainfactory import make_chain
 
 ARCH = "digits-mlp"
@@ -58,6 +59,17 @@ def _members(n: int) -> list[tuple[bytes, int, bytes]]:
         secret = secagg.mask_secret(os.urandom(32))
         out.append((bytes([i + 1]) * 32, secret, model_to_bytes(build_model(ARCH, 10 + i))))
     return out
+
+
+def test_the_commit_job_by_the_formula_equals_the_witness_commitment(artifacts: str) -> None:
+    """jobs.commit takes the formula (kzg_commit) path for a one-column circuit: it must
+    give exactly the commitment ezkl's witness gives, the one proofs carry."""
+    m = circuit.Manifest.load(Path(artifacts))
+    for seed in (3, 4, 5):
+        net = build_model(ARCH, seed)
+        q = quantise_params(list(net.parameters()), m.param_scale)
+        witness_c = circuit.commit(Path(artifacts), net, q)
+        assert jobs.commit(artifacts, ARCH, model_to_bytes(net)) == witness_c
 
 
 def test_masked_round_gives_the_exact_mean_and_the_block_check(artifacts: str) -> None:
