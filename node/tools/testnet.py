@@ -386,6 +386,7 @@ def _plot(path: Path, initial: float, curve: list[tuple[int, float, float]], say
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         print("(no learning-curve.png: install matplotlib, `pip install zkpot[plot]`)", file=say)
         return
@@ -394,6 +395,7 @@ def _plot(path: Path, initial: float, curve: list[tuple[int, float, float]], say
     ax.plot([-1, *rounds], [initial, *(a for _, a, _ in curve)], "o-", label="test accuracy")
     ax.plot(rounds, [k for _, _, k in curve], "s--", label="proven score k / batch")
     ax.set_xlabel("round (-1: the genesis model)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
