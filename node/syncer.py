@@ -1,9 +1,12 @@
-"""Catching up: pull the blocks of a heavier chain from peers and import them.
+"""Catching up: pull the blocks of a better chain from peers and import them.
 
 Woken by the importer (a block whose parent we lack) or every few seconds; asks
 every peer's status at once with a short deadline (silent peers cannot slow
-convergence), then pulls from the heaviest peers first, through the one block
-importer, so a synced block is validated exactly like a gossiped one.
+convergence), then pulls from the best peers first, through the one block
+importer, so a synced block is validated exactly like a gossiped one. "Better" is
+fork choice's own order, tie-break included: two sides of a fork with equal scores
+(each missed the other's block, e.g. its model could not be fetched in time) must
+still converge, so the side whose head loses the tie pulls the other's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from consensus import blocks
 from consensus.checks import VerifyProof
 from consensus.crypto import sha256
 from consensus.errors import ConsensusError, InvalidError
+from consensus.forkchoice import ChainNode, is_better
 from consensus.strategy import rule_for
 from consensus.types import Block
 from node.chain import Chain
@@ -121,11 +125,11 @@ class Syncer:
         async with trio.open_nursery() as nursery:
             for peer in self.net.connected_peers():
                 nursery.start_soon(ask, peer)
-        # what peers claim is only shown, never trusted: the height of a heavier chain
-        heavier = [st.height for st in statuses.values() if st.score > self._head_score()]
-        self.progress.peer_height = max(heavier, default=self.chain.head_height())
-        for peer, status in sorted(statuses.items(), key=lambda ps: -ps[1].score):
-            if status.score <= self._head_score():
+        # what peers claim is only shown, never trusted: the height of a better chain
+        better = [st.height for st in statuses.values() if self._better(st)]
+        self.progress.peer_height = max(better, default=self.chain.head_height())
+        for peer, status in sorted(statuses.items(), key=lambda ps: (-ps[1].score, ps[1].head)):
+            if not self._better(status):
                 break
             try:
                 with trio.move_on_after(PEER_BUDGET_S):
@@ -136,7 +140,7 @@ class Syncer:
                 log.exception("sync from %s failed unexpectedly", peer)
 
     async def sync_from(self, peer: ID, status: Status) -> None:
-        if status.score <= self._head_score() or self.chain.has(status.head):
+        if not self._better(status) or self.chain.has(status.head):
             return
         start = self.chain.node(self.chain.forks.finalized).height + 1
         while start <= status.height:
@@ -227,5 +231,7 @@ class Syncer:
             self.progress.imported(1, trio.current_time())
         return True
 
-    def _head_score(self) -> int:
-        return self.chain.node(self.chain.head).score
+    def _better(self, status: Status) -> bool:
+        """Would fork choice prefer the peer's head to ours (as it claims it)?"""
+        theirs = ChainNode(status.head, b"", status.height, status.score)
+        return is_better(theirs, self.chain.node(self.chain.head))

@@ -268,3 +268,25 @@ async def test_a_silent_peer_does_not_slow_catching_up(
         assert late.chain.head_height() >= height, "caught up past the silent peer"
         assert trio.current_time() - start < 5, "one short status deadline, not one per peer"
         del nursery
+
+
+async def test_two_sides_of_an_equal_score_fork_converge_by_sync(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Each side missed the other's block (seen in the multi-host test: its model could
+    not be fetched in time): the scores are equal, so only fork choice's tie-break
+    decides, and the side whose head loses it must pull the other's by sync."""
+    chain = make_chain(n=3, num_batches=8, finality_depth=2)
+    async with running_net(tmp_path, chain, start=False) as (_, nodes, _nursery):
+        a, b = nodes[1], nodes[2]
+        forks = [chain.round_block(0, chain.cid, 1, {0: 2, 1: 2}, proposer=p) for p in (0, 1)]
+        for side, (block, models) in zip((a, b), forks, strict=True):
+            for m in models.values():
+                side.chain.store.put_blob(m)
+            assert await side.engine.importer.import_block(block, block.encode(), [])
+        heads = sorted(block.hash() for block, _ in forks)
+        assert {a.chain.head, b.chain.head} == set(heads)
+        assert a.chain.node(a.chain.head).score == b.chain.node(b.chain.head).score
+        for side in (a, b):
+            await side.engine.syncer.sync_once()
+        assert a.chain.head == b.chain.head == heads[0], "both on the tie-break's winner"
