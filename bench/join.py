@@ -44,7 +44,6 @@ from consensus.merkle import merkle_proof, merkle_root
 from consensus.rules import sign
 from consensus.types import (
     Block,
-    CircuitSpec,
     CommitTx,
     EvalBatch,
     EvalPlan,
@@ -119,15 +118,7 @@ def genesis_for(mat: Material, blocks: int, batches: list[EvalBatch]) -> Genesis
             10,
             merkle_root([b.hash() for b in batches]),
         ),
-        circuit=CircuitSpec(
-            "polycommit",
-            m.commitment_points * circuit.COMPRESSED_BYTES,
-            m.proof_bytes,
-            bytes.fromhex(m.settings_hash),
-            bytes.fromhex(m.compiled_hash),
-            bytes.fromhex(m.vk_hash),
-            bytes.fromhex(m.srs_hash),
-        ),
+        circuit=m.spec(),
         initial_model_hash=sha256(mat.initial),
     )
 

@@ -68,6 +68,14 @@ def genesis_roster(genesis: Genesis) -> Roster:
     return Roster(tuple(Tenure(k, 0) for k in genesis.participants))
 
 
+def check_signatures(genesis: Genesis, chain_id: bytes, tx: Membership) -> None:
+    """An admission carries the newcomer's JoinRequest signature and the publisher's; a
+    removal the publisher's; an exit the leaving participant's."""
+    if tx.kind == ADMIT:
+        check_signature(JoinRequest(tx.key, tx.request), tx.key, chain_id)
+    check_signature(tx, tx.key if tx.kind == EXIT else genesis.publisher, chain_id)
+
+
 def check_change(
     genesis: Genesis, chain_id: bytes, roster: Roster, block_round: int, tx: Membership
 ) -> None:
@@ -88,18 +96,16 @@ def check_change(
             raise InvalidError(f"{what}: overlaps its previous tenure")
         if len(roster.eventual()) >= MAX_PARTICIPANTS:
             raise InvalidError(f"{what}: the set is full ({MAX_PARTICIPANTS} participants)")
-        check_signature(JoinRequest(tx.key, tx.request), tx.key, chain_id)
-        check_signature(tx, genesis.publisher, chain_id)
-        return
-    if tx.request:
-        raise InvalidError(f"{what}: only an admission carries a request")
-    if open_ is None:
-        raise InvalidError(f"{what}: not a participant")
-    if tx.from_round <= open_.joined:
-        raise InvalidError(f"{what}: it would leave before it joined (round {open_.joined})")
-    if len(roster.eventual()) <= 1:
-        raise InvalidError(f"{what}: the last participant cannot leave (no block could follow)")
-    check_signature(tx, tx.key if tx.kind == EXIT else genesis.publisher, chain_id)
+    else:  # an exit or a removal
+        if tx.request:
+            raise InvalidError(f"{what}: only an admission carries a request")
+        if open_ is None:
+            raise InvalidError(f"{what}: not a participant")
+        if tx.from_round <= open_.joined:
+            raise InvalidError(f"{what}: it would leave before it joined (round {open_.joined})")
+        if len(roster.eventual()) <= 1:
+            raise InvalidError(f"{what}: the last participant cannot leave (no block could follow)")
+    check_signatures(genesis, chain_id, tx)
 
 
 def apply(

@@ -15,7 +15,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from consensus.checks import VerifyProof
 from consensus.crypto import SIG_LEN, SigningKey, sha256, verify_signature
@@ -23,15 +23,7 @@ from consensus.encoding import Signed
 from consensus.errors import InvalidError
 from consensus.merkle import depth_for, verify_merkle_proof
 from consensus.schedule import check_timing, round_exists
-from consensus.secagg import (
-    MAX_VECTOR_LEN,
-    Complete,
-    Dispute,
-    MaskedUpdate,
-    PairReveal,
-    Selection,
-    Unmask,
-)
+from consensus.secagg import MAX_VECTOR_LEN
 from consensus.selection import rank_key
 from consensus.strategy import RULES
 from consensus.types import (
@@ -39,12 +31,9 @@ from consensus.types import (
     MAX_BATCH_INPUT_BYTES,
     MAX_MERKLE_DEPTH,
     POINT_LEN,
-    Block,
     CommitTx,
     EvalBatch,
     Genesis,
-    JoinRequest,
-    Membership,
     ProofTx,
     Reveal,
 )
@@ -58,21 +47,16 @@ PARTITIONS = ("iid", "dirichlet")
 COMMITMENT_MODES = ("polycommit",)
 BINDING_DOMAIN = b"zkpot/commit/v1"
 
-S = TypeVar(
-    "S",
-    CommitTx,
-    Reveal,
-    ProofTx,
-    Block,
-    Selection,
-    MaskedUpdate,
-    Complete,
-    Unmask,
-    Dispute,
-    PairReveal,
-    JoinRequest,
-    Membership,
-)
+
+class _SignedObject(Protocol):
+    """Any signed protocol object: a frozen dataclass whose last field signs the rest."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    def signing_bytes(self, chain_id: bytes) -> bytes: ...
+
+
+S = TypeVar("S", bound=_SignedObject)
 
 
 # --- signing -----------------------------------------------------------------

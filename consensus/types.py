@@ -3,6 +3,9 @@
 Each is a frozen dataclass; its fields' wire kinds are its schema, checked at
 decode time (see `consensus.encoding`). Times are integer milliseconds since
 the Unix epoch; rates are integer parts-per-million: no floats anywhere.
+
+(Over 300 lines on purpose: every object of the chain's core wire format, the block's
+parts among them, in one place; protocol v2's round messages are consensus.secagg's.)
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from node.interfaces import Prover
+from node.memo import Memo
 from prover.client import TestAccuracy
 from prover.worker import WorkerError
 
@@ -24,18 +25,15 @@ class AccuracyBoard:
         self.arch = arch
         self.dataset = dataset
         self.test_index = test_index if test_index.is_file() else None
-        self._ppm: dict[bytes, int] = {}  # by model hash
+        self._ppm: Memo[bytes, int] = Memo(MAX_CACHED)  # by model hash
 
     async def of(self, model_hash: bytes, blob: bytes) -> float | None:
         if self.test_index is None:
             return None
-        if model_hash not in self._ppm:
-            job = TestAccuracy(self.arch, self.dataset, str(self.test_index), blob)
-            try:
-                self._ppm[model_hash] = await self.pool.run(job, timeout=60)
-            except WorkerError as exc:
-                log.info("no test accuracy for model %s: %s", model_hash.hex()[:12], exc)
-                return None
-            if len(self._ppm) > MAX_CACHED:
-                self._ppm.pop(next(iter(self._ppm)))
-        return self._ppm[model_hash] / 1_000_000
+        job = TestAccuracy(self.arch, self.dataset, str(self.test_index), blob)
+        try:
+            ppm = await self._ppm.get(model_hash, lambda: self.pool.run(job, timeout=60))
+        except WorkerError as exc:
+            log.info("no test accuracy for model %s: %s", model_hash.hex()[:12], exc)
+            return None
+        return ppm / 1_000_000

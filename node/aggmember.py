@@ -21,6 +21,7 @@ from consensus.strategy import Rule
 from consensus.types import Genesis
 from node.chain import Chain
 from node.interfaces import Clock, Prover, Publish
+from node.memo import Memo
 from node.roundpool import Mine, RoundState
 from prover import faults
 from prover.client import Commit, MaskVector
@@ -55,22 +56,22 @@ class Member:
         self.arch = genesis.task.architecture
         self.timeout_s = timeout_s
         self.clock = clock
-        self._parent_c: dict[bytes, bytes] = {}
+        self._parent_c: Memo[bytes, bytes] = Memo(64)
 
     async def parent_commitment(self, parent: bytes) -> bytes:
         """C of a parent block's model (what a free-rider would resubmit); b"" if it
-        cannot be computed now. Cached: members and the aggregator both need it."""
-        if parent not in self._parent_c:
-            try:
-                model = self.chain.model_of(parent)
-                job = Commit(self.artifacts, self.arch, model)
-                self._parent_c[parent] = await self.prover.run(job, timeout=self.timeout_s)
-            except (LookupError, WorkerError) as exc:
-                log.warning("no commitment of parent %s: %s", parent.hex()[:8], exc)
-                return b""
-            if len(self._parent_c) > 64:
-                self._parent_c.pop(next(iter(self._parent_c)))
-        return self._parent_c[parent]
+        cannot be computed now. Remembered: members and the aggregator both need it."""
+
+        async def compute() -> bytes:
+            job = Commit(self.artifacts, self.arch, self.chain.model_of(parent))
+            c: bytes = await self.prover.run(job, timeout=self.timeout_s)
+            return c
+
+        try:
+            return await self._parent_c.get(parent, compute)
+        except (LookupError, WorkerError) as exc:
+            log.warning("no commitment of parent %s: %s", parent.hex()[:8], exc)
+            return b""
 
     async def serve(self, st: RoundState, mine: Mine) -> None:
         """Answer selections and unmask once, until the round's nursery is cancelled."""
@@ -98,7 +99,7 @@ class Member:
         held = [p for p in proofs if p is not None]
         if len(held) < len(proofs) or st.reveal is None:
             return  # a proof is not verified here yet: try again when it is
-        keys = {p.participant: st.commits[p.commit_id].mask_key for p in held}
+        keys = st.mask_keys(sel.proofs)  # every proof is held, so every commit is
         me = self.key.public
         others = secagg.others_of(sel.members, me)
         if any(not keys.get(m) for m in others):
@@ -152,7 +153,7 @@ class Member:
             sel = st.agg.selections.get(h)
             if sel is None or h not in st.agg.answered or st.agg.unmasked == h:
                 continue
-            keys = {c.participant: c.mask_key for c in map(st.commits.get, sel.proofs) if c}
+            keys = st.mask_keys(sel.proofs)
             for pid in dispute.pairs:
                 a, b = secagg.pair_of(pid)
                 partner = b if a == me else a if b == me else None

@@ -1,9 +1,9 @@
 """Answers consensus's expensive checks (consensus.checks) in the worker pool.
 
-zk verifications are cached by their public values (a proof is seen by gossip,
-then again in its block; sync verifies a batch's proofs ahead of importing it), and a
-verification asked for while the same one runs waits for it instead of running
-twice; model checks run in parallel with them. A worker that
+zk verifications (by their public values) and model checks (by value) are answered
+once (node.memo): a proof is seen by gossip, then again in its block, and sync runs a
+batch's checks ahead of importing it; a check asked for while the same one runs waits
+for it. Model checks run in parallel with the verifications. A worker that
 fails or overruns is not a verdict: `CheckIncomplete` says the check could not be
 done here and now (busy machine, killed worker), so callers neither refuse the
 block or proof nor blame whoever sent it, and a later copy or the sync loop tries
@@ -12,9 +12,9 @@ again. Timing is not correctness.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -29,10 +29,12 @@ from consensus.checks import (
 from consensus.crypto import sha256
 from consensus.errors import InvalidError
 from node.interfaces import Prover
-from prover.client import Commit, Evaluate, Verify
+from node.memo import Memo
+from prover.client import Commit, Evaluate, Job, Verified, Verify
 from prover.client import CommitAggregate as CommitAggregateJob
 from prover.worker import JobFailed, WorkerError
 
+MAX_VERIFIED = 100_000  # zk verifications remembered
 MAX_ANSWERS = 1024  # model checks remembered (sync answers a batch's ahead of importing it)
 
 
@@ -46,10 +48,8 @@ class Checker:
         self.artifacts = str(artifacts)
         self.arch = arch
         self.timeout_s = timeout_s
-        self._cache: dict[bytes, tuple[bool, str]] = {}
-        self._running: dict[bytes, trio.Event] = {}
-        self._answers: OrderedDict[Check, Answer] = OrderedDict()  # model checks, by value
-        self._pending: dict[Check, trio.Event] = {}  # model checks running now
+        self._verified: Memo[bytes, Verified] = Memo(MAX_VERIFIED)  # by public values
+        self._answers: Memo[Check, Answer] = Memo(MAX_ANSWERS)  # model checks, by value
 
     @staticmethod
     def _key(c: VerifyProof) -> bytes:
@@ -58,31 +58,31 @@ class Checker:
         )
 
     async def verify(self, check: VerifyProof) -> tuple[bool, str]:
-        key = self._key(check)
-        while key in self._running:  # the same verification is running: its answer will do
-            await self._running[key].wait()
-        if key in self._cache:
-            return self._cache[key]
         job = Verify(self.artifacts, check.proof, check.batch.encode(), check.commitment, check.k)
-        self._running[key] = done = trio.Event()
         try:
-            v = await self.pool.run(job, timeout=self.timeout_s)
+            v = await self._verified.get(
+                self._key(check), lambda: self.pool.run(job, timeout=self.timeout_s)
+            )
         except JobFailed as exc:  # the verifier raised on these inputs: they are bad
             return False, f"verification failed: {exc}"
         except WorkerError as exc:
             raise CheckIncomplete(f"verification did not complete: {exc}") from exc
-        finally:
-            del self._running[key]
-            done.set()
-        self._cache[key] = (v.ok, v.reason)
-        if len(self._cache) > 100_000:
-            self._cache.clear()
         return v.ok, v.reason
 
-    def _remember(self, check: Check, answer: Answer) -> None:
-        self._answers[check] = answer
-        while len(self._answers) > MAX_ANSWERS:
-            self._answers.popitem(last=False)
+    async def _model_check(self, check: Check, model: bytes) -> Answer:
+        job: Job[Any]
+        if isinstance(check, CommitModel):
+            job = Commit(self.artifacts, self.arch, model)
+        elif isinstance(check, EvaluateModel):
+            job = Evaluate(self.artifacts, self.arch, model, check.batch.encode())
+        elif isinstance(check, CommitAggregate):
+            job = CommitAggregateJob(
+                self.artifacts, self.arch, model, check.remainder, check.weight_sum
+            )
+        else:
+            raise TypeError(f"not a model check: {check!r}")
+        answer: Answer = await self.pool.run(job, timeout=self.timeout_s)
+        return answer
 
     async def answer(
         self, checks: Sequence[Check], blobs: Mapping[bytes, bytes]
@@ -100,38 +100,19 @@ class Checker:
         async def one(check: Check) -> None:
             # Each task reports its own failure: an exception group out of the nursery
             # would escape every `except` the callers have.
-            running: trio.Event | None = None
             try:
                 if isinstance(check, VerifyProof):
                     answers[check] = (await self.verify(check))[0]
                     return
-                while check in self._pending:  # the same check is running: wait for it
-                    await self._pending[check].wait()
-                if check in self._answers:  # a model check is a function of its values
-                    answers[check] = self._answers[check]
-                    return
-                self._pending[check] = running = trio.Event()
                 model = blobs[check.model_hash]
-                if isinstance(check, CommitModel):
-                    job = Commit(self.artifacts, self.arch, model)
-                    answers[check] = await self.pool.run(job, timeout=self.timeout_s)
-                elif isinstance(check, EvaluateModel):
-                    ev = Evaluate(self.artifacts, self.arch, model, check.batch.encode())
-                    answers[check] = await self.pool.run(ev, timeout=self.timeout_s)
-                elif isinstance(check, CommitAggregate):
-                    agg = CommitAggregateJob(
-                        self.artifacts, self.arch, model, check.remainder, check.weight_sum
-                    )
-                    answers[check] = await self.pool.run(agg, timeout=self.timeout_s)
-                self._remember(check, answers[check])
+                # a model check is a function of its values: answered once
+                answers[check] = await self._answers.get(
+                    check, lambda: self._model_check(check, model)
+                )
             except JobFailed as exc:
                 failures.append(f"{type(check).__name__}: {exc}")
             except WorkerError as exc:
                 incomplete.append(f"{type(check).__name__}: {exc}")
-            finally:
-                if running is not None:
-                    del self._pending[check]
-                    running.set()
 
         async with trio.open_nursery() as nursery:
             for c in checks:

@@ -158,7 +158,6 @@ class Engine:
         """The participant set on our head, with the pending requests and changes (API)."""
         rnd = self.current_round() or 0
         roster = self.chain.roster(self.chain.head)
-        now = roster.at(rnd)
         return {
             "round": rnd,
             "head": self.chain.head.hex(),
@@ -168,7 +167,7 @@ class Engine:
                     "key": t.key.hex(),
                     "joined": t.joined,
                     "left": t.left,
-                    "active": t.key in now and t.holds(rnd),
+                    "active": t.holds(rnd),
                 }
                 for t in roster.tenures
             ],

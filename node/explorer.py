@@ -10,12 +10,10 @@ never as markup.
 
 from __future__ import annotations
 
-import functools
 import html
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio.to_thread
+from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -23,8 +21,6 @@ from starlette.routing import Route
 from node.accuracy import AccuracyBoard
 from node.explorer_page import PAGE, SCRIPT
 from node.view import NodeView
-
-T = TypeVar("T")
 
 REFRESH_MS = 3000
 
@@ -85,19 +81,16 @@ def explorer_routes(view: NodeView, board: AccuracyBoard | None) -> list[Route]:
     """`/` (the page) and `/curve` (its plot's points: the final blocks, which no reorg
     can take back), read-only like the rest."""
 
-    async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args))
-
     async def accuracy(model_hash: str) -> float | None:
         if board is None:
             return None
         h = bytes.fromhex(model_hash)
-        blob = await in_thread(view.store.get_blob, h)
+        blob = await to_thread.run_sync(view.store.get_blob, h)
         return None if blob is None else await board.of(h, blob)
 
     async def curve(request: Request) -> Response:
-        final = await in_thread(view.finalized_height)
-        page = await in_thread(view.blocks, max(0, final - CURVE_BLOCKS + 1), final)
+        final = await to_thread.run_sync(view.finalized_height)
+        page = await to_thread.run_sync(view.blocks, max(0, final - CURVE_BLOCKS + 1), final)
         batch = view.genesis.eval_plan.batch_size
         points = [
             {
@@ -115,7 +108,7 @@ def explorer_routes(view: NodeView, board: AccuracyBoard | None) -> list[Route]:
 
     async def page(request: Request) -> Response:
         status = view.status()
-        recent = await in_thread(view.blocks, None, None)
+        recent = await to_thread.run_sync(view.blocks, None, None)
         blocks_ = recent["blocks"][-30:]
         for b in blocks_:
             if not b["genesis"]:

@@ -2,8 +2,9 @@
 signed changes (consensus.membership) waiting for a block to carry them.
 
 Both arrive by gossip on the round topic or from this node's API (`POST /membership`,
-the same checks), and both are bounded: a request per key (the newest kept, at most
-MAX_REQUESTS), changes at most MAX_PENDING. A change is kept only while it can still
+the same checks), and both are bounded: one request per key (a key's requests are the
+same bytes: ed25519 signatures are deterministic), at most MAX_REQUESTS keys, the
+oldest dropped first; changes at most MAX_PENDING. A change is kept only while it can still
 be carried: valid on the head's roster for a block of the current round or later.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 from consensus import membership, rules
 from consensus.errors import InvalidError
-from consensus.types import ADMIT, EXIT, Genesis, JoinRequest, Membership
+from consensus.types import Genesis, JoinRequest, Membership
 from node.chain import Chain
 from p2p import Verdict
 
@@ -49,10 +50,7 @@ class MembershipPool:
     def on_change(self, tx: Membership) -> Verdict:
         """A signature that does not hold is a lie (REJECT); a change that is stale or
         not valid on our head now is only useless here (IGNORE: heads differ)."""
-        signer = tx.key if tx.kind == EXIT else self.genesis.publisher
-        rules.check_signature(tx, signer, self.cid)
-        if tx.kind == ADMIT:
-            rules.check_signature(JoinRequest(tx.key, tx.request), tx.key, self.cid)
+        membership.check_signatures(self.genesis, self.cid, tx)
         h = tx.hash()
         if h in self.pending or len(self.pending) >= MAX_PENDING:
             return Verdict.IGNORE

@@ -5,12 +5,16 @@ held until their parent block applies, our own commitment, and the best block
 seen per parent (for abstaining). Peers choose round numbers freely, so state
 exists only for rounds near the clock (`in_window`) and is pruned by the clock.
 Decisions (which commit counts, what to seal) are consensus.policy's.
+
+(Over 300 lines on purpose: the round topic's one validator takes every kind of round
+message here, a few lines each; what a message means stays in consensus and
+node.aggstate.)
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -66,6 +70,11 @@ class RoundState:
     blocks: dict[bytes, ChainNode] = field(default_factory=dict)  # parent -> best block seen
     agg: AggState = field(default_factory=AggState)  # protocol v2's aggregation round
     changed: trio.Event = field(default_factory=trio.Event)  # set (and renewed) on progress
+
+    def mask_keys(self, commit_ids: Iterable[bytes]) -> dict[bytes, bytes]:
+        """The mask public keys (protocol v2) of the participants whose commits these are,
+        among the commits held here."""
+        return {c.participant: c.mask_key for c in map(self.commits.get, commit_ids) if c}
 
     def touch(self) -> None:
         self.changed.set()
@@ -248,7 +257,7 @@ class RoundPool:
             return self._touched(st, st.agg.add_dispute(item))
         if isinstance(item, PairReveal):
             dispute = st.agg.disputes.get(item.selection)
-            keys = {c.participant: c.mask_key for c in map(st.commits.get, sel.proofs) if c}
+            keys = st.mask_keys(sel.proofs)
             if dispute is None or not {item.member, item.partner} <= set(keys):
                 return Verdict.IGNORE  # its context is not here (yet): gossip may reorder
             aggstate.check_reveal(self.cid, dispute, item, keys)

@@ -31,6 +31,7 @@ import onnx
 import torch
 from torch import nn
 
+from consensus.types import CircuitSpec
 from prover.quant import (
     FixedPoint,
     IntArray,
@@ -102,6 +103,18 @@ class Manifest:
     @property
     def fixed_point(self) -> FixedPoint:
         return FixedPoint(self.input_scale, self.param_scale, self.decomp_base, self.decomp_legs)
+
+    def spec(self) -> CircuitSpec:
+        """What a genesis pins of these artifacts."""
+        return CircuitSpec(
+            "polycommit",
+            self.commitment_points * COMPRESSED_BYTES,
+            self.proof_bytes,
+            bytes.fromhex(self.settings_hash),
+            bytes.fromhex(self.compiled_hash),
+            bytes.fromhex(self.vk_hash),
+            bytes.fromhex(self.srs_hash),
+        )
 
     @classmethod
     def derive(

@@ -21,7 +21,6 @@ from consensus.merkle import merkle_proof, merkle_root
 from consensus.rules import sign
 from consensus.types import (
     Block,
-    CircuitSpec,
     CommitTx,
     EvalBatch,
     EvalPlan,
@@ -274,7 +273,6 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
     )
     publisher = SigningKey(sha256(b"circuit-pub"))
     m = circuit.Manifest.load(art)
-    h = lambda name: bytes.fromhex(name)  # noqa: E731
     genesis = Genesis(
         "circuit-test",
         Timing(0, 10_000, 3_000, 3_000, 1_000, 2),
@@ -285,15 +283,7 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
         EvalPlan(
             B, len(batches), (64,), FP.input_scale, 10, merkle_root([b.hash() for b in batches])
         ),
-        CircuitSpec(
-            "polycommit",
-            m.commitment_points * circuit.COMPRESSED_BYTES,
-            m.proof_bytes,
-            h(m.settings_hash),
-            h(m.compiled_hash),
-            h(m.vk_hash),
-            h(m.srs_hash),
-        ),
+        m.spec(),
         sha256(b"initial"),
     )
     cid = chain_id(genesis)

@@ -33,7 +33,6 @@ from consensus.merkle import merkle_root
 from consensus.rules import check_genesis
 from consensus.types import (
     AggregationSpec,
-    CircuitSpec,
     EvalPlan,
     Genesis,
     RuleSpec,
@@ -153,15 +152,7 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
             arch.num_classes,
             merkle_root([b.hash() for b in batches]),
         ),
-        circuit=CircuitSpec(
-            "polycommit",
-            manifest.commitment_points * circuit.COMPRESSED_BYTES,
-            manifest.proof_bytes,
-            bytes.fromhex(manifest.settings_hash),
-            bytes.fromhex(manifest.compiled_hash),
-            bytes.fromhex(manifest.vk_hash),
-            bytes.fromhex(manifest.srs_hash),
-        ),
+        circuit=manifest.spec(),
         initial_model_hash=sha256(initial_model),
         **_rule_fields(spec, shared),
     )
