@@ -5,7 +5,7 @@ that commits the parent model unchanged. Every participant's node writes its tra
 weights into its own home (prover.faults' test hook), so the test can recompute each
 block's aggregate from the members' own models: the block's model must be their exact
 integer mean and its remainder the rest, no individual model may appear on the chain,
-and the free-rider must never be selected. node1's fourth masking job stalls in its
+and the free-rider must never be selected. node1's sixth masking job stalls in its
 worker; the test kills node1 then (after its proof, before its masked vector): the
 round must still end in a block, without node1's model in it.
 """
@@ -51,7 +51,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
         if i == FREE_RIDER:
             env[FREE_RIDE_ENV] = "1"
         if i == STALLED:
-            env[FAULTS] = "MaskVector:4:300"
+            env[FAULTS] = "MaskVector:6:300"
         n.start(i, env)
     try:
         yield n
@@ -116,7 +116,7 @@ def _stalled_round(log: str) -> int | None:
 
 
 def test_a_member_killed_after_its_proof_does_not_stop_the_round(net: Net) -> None:
-    """node1's fourth masking job stalls in its worker (the fault): after its proof it
+    """node1's sixth masking job stalls in its worker (the fault): after its proof it
     is silent, and it is killed there. The aggregator drops it, and the round still
     ends in a block that neither holds node1's model nor lets anyone compute it."""
     log = net.home(STALLED).path / "node.log"
