@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testnet lint typecheck install clean browser
+.PHONY: test testnet lint typecheck install clean browser docker-test
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ testnet: $(STAMP)
 		--task digits-mlp --eval-batch 16 --partition dirichlet --alpha 0.5 --rule best-share \
 		--start-delay $(START_DELAY)
 	$(BIN)/zkpot testnet up $(TESTNET_DIR) --rounds 5
+
+# The compose testnet under a real Docker engine: build, 4 nodes up, an agreed final
+# block, the CLI inside and outside, teardown (docker/test-compose.sh says each step).
+docker-test: $(STAMP)
+	bash docker/test-compose.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,57 +22,16 @@ import multiaddr
 import pytest
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from consensus.crypto import SigningKey
-from node.home import Home, NodeConfig
+from node.home import Home
 from node.tools import cli, compose
 from p2p import peer_id_from_seed
+from support.clilines import fake_testnet, parse, zkpot_commands
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
 CHECKED_IN = DOCKER / "compose.yml"
 SPEC = compose.ComposeSpec()  # the checked-in file is the default 4-node network
 DOCKER_COMPOSE = shutil.which("docker-compose")
-
-
-def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
-    out: set[str] = set()
-    for action in parser._actions:
-        out.update(action.option_strings)
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                out |= _option_strings(sub)
-    return out
-
-
-def _parse(argv: list[str]) -> argparse.Namespace:
-    """Parse with the real CLI; an unknown command or flag fails the test, not the run.
-
-    Flags must be spelled out: argparse would accept an abbreviation that a later flag
-    could make ambiguous.
-    """
-    parser = cli.build_parser()
-    flags = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    assert flags <= _option_strings(parser), f"unknown or abbreviated flags in {argv}"
-    try:
-        return parser.parse_args(argv)
-    except SystemExit:
-        pytest.fail(f"`zkpot {shlex.join(argv)}` is not a valid zkpot command line")
-
-
-def _zkpot_commands(script: str) -> list[list[str]]:
-    """The `zkpot ...` command lines of a shell script (split at ;, &&, ||, newlines)."""
-    lex = shlex.shlex(script.replace("\n", " ; "), posix=True, punctuation_chars=";&|")
-    lex.whitespace_split = True
-    commands: list[list[str]] = []
-    current: list[str] = []
-    for tok in [*lex, ";"]:
-        if tok in (";", "&&", "||", "then", "else", "fi"):
-            if current and current[0] == "zkpot":
-                commands.append(current[1:])
-            current = []
-        else:
-            current.append(tok)
-    return commands
 
 
 def _dockerfile(instruction: str) -> list[str]:
@@ -86,9 +46,9 @@ def doc() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def init_args(doc: dict[str, Any]) -> tuple[argparse.Namespace, argparse.Namespace]:
-    cmds = _zkpot_commands(doc["services"]["init"]["command"][0])
+    cmds = zkpot_commands(doc["services"]["init"]["command"][0])
     assert [c[:2] for c in cmds] == [["testnet", "init"], ["testnet", "dns"]]
-    return _parse(cmds[0]), _parse(cmds[1])
+    return parse(cmds[0]), parse(cmds[1])
 
 
 def test_checked_in_compose_file_is_what_the_cli_writes(tmp_path: Path) -> None:
@@ -108,11 +68,11 @@ def test_every_command_in_the_image_and_compose_file_parses_with_the_real_cli(
 ) -> None:
     assert [json.loads(e) for e in _dockerfile("ENTRYPOINT")] == [["zkpot"]]
     (default_cmd,) = (json.loads(c) for c in _dockerfile("CMD"))
-    assert _parse(default_cmd).func is cli._cmd_node_start
+    assert parse(default_cmd).func is cli._cmd_node_start
     nodes = {k: v for k, v in doc["services"].items() if k != "init"}
     for svc in nodes.values():
         assert "entrypoint" not in svc  # the image's `zkpot`
-        args = _parse(svc["command"])
+        args = parse(svc["command"])
         assert args.func is cli._cmd_node_start and args.home == compose.NODE_HOME
         assert svc["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
     init, dns = init_args
@@ -132,7 +92,37 @@ def test_image_home_volume_and_healthcheck(doc: dict[str, Any]) -> None:
     (check,) = _dockerfile("HEALTHCHECK")
     argv = json.loads(check.split("CMD", 1)[1])
     assert argv[:2] == ["python", "-c"] and "/status" in argv[2] and "ZKPOT_HOME" in argv[2]
-    assert "download.pytorch.org/whl/cpu" in " ".join(_dockerfile("RUN"))
+
+
+def test_dockerfile_defaults_serve_a_normal_machine_and_bake_in_nothing_of_this_one() -> None:
+    args = dict(a.split("=", 1) for a in _dockerfile("ARG") if "=" in a)
+    assert args["BASE"] == "python:3.11-slim-bookworm"
+    assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    assert args["TORCH_WHEELS"] == ""  # a wheel directory only when asked for
+    runs = " ".join(_dockerfile("RUN"))
+    assert "--mount=type=secret,id=ca" in runs  # the CA bundle is a secret, never a layer
+    code = [ln for ln in (DOCKER / "Dockerfile").read_text().splitlines() if not ln.startswith("#")]
+    for machine_path in ("/etc/ssl", "/opt/wheels", "/etc/pip", "PIP_CERT", "/etc/xdg"):
+        assert not any(machine_path in ln for ln in code), machine_path
+    assert not (DOCKER / "Dockerfile").read_text().startswith("# syntax=")  # no frontend pull
+
+
+def test_with_ca_joins_the_secret_only_for_the_command(tmp_path: Path) -> None:
+    """docker/with-ca.sh, run for real: without the secret the command runs as is; with
+    it, pip's bundle plus the secret, in a file gone when the command ends."""
+    script = (DOCKER / "with-ca.sh").read_text()
+    secret = tmp_path / "ca.pem"
+    local = script.replace("/run/secrets/ca", str(secret)).replace("python3 ", f"{sys.executable} ")
+    probe = 'echo "${PIP_CERT:-none}"; test -z "${PIP_CERT:-}" || cat "$PIP_CERT"'
+    run = ["sh", "-c", local, "with-ca", "sh", "-c", probe]
+    env = {k: v for k, v in os.environ.items() if k != "PIP_CERT"}  # this machine sets one
+    out = subprocess.run(run, capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "none"
+    secret.write_text("-----BEGIN CERTIFICATE-----\nextra\n-----END CERTIFICATE-----\n")
+    out = subprocess.run(run, capture_output=True, text=True, check=True, env=env).stdout
+    bundle, text = out.split("\n", 1)
+    assert text.endswith(secret.read_text()) and "BEGIN CERTIFICATE" in text.split("extra")[0]
+    assert not Path(bundle).exists()
 
 
 def test_ports_and_volumes_are_consistent(
@@ -158,29 +148,6 @@ def test_ports_and_volumes_are_consistent(
     assert not any(p.rsplit(":", 1)[1] in p2p for p in published)  # p2p stays inside
 
 
-def _fake_testnet(out: Path, nodes: int, p2p: int, api: int) -> list[SigningKey]:
-    """Homes as `zkpot testnet init` writes them (config, key, genesis), without the circuit."""
-    keys = [SigningKey.generate() for _ in range(nodes)]
-    addrs = [
-        f"/ip4/127.0.0.1/tcp/{p2p + i}/p2p/{peer_id_from_seed(k.seed)}" for i, k in enumerate(keys)
-    ]
-    for i, key in enumerate(keys):
-        home = Home(out / f"node{i}")
-        home.write_key(key)
-        cfg = NodeConfig(
-            name=f"node{i}",
-            listen=(f"/ip4/127.0.0.1/tcp/{p2p + i}",),
-            bootstrap=tuple(a for j, a in enumerate(addrs) if j != i),
-            api_port=api + i,
-        )
-        home.config_file.write_text(cfg.to_toml())
-        home.genesis_file.write_bytes(b"genesis")
-        (home.artifacts).mkdir()
-        (home.artifacts / "vk.key").write_bytes(b"vk")
-    (out / "testnet.json").write_text("{}")
-    return keys
-
-
 def test_dns_names_each_peer_by_the_service_that_runs_it(
     tmp_path: Path,
     doc: dict[str, Any],
@@ -189,7 +156,7 @@ def test_dns_names_each_peer_by_the_service_that_runs_it(
 ) -> None:
     init, _ = init_args
     src, homes = tmp_path / "testnet", tmp_path / "homes"
-    keys = _fake_testnet(src, init.nodes, init.p2p_port, init.api_port)
+    keys = fake_testnet(src, init.nodes, init.p2p_port, init.api_port)
     for i in range(init.nodes):
         (homes / f"node{i}").mkdir(parents=True)  # empty volume mount points
     for _ in range(2):  # idempotent: a re-run gives the same homes
@@ -299,4 +266,4 @@ def test_docs_show_commands_the_cli_has() -> None:
             examples.append(shlex.split(code.split(" zkpot ", 1)[1]))
     assert len(examples) >= 6, examples
     for argv in examples:
-        _parse(argv)
+        parse(argv)

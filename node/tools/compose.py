@@ -227,11 +227,31 @@ def _volume_ignore(top: Path) -> Callable[[str, list[str]], list[str]]:
     return ignore
 
 
-def dns_homes(directory: Path, into: Path | None = None) -> list[dict[str, Any]]:
+HOSTNAME = "node{i}"  # compose: the service name; Kubernetes: e.g. "zkpot-{i}.zkpot"
+_HOSTNAME_RE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+
+
+def host_of(pattern: str, i: int) -> str:
+    """Node i's DNS name from a pattern with `{i}` (checked: a name a resolver accepts)."""
+    if pattern.count("{i}") != 1:
+        raise ValueError(f"hostname pattern {pattern!r} must contain {{i}} exactly once")
+    name = pattern.replace("{i}", str(i))
+    if len(name) > 253 or not _HOSTNAME_RE.fullmatch(name):
+        raise ValueError(
+            f"hostname pattern {pattern!r} gives {name!r}, not a DNS name "
+            "(lower-case letters, digits, '-' and '.')"
+        )
+    return name
+
+
+def dns_homes(
+    directory: Path, into: Path | None = None, hostname: str = HOSTNAME
+) -> list[dict[str, Any]]:
     """Rewrite each `nodeI` home of `directory` for a network where nodes find each other
-    by name: listen on 0.0.0.0 (same port), bootstrap `/dns4/nodeJ/tcp/<port>/p2p/<id>`,
-    serve the API on 0.0.0.0 (same port). With `into`, copy each home to `into/nodeI/`
-    (e.g. the node's volume), config.toml last, so a complete last home means done.
+    by name: listen on 0.0.0.0 (same port), bootstrap `/dns4/<host of J>/tcp/<port>/p2p/
+    <id>` (the host from `hostname`, `{i}` the node's number), serve the API on 0.0.0.0
+    (same port). With `into`, copy each home to `into/nodeI/` (e.g. the node's volume),
+    config.toml last, so a complete last home means done.
     """
     from node.home import Home
     from p2p import peer_id_from_seed
@@ -250,7 +270,8 @@ def dns_homes(directory: Path, into: Path | None = None) -> list[dict[str, Any]]
         raise ValueError("every home must listen on a fixed TCP port to be named in bootstrap")
     ids = [str(peer_id_from_seed(h.load_key().seed)) for h in homes]
     names = [h.path.name for h in homes]
-    addrs = [f"/dns4/{n}/tcp/{p}/p2p/{pid}" for n, p, pid in zip(names, ports, ids, strict=True)]
+    hosts = [host_of(hostname, int(n[4:])) for n in names]
+    addrs = [f"/dns4/{n}/tcp/{p}/p2p/{pid}" for n, p, pid in zip(hosts, ports, ids, strict=True)]
     summary = []
     for i, (home, cfg) in enumerate(zip(homes, configs, strict=True)):
         new = dataclasses.replace(
@@ -274,6 +295,7 @@ def dns_homes(directory: Path, into: Path | None = None) -> list[dict[str, Any]]
         summary.append(
             {
                 "service": names[i],
+                "host": hosts[i],
                 "home": str(where),
                 "peer_id": ids[i],
                 "address": addrs[i],
@@ -313,7 +335,9 @@ def _cmd_dns(args: argparse.Namespace) -> int:
     from node.home import HomeError
 
     try:
-        summary = dns_homes(Path(args.dir), Path(args.into) if args.into else None)
+        summary = dns_homes(
+            Path(args.dir), Path(args.into) if args.into else None, args.hostname
+        )
     except (ValueError, OSError, HomeError) as exc:
         print(f"zkpot: testnet dns failed: {exc}", file=sys.stderr)
         return 1
@@ -347,5 +371,11 @@ def add_compose_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     p.add_argument("dir", help="a directory written by `zkpot testnet init`")
     p.add_argument("--into", help="then copy each home nodeI to INTO/nodeI (e.g. volumes)")
+    p.add_argument(
+        "--hostname",
+        default=HOSTNAME,
+        help="node I's DNS name, {i} standing for I (default: %(default)s, the compose "
+        "service; a Kubernetes StatefulSet: e.g. zkpot-{i}.zkpot)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_dns)
