@@ -335,9 +335,7 @@ def _cmd_dns(args: argparse.Namespace) -> int:
     from node.home import HomeError
 
     try:
-        summary = dns_homes(
-            Path(args.dir), Path(args.into) if args.into else None, args.hostname
-        )
+        summary = dns_homes(Path(args.dir), Path(args.into) if args.into else None, args.hostname)
     except (ValueError, OSError, HomeError) as exc:
         print(f"zkpot: testnet dns failed: {exc}", file=sys.stderr)
         return 1
