@@ -270,9 +270,13 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 def start(home_dir: str, bootstrap: list[str]) -> int:
     home = Home(Path(home_dir))
+    try:  # the node's configured name: every container's home is /data
+        name = home.load_config().name
+    except (HomeError, OSError):
+        name = home.path.name  # run_node reports the bad config
     logging.basicConfig(
         level=logging.INFO,
-        format=f"%(asctime)s {home.path.name} %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
