@@ -29,9 +29,15 @@ class ChainNode:
     score: int  # cumulative
 
 
+def preference(score: int, block_hash: bytes) -> tuple[int, bytes]:
+    """Fork choice's order as a sort key, the smallest the best head: the greater
+    cumulative score, then the lower hash. Sync orders the heads peers claim by it too."""
+    return (-score, block_hash)
+
+
 def is_better(a: ChainNode, b: ChainNode) -> bool:
     """True iff `a` should be head rather than `b`."""
-    return a.score > b.score or (a.score == b.score and a.hash < b.hash)
+    return preference(a.score, a.hash) < preference(b.score, b.hash)
 
 
 class ForkChoice:

@@ -23,7 +23,7 @@ from consensus import blocks
 from consensus.checks import VerifyProof
 from consensus.crypto import sha256
 from consensus.errors import ConsensusError, InvalidError
-from consensus.forkchoice import ChainNode, is_better
+from consensus.forkchoice import preference
 from consensus.strategy import rule_for
 from consensus.types import Block
 from node.chain import Chain
@@ -128,7 +128,7 @@ class Syncer:
         # what peers claim is only shown, never trusted: the height of a better chain
         better = [st.height for st in statuses.values() if self._better(st)]
         self.progress.peer_height = max(better, default=self.chain.head_height())
-        for peer, status in sorted(statuses.items(), key=lambda ps: (-ps[1].score, ps[1].head)):
+        for peer, status in sorted(statuses.items(), key=lambda ps: self._rank(ps[1])):
             if not self._better(status):
                 break
             try:
@@ -231,7 +231,11 @@ class Syncer:
             self.progress.imported(1, trio.current_time())
         return True
 
+    @staticmethod
+    def _rank(status: Status) -> tuple[int, bytes]:
+        return preference(status.score, status.head)
+
     def _better(self, status: Status) -> bool:
         """Would fork choice prefer the peer's head to ours (as it claims it)?"""
-        theirs = ChainNode(status.head, b"", status.height, status.score)
-        return is_better(theirs, self.chain.node(self.chain.head))
+        ours = self.chain.node(self.chain.head)
+        return self._rank(status) < preference(ours.score, ours.hash)
