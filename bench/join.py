@@ -7,10 +7,10 @@ its own commits, bindings, reveal (with its Merkle proof) and signatures, and no
 is answered from another block's (a batch's hash includes its round; each block's
 model blob is the winner's model with one float weight moved by less than a
 quantisation step, so its hash, hence its commitment and evaluation checks, are its
-own while its quantised weights — what C and k depend on — are the winner's). The chain is stored in a serving node's LevelDB store; a
-fresh node then catches up through the node's own code: `node.syncer.Syncer` pulls the
-blocks (support.fakes' FakeSync answers from the serving store, so no sockets: this
-measures validation, not transfer) and `node.importer` validates each like a gossiped
+own while its quantised weights — what C and k depend on — are the winner's). The
+chain is stored in a serving node's LevelDB store; a fresh node then catches up through
+the node's own code: `node.syncer.Syncer` pulls the blocks (support.fakes' FakeSync
+answers from the serving store, so no sockets: this measures validation, not transfer) and `node.importer` validates each like a gossiped
 one (cheap rules, every proof verified in a pool of real worker processes, the
 winner's model committed and re-evaluated) and applies it.
 

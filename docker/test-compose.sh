@@ -176,7 +176,7 @@ done
 "${COMPOSE[@]}" -p "$PROJECT" -f "$COMPOSE_FILE" down -v --remove-orphans >/dev/null 2>&1
 "${COMPOSE[@]}" -p "$PROJECT" -f "$COMPOSE_FILE" up -d --no-build >"$WORK/up.log" 2>&1 \
   || { tail -20 "$WORK/up.log"; fail "compose up failed"; }
-say "up: $(echo "${COMPOSE[@]}" -p "$PROJECT" -f docker/compose.yml)"
+say "up: ${COMPOSE[*]} -p $PROJECT -f docker/compose.yml"
 
 # ---------------------------------------------------------------- agreed final block
 step "agreed final block"

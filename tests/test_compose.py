@@ -25,18 +25,13 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from node.home import Home
 from node.tools import cli, compose
 from p2p import peer_id_from_seed
-from support.clilines import fake_testnet, parse, zkpot_commands
+from support.clilines import dockerfile, fake_testnet, parse, zkpot_commands
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
 CHECKED_IN = DOCKER / "compose.yml"
 SPEC = compose.ComposeSpec()  # the checked-in file is the default 4-node network
 DOCKER_COMPOSE = shutil.which("docker-compose")
-
-
-def _dockerfile(instruction: str) -> list[str]:
-    lines = (DOCKER / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
-    return [ln.split(None, 1)[1] for ln in lines if ln.startswith(instruction + " ")]
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +61,8 @@ def test_checked_in_compose_file_is_what_the_cli_writes(tmp_path: Path) -> None:
 def test_every_command_in_the_image_and_compose_file_parses_with_the_real_cli(
     doc: dict[str, Any], init_args: tuple[argparse.Namespace, argparse.Namespace]
 ) -> None:
-    assert [json.loads(e) for e in _dockerfile("ENTRYPOINT")] == [["zkpot"]]
-    (default_cmd,) = (json.loads(c) for c in _dockerfile("CMD"))
+    assert [json.loads(e) for e in dockerfile("ENTRYPOINT")] == [["zkpot"]]
+    (default_cmd,) = (json.loads(c) for c in dockerfile("CMD"))
     assert parse(default_cmd).func is cli._cmd_node_start
     nodes = {k: v for k, v in doc["services"].items() if k != "init"}
     for svc in nodes.values():
@@ -84,22 +79,22 @@ def test_every_command_in_the_image_and_compose_file_parses_with_the_real_cli(
 
 
 def test_image_home_volume_and_healthcheck(doc: dict[str, Any]) -> None:
-    assert _dockerfile("VOLUME") == [f'["{compose.NODE_HOME}"]']
-    env = " ".join(_dockerfile("ENV"))
+    assert dockerfile("VOLUME") == [f'["{compose.NODE_HOME}"]']
+    env = " ".join(dockerfile("ENV"))
     assert f"ZKPOT_HOME={compose.NODE_HOME}" in env
-    assert _dockerfile("USER") == ["zkpot"]
-    assert f"--uid {compose.UID}" in " ".join(_dockerfile("RUN"))
-    (check,) = _dockerfile("HEALTHCHECK")
+    assert dockerfile("USER") == ["zkpot"]
+    assert f"--uid {compose.UID}" in " ".join(dockerfile("RUN"))
+    (check,) = dockerfile("HEALTHCHECK")
     argv = json.loads(check.split("CMD", 1)[1])
     assert argv[:2] == ["python", "-c"] and "/status" in argv[2] and "ZKPOT_HOME" in argv[2]
 
 
 def test_dockerfile_defaults_serve_a_normal_machine_and_bake_in_nothing_of_this_one() -> None:
-    args = dict(a.split("=", 1) for a in _dockerfile("ARG") if "=" in a)
+    args = dict(a.split("=", 1) for a in dockerfile("ARG") if "=" in a)
     assert args["BASE"] == "python:3.11-slim-bookworm"
     assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
     assert args["TORCH_WHEELS"] == ""  # a wheel directory only when asked for
-    runs = " ".join(_dockerfile("RUN"))
+    runs = " ".join(dockerfile("RUN"))
     assert "--mount=type=secret,id=ca" in runs  # the CA bundle is a secret, never a layer
     code = [ln for ln in (DOCKER / "Dockerfile").read_text().splitlines() if not ln.startswith("#")]
     for machine_path in ("/etc/ssl", "/opt/wheels", "/etc/pip", "PIP_CERT", "/etc/xdg"):

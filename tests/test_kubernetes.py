@@ -9,7 +9,6 @@ headless service gives the pods) and the pods' home-copying script runs for real
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import yaml
 
 from node.home import Home
 from node.tools import cli, compose
-from support.clilines import fake_testnet, parse, zkpot_commands
+from support.clilines import dockerfile, fake_testnet, parse, zkpot_commands
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO / "kubernetes" / "testnet.yaml"
@@ -87,8 +86,8 @@ def test_manifests_agree_with_the_cli_and_the_image(docs: dict[str, dict[str, An
         for c in spec.get("initContainers", []) + spec["containers"]:
             assert c["image"] == compose.ComposeSpec().image
     # the readiness probe is the image's HEALTHCHECK
-    dockerfile = (REPO / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
-    check = json.loads(re.search(r"HEALTHCHECK .*? CMD (\[.*\])", dockerfile).group(1))  # type: ignore[union-attr]
+    (healthcheck,) = dockerfile("HEALTHCHECK")
+    check = json.loads(healthcheck.split("CMD", 1)[1])
     assert node["readinessProbe"]["exec"]["command"] == check
     # each pod mounts only its own home from the shared volume
     (home,) = pod["initContainers"]

@@ -1,5 +1,6 @@
 """Deployment files held to the real CLI: every `zkpot ...` line they hold must parse
-with `build_parser()`, and homes shaped as `zkpot testnet init` writes them."""
+with `build_parser()`; the Dockerfile's instructions; homes shaped as `zkpot testnet
+init` writes them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from consensus.crypto import SigningKey
 from node.home import Home, NodeConfig
 from node.tools import cli
 from p2p import peer_id_from_seed
+
+DOCKERFILE = Path(__file__).resolve().parents[2] / "docker" / "Dockerfile"
 
 
 def option_strings(parser: argparse.ArgumentParser) -> set[str]:
@@ -77,3 +80,9 @@ def fake_testnet(out: Path, nodes: int, p2p: int, api: int) -> list[SigningKey]:
         (home.artifacts / "vk.key").write_bytes(b"vk")
     (out / "testnet.json").write_text("{}")
     return keys
+
+
+def dockerfile(instruction: str) -> list[str]:
+    """The arguments of every `instruction` line of docker/Dockerfile (continuations joined)."""
+    lines = DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
+    return [ln.split(None, 1)[1] for ln in lines if ln.startswith(instruction + " ")]
