@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from consensus.blocks import ParentInfo
 from consensus.forkchoice import ChainNode, is_better
 from consensus.rules import Ranked, rank_proofs
+from consensus.strategy import KEEP_PARENT_SCORE
 from consensus.types import Block, CommitTx, ProofTx, Reveal
 
 
@@ -129,7 +130,8 @@ def proposal_decision(
     still proposes while the round lasts: a better late block wins by fork choice.
     Under an averaging rule the block is built only when proposing (`built_late`: the
     aggregation round), so its score is unknown here: any block for the parent already
-    seen makes us abstain.
+    seen makes us abstain (the caller passes only a sibling that can block us,
+    `blocking_sibling`: a keep-parent block cannot).
     """
     mine = next((r for r in ranking if r.participant == me), None)
     if mine is None or mine.k < 1 or mine.rank > max_rank:
@@ -139,6 +141,18 @@ def proposal_decision(
     ):
         return Decision.ABSTAIN
     return Decision.PROPOSE if mine.rank <= rank_due else Decision.WAIT
+
+
+def blocking_sibling(
+    sibling: ChainNode | None, parent: ChainNode, aggregates: bool
+) -> ChainNode | None:
+    """The sibling block that makes a proposer abstain, if any. Under an aggregating rule
+    a block that keeps the parent's model (weight KEEP_PARENT_SCORE) never does: fork
+    choice prefers any aggregate of the round to it, so a cheap keep-parent block
+    cannot make the in-turn aggregator give up its members' work."""
+    if sibling is None or not aggregates:
+        return sibling
+    return None if sibling.score - parent.score <= KEEP_PARENT_SCORE else sibling
 
 
 def best_of(a: ChainNode | None, b: ChainNode) -> ChainNode:

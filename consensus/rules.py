@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from consensus import bn254
 from consensus.checks import VerifyProof
 from consensus.crypto import SIG_LEN, SigningKey, sha256, verify_signature
 from consensus.encoding import Signed
@@ -214,7 +215,28 @@ def check_commit(
         )
     if not round_exists(genesis, tx.round):
         raise InvalidError(f"CommitTx: round {tx.round} is beyond the evaluation plan")
+    check_mask_key(genesis, tx)
     check_signature(tx, tx.participant, chain_id)
+
+
+def check_mask_key(genesis: Genesis, tx: CommitTx) -> None:
+    """Under an aggregating rule the mask key is a real point of the group (v4): a key
+    that is not one would make every honest member's masking fail mid-aggregation and
+    get them dropped as silent; refused here, at the commit, it costs only its sender."""
+    if not RULES[genesis.rule.name].aggregates:
+        if tx.mask_key:
+            raise InvalidError("CommitTx: the winner rule's commits carry no mask key")
+        return
+    if len(tx.mask_key) != POINT_LEN:
+        raise InvalidError(
+            f"CommitTx: the mask key is {len(tx.mask_key)} bytes, a compressed point is {POINT_LEN}"
+        )
+    try:
+        point = bn254.decompress(tx.mask_key)
+    except InvalidError as exc:
+        raise InvalidError(f"CommitTx: the mask key is not a curve point ({exc})") from None
+    if point is None:
+        raise InvalidError("CommitTx: the mask key is the identity point (it would mask nothing)")
 
 
 def proof_check(

@@ -66,6 +66,12 @@ class Rule(ABC):
 
 RULES: dict[str, type[Rule]] = {}
 
+# Under an aggregating rule (v4) a block that keeps the parent's model weighs 1 and an
+# aggregate at least 2, so fork choice always prefers the aggregate of a round to a
+# keep-parent sibling, whatever the models score.
+KEEP_PARENT_SCORE = 1
+AGGREGATE_LEAST_SCORE = 2
+
 
 def register(cls: type[Rule]) -> type[Rule]:
     if cls.name in RULES:
@@ -148,8 +154,10 @@ class BestShare(Rule):
     its `members` (the selected participants whose masked vectors the aggregation
     completed with; dropouts leave some out, never fewer than min_members), carries
     the mean M as its model and the remainder R inline, and is valid only if
-    sum a_i*(C_i - K) = S*(C(M) - K) + (C(R) - K). No members: no aggregate this
-    round, the block keeps the parent's model. Score: the model's k on the batch.
+    sum a_i*(C_i - K) = S*(C(M) - K) + (C(R) - K), and its proofs are at least half
+    of the round's sealed commits. No members: no aggregate this round, the block keeps
+    the parent's model and scores KEEP_PARENT_SCORE. An aggregate scores its model's k
+    on the batch, at least AGGREGATE_LEAST_SCORE.
     """
 
     name = "best-share"
@@ -174,6 +182,11 @@ class BestShare(Rule):
                 f"Block: {len(block.members)} members, the rule needs at least "
                 f"{self.spec.min_members} (fewer would let members learn each other's models)"
             )
+        if 2 * len(block.proofs) < len(block.reveal.sealed):
+            raise InvalidError(
+                f"Block: an aggregate rests on {len(block.proofs)} proofs, fewer than half of "
+                f"the round's {len(block.reveal.sealed)} sealed commits"
+            )
         proven = {p.participant for p in block.proofs}
         if any(m not in proven for m in block.members):
             raise InvalidError("Block: a member has no proof in the block")
@@ -197,9 +210,11 @@ class BestShare(Rule):
         if not block.members:
             if block.model_hash != parent_model:
                 raise InvalidError("Block: a block without an aggregate keeps the parent's model")
-            # it keeps the chain live (and final) through rounds too thin to aggregate
-            # privately, whatever the parent scores; fork choice needs every block >= 1
-            return max(1, _score(block, answers, parent_model, least=0))
+            # it keeps the chain live (and final) through rounds no aggregate could
+            # finish, and never beats an aggregate of its round (v4: one cheap block must
+            # not pre-empt the members' work)
+            _score(block, answers, parent_model, least=0)
+            return KEEP_PARENT_SCORE
         parent_c = commitment(answers, CommitModel(parent_model))
         chosen = self.select(block.reveal.batch, block.proofs, parent_c)
         weights = {c.participant: c.weight for c in chosen}
@@ -222,7 +237,7 @@ class BestShare(Rule):
             k_point,
             claimed,
         )
-        return _score(block, answers, block.model_hash)
+        return max(AGGREGATE_LEAST_SCORE, _score(block, answers, block.model_hash))
 
 
 def rule_for(genesis: Genesis) -> Rule:

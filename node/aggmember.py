@@ -1,11 +1,12 @@
-"""Protocol v2's aggregation round on a participant's node, the member's side
-(consensus.secagg says what each message means; node.aggregator is the proposer's side).
+"""The aggregation round on a participant's node, the member's side (consensus.secagg
+says what each message means, consensus.aggpolicy what an honest member does;
+node.aggregator is the proposer's side).
 
-A member answers every selection that names it and is the rule's with its masked
-vector (alone it reveals nothing), reveals its self-mask seed for the first Complete
-of the round only, so no two computable sums differ by one member, and, when a
-Dispute names it with a partner, reveals that pair's shared point so whoever committed
-a wrong pairwise mask is named alone.
+A member answers, with its masked vector (alone it reveals nothing), only the
+selection of the proposer whose turn it is over the round's proofs; reveals its
+self-mask seed for the first clean Complete of the round only, so no two computable
+sums differ by one member; and, when a Dispute names it with a partner whose update
+disagrees with its own, reveals that pair's shared point so the liar is named alone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from consensus import masking, secagg
+import trio
+
+from consensus import aggpolicy, masking, rules, schedule, secagg
 from consensus.crypto import SigningKey
 from consensus.rules import sign
 from consensus.secagg import MaskedUpdate, Selection, Unmask
@@ -73,16 +76,38 @@ class Member:
             log.warning("no commitment of parent %s: %s", parent.hex()[:8], exc)
             return b""
 
-    async def serve(self, st: RoundState, mine: Mine) -> None:
-        """Answer selections and unmask once, until the round's nursery is cancelled."""
+    async def serve(self, st: RoundState, mine: Mine, opened: int) -> None:
+        """Answer selections, reveal and unmask once (consensus.aggpolicy decides each),
+        until the round's nursery is cancelled. `opened`: when this node opened the round
+        (the proposers' turns count from there)."""
         while True:
             changed = st.changed
+            wake: int | None = None
             for h, sel in list(st.agg.selections.items()):
-                if h not in st.agg.answered and self._names_us(sel, mine):
+                if h in st.agg.answered or h in st.agg.refused or not self._names_us(sel, mine):
+                    continue
+                decision = await self._decide(st, h, sel, opened)
+                if decision.answer is aggpolicy.Answer.ANSWER:
+                    st.agg.answered.add(h)
                     await self._answer(st, h, sel, mine)
+                elif decision.answer is aggpolicy.Answer.REFUSE:
+                    st.agg.refused.add(h)
+                    log.warning(
+                        "round %d: not answering selection %s of %s: %s",
+                        sel.round,
+                        h.hex()[:8],
+                        sel.proposer.hex()[:8],
+                        decision.reason,
+                    )
+                elif decision.until_ms is not None:
+                    wake = decision.until_ms if wake is None else min(wake, decision.until_ms)
             await self._maybe_reveal(st, mine)
             await self._maybe_unmask(st, mine)
-            await changed.wait()
+            if wake is None:
+                await changed.wait()
+            else:
+                with trio.move_on_after(max(0.0, (wake - self.clock()) / 1000)):
+                    await changed.wait()
 
     def _names_us(self, sel: Selection, mine: Mine) -> bool:
         return (
@@ -91,35 +116,50 @@ class Member:
             and mine.commit.hash() in sel.proofs
         )
 
+    async def _decide(
+        self, st: RoundState, h: bytes, sel: Selection, opened: int
+    ) -> aggpolicy.AnswerDecision:
+        """What the policy says of a selection, from what this node holds of its round."""
+        assert st.reveal is not None  # a selection names our proof: it was revealed
+        on_parent = {
+            c: p
+            for c, p in st.proofs.items()
+            if c in st.commits and st.commits[c].parent == sel.parent
+        }
+        listed = [on_parent[c] for c in sel.proofs if c in on_parent]
+        rank = rule_members = None
+        if len(listed) == len(sel.proofs):
+            ranking = rules.rank_proofs(st.reveal.batch, listed)
+            rank = next((r.rank for r in ranking if r.participant == sel.proposer), None)
+            parent_c = await self.parent_commitment(sel.parent)
+            if parent_c:
+                chosen = self.rule.select(st.reveal.batch, listed, parent_c)
+                rule_members = tuple(sorted(c.participant for c in chosen))
+        view = aggpolicy.SelectionView(
+            sel, st.agg.received_ms.get(h, self.clock()), rank, rule_members or ()
+        )
+        g = self.genesis
+        turns = [opened] + [
+            schedule.proposal_time(g, opened, i) for i in range(2, g.timing.max_rank + 1)
+        ]
+        commit_of = {p.participant: c for c, p in on_parent.items()}
+        return aggpolicy.answer_decision(
+            self.key.public,
+            view,
+            {c: st.verified_ms.get(c, 0) for c in on_parent},
+            aggpolicy.droppable_proofs(sel, list(st.agg.selections.values()), commit_of),
+            turns,
+            self.clock(),
+            g.timing.fallback_ms // 2,
+            st.agg.distrusted(self.key.public),
+        )
+
     async def _answer(self, st: RoundState, h: bytes, sel: Selection, mine: Mine) -> None:
-        """Our masked vector, for a selection that is the rule's: its members are exactly
-        whom the rule selects from its proofs, and its proposer is one of them by proof.
-        (Anything else could only waste our one unmask of the round on an invalid block.)"""
-        proofs = [st.proofs.get(cid) for cid in sel.proofs]
-        held = [p for p in proofs if p is not None]
-        if len(held) < len(proofs) or st.reveal is None:
-            return  # a proof is not verified here yet: try again when it is
-        keys = st.mask_keys(sel.proofs)  # every proof is held, so every commit is
+        """Our masked vector for a selection the policy says to answer (alone, y_i is
+        uniformly random)."""
         me = self.key.public
         others = secagg.others_of(sel.members, me)
-        if any(not keys.get(m) for m in others):
-            return  # a member's commit is not here yet: try again when it is
-        st.agg.answered.add(h)
-        if st.agg.revealed_with & set(others):
-            log.warning(
-                "round %d: selection %s pairs us with a member whose shared mask point we "
-                "revealed this round: not answering",
-                sel.round,
-                h.hex()[:8],
-            )
-            return
-        parent_c = await self.parent_commitment(sel.parent)
-        chosen = self.rule.select(st.reveal.batch, held, parent_c) if parent_c else ()
-        if sel.proposer not in keys or tuple(sorted(c.participant for c in chosen)) != sel.members:
-            log.warning(
-                "round %d: selection %s is not the rule's: not answering", sel.round, h.hex()[:8]
-            )
-            return
+        keys = st.mask_keys(sel.proofs)
         job = MaskVector(
             self.artifacts,
             self.arch,
@@ -144,24 +184,34 @@ class Member:
         log.info("round %d: sent our masked vector to selection %s", sel.round, h.hex()[:8])
 
     async def _maybe_reveal(self, st: RoundState, mine: Mine) -> None:
-        """Show our shared point with each partner a Dispute names us with, so whoever
-        committed the wrong mask is named alone. Safe: the selection is abandoned (we never
-        unmask it, nor answer another with that partner this round), so the revealed
-        pairwise mask only ever covers a vector whose self mask stays secret."""
+        """Show our shared point with each partner a Dispute names us with whose own
+        update disagrees with ours on our pair (consensus.aggpolicy.partners_to_reveal):
+        the point is one that partner, proven to have lied, knows already, and we never
+        unmask a selection with it afterwards."""
         me = self.key.public
         for h, dispute in list(st.agg.disputes.items()):
             sel = st.agg.selections.get(h)
-            if sel is None or h not in st.agg.answered or st.agg.unmasked == h:
+            if sel is None or h not in st.agg.answered:
                 continue
             keys = st.mask_keys(sel.proofs)
-            for pid in dispute.pairs:
-                a, b = secagg.pair_of(pid)
-                partner = b if a == me else a if b == me else None
-                if partner is None or pid in st.agg.reveals.get(h, {}) or not keys.get(partner):
+            done = {
+                b if a == me else a
+                for a, b in map(secagg.pair_of, st.agg.reveals.get(h, {}))
+                if me in (a, b)
+            }
+            partners = aggpolicy.partners_to_reveal(
+                me,
+                sel,
+                dispute,
+                st.agg.updates.get(h, {}),
+                st.agg.unmasked is not None,
+                done,
+            )
+            for partner in partners:
+                if not keys.get(partner):
                     continue
                 unsigned = secagg.reveal_pair(mine.mask_secret, me, partner, keys[partner], h)
                 reveal = sign(unsigned, self.key, self.cid)
-                st.agg.revealed_with.add(partner)
                 st.agg.add_reveal(reveal)
                 st.touch()
                 await self.publish(reveal)
@@ -173,22 +223,29 @@ class Member:
                 )
 
     async def _maybe_unmask(self, st: RoundState, mine: Mine) -> None:
-        if st.agg.unmasked is not None:
-            return
         me = self.key.public
-        for h, comp in list(st.agg.completes.items()):
-            sel = st.agg.selections.get(h)
-            ours = st.agg.updates.get(h, {}).get(me)
-            if sel is None or ours is None or h not in st.agg.answered or h in st.agg.disputes:
-                continue
-            if comp.updates[sel.members.index(me)] != ours.hash():
-                continue
-            st.agg.unmasked = h  # never a second one this round
-            secret = faults.mask_secret_used(mine.mask_secret)
-            seed = masking.self_seed(secret.to_bytes(32, "big"), h)
-            um = sign(Unmask(h, me, seed, bytes(64)), self.key, self.cid)
-            st.agg.add_unmask(um)
-            st.touch()
-            await self.publish(um)
-            log.info("round %d: unmasked for selection %s", sel.round, h.hex()[:8])
+        completes = [
+            (st.agg.selections[h], comp)
+            for h, comp in st.agg.completes.items()
+            if h in st.agg.selections and h in st.agg.answered
+        ]
+        ours = {h: u[me].hash() for h, u in st.agg.updates.items() if me in u}
+        h = aggpolicy.unmask_choice(
+            me,
+            completes,
+            ours,
+            set(st.agg.disputes),
+            {s for s, r in st.agg.reveals.items() if r},
+            st.agg.distrusted(me),
+            st.agg.unmasked,
+        )
+        if h is None:
             return
+        st.agg.unmasked = h  # never a second one this round
+        secret = faults.mask_secret_used(mine.mask_secret)
+        seed = masking.self_seed(secret.to_bytes(32, "big"), h)
+        um = sign(Unmask(h, me, seed, bytes(64)), self.key, self.cid)
+        st.agg.add_unmask(um)
+        st.touch()
+        await self.publish(um)
+        log.info("round %d: unmasked for selection %s", st.agg.selections[h].round, h.hex()[:8])

@@ -15,14 +15,14 @@ model. best-share weighs every member 1, so a member's weight is 1.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 
 import trio
 
-from consensus import masking, secagg
-from consensus.rules import Ranked, sign
+from consensus import masking, policy, secagg
+from consensus.rules import sign
 from consensus.secagg import Complete, Dispute, MaskedUpdate, Selection
 from consensus.types import ProofTx
 from node.aggmember import Member
@@ -51,9 +51,7 @@ class Outcome:
 class Aggregation(Member):
     """The proposer's side; it is a member too."""
 
-    async def aggregate(
-        self, st: RoundState, mine: Mine, ranking: Sequence[Ranked], deadline_ms: int
-    ) -> Outcome:
+    async def aggregate(self, st: RoundState, mine: Mine, deadline_ms: int) -> Outcome:
         assert st.reveal is not None
         parent = mine.commit.parent
         parent_model = self.chain.model_of(parent)
@@ -61,17 +59,25 @@ class Aggregation(Member):
         parent_c = await self.parent_commitment(parent)
         if not parent_c:
             return keep
-        proofs = [st.proofs[r.commit_id] for r in ranking]
-        commits = {p.participant: st.commits[p.commit_id] for p in proofs}
-        excluded = {k for k, c in commits.items() if not c.mask_key}
+        excluded: set[bytes] = set()
         wait_ms = self.genesis.timing.fallback_ms
         for attempt in range(secagg.MAX_ATTEMPTS):
             # a silent or wrong member's proof leaves the block: the rule then selects
-            # from the others (the next-ranked fresh model takes its place)
+            # from the others (the next-ranked fresh model takes its place); proofs that
+            # arrived since the last attempt join (members refuse a list that omits any)
             if self.key.public in excluded:  # our own proof must stay in our block
                 log.warning("round %d: we were dropped from our own selection", st.reveal.round)
                 return keep
-            kept = [p for p in proofs if p.participant not in excluded]
+            held = policy.ranking_for(st.reveal, st.commits, st.proofs, parent)
+            kept = [st.proofs[r.commit_id] for r in held if r.participant not in excluded]
+            if 2 * len(kept) < len(st.reveal.sealed):
+                log.info(
+                    "round %d: %d proofs of %d sealed commits: no aggregate",
+                    st.reveal.round,
+                    len(kept),
+                    len(st.reveal.sealed),
+                )
+                return keep
             chosen = self.rule.select(st.reveal.batch, kept, parent_c) if kept else ()
             members = sorted(c.participant for c in chosen)
             if len(members) < self.genesis.rule.min_members:
@@ -90,7 +96,7 @@ class Aggregation(Member):
             )
             sel = sign(sel, self.key, self.cid)
             h = sel.hash()
-            st.agg.add_selection(sel)
+            st.agg.add_selection(sel, self.clock())
             st.touch()
             await self.publish(sel)
             log.info(

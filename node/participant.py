@@ -102,7 +102,7 @@ class Participant:
             await self._propose_when_due(rnd, opened, st, mine)
             return
         async with trio.open_nursery() as nursery:  # the round's end cancels the member
-            nursery.start_soon(self.aggregation.serve, st, mine)
+            nursery.start_soon(self.aggregation.serve, st, mine, opened)
             await self._propose_when_due(rnd, opened, st, mine)
             await trio.sleep_forever()
 
@@ -183,7 +183,7 @@ class Participant:
         tx = ProofTx(rnd, cid, self.key.public, mine.commitment, proved.k, proved.proof, bytes(64))
         tx = sign(tx, self.key, self.cid)
         self.pool.mark(rnd, "proved")
-        st.proofs[cid] = tx
+        st.add_proof(tx, self.clock())
         self.pool.roundlog.record(rnd).proofs[cid] = ProofSeen(self.key.public, cid, proved.k, True)
         await self.publish(tx)
         log.info("round %d: proved k=%d", rnd, proved.k)
@@ -197,8 +197,8 @@ class Participant:
         pinfo = self.chain.parent_info(mine.commit.parent)
         if st.reveal is None or pinfo is None:
             return None
-        if outcome.proofs is not None:  # the aggregate left silent members' proofs out
-            kept = [st.proofs[r.commit_id] for r in ranking if r.commit_id in outcome.proofs]
+        if outcome.proofs is not None:  # exactly the proofs the aggregate rests on
+            kept = [st.proofs[c] for c in outcome.proofs]
             ranking = rules.rank_proofs(st.reveal.batch, kept)
         if not any(r.participant == me for r in ranking):
             return None
@@ -210,6 +210,11 @@ class Participant:
             block, members=outcome.members, remainder=outcome.remainder, membership=changes
         )
         return sign(full, self.key, self.cid)
+
+    def _blocking_sibling(self, st: RoundState, parent: bytes) -> ChainNode | None:
+        return policy.blocking_sibling(
+            st.blocks.get(parent), self.chain.node(parent), self.aggregation is not None
+        )
 
     async def _propose_when_due(self, rnd: int, opened: int, st: RoundState, mine: Mine) -> None:
         g = self.genesis
@@ -239,7 +244,7 @@ class Participant:
                 rank,
                 g.timing.max_rank,
                 candidate,
-                st.blocks.get(parent),
+                self._blocking_sibling(st, parent),
                 built_late=self.aggregation is not None,
             )
             if decision is policy.Decision.ABSTAIN:
@@ -258,10 +263,10 @@ class Participant:
     ) -> None:
         assert self.aggregation is not None
         end = schedule.round_end(self.genesis, opened)
-        outcome = await self.aggregation.aggregate(st, mine, ranking, end)
+        outcome = await self.aggregation.aggregate(st, mine, end)
         block = self._candidate(st, mine, ranking, outcome)
-        if block is None or st.blocks.get(mine.commit.parent) is not None:
-            return  # someone's block for this parent came first
+        if block is None or self._blocking_sibling(st, mine.commit.parent) is not None:
+            return  # someone's aggregate for this parent came first
         if await self._propose(rnd, block, outcome.model) or not outcome.members:
             return
         log.warning("round %d: our aggregate did not check: proposing the parent's model", rnd)

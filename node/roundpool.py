@@ -7,8 +7,7 @@ exists only for rounds near the clock (`in_window`) and is pruned by the clock.
 Decisions (which commit counts, what to seal) are consensus.policy's.
 
 (Over 300 lines on purpose: the round topic's one validator takes every kind of round
-message here, a few lines each; what a message means stays in consensus and
-node.aggstate.)
+message here, a few lines each; what a message means stays in consensus.)
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 import trio
 from libp2p.peer.id import ID
 
-from consensus import policy, rules
+from consensus import aggcheck, aggpolicy, policy, rules
 from consensus.errors import InvalidError
 from consensus.forkchoice import ChainNode
 from consensus.secagg import (
@@ -66,6 +65,7 @@ class RoundState:
     reveal: Reveal | None = None
     revealed: trio.Event = field(default_factory=trio.Event)
     proofs: dict[bytes, ProofTx] = field(default_factory=dict)  # commit id -> valid proof
+    verified_ms: dict[bytes, int] = field(default_factory=dict)  # commit id -> when it was
     mine: Mine | None = None
     blocks: dict[bytes, ChainNode] = field(default_factory=dict)  # parent -> best block seen
     agg: AggState = field(default_factory=AggState)  # protocol v2's aggregation round
@@ -75,6 +75,11 @@ class RoundState:
         """The mask public keys (protocol v2) of the participants whose commits these are,
         among the commits held here."""
         return {c.participant: c.mask_key for c in map(self.commits.get, commit_ids) if c}
+
+    def add_proof(self, tx: ProofTx, now_ms: int) -> None:
+        """A valid proof (the first one kept), and when this node knew it."""
+        self.proofs.setdefault(tx.commit_id, tx)
+        self.verified_ms.setdefault(tx.commit_id, now_ms)
 
     def touch(self) -> None:
         self.changed.set()
@@ -180,7 +185,7 @@ class RoundPool:
         if it became head, the next round opens now."""
         self._release_commits(node.hash)
         if head_changed:
-            self.roundclock.observe(head_round=block.round)
+            self.roundclock.observe(head_round=block.round, hold=self._hold_after(block))
         st = self.rounds.get(block.round)
         if st is None:
             return
@@ -189,13 +194,25 @@ class RoundPool:
             self.mark(block.round, "block")
         if st.reveal is None or st.reveal == block.reveal:  # its txs count as seen
             for p in block.proofs:
-                st.proofs.setdefault(p.commit_id, p)
+                st.add_proof(p, self.clock())
             st.touch()
             for c in block.commits:
                 self.record_commit(block.round, c)
         rec = self.roundlog.record(block.round)
         if self.chain.head == node.hash or rec.block is None:
             rec.block, rec.proposer = node.hash, block.proposer
+
+    def _hold_after(self, block: Block) -> Callable[[], int] | None:
+        """A keep-parent head must not cut short its round's aggregation (v4): the next
+        round opens once that aggregation has been quiet a while (consensus.aggpolicy)."""
+        if not self.aggregates or block.members or not self.in_window(block.round):
+            return None
+        agg, seen, fallback = (
+            self.state(block.round).agg,
+            self.clock(),
+            self.genesis.timing.fallback_ms,
+        )
+        return lambda: aggpolicy.keep_parent_opens_next_at(seen, agg.last_ms, fallback)
 
     def _release_commits(self, parent: bytes) -> None:
         for key in [k for k in self.held if k[2] == parent]:
@@ -239,30 +256,34 @@ class RoundPool:
             members = self.chain.participants(item.parent, item.round)
             if members is None:
                 return Verdict.IGNORE  # its parent is not here (yet)
-            aggstate.check_selection(self.genesis, self.cid, item, members)
+            aggcheck.check_selection(self.genesis, self.cid, item, members)
             st = self.state(item.round)
-            return self._touched(st, st.agg.add_selection(item))
+            proven = {c: p.participant for c, p in st.proofs.items()}
+            if not aggcheck.proposer_proven(item, proven):
+                return Verdict.IGNORE  # no verified proof of its proposer here (yet)
+            return self._touched(st, st.agg.add_selection(item, self.clock()))
         found = self._selection(item.selection)
         if found is None:
             return Verdict.IGNORE
         st, sel = found
         if isinstance(item, MaskedUpdate):
-            aggstate.check_update(self.genesis, self.cid, sel, item)
+            aggcheck.check_update(self.genesis, self.cid, sel, item)
             return self._touched(st, st.agg.add_update(item))
         if isinstance(item, Complete):
-            aggstate.check_complete(self.cid, sel, item)
+            aggcheck.check_complete(self.cid, sel, item)
             return self._touched(st, st.agg.add_complete(item))
         if isinstance(item, Dispute):
-            aggstate.check_dispute(self.cid, sel, item)
+            if not aggcheck.check_dispute(self.cid, sel, item, st.agg.updates.get(sel.hash(), {})):
+                return Verdict.IGNORE  # an update it names is not here (yet)
             return self._touched(st, st.agg.add_dispute(item))
         if isinstance(item, PairReveal):
             dispute = st.agg.disputes.get(item.selection)
             keys = st.mask_keys(sel.proofs)
             if dispute is None or not {item.member, item.partner} <= set(keys):
                 return Verdict.IGNORE  # its context is not here (yet): gossip may reorder
-            aggstate.check_reveal(self.cid, dispute, item, keys)
+            aggcheck.check_reveal(self.cid, dispute, item, keys)
             return self._touched(st, st.agg.add_reveal(item))
-        aggstate.check_unmask(self.cid, sel, item)
+        aggcheck.check_unmask(self.cid, sel, item)
         return self._touched(st, st.agg.add_unmask(item))
 
     def _selection(self, h: bytes) -> tuple[RoundState, Selection] | None:
@@ -272,9 +293,9 @@ class RoundPool:
                 return st, sel
         return None
 
-    @staticmethod
-    def _touched(st: RoundState, added: bool) -> Verdict:
+    def _touched(self, st: RoundState, added: bool) -> Verdict:
         if added:
+            st.agg.last_ms = self.clock()
             st.touch()
         return aggstate.verdict(added)
 
@@ -329,7 +350,7 @@ class RoundPool:
         if not ok:
             seen.valid, seen.reason = False, reason
             raise InvalidError(f"ProofTx: {reason}")
-        st.proofs[tx.commit_id] = tx
+        st.add_proof(tx, self.clock())
         st.touch()
         seen.valid = True
         self.mark(tx.round, f"proof_verified:{tx.participant.hex()[:8]}")

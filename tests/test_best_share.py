@@ -16,8 +16,9 @@ from consensus.commitment import commit
 from consensus.crypto import sha256
 from consensus.errors import InvalidError
 from consensus.rules import sign
+from consensus.strategy import KEEP_PARENT_SCORE
 from consensus.types import AggregationSpec, Block, CommitTx, ProofTx, RuleSpec
-from support.chainfactory import Chain, hash_proof, hash_verify, make_chain
+from support.chainfactory import Chain, hash_proof, hash_verify, make_chain, mask_key_for
 
 BASIS = [bn254.mul(bn254.G, j + 2) for j in range(4)]
 K = bn254.mul(bn254.G, 99)
@@ -70,7 +71,16 @@ def _block(
         c = c_of(m)
         binding = rules.commit_binding(chain.cid, who.public, 0, chain.cid, c)
         commits[i] = sign(
-            CommitTx(0, chain.cid, who.public, binding, signature=bytes(64)), who, chain.cid
+            CommitTx(
+                0,
+                chain.cid,
+                who.public,
+                binding,
+                mask_key=mask_key_for(who.public, 0),
+                signature=bytes(64),
+            ),
+            who,
+            chain.cid,
         )
     reveal = chain.reveal(0, [c.hash() for c in commits.values()])
     for i, m in enumerate(models):
@@ -179,7 +189,36 @@ def test_a_resubmitted_parent_is_never_selected(chain: Chain) -> None:
 def test_a_block_without_members_keeps_the_parent_s_model(chain: Chain) -> None:
     block, _, _ = _block(chain, MODELS, KS)
     keep = resign(chain, block, members=(), remainder=b"", model_hash=sha256(PARENT))
-    assert _check(chain, keep, PARENT) == 2
+    # v4: a keep-parent block weighs KEEP_PARENT_SCORE whatever the parent scores (it
+    # scores 2 here): any aggregate of the round outweighs it
+    assert _check(chain, keep, PARENT) == KEEP_PARENT_SCORE == 1
     other = resign(chain, keep, model_hash=sha256(MODELS[0]))
     with pytest.raises(InvalidError, match="keeps the parent's model"):
         _check(chain, other, MODELS[0])
+
+
+def test_any_aggregate_outweighs_a_keep_parent_sibling(chain: Chain) -> None:
+    """Attack 3 of the v2 review: a cheap keep-parent block (even carrying only its own
+    k = 0 proof) scored max(1, k(parent)) and could beat a poor aggregate. v4: an
+    aggregate whose model classifies one example weighs 2, a keep-parent block 1."""
+    models = [blob(1, [1 + i, 2, 3, 4]) for i in range(5)]
+    block, model, _ = _block(chain, models, [1, 1, 1, 1, 1])
+    model = blob(1, params(model))  # its mean classifies one example
+    agg = resign(chain, block, model_hash=sha256(model))
+    keep = resign(chain, block, members=(), remainder=b"", model_hash=sha256(PARENT))
+    assert _check(chain, agg, model) == 2 > _check(chain, keep, PARENT)
+
+
+def test_an_aggregate_rests_on_at_least_half_the_sealed_commits(chain: Chain) -> None:
+    """A subset aggregate: the proposer carries 3 of the 7 sealed commits' proofs so the
+    rule selects the members it wants; refused (at least half must be carried)."""
+    block, model, members = _block(chain, MODELS, KS)
+    mine = {p.participant for p in block.proofs if p.participant in members}
+    carried = tuple(p for p in block.proofs if p.participant in mine)
+    commits = tuple(c for c in block.commits if c.participant in mine)
+    extra = [chain.commit(chain.participants[i], 0, chain.cid, MODELS[i]).hash() for i in (3, 4)]
+    sealed = [c.hash() for c in block.commits] + extra
+    reveal = chain.reveal(0, sealed)  # 7 sealed, 3 carried
+    thin = resign(chain, block, reveal=reveal, commits=commits, proofs=carried)
+    with pytest.raises(InvalidError, match="fewer than half"):
+        _check(chain, thin, model)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consensus import blocks, rules, selection
+from consensus import blocks, rules, secagg, selection
 from consensus.blocks import ParentInfo
 from consensus.crypto import SigningKey, sha256
 from consensus.errors import InvalidError
@@ -155,6 +155,35 @@ def test_commit_beyond_the_evaluation_plan_is_rejected(chain: Chain) -> None:
     tx = chain.commit(chain.participants[0], 8, chain.cid, b"m")
     with pytest.raises(InvalidError, match="beyond the evaluation plan"):
         rules.check_commit(chain.genesis, chain.cid, tx, chain.genesis.participants)
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        (b"", "0 bytes"),
+        (b"\x05" * 5, "5 bytes"),  # the v2 review's garbage key
+        (bytes(32), "identity point"),
+        (b"\x04" + bytes(31), "not a curve point"),  # x = 4: x^3 + 3 is no square
+        (b"\x01" + bytes(30) + b"\x40", "not a curve point"),  # bit 6 set
+    ],
+)
+def test_an_aggregating_rules_commit_needs_a_real_mask_key(
+    chain: Chain, key: bytes, reason: str
+) -> None:
+    """Attack 4 of the v2 review: a bad mask key passed the commit and made every honest
+    member's masking fail mid-aggregation (they were dropped as silent). v4 refuses it at
+    the commit, with the reason, and a block carrying such a commit is invalid."""
+    g = dataclasses.replace(chain.genesis, rule=RuleSpec("best-share", 50, 3, 16))
+    who = chain.participants[0]
+    tx = chain.commit(who, 0, chain.cid, b"m")
+    bad = sign(dataclasses.replace(tx, mask_key=key), who, chain.cid)
+    with pytest.raises(InvalidError, match=reason):
+        rules.check_commit(g, chain.cid, bad, g.participants)
+    good = sign(dataclasses.replace(tx, mask_key=secagg.mask_public(7)), who, chain.cid)
+    rules.check_commit(g, chain.cid, good, g.participants)
+    # the winner rule masks nothing: its commits carry no key
+    with pytest.raises(InvalidError, match="carry no mask key"):
+        rules.check_commit(chain.genesis, chain.cid, good, chain.genesis.participants)
 
 
 # --- reveals -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from consensus import rules
+from consensus import rules, secagg
 from consensus.crypto import SigningKey, sha256
 from consensus.merkle import merkle_proof, merkle_root
 from consensus.rules import sign
@@ -59,6 +59,12 @@ def make_batch(index: int) -> EvalBatch:
     return EvalBatch(index=index, inputs=inputs, labels=labels)
 
 
+def mask_key_for(participant: bytes, rnd: int) -> bytes:
+    """A valid mask public key (v4's commits need one under an aggregating rule), fixed
+    per participant and round: tests that never mask need only its validity."""
+    return secagg.mask_public(secagg.mask_secret(sha256(participant + rnd.to_bytes(8, "big"))))
+
+
 @dataclass
 class Chain:
     participants: list[SigningKey]
@@ -75,7 +81,8 @@ class Chain:
 
     def commit(self, who: SigningKey, rnd: int, parent: bytes, model: bytes) -> CommitTx:
         binding = rules.commit_binding(self.cid, who.public, rnd, parent, model_commitment(model))
-        tx = CommitTx(rnd, parent, who.public, binding, bytes(64))
+        key = mask_key_for(who.public, rnd) if self.genesis.rule.name != "winner" else b""
+        tx = CommitTx(rnd, parent, who.public, binding, mask_key=key, signature=bytes(64))
         return sign(tx, who, self.cid)
 
     def reveal(self, rnd: int, sealed: list[bytes]) -> Reveal:

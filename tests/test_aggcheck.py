@@ -1,6 +1,7 @@
-"""The round topic's checks of aggregation messages (node.aggstate), pure: who may send
-each message, its bounds, and the pair dispute's reveal, whose Chaum-Pedersen proof is
-checked against the mask keys the members published in their commits."""
+"""The round topic's checks of aggregation messages (consensus.aggcheck), pure: who may
+send each message, its bounds, that a Dispute names only pairs that really disagree,
+and the pair dispute's reveal, whose Chaum-Pedersen proof is checked against the mask
+keys the members published in their commits."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import dataclasses
 
 import pytest
 
-from consensus import secagg
+from consensus import aggcheck, secagg
 from consensus.crypto import SigningKey
 from consensus.errors import InvalidError
 from consensus.rules import sign
-from consensus.secagg import Complete, Dispute, PairReveal, Selection, Unmask
-from node import aggstate
+from consensus.secagg import Complete, Dispute, MaskedUpdate, PairReveal, Selection, Unmask
 from node.aggstate import AggState
 from support.chainfactory import Chain, make_chain
 
@@ -48,46 +48,77 @@ def test_a_selection_needs_participants_and_enough_members(chain: Chain) -> None
     )
     sel = _selection(chain)
     everyone = frozenset(g.participants)
-    aggstate.check_selection(g, chain.cid, sel, everyone)
+    aggcheck.check_selection(g, chain.cid, sel, everyone)
     with pytest.raises(InvalidError, match="a member is not a participant"):
-        aggstate.check_selection(g, chain.cid, sel, everyone - {sel.members[-1]})
+        aggcheck.check_selection(g, chain.cid, sel, everyone - {sel.members[-1]})
     few = sign(dataclasses.replace(sel, members=sel.members[:2]), chain.participants[0], chain.cid)
     with pytest.raises(InvalidError, match="2 members, the rule needs 3"):
-        aggstate.check_selection(g, chain.cid, few, everyone)
+        aggcheck.check_selection(g, chain.cid, few, everyone)
     forged = dataclasses.replace(sel, attempt=1)
     with pytest.raises(InvalidError, match="bad signature"):
-        aggstate.check_selection(g, chain.cid, forged, everyone)
+        aggcheck.check_selection(g, chain.cid, forged, everyone)
 
 
-def test_at_most_max_attempts_selections_per_proposer(chain: Chain) -> None:
+def test_one_selection_per_proposer_and_attempt(chain: Chain) -> None:
     st = AggState()
     for a in range(secagg.MAX_ATTEMPTS):
-        assert st.add_selection(_selection(chain, a))
-    assert not st.add_selection(_selection(chain, 0))  # a repeat
+        assert st.add_selection(_selection(chain, a), 0)
+    assert not st.add_selection(_selection(chain, 0), 0)  # a repeat
+    # another list under an attempt number already used is an equivocation: ignored
     extra = dataclasses.replace(_selection(chain, 0), proofs=(b"\x02" * 32,))
-    assert not st.add_selection(sign(extra, chain.participants[0], chain.cid))
+    assert not st.add_selection(sign(extra, chain.participants[0], chain.cid), 0)
 
 
-def test_a_dispute_is_the_proposers_and_names_pairs_of_members(chain: Chain) -> None:
+def test_a_selection_needs_its_proposers_verified_proof(chain: Chain) -> None:
+    sel = _selection(chain)
+    assert aggcheck.proposer_proven(sel, {b"\x01" * 32: sel.proposer})
+    assert not aggcheck.proposer_proven(sel, {})  # not verified here (yet)
+    assert not aggcheck.proposer_proven(sel, {b"\x01" * 32: sel.members[1]})  # someone else's
+
+
+def _updates(sel: Selection, lie: tuple[bytes, bytes] | None = None) -> dict[bytes, MaskedUpdate]:
+    """Updates whose pair commitments agree, except `lie[0]`'s for its pair with `lie[1]`."""
+    out = {}
+    for m in sel.members:
+        pairs = []
+        for o in secagg.others_of(sel.members, m):
+            point = secagg.mask_public(int.from_bytes(secagg.pair_id(m, o)[:8], "big") + 1)
+            if lie == (m, o):
+                point = secagg.mask_public(7)
+            pairs.append(point)
+        out[m] = MaskedUpdate(sel.hash(), m, bytes(32), tuple(pairs), bytes(32), bytes(64))
+    return out
+
+
+def test_a_dispute_is_the_proposers_and_names_pairs_that_disagree(chain: Chain) -> None:
     sel = _selection(chain)
     a, b, c = sel.members
     proposer = chain.participants[0]
+    lied = _updates(sel, lie=(b, a))
     good = sign(Dispute(sel.hash(), (secagg.pair_id(a, b),), bytes(64)), proposer, chain.cid)
-    aggstate.check_dispute(chain.cid, sel, good)
+    assert aggcheck.check_dispute(chain.cid, sel, good, lied)
+    # an update it names is not here yet: no verdict (gossip may reorder)
+    assert not aggcheck.check_dispute(chain.cid, sel, good, {a: lied[a]})
+    # a pair whose two updates commit the same point: baseless, refused
+    with pytest.raises(InvalidError, match="committed the same point"):
+        aggcheck.check_dispute(chain.cid, sel, good, _updates(sel))
+    baseless = sign(Dispute(sel.hash(), (secagg.pair_id(a, c),), bytes(64)), proposer, chain.cid)
+    with pytest.raises(InvalidError, match="committed the same point"):
+        aggcheck.check_dispute(chain.cid, sel, baseless, lied)
     outsider = chain.participants[3].public
     stranger = sign(
         Dispute(sel.hash(), (secagg.pair_id(a, outsider),), bytes(64)), proposer, chain.cid
     )
     with pytest.raises(InvalidError, match="not two members"):
-        aggstate.check_dispute(chain.cid, sel, stranger)
+        aggcheck.check_dispute(chain.cid, sel, stranger, lied)
     backwards = sign(Dispute(sel.hash(), (b + a,), bytes(64)), proposer, chain.cid)
     with pytest.raises(InvalidError, match="in order"):
-        aggstate.check_dispute(chain.cid, sel, backwards)
+        aggcheck.check_dispute(chain.cid, sel, backwards, lied)
     by_member = sign(
-        Dispute(sel.hash(), (secagg.pair_id(b, c),), bytes(64)), _signer(chain, c), chain.cid
+        Dispute(sel.hash(), (secagg.pair_id(a, b),), bytes(64)), _signer(chain, c), chain.cid
     )
     with pytest.raises(InvalidError, match="bad signature"):
-        aggstate.check_dispute(chain.cid, sel, by_member)
+        aggcheck.check_dispute(chain.cid, sel, by_member, lied)
     st = AggState()
     assert st.add_dispute(good) and not st.add_dispute(good)
 
@@ -105,27 +136,27 @@ def test_a_pair_reveal_must_prove_the_pairs_shared_point(chain: Chain) -> None:
         return sign(unsigned, _signer(chain, member), chain.cid)
 
     good = reveal(b, a, secrets[b])
-    aggstate.check_reveal(chain.cid, dispute, good, keys)
+    aggcheck.check_reveal(chain.cid, dispute, good, keys)
     # the other member reveals the same point: either settles the pair, once
     other = reveal(a, b, secrets[a])
-    aggstate.check_reveal(chain.cid, dispute, other, keys)
+    aggcheck.check_reveal(chain.cid, dispute, other, keys)
     assert other.shared == good.shared
     st = AggState()
     assert st.add_reveal(good) and not st.add_reveal(other)
     # a point from a key other than the published one does not prove
     with pytest.raises(InvalidError, match="proof does not hold"):
-        aggstate.check_reveal(chain.cid, dispute, reveal(b, a, secrets[b] + 1), keys)
+        aggcheck.check_reveal(chain.cid, dispute, reveal(b, a, secrets[b] + 1), keys)
     tampered = sign(
         dataclasses.replace(good, shared=reveal(c, a, secrets[c]).shared),
         _signer(chain, b),
         chain.cid,
     )
     with pytest.raises(InvalidError, match="proof does not hold"):
-        aggstate.check_reveal(chain.cid, dispute, tampered, keys)
+        aggcheck.check_reveal(chain.cid, dispute, tampered, keys)
     with pytest.raises(InvalidError, match="names no such pair"):
-        aggstate.check_reveal(chain.cid, dispute, reveal(c, a, secrets[c]), keys)
+        aggcheck.check_reveal(chain.cid, dispute, reveal(c, a, secrets[c]), keys)
     with pytest.raises(InvalidError, match="bad signature"):
-        aggstate.check_reveal(
+        aggcheck.check_reveal(
             chain.cid, dispute, dataclasses.replace(good, member=a, partner=b), keys
         )
     # and the wire form round-trips
@@ -137,11 +168,11 @@ def test_complete_and_unmask_come_from_whom_they_must(chain: Chain) -> None:
     sel = _selection(chain)
     proposer = chain.participants[0]
     comp = sign(Complete(sel.hash(), (b"\x03" * 32,) * 3, bytes(64)), proposer, chain.cid)
-    aggstate.check_complete(chain.cid, sel, comp)
+    aggcheck.check_complete(chain.cid, sel, comp)
     short = sign(Complete(sel.hash(), (b"\x03" * 32,) * 2, bytes(64)), proposer, chain.cid)
     with pytest.raises(InvalidError, match="one update hash per member"):
-        aggstate.check_complete(chain.cid, sel, short)
+        aggcheck.check_complete(chain.cid, sel, short)
     outsider = chain.participants[3]
     um = sign(Unmask(sel.hash(), outsider.public, b"\x04" * 32, bytes(64)), outsider, chain.cid)
     with pytest.raises(InvalidError, match="not a member"):
-        aggstate.check_unmask(chain.cid, sel, um)
+        aggcheck.check_unmask(chain.cid, sel, um)

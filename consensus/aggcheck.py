@@ -1,0 +1,102 @@
+"""Validity of the aggregation round's messages (protocol v4, docs/protocol.md §10).
+
+Each check is a pure function of the message and what the node already holds of its
+selection; `InvalidError` means the sender broke a rule (reject and penalise), and a
+`False` answer means the node lacks the context to judge yet (ignore: gossip may
+reorder). What the messages mean is consensus.secagg's; which ones an honest node acts
+on is consensus.aggpolicy's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+from consensus import rules, secagg
+from consensus.errors import InvalidError
+from consensus.secagg import (
+    FIELD_BYTES,
+    Complete,
+    Dispute,
+    MaskedUpdate,
+    PairReveal,
+    Selection,
+    Unmask,
+)
+from consensus.types import Genesis
+
+
+def check_selection(
+    genesis: Genesis, cid: bytes, sel: Selection, participants: Collection[bytes]
+) -> None:
+    """`participants`: the set of the selection's round on top of its parent."""
+    if sel.proposer not in participants:
+        raise InvalidError("Selection: the proposer is not a participant")
+    if any(m not in participants for m in sel.members):
+        raise InvalidError("Selection: a member is not a participant")
+    if len(sel.members) < genesis.rule.min_members:
+        raise InvalidError(
+            f"Selection: {len(sel.members)} members, the rule needs {genesis.rule.min_members}"
+        )
+    rules.check_signature(sel, sel.proposer, cid)
+
+
+def proposer_proven(sel: Selection, proven: Mapping[bytes, bytes]) -> bool:
+    """Whether the proposer holds a verified proof this selection lists (`proven`: commit id
+    -> participant of the valid proofs held). Only such a participant may start a
+    selection: nobody else can make a block of the round."""
+    return any(proven.get(c) == sel.proposer for c in sel.proofs)
+
+
+def check_update(genesis: Genesis, cid: bytes, sel: Selection, upd: MaskedUpdate) -> None:
+    if upd.member not in sel.members:
+        raise InvalidError("MaskedUpdate: the sender is not a member of the selection")
+    want = FIELD_BYTES * genesis.aggregation.parameters
+    if len(upd.vector) != want:
+        raise InvalidError(f"MaskedUpdate: the vector is {len(upd.vector)} bytes, not {want}")
+    if len(upd.pair_commitments) != len(sel.members) - 1:
+        raise InvalidError("MaskedUpdate: one pairwise-mask commitment per other member")
+    rules.check_signature(upd, upd.member, cid)
+
+
+def check_complete(cid: bytes, sel: Selection, comp: Complete) -> None:
+    if len(comp.updates) != len(sel.members):
+        raise InvalidError("Complete: one update hash per member")
+    rules.check_signature(comp, sel.proposer, cid)
+
+
+def check_unmask(cid: bytes, sel: Selection, um: Unmask) -> None:
+    if um.member not in sel.members:
+        raise InvalidError("Unmask: the sender is not a member of the selection")
+    rules.check_signature(um, um.member, cid)
+
+
+def check_dispute(
+    cid: bytes, sel: Selection, d: Dispute, updates: Mapping[bytes, MaskedUpdate]
+) -> bool:
+    """A Dispute may name only pairs whose two members' updates commit different points
+    for their shared mask (`updates`: the selection's updates held, by member). False:
+    an update it rests on is not here yet. A pair that agrees makes it invalid: a
+    baseless Dispute would make honest members reveal pairwise secrets for nothing."""
+    for pid in d.pairs:
+        a, b = secagg.pair_of(pid)
+        if not (a < b and a in sel.members and b in sel.members):
+            raise InvalidError("Dispute: a pair is not two members of the selection, in order")
+    rules.check_signature(d, sel.proposer, cid)
+    for pid in d.pairs:
+        a, b = secagg.pair_of(pid)
+        if a not in updates or b not in updates:
+            return False
+        if secagg.pair_commitment(updates, sel.members, a, b) == secagg.pair_commitment(
+            updates, sel.members, b, a
+        ):
+            raise InvalidError("Dispute: a named pair committed the same point (nothing to settle)")
+    return True
+
+
+def check_reveal(cid: bytes, d: Dispute, r: PairReveal, mask_keys: Mapping[bytes, bytes]) -> None:
+    """`mask_keys`: the members' mask public keys from their commits."""
+    if secagg.pair_id(r.member, r.partner) not in d.pairs:
+        raise InvalidError("PairReveal: the dispute names no such pair")
+    rules.check_signature(r, r.member, cid)
+    if not secagg.reveal_holds(r, mask_keys[r.member], mask_keys[r.partner]):
+        raise InvalidError("PairReveal: the shared point's proof does not hold")
