@@ -17,9 +17,23 @@ Reported per size (medians over the measured rounds):
                       commit, the slowest proof, verifying the last proof, one propagation
   ratio               wall / critical (target <= 1.5)
 and the peak RSS of each node process (the prover workers are separate processes).
-Prints a table and writes bench/results/round.json.
 
-    .venv/bin/python bench/round.py [--sizes 2 4 8] [--blocks 3]
+Then the private aggregation's own cost (protocol v4, best-share) per member count
+(`--members`, default 3 8 16), measured in-process on a freshly built digits-mlp
+circuit with the worker's real functions (prover.aggregation) and canonical encodings:
+  msgs                messages one member sends (MaskedUpdate, Unmask) and the
+                      aggregator's own (Selection, Complete)
+  member_kb           bytes one member gossips; round_kb: every message of the round
+  mask_s              one member's masking (its pairwise and self masks, their commitments)
+  check_s             the aggregator's per-member checks, all members, one core
+  aggregate_s         unmasking, the exact mean and its commitment check
+  added_s             what the aggregation adds to the round's critical path on 2 cores:
+                      mask_s + check_s / 2 + aggregate_s + 3 gossip hops (0.1 s each)
+  share               added_s / (the measured critical path + added_s), when a network
+                      of that size was measured above (target <= 10 %)
+Prints the tables and writes bench/results/round.json.
+
+    .venv/bin/python bench/round.py [--sizes 2 4 8] [--blocks 3] [--members 3 8 16]
 """
 
 from __future__ import annotations
@@ -184,10 +198,96 @@ def _breakdown(
     return out
 
 
+GOSSIP_HOP_S = 0.1
+
+
+def aggregation_cost(members: list[int]) -> list[dict[str, Any]]:
+    """The aggregation's messages, bytes and seconds per member count (see the docstring)."""
+    import os
+
+    from consensus import masking, secagg
+    from consensus.secagg import Complete, MaskedUpdate, Selection, Unmask
+    from prover import aggregation, jobs
+    from prover.models import build_model, model_to_bytes
+
+    arch = "digits-mlp"
+    artifacts = tempfile.mkdtemp(prefix="zkpot-agg-")
+    jobs.build_circuit(arch, 16, artifacts, 1, 14, None)
+    out = []
+    for n in members:
+        keys = sorted(os.urandom(32) for _ in range(n))
+        secrets = {k: secagg.mask_secret(os.urandom(32)) for k in keys}
+        publics = {k: secagg.mask_public(s) for k, s in secrets.items()}
+        weights = {k: model_to_bytes(build_model(arch, i + 1)) for i, k in enumerate(keys)}
+        commits = {k: jobs.commit(artifacts, arch, w) for k, w in weights.items()}
+        sel = Selection(0, bytes(32), keys[0], 0, tuple(sorted(keys)), tuple(keys), bytes(64))
+        h = sel.hash()
+        updates, mask_s = [], []
+        for k in keys:
+            others = tuple((o, publics[o]) for o in keys if o != k)
+            t = time.perf_counter()
+            y, pairs, self_c = aggregation.mask_update(
+                artifacts, arch, weights[k], 1, secrets[k], k, others, h
+            )
+            mask_s.append(time.perf_counter() - t)
+            updates.append(MaskedUpdate(h, k, y, pairs, self_c, bytes(64)))
+        t = time.perf_counter()
+        for k, upd in zip(keys, updates, strict=True):
+            signs = tuple(masking.pair_sign(k, o) for o in keys if o != k)
+            assert aggregation.check_update(artifacts, arch, commits[k], 1, upd, signs)
+        check_s = time.perf_counter() - t
+        seeds = [masking.self_seed(secrets[k].to_bytes(32, "big"), h) for k in keys]
+        t = time.perf_counter()
+        blob, rest = aggregation.aggregate(
+            artifacts,
+            arch,
+            keys,
+            [u.vector for u in updates],
+            seeds,
+            [u.self_commitment for u in updates],
+            n,
+        )
+        aggregation.commit_aggregate(artifacts, arch, blob, rest, n)
+        aggregate_s = time.perf_counter() - t
+        comp = Complete(h, tuple(u.hash() for u in updates), bytes(64))
+        unmask = Unmask(h, keys[0], seeds[0], bytes(64))
+        member_b = len(updates[0].encode()) + len(unmask.encode())
+        round_b = n * member_b + len(sel.encode()) + len(comp.encode())
+        mask = statistics.median(mask_s)
+        added = mask + check_s / 2 + aggregate_s + 3 * GOSSIP_HOP_S
+        out.append(
+            {
+                "members": n,
+                "msgs": "2 each + 2",
+                "member_kb": round(member_b / 1024, 1),
+                "round_kb": round(round_b / 1024, 1),
+                "mask_s": round(mask, 3),
+                "check_s": round(check_s, 3),
+                "aggregate_s": round(aggregate_s, 3),
+                "added_s": round(added, 3),
+            }
+        )
+    return out
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
+    print(" | ".join(cols))
+    for r in rows:
+        print(
+            " | ".join(
+                "-"
+                if r.get(c) is None
+                else (f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]))
+                for c in cols
+            )
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2, 4, 8])
     parser.add_argument("--blocks", type=int, default=3)
+    parser.add_argument("--members", type=int, nargs="*", default=[3, 8, 16])
     args = parser.parse_args()
     results = [run_size(p, args.blocks) for p in args.sizes]
     cols = [
@@ -206,16 +306,31 @@ def main() -> None:
         "ratio",
         "peak_rss_mb_per_node",
     ]
-    print(" | ".join(cols))
-    for r in results:
-        print(
-            " | ".join(
-                "-" if r[c] is None else (f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]))
-                for c in cols
-            )
-        )
+    _table(results, cols)
+    agg = aggregation_cost(args.members)
+    critical = {r["participants"]: r["critical_s"] for r in results if r.get("critical_s")}
+    for a in agg:
+        c = critical.get(a["members"])
+        a["share"] = None if c is None else round(a["added_s"] / (c + a["added_s"]), 3)
+    print()
+    _table(
+        agg,
+        [
+            "members",
+            "msgs",
+            "member_kb",
+            "round_kb",
+            "mask_s",
+            "check_s",
+            "aggregate_s",
+            "added_s",
+            "share",
+        ],
+    )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "round.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "round.json").write_text(
+        json.dumps({"rounds": results, "aggregation": agg}, indent=2)
+    )
     print(f"wrote {RESULTS / 'round.json'}")
 
 

@@ -40,11 +40,15 @@ def check_selection(
     rules.check_signature(sel, sel.proposer, cid)
 
 
-def proposer_proven(sel: Selection, proven: Mapping[bytes, bytes]) -> bool:
-    """Whether the proposer holds a verified proof this selection lists (`proven`: commit id
-    -> participant of the valid proofs held). Only such a participant may start a
-    selection: nobody else can make a block of the round."""
-    return any(proven.get(c) == sel.proposer for c in sel.proofs)
+def proposer_sealed(
+    sel: Selection, sealed: Collection[bytes], committer: Mapping[bytes, bytes]
+) -> bool:
+    """Whether the selection lists a commit of its proposer that the round's reveal sealed
+    (`sealed`: the reveal's commit ids; `committer`: commit id -> participant of the commits
+    held). Only such a participant can make a block of the round, so only it may start a
+    selection; its proof need not be verified here yet (the Selection often arrives while
+    it still is: members wait for it before they answer)."""
+    return any(c in sealed and committer.get(c) == sel.proposer for c in sel.proofs)
 
 
 def check_update(genesis: Genesis, cid: bytes, sel: Selection, upd: MaskedUpdate) -> None:

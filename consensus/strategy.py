@@ -190,8 +190,11 @@ class BestShare(Rule):
         proven = {p.participant for p in block.proofs}
         if any(m not in proven for m in block.members):
             raise InvalidError("Block: a member has no proof in the block")
-        if not block.remainder:
-            raise InvalidError("Block: an aggregate needs its remainder")
+        if len(block.remainder) != self.genesis.aggregation.parameters:
+            raise InvalidError(
+                f"Block: the remainder has {len(block.remainder)} values, the model "
+                f"{self.genesis.aggregation.parameters} parameters"
+            )
         s = len(block.members)  # equal weights: the weight sum is the member count
         if max(block.remainder) >= s:
             raise InvalidError(f"Block: a remainder value is not below the weight sum {s}")

@@ -37,6 +37,9 @@ class RoundRecord:
     opened_ms: int | None = None  # when this node opened the round (deadlines count from it)
     # When this node saw each step, in ms since the round started (for bench/round.py).
     times_ms: dict[str, int] = field(default_factory=dict)
+    # Aggregation messages this node accepted, by type, and those it refused (rejected as
+    # invalid) under "refused:<type>": what an operator (and a test) sees of an attack.
+    aggregation: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The record as the API shows it: bytes as hex."""
@@ -50,6 +53,7 @@ class RoundRecord:
             }
         return {
             "times_ms": dict(rec.times_ms),
+            "aggregation": dict(sorted(rec.aggregation.items())),
             "commits": [{"id": c.hex(), "participant": p.hex()} for c, p in rec.commits.items()],
             "reveal": {
                 "revealed": rec.revealed,

@@ -242,11 +242,34 @@ class RoundPool:
             if isinstance(
                 item, Selection | MaskedUpdate | Complete | Unmask | Dispute | PairReveal
             ):
-                return self.on_agg(item)
+                return self._counted(item)
             return Verdict.REJECT
         except InvalidError as exc:
             log.info("rejected %s from %s: %s", type(item).__name__, forwarder, exc)
             return Verdict.REJECT
+
+    def _counted(self, item: AggMessage) -> Verdict:
+        """on_agg, with the verdict counted in the round's record (`aggregation`)."""
+        try:
+            verdict = self.on_agg(item)
+        except InvalidError:
+            self._count(item, "refused:")
+            raise
+        if verdict is Verdict.ACCEPT:
+            self._count(item, "")
+        return verdict
+
+    def _count(self, item: AggMessage, prefix: str) -> None:
+        if isinstance(item, Selection):
+            rnd = item.round
+        else:
+            found = self._selection(item.selection)
+            if found is None:
+                return
+            rnd = found[1].round
+        if self.in_window(rnd):
+            counts = self.roundlog.record(rnd).aggregation
+            counts[prefix + item.NAME] = counts.get(prefix + item.NAME, 0) + 1
 
     def on_agg(self, item: AggMessage) -> Verdict:
         """An aggregation message (ours too: recorded before it is published)."""
@@ -258,9 +281,10 @@ class RoundPool:
                 return Verdict.IGNORE  # its parent is not here (yet)
             aggcheck.check_selection(self.genesis, self.cid, item, members)
             st = self.state(item.round)
-            proven = {c: p.participant for c, p in st.proofs.items()}
-            if not aggcheck.proposer_proven(item, proven):
-                return Verdict.IGNORE  # no verified proof of its proposer here (yet)
+            committer = {c: commit.participant for c, commit in st.commits.items()}
+            sealed = () if st.reveal is None else st.reveal.sealed
+            if not aggcheck.proposer_sealed(item, sealed, committer):
+                return Verdict.IGNORE  # no sealed commit of its proposer here (yet)
             return self._touched(st, st.agg.add_selection(item, self.clock()))
         found = self._selection(item.selection)
         if found is None:

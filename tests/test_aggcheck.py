@@ -69,11 +69,13 @@ def test_one_selection_per_proposer_and_attempt(chain: Chain) -> None:
     assert not st.add_selection(sign(extra, chain.participants[0], chain.cid), 0)
 
 
-def test_a_selection_needs_its_proposers_verified_proof(chain: Chain) -> None:
+def test_a_selection_needs_its_proposers_sealed_commit(chain: Chain) -> None:
     sel = _selection(chain)
-    assert aggcheck.proposer_proven(sel, {b"\x01" * 32: sel.proposer})
-    assert not aggcheck.proposer_proven(sel, {})  # not verified here (yet)
-    assert not aggcheck.proposer_proven(sel, {b"\x01" * 32: sel.members[1]})  # someone else's
+    listed = b"\x01" * 32
+    assert aggcheck.proposer_sealed(sel, {listed}, {listed: sel.proposer})
+    assert not aggcheck.proposer_sealed(sel, set(), {listed: sel.proposer})  # not sealed
+    assert not aggcheck.proposer_sealed(sel, {listed}, {})  # its commit is not here (yet)
+    assert not aggcheck.proposer_sealed(sel, {listed}, {listed: sel.members[1]})  # another's
 
 
 def _updates(sel: Selection, lie: tuple[bytes, bytes] | None = None) -> dict[bytes, MaskedUpdate]:

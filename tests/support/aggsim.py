@@ -132,8 +132,11 @@ class Sim:
         a = self.agg
         if isinstance(msg, Selection):
             aggcheck.check_selection(self.genesis, self.cid, msg, set(self.by_key))
-            proven = {c: p.participant for c, p in self.proofs.items()}
-            return aggcheck.proposer_proven(msg, proven) and a.add_selection(msg, self.now)
+            committer = {c: p.participant for c, p in self.proofs.items()}
+            sealed = set(committer)
+            return aggcheck.proposer_sealed(msg, sealed, committer) and a.add_selection(
+                msg, self.now
+            )
         sel = a.selections.get(msg.selection)  # type: ignore[attr-defined]
         if sel is None:
             return False

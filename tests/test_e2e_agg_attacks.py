@@ -1,0 +1,96 @@
+"""End to end, protocol v4: one malicious node process among honest ones cannot stop the
+aggregation, pre-empt it, nor get anyone's model out.
+
+Network: node0 publishes; node1..node4 participate; node4 runs support.malicious_node
+(the real daemon with the participant's behaviour changed in that process only), which
+rotates by round through: a commit with a mask key that is no curve point, a keep-parent
+block proposed the moment its proof is out, and copied selections with baseless Disputes
+(on its copy and on the honest selection). Asserted through the API and the attacker's
+own record of what it sent: every attack was delivered; the bad commit is in no block;
+no attacker keep-parent block is canonical while an aggregate of its round exists; blocks
+keep carrying aggregates; no block's model is any participant's own model and no pair
+secret was ever revealed (no honest partner was ever named).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.tools.testnet import init
+from support.e2e_util import Net, small_net
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("busy_core")]
+
+ATTACKER = 4
+MALICIOUS = Path(__file__).parent / "support" / "malicious_node.py"
+FINAL = 9  # final blocks to see (rounds 0.. of every strategy, three times)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("attacknet") / "net"
+    spec = dataclasses.replace(small_net(5), participants=4, rule="best-share")
+    init(root, spec)
+    n = Net(root, spec)
+    for i in range(ATTACKER):
+        n.start(i)
+    home = n.home(ATTACKER)
+    with (home.path / "node.log").open("ab") as log:
+        n.procs[ATTACKER] = subprocess.Popen(
+            [sys.executable, str(MALICIOUS), str(root / "actions.jsonl"), "--home", str(home.path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
+def test_one_malicious_node_neither_stops_nor_preempts_the_aggregates(net: Net) -> None:
+    net.wait_finalized([0, 1, 2, 3], FINAL, timeout=900)
+    actions = [json.loads(line) for line in (net.root / "actions.jsonl").read_text().splitlines()]
+    delivered = {a["action"] for a in actions}
+    assert delivered == {"bad-mask-key", "keep-parent", "baseless-dispute"}, actions
+    bad_commits = {a["commit"] for a in actions if a["action"] == "bad-mask-key"}
+    keep_blocks = {a["block"] for a in actions if a["action"] == "keep-parent"}
+
+    blocks = [net.get(0, f"/blocks/{h}") for h in range(1, FINAL + 1)]
+    for b in blocks:
+        assert not bad_commits & {c["id"] for c in b["commits"]}, f"a bad commit in {b}"
+    aggregates = [b for b in blocks if b["members"]]
+    share = len(aggregates) / len(blocks)
+    print(f"aggregates: {len(aggregates)} of {len(blocks)} final blocks ({share:.0%})")
+    # the attacker's keep-parent block never wins a round that has an aggregate
+    for b in blocks:
+        if b["hash"] in keep_blocks:
+            assert b["score"] == 1 and not b["members"]
+    assert all(b["score"] >= 2 for b in aggregates)
+    # the attacker's blocks cannot crowd out the aggregates (CI runs with a busy core:
+    # the note of the issue gives the rate measured on an idle machine)
+    assert share >= 0.5, [(b["round"], b["proposer"][:8], b["members"]) for b in blocks]
+    # an aggregate is never one participant's own model (a model travels only masked)
+    for b in aggregates:
+        assert len(b["members"]) >= 3
+    # what the honest nodes saw: the baseless Disputes were refused (the one on the
+    # honest selection is signed by the wrong key, the one on the copy names pairs that
+    # never disagreed, or updates nobody sent), so no pair secret was ever revealed
+    seen: dict[str, int] = {}
+    for i in range(ATTACKER):
+        for r in {a["round"] for a in actions}:
+            try:
+                rec = net.get(i, f"/rounds/{r}")
+            except Exception:  # a round this node kept no record of
+                continue
+            for name, n in rec["aggregation"].items():
+                seen[name] = seen.get(name, 0) + n
+    print(f"aggregation messages seen by honest nodes: {seen}")
+    assert seen.get("Dispute", 0) == 0 and seen.get("PairReveal", 0) == 0, seen
+    assert seen.get("MaskedUpdate", 0) > 0 and seen.get("Unmask", 0) > 0, seen
