@@ -135,7 +135,9 @@ class Engine:
         if forwarder == self.net.peer_id:
             return Verdict.ACCEPT  # our own publish: `submit` checked it
         try:
-            return self._membership_verdict(item)
+            if isinstance(item, JoinRequest):
+                return self.members.on_request(item, str(forwarder))
+            return self.members.on_change(item)
         except InvalidError as exc:
             log.info("rejected %s from %s: %s", item.NAME, forwarder, exc)
             return Verdict.REJECT

@@ -4,14 +4,16 @@ signed changes (consensus.membership) waiting for a block to carry them.
 Both arrive by gossip on the round topic or from this node's API (`POST /membership`,
 the same checks), and both are bounded: one request per key (a key's requests are the
 same bytes: ed25519 signatures are deterministic), at most MAX_REQUESTS keys, the
-oldest dropped first; changes at most MAX_PENDING. A change is kept only while it can still
+oldest dropped first; changes at most MAX_PENDING. Keys are free, so each gossip peer
+may bring at most REQUESTS_PER_PEER new keys per round: a flood of fresh keys stops at
+the flooder's own peers and cannot push real requests out of the pool. A change is kept only while it can still
 be carried: valid on the head's roster for a block of the current round or later.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from consensus import membership, rules
@@ -24,6 +26,7 @@ log = logging.getLogger("zkpot.node")
 
 MAX_REQUESTS = 256
 MAX_PENDING = 64
+REQUESTS_PER_PEER = 4  # new join-request keys one forwarding peer may bring per round
 
 
 class MembershipPool:
@@ -36,11 +39,22 @@ class MembershipPool:
         self.current_round = current_round
         self.requests: OrderedDict[bytes, JoinRequest] = OrderedDict()  # by key
         self.pending: dict[bytes, Membership] = {}  # by hash
+        self._brought: Counter[str] = Counter()  # new keys per forwarding peer, this round
+        self._brought_round = -1
 
-    def on_request(self, req: JoinRequest) -> Verdict:
+    def on_request(self, req: JoinRequest, forwarder: str | None = None) -> Verdict:
+        """`forwarder`: the gossip peer that brought it (None: this node's own API)."""
         rules.check_signature(req, req.key, self.cid)
         if req.key in self.chain.roster(self.chain.head).eventual() or req.key in self.requests:
             return Verdict.IGNORE
+        if forwarder is not None:
+            rnd = self.current_round()
+            if rnd != self._brought_round:
+                self._brought, self._brought_round = Counter(), rnd
+            if self._brought[forwarder] >= REQUESTS_PER_PEER:
+                log.info("join request of %s ignored: its peer's quota is spent", req.key.hex()[:8])
+                return Verdict.IGNORE
+            self._brought[forwarder] += 1
         self.requests[req.key] = req
         while len(self.requests) > MAX_REQUESTS:
             self.requests.popitem(last=False)

@@ -150,9 +150,13 @@ class RoundPool:
         return cur - 2 <= rnd <= cur + 1
 
     def prune(self, rnd: int) -> None:
-        """Driven by the clock only, never by a peer-supplied round."""
+        """Driven by the clock only, never by a peer-supplied round. Aggregation state
+        (the bulk: masked vectors) is kept only for the rounds a message may still touch."""
         for old in [r for r in self.rounds if r < rnd - 8]:
             del self.rounds[old]
+        for r, st in self.rounds.items():
+            if r < rnd - 2 and st.agg.selections:
+                st.agg = AggState()
 
     def record_commit(self, rnd: int, c: CommitTx, received_ms: int | None = None) -> None:
         st = self.state(rnd)

@@ -13,7 +13,7 @@ from consensus.errors import InvalidError
 from consensus.rules import sign
 from consensus.types import ADMIT, EXIT, JoinRequest, Membership
 from node.chain import Chain as NodeChain
-from node.membershippool import MembershipPool
+from node.membershippool import MAX_REQUESTS, REQUESTS_PER_PEER, MembershipPool
 from p2p import Verdict
 from storage import ChainStore
 from support.chainfactory import Chain, make_chain
@@ -48,6 +48,24 @@ def test_a_join_request_is_kept_once_and_a_members_is_ignored(
     forged = JoinRequest(NEWCOMER.public, _request(chain, chain.participants[0]).signature)
     with pytest.raises(InvalidError, match="bad signature"):
         pool.on_request(forged)
+
+
+def test_fresh_keys_from_one_peer_cannot_flush_the_request_pool(tmp_path: Path) -> None:
+    """Attack 5 of the v2 review: JoinRequests of fresh keys are free and pushed real ones
+    out of the 256-key pool. Each peer may now bring REQUESTS_PER_PEER new keys a round."""
+    chain = make_chain()
+    node_chain = NodeChain(ChainStore.open(tmp_path / "store"), chain.genesis, INITIAL_MODEL)
+    rnd = [5]
+    pool = MembershipPool(chain.genesis, chain.cid, node_chain, lambda: rnd[0])
+    assert pool.on_request(_request(chain), "honest-peer") is Verdict.ACCEPT
+    flood = [SigningKey(sha256(b"sybil%d" % i)) for i in range(MAX_REQUESTS + 10)]
+    verdicts = [pool.on_request(_request(chain, k), "flooder") for k in flood]
+    assert verdicts.count(Verdict.ACCEPT) == REQUESTS_PER_PEER
+    assert NEWCOMER.public in pool.requests  # the real request stays
+    rnd[0] = 6  # a new round: a new quota
+    assert pool.on_request(_request(chain, flood[-1]), "flooder") is Verdict.ACCEPT
+    # this node's own API has no quota
+    assert pool.on_request(_request(chain, flood[-2])) is Verdict.ACCEPT
 
 
 def test_changes_are_relayed_when_valid_on_the_head_and_carried_by_our_block(

@@ -10,6 +10,7 @@ so what these tests show is the node's logic, never that proving works.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,11 @@ from typing import Any, TypeVar
 import trio
 from libp2p.peer.id import ID
 
+from consensus import bn254, masking, secagg
+from consensus.aggregate import split_mean
 from consensus.crypto import SigningKey, sha256
-from consensus.types import Block, EvalBatch
+from consensus.secagg import MaskedUpdate
+from consensus.types import AggregationSpec, Block, EvalBatch, Genesis, RuleSpec
 from node.chain import Chain as NodeChain
 from node.engine import Engine
 from node.interfaces import Outgoing
@@ -28,8 +32,22 @@ from p2p import SyncError, TopicKind, Verdict
 from p2p.gossip import Validator
 from p2p.host import peer_id_from_seed
 from p2p.sync import BlockEntry, Status
-from prover.client import Commit, Evaluate, Job, Prove, Proved, Train, Verified, Verify
-from prover.worker import JobTimeout
+from prover.client import (
+    Aggregate,
+    CheckUpdate,
+    Commit,
+    Evaluate,
+    Job,
+    MaskCommitment,
+    MaskVector,
+    Prove,
+    Proved,
+    Train,
+    Verified,
+    Verify,
+)
+from prover.client import CommitAggregate as CommitAggregateJob
+from prover.worker import JobFailed, JobTimeout
 from storage import ChainStore
 from support.chainfactory import Chain, hash_proof, hash_verify, model_commitment
 
@@ -43,6 +61,72 @@ def fake_model(k: int, *salt: bytes) -> bytes:
     return bytes([k]) + sha256(b"".join(salt))[:15]
 
 
+FAKE_PARAMS = 16  # a fake model's parameters: its 16 bytes (fake_model), as integers
+FAKE_BASIS = [bn254.mul(bn254.G, 101 + j) for j in range(FAKE_PARAMS)]
+FAKE_K = bn254.mul(bn254.G, 97)
+
+
+def fake_params(model: bytes) -> list[int]:
+    """A fake model's parameters: its bytes, zero-padded to FAKE_PARAMS."""
+    return list(model[:FAKE_PARAMS].ljust(FAKE_PARAMS, b"\0"))
+
+
+def fake_linear(values: list[int]) -> bn254.Point:
+    return bn254.msm(FAKE_BASIS, [v % bn254.R for v in values])
+
+
+def fake_commitment(model: bytes) -> bytes:
+    """C(q) = L(q) + K over the fake basis: affine, as ezkl's polycommit is (§10)."""
+    return bn254.compress(bn254.add(fake_linear(fake_params(model)), FAKE_K))
+
+
+def aggregating(genesis: Genesis) -> Genesis:
+    """`genesis` under best-share over the fake basis (FakeProver(aggregating=True))."""
+    return dataclasses.replace(
+        genesis,
+        rule=RuleSpec("best-share", 50, 3, 16),
+        aggregation=AggregationSpec(0, FAKE_PARAMS, sha256(b"fake basis"), bn254.compress(FAKE_K)),
+    )
+
+
+def _fake_mask(job: MaskVector) -> tuple[bytes, tuple[bytes, ...], bytes]:
+    q = [job.weight * v for v in fake_params(job.weights)]
+    masks = secagg.member_masks(job.secret, job.me, job.others, job.context, FAKE_PARAMS)
+    y = masking.masked(q, masks.pair_masks, masks.self_mask)
+    pairs = tuple(bn254.compress(fake_linear(list(u))) for _, u in masks.pair_masks)
+    return secagg.encode_vector(y), pairs, bn254.compress(fake_linear(list(masks.self_mask)))
+
+
+def _fake_check(job: CheckUpdate) -> bool:
+    upd = MaskedUpdate.decode(job.update)
+    weighted = bn254.mul(bn254.sub(bn254.decompress(job.commitment), FAKE_K), job.weight)
+    want = secagg.expected_update(
+        weighted,
+        [bn254.decompress(c) for c in upd.pair_commitments],
+        job.signs,
+        bn254.decompress(upd.self_commitment),
+    )
+    return fake_linear(secagg.decode_vector(upd.vector, FAKE_PARAMS)) == want
+
+
+def _fake_mask_commitment(seed: bytes) -> bytes:
+    return bn254.compress(fake_linear(masking.expand(seed, FAKE_PARAMS)))
+
+
+def _fake_aggregate(job: Aggregate) -> tuple[bytes, bytes]:
+    for member, seed, committed in zip(job.members, job.seeds, job.self_commitments, strict=True):
+        if _fake_mask_commitment(seed) != committed:
+            raise JobFailed(f"member {member.hex()[:8]}'s self seed does not open its commitment")
+    vectors = [secagg.decode_vector(v, FAKE_PARAMS) for v in job.vectors]
+    mean, rest = split_mean(secagg.unmasked_sum(vectors, job.seeds), job.weight_sum)
+    return bytes(mean), bytes(rest)
+
+
+def _fake_commit_aggregate(job: CommitAggregateJob) -> bytes:
+    total = [job.weight_sum * m + r for m, r in zip(job.weights, job.remainder, strict=True)]
+    return bn254.compress(bn254.add(fake_linear(total), FAKE_K))
+
+
 @dataclass
 class FakeProver:
     """Answers the typed prover jobs with hash stand-ins, taking `delay_s` of virtual time.
@@ -52,6 +136,7 @@ class FakeProver:
 
     delay_s: dict[type, float] = field(default_factory=dict)
     calls: list[Job[Any]] = field(default_factory=list)
+    aggregating: bool = False  # commitments on the fake basis, and the masking jobs
 
     async def run(self, job: Job[R], *, timeout: float) -> R:
         self.calls.append(job)
@@ -61,17 +146,29 @@ class FakeProver:
             raise JobTimeout(f"{type(job).__name__} overran its {timeout:.0f} s deadline")
         return self.answer(job)  # type: ignore[return-value]
 
-    @staticmethod
-    def answer(job: Job[Any]) -> object:
+    def answer(self, job: Job[Any]) -> object:
         if isinstance(job, Train):
             k = int(job.data_file.removeprefix("fake:"))
             return fake_model(k, job.global_weights, job.seed.to_bytes(8, "big"))
         if isinstance(job, Commit):
-            return model_commitment(job.weights)
+            return (
+                fake_commitment(job.weights) if self.aggregating else model_commitment(job.weights)
+            )
+        if isinstance(job, MaskVector):
+            return _fake_mask(job)
+        if isinstance(job, CheckUpdate):
+            return _fake_check(job)
+        if isinstance(job, MaskCommitment):
+            return _fake_mask_commitment(job.seed)
+        if isinstance(job, Aggregate):
+            return _fake_aggregate(job)
+        if isinstance(job, CommitAggregateJob):
+            return _fake_commit_aggregate(job)
         if isinstance(job, Prove):
             batch = EvalBatch.decode(job.batch)
             k = job.weights[0]
-            return Proved(k, hash_proof(batch, model_commitment(job.weights), k))
+            c = fake_commitment(job.weights) if self.aggregating else model_commitment(job.weights)
+            return Proved(k, hash_proof(batch, c, k))
         if isinstance(job, Verify):
             ok = hash_verify(job.proof, EvalBatch.decode(job.batch), job.commitment, job.k)
             return Verified(ok, "" if ok else "hash proof does not match")

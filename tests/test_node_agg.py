@@ -1,0 +1,183 @@
+"""Protocol v4's aggregation round in the node's own code, in virtual time.
+
+The real engine, participant, member and aggregator loops, round pool and chain run
+for a best-share chain; only the clock, the network and the prover are fakes, and the
+fake prover does the masking jobs with the real arithmetic over a 16-point basis
+(support.fakes: a model's 16 bytes are its parameters, its commitment L(q) + K is a
+real curve point, so every block's aggregate check is the real one). One participant
+misbehaves by having one of its node's methods replaced, as a malicious node would.
+"""
+
+from __future__ import annotations
+
+import types
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from consensus import policy
+from consensus.crypto import sha256
+from consensus.secagg import Unmask
+from consensus.types import Block
+from node.aggregator import Outcome
+from node.participant import Participant
+from node.roundpool import Mine, RoundState
+from support.chainfactory import Chain, make_chain
+from support.fakes import FakeNetwork, FakeNode, FakeProver, aggregating, clock_at, make_node
+
+SCORES = [4, 3, 3, 2]  # the rule selects 3 of 4 fresh models
+
+
+def _chain() -> Chain:
+    base = make_chain(n=len(SCORES), num_batches=12)
+    return Chain(base.participants, base.publisher, aggregating(base.genesis), base.batches)
+
+
+@asynccontextmanager
+async def agg_net(
+    tmp_path: Path, chain: Chain
+) -> AsyncIterator[tuple[FakeNetwork, list[FakeNode], trio.Nursery, list[Any]]]:
+    """Publisher and participants, started; the last item collects every published message."""
+    clock = clock_at(chain.genesis.timing.genesis_ms)
+    sent: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(nursery)
+        deliver = network.deliver
+
+        async def recording(src: Any, item: Any) -> None:
+            sent.append(item)
+            await deliver(src, item)
+
+        network.deliver = recording  # type: ignore[method-assign]
+        nodes = [
+            make_node(
+                network,
+                chain,
+                chain.publisher,
+                tmp_path / "pub",
+                clock,
+                prover=FakeProver(aggregating=True),
+            )
+        ]
+        for i, key in enumerate(chain.participants):
+            nodes.append(
+                make_node(
+                    network,
+                    chain,
+                    key,
+                    tmp_path / f"p{i}",
+                    clock,
+                    k=SCORES[i],
+                    prover=FakeProver(aggregating=True),
+                )
+            )
+        yield network, nodes, nursery, sent
+        nursery.cancel_scope.cancel()
+    for n in nodes:
+        n.chain.store.close()
+
+
+def _start(nursery: trio.Nursery, nodes: list[FakeNode]) -> None:
+    for n in nodes:
+        nursery.start_soon(n.engine.run)
+
+
+def canonical(node: FakeNode) -> list[Block]:
+    out = []
+    h = node.chain.head
+    while h != node.chain.cid:
+        block = node.chain.block(h)
+        assert block is not None
+        out.append(block)
+        h = block.parent
+    return out[::-1]
+
+
+async def until(done: Any, within_s: float) -> None:
+    with trio.fail_after(within_s):
+        while not done():
+            await trio.sleep(0.05)
+
+
+async def test_every_block_carries_a_private_aggregate(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    chain = _chain()
+    async with agg_net(tmp_path, chain) as (_, nodes, nursery, sent):
+        _start(nursery, nodes)
+        await until(lambda: all(len(canonical(n)) >= 4 for n in nodes), 120)
+        blocks = canonical(nodes[1])[:4]
+    for b in blocks:
+        assert len(b.members) == 3, b
+    # each member unmasked at most once per round
+    unmasks = Counter((m.member, m.selection) for m in sent if isinstance(m, Unmask))
+    per_round: Counter[tuple[bytes, int]] = Counter()
+    selections = {m.hash(): m for m in sent if type(m).__name__ == "Selection"}
+    for member, h in unmasks:
+        per_round[(member, selections[h].round)] += 1
+    assert per_round and max(per_round.values()) == 1
+
+
+def _front_run(p: Participant) -> None:
+    """Attack 3: propose a keep-parent block the moment our proof is out, whatever our rank."""
+
+    async def propose_when_due(
+        self: Participant, rnd: int, opened: int, st: RoundState, mine: Mine
+    ) -> None:
+        assert st.reveal is not None
+        ranking = policy.ranking_for(st.reveal, st.commits, st.proofs, mine.commit.parent)
+        keep = Outcome(self.chain.model_of(mine.commit.parent), (), b"")
+        block = self._candidate(st, mine, ranking, keep)
+        if block is not None:
+            await self._propose(rnd, block, keep.model)
+
+    p._propose_when_due = types.MethodType(propose_when_due, p)  # type: ignore[method-assign]
+
+
+async def test_a_keep_parent_front_runner_neither_wins_nor_cancels_the_aggregate(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Fails on version 2: the cheap block arrived first, every honest proposer abstained
+    on it and it opened the next round, so no aggregate was ever made."""
+    chain = _chain()
+    async with agg_net(tmp_path, chain) as (_, nodes, nursery, sent):
+        attacker = nodes[4]
+        assert attacker.engine.participant is not None
+        _front_run(attacker.engine.participant)
+        _start(nursery, nodes)
+        await until(lambda: all(len(canonical(n)) >= 5 for n in nodes[:4]), 300)
+        blocks = canonical(nodes[1])[:4]  # the head's round may still be aggregating
+    cheap = [b for b in sent if isinstance(b, Block) and b.proposer == attacker.key.public]
+    assert cheap and all(not b.members for b in cheap)  # the attack was delivered
+    assert all(b.members for b in blocks), [(b.round, b.proposer.hex()[:8]) for b in blocks]
+    assert not {sha256(b.encode()) for b in cheap} & {sha256(b.encode()) for b in blocks}
+
+
+async def test_a_member_silent_after_complete_costs_its_round_not_the_chain(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A selected member never unmasks: its rounds keep the parent's model (the hold on a
+    keep-parent head lets the next round open once the aggregation has gone quiet), and
+    the chain goes on."""
+    chain = _chain()
+    async with agg_net(tmp_path, chain) as (_, nodes, nursery, _sent):
+        silent = nodes[1].engine.participant  # the best-ranked: selected every round
+        assert silent is not None and silent.aggregation is not None
+
+        async def never(self: Any, st: RoundState, mine: Mine) -> None:
+            return None
+
+        agg = silent.aggregation
+        agg._maybe_unmask = types.MethodType(never, agg)  # type: ignore[method-assign]
+        _start(nursery, nodes)
+        await until(lambda: all(len(canonical(n)) >= 3 for n in nodes), 300)
+        blocks = canonical(nodes[2])[:3]
+    rounds = [b.round for b in blocks]
+    assert rounds == sorted(set(rounds))
+    for b in blocks:
+        assert not b.members or nodes[1].key.public not in b.members
