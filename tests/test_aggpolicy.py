@@ -1,8 +1,14 @@
-"""The honest member's decisions (consensus.aggpolicy) and the keep-parent rules around
-them (consensus.policy.blocking_sibling, node.roundclock's hold), case by case."""
+"""The honest member's decisions (consensus.aggpolicy; whom to answer: data-driven,
+tests/vectors/aggpolicy.json) and the keep-parent rules around them
+(consensus.policy.blocking_sibling, node.roundclock's hold)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
 import trio
 import trio.testing
 
@@ -13,77 +19,54 @@ from consensus.secagg import Selection
 from node.roundclock import RoundClock
 from support.chainfactory import make_chain
 
-A, B, C, D, E = (bytes([i]) * 32 for i in range(1, 6))
-P1, P2, P3, P4, P5 = (bytes([0x10 + i]) * 32 for i in range(1, 6))  # their commit ids
+A, B, C, D = (bytes([i]) * 32 for i in range(1, 5))
+P1, P2, P3, P4 = (bytes([0x10 + i]) * 32 for i in range(1, 5))  # their commit ids
 TURNS = [0, 1000, 2000]  # rank 1 from the reveal, then one fallback delay each
+
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "aggpolicy.json").read_text())
+
+
+def b32(name: str) -> bytes:
+    return name.encode().ljust(32, b"\0")
 
 
 def _view(
     proofs: tuple[bytes, ...],
     members: tuple[bytes, ...],
-    rank: int | None = 1,
-    rule: tuple[bytes, ...] | None = None,
-    received: int = 5000,
     attempt: int = 0,
     proposer: bytes = A,
 ) -> SelectionView:
     sel = Selection(0, bytes(32), proposer, attempt, tuple(sorted(proofs)), members, bytes(64))
-    return SelectionView(sel, received, rank, members if rule is None else rule)
+    return SelectionView(sel, 5000, 1, members)
 
 
-def _decide(
-    view: SelectionView,
-    verified: dict[bytes, int],
-    now: int = 5000,
-    droppable: frozenset[bytes] = frozenset(),
-    distrusted: frozenset[bytes] = frozenset(),
-    me: bytes = B,
-) -> aggpolicy.AnswerDecision:
-    return aggpolicy.answer_decision(me, view, verified, droppable, TURNS, now, 500, distrusted)
-
-
-ALL = {P1: 0, P2: 0, P3: 0, P4: 0}
-
-
-def test_the_rules_selection_over_every_proof_from_the_proposer_in_turn_is_answered() -> None:
-    d = _decide(_view((P1, P2, P3, P4), (A, B, C)), ALL)
-    assert d.answer is Answer.ANSWER
-
-
-def test_a_proof_not_verified_here_yet_makes_the_member_wait() -> None:
-    d = _decide(_view((P1, P2, P3, P4), (A, B, C)), {P1: 0, P2: 0, P3: 0})
-    assert d.answer is Answer.WAIT
-
-
-def test_a_later_rank_is_answered_only_from_its_turn() -> None:
-    view = _view((P1, P2, P3, P4), (A, B, C), rank=3)
-    early = _decide(view, ALL, now=1500)
-    assert early.answer is Answer.WAIT and early.until_ms == 2000
-    assert _decide(view, ALL, now=2000).answer is Answer.ANSWER
-    # a rank past max_rank never gets a turn
-    assert _decide(_view((P1, P2, P3, P4), (A, B, C), rank=4), ALL).answer is Answer.REFUSE
-    # nor does a proposer whose proof the selection does not list
-    assert _decide(_view((P1, P2, P3, P4), (A, B, C), rank=None), ALL).answer is Answer.REFUSE
-
-
-def test_a_selection_that_leaves_out_a_proof_held_in_time_is_refused() -> None:
-    view = _view((P1, P2, P3), (A, B, C))
-    d = _decide(view, ALL)
-    assert d.answer is Answer.REFUSE and "leaves out 1" in d.reason
-    # a proof this node verified only just before the selection arrived is tolerated
-    assert _decide(view, {**ALL, P4: 4600}).answer is Answer.ANSWER
-    # and a later attempt may drop the members of earlier attempts (silent or wrong)
-    assert _decide(view, ALL, droppable=frozenset({P4})).answer is Answer.ANSWER
-
-
-def test_members_that_are_not_the_rules_are_refused() -> None:
-    d = _decide(_view((P1, P2, P3, P4), (A, B, C), rule=(A, B, D)), ALL)
-    assert d.answer is Answer.REFUSE and "rule's" in d.reason
-
-
-def test_a_selection_with_a_proven_liar_is_refused() -> None:
-    d = _decide(_view((P1, P2, P3, P4), (A, B, C)), ALL, distrusted=frozenset({C}))
-    assert d.answer is Answer.REFUSE
+@pytest.mark.parametrize("case", VECTORS["answer"], ids=[c["name"] for c in VECTORS["answer"]])
+def test_answer_vectors(case: dict[str, Any]) -> None:
+    members = tuple(sorted(b32(m) for m in case["members"]))
+    sel = Selection(
+        0, bytes(32), b32("A"), 0, tuple(sorted(b32(p) for p in case["proofs"])), members, bytes(64)
+    )
+    rule = case.get("rule_members")
+    view = SelectionView(
+        sel,
+        case.get("received", 5000),
+        case.get("rank", 1),
+        members if rule is None else tuple(sorted(b32(m) for m in rule)),
+    )
+    d = aggpolicy.answer_decision(
+        b32("B"),
+        view,
+        {b32(p): t for p, t in case["verified"].items()},
+        frozenset(b32(p) for p in case.get("droppable", [])),
+        TURNS,
+        case.get("now", 5000),
+        500,
+        frozenset(b32(m) for m in case.get("distrusted", [])),
+    )
+    assert d.answer is Answer(case["answer"]), d.reason
+    if "until" in case:
+        assert d.until_ms == case["until"]
 
 
 def test_droppable_proofs_are_earlier_attempts_members_of_the_same_proposer() -> None:
