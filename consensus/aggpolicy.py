@@ -132,6 +132,27 @@ def partners_to_reveal(
     return out
 
 
+def named_by_reveals(
+    sel: Selection,
+    updates: Mapping[bytes, MaskedUpdate],
+    pairs: Sequence[bytes],
+    true: Mapping[bytes, bytes],
+) -> list[bytes]:
+    """The members a Dispute's settlement drops, sorted: for each disputed pair, whoever
+    committed another point than the pair's true mask (`true`: pair id -> L(u) from its
+    revealed shared point); a pair nobody settled (absent from `true`) loses both."""
+    wrong: set[bytes] = set()
+    for pid in pairs:
+        a, b = secagg.pair_of(pid)
+        if pid not in true:
+            wrong.update((a, b))
+            continue
+        for i, j in ((a, b), (b, a)):
+            if secagg.pair_commitment(updates, sel.members, i, j) != true[pid]:
+                wrong.add(i)
+    return sorted(wrong)
+
+
 def unmask_choice(
     me: bytes,
     completes: Sequence[tuple[Selection, Complete]],

@@ -21,7 +21,7 @@ from functools import partial
 
 import trio
 
-from consensus import masking, policy, secagg
+from consensus import aggpolicy, masking, policy, secagg
 from consensus.rules import sign
 from consensus.secagg import Complete, Dispute, MaskedUpdate, Selection
 from consensus.types import ProofTx
@@ -181,31 +181,24 @@ class Aggregation(Member):
             return set(pairs) <= set(st.agg.reveals.get(h, {}))
 
         await st.wait_until(settled, due_ms, self.clock)
-        reveals = st.agg.reveals.get(h, {})
-        wrong: set[bytes] = set()
-        for pid in pairs:
-            a, b = secagg.pair_of(pid)
-            reveal = reveals.get(pid)
-            if reveal is None:
-                wrong.update((a, b))
-                continue
+        true: dict[bytes, bytes] = {}
+        for pid, reveal in st.agg.reveals.get(h, {}).items():
             job = MaskCommitment(self.artifacts, self.arch, secagg.true_pair_seed(reveal))
             try:
-                true = await self.prover.run(job, timeout=self.timeout_s)
+                true[pid] = await self.prover.run(job, timeout=self.timeout_s)
             except WorkerError:
-                wrong.update((a, b))
-                continue
-            for i, j in ((a, b), (b, a)):
-                if secagg.pair_commitment(got, sel.members, i, j) != true:
-                    wrong.add(i)
-                    log.warning(
-                        "round %d: selection %s: %s committed a wrong mask for its pair with %s",
-                        sel.round,
-                        h.hex()[:8],
-                        i.hex()[:8],
-                        j.hex()[:8],
-                    )
-        return sorted(wrong)
+                continue  # unsettled: the pair loses both
+        wrong = aggpolicy.named_by_reveals(sel, got, pairs, true)
+        liars = set(aggpolicy.named_by_reveals(sel, got, [p for p in pairs if p in true], true))
+        for who in wrong:
+            log.warning(
+                "round %d: selection %s: %s %s",
+                sel.round,
+                h.hex()[:8],
+                who.hex()[:8],
+                "committed a wrong mask for its pair" if who in liars else "left a pair unsettled",
+            )
+        return wrong
 
     async def _wrong_updates(
         self, sel: Selection, got: dict[bytes, MaskedUpdate], by_key: dict[bytes, ProofTx]

@@ -170,5 +170,6 @@ def test_the_observer_finds_a_model_when_one_is_exposed() -> None:
     for o in secagg.others_of(sel.members, p.public):
         unsigned = secagg.reveal_pair(p.secret, p.public, o, sim.mask_keys[o], sel.hash())
         log.append(unsigned)
-    got = recover(log, sim.adversary, [q.public for q in sim.honest], sim.mask_keys)
+    secrets = {q.public: q.secret for q in sim.adversary}
+    got = recover(log, secrets, [q.public for q in sim.honest], sim.mask_keys)
     assert got == {p.public: p.model}

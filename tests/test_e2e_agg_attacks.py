@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,15 @@ from typing import Any
 
 import pytest
 
+from consensus import secagg
+from consensus.secagg import MaskedUpdate, Selection, Unmask
+from consensus.types import CommitTx
 from node.tools.testnet import init
+from p2p import TopicKind
+from p2p.topics import decode_gossip
+from prover import aggregation
+from prover.faults import KEEP_WEIGHTS_ENV
+from support.aggsim import recover
 from support.e2e_util import Net, small_net
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("busy_core")]
@@ -39,14 +48,15 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
     spec = dataclasses.replace(small_net(5), participants=4, rule="best-share")
     init(root, spec)
     n = Net(root, spec)
-    for i in range(ATTACKER):
-        n.start(i)
+    for i in range(ATTACKER):  # each participant keeps its weights, for the test to compare
+        n.start(i, {KEEP_WEIGHTS_ENV: str(root / f"weights{i}")})
     home = n.home(ATTACKER)
     with (home.path / "node.log").open("ab") as log:
         n.procs[ATTACKER] = subprocess.Popen(
             [sys.executable, str(MALICIOUS), str(root / "actions.jsonl"), "--home", str(home.path)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, KEEP_WEIGHTS_ENV: str(root / f"weights{ATTACKER}")},
         )
     try:
         yield n
@@ -57,8 +67,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_one_malicious_node_neither_stops_nor_preempts_the_aggregates(net: Net) -> None:
     net.wait_finalized([0, 1, 2, 3], FINAL, timeout=900)
     actions = [json.loads(line) for line in (net.root / "actions.jsonl").read_text().splitlines()]
-    delivered = {a["action"] for a in actions}
-    assert delivered == {"bad-mask-key", "keep-parent", "baseless-dispute"}, actions
+    delivered = {a["action"] for a in actions} - {"secret", "seen"}
+    assert delivered == {"bad-mask-key", "keep-parent", "baseless-dispute"}, delivered
     bad_commits = {a["commit"] for a in actions if a["action"] == "bad-mask-key"}
     keep_blocks = {a["block"] for a in actions if a["action"] == "keep-parent"}
 
@@ -84,7 +94,7 @@ def test_one_malicious_node_neither_stops_nor_preempts_the_aggregates(net: Net) 
     # never disagreed, or updates nobody sent), so no pair secret was ever revealed
     seen: dict[str, int] = {}
     for i in range(ATTACKER):
-        for r in {a["round"] for a in actions}:
+        for r in {a["round"] for a in actions if "round" in a}:
             try:
                 rec = net.get(i, f"/rounds/{r}")
             except Exception:  # a round this node kept no record of
@@ -94,3 +104,67 @@ def test_one_malicious_node_neither_stops_nor_preempts_the_aggregates(net: Net) 
     print(f"aggregation messages seen by honest nodes: {seen}")
     assert seen.get("Dispute", 0) == 0 and seen.get("PairReveal", 0) == 0, seen
     assert seen.get("MaskedUpdate", 0) > 0 and seen.get("Unmask", 0) > 0, seen
+
+
+def test_the_attacker_recovers_no_honest_model_from_what_it_saw(net: Net) -> None:
+    """The attacker's node is also a passive observer of the whole round topic: with its
+    own mask secrets and every commit and aggregation message it saw or sent, the
+    attacker's linear algebra (support.aggsim.recover) determines no honest model in any
+    round; yet what it saw is real: each completed selection's unmasked sum is exactly
+    the sum of its members' quantised models (their own weights, kept by a test hook)."""
+    net.wait_finalized([0, 1, 2, 3], FINAL, timeout=900)
+    actions = [json.loads(line) for line in (net.root / "actions.jsonl").read_text().splitlines()]
+    secrets = {a["round"]: int(a["secret"]) for a in actions if a["action"] == "secret"}
+    attacker = net.home(ATTACKER).load_key().public
+    seen = [
+        decode_gossip(TopicKind.ROUND, bytes.fromhex(a["hex"]))
+        for a in actions
+        if a["action"] == "seen"
+    ]
+    selections = {m.hash(): m for m in seen if isinstance(m, Selection)}
+    arch = net.home(0).load_genesis().task.architecture
+    artifacts = str(net.home(1).artifacts)
+    checked = 0
+    for rnd in sorted({s.round for s in selections.values()}):
+        in_round = [
+            m
+            for m in seen
+            if (isinstance(m, Selection) and m.round == rnd)
+            or (
+                not isinstance(m, Selection | CommitTx)
+                and m.selection in selections
+                and selections[m.selection].round == rnd
+            )
+        ]
+        keys = {
+            c.participant: c.mask_key for c in seen if isinstance(c, CommitTx) and c.round == rnd
+        }
+        honest = sorted({m.member for m in in_round if isinstance(m, MaskedUpdate)} - {attacker})
+        if rnd not in secrets or not honest:
+            continue
+        found = recover(in_round, {attacker: secrets[rnd]}, honest, keys)
+        assert found == {}, f"round {rnd}: recovered {sorted(k.hex()[:8] for k in found)}"
+        # the same messages give each completed selection's true sum
+        for h, sel in selections.items():
+            if sel.round != rnd:
+                continue
+            ups = {
+                m.member: m for m in in_round if isinstance(m, MaskedUpdate) and m.selection == h
+            }
+            ums = {m.member: m for m in in_round if isinstance(m, Unmask) and m.selection == h}
+            if not (set(sel.members) <= set(ups) and set(sel.members) <= set(ums)):
+                continue
+            n = len(ups[sel.members[0]].vector) // 32
+            total = secagg.unmasked_sum(
+                [secagg.decode_vector(ups[m].vector, n) for m in sel.members],
+                [ums[m].seed for m in sel.members],
+            )
+            models = []
+            for m in sel.members:
+                i = next(i for i in range(1, ATTACKER + 1) if net.home(i).load_key().public == m)
+                w = (net.root / f"weights{i}" / f"round-{rnd}.bin").read_bytes()
+                models.append(aggregation.params_of(artifacts, arch, w))
+            assert total == [sum(col) for col in zip(*models, strict=True)]
+            checked += 1
+    assert checked > 0, "the observer saw no completed selection"
+    print(f"observer: {checked} completed selections summed exactly, no honest model recovered")

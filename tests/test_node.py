@@ -8,7 +8,7 @@ milliseconds. The end-to-end tests show the same with real processes and proofs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from consensus.types import Block, Reveal
 from p2p import Verdict
 from prover.client import Commit, Prove
 from support.chainfactory import Chain, make_chain
-from support.fakes import FakeNetwork, FakeNode, clock_at, make_node
+from support.fakes import FakeNetwork, FakeNode, canonical, clock_at, make_node, until
 
 SCORES = [3, 2, 1]  # participant i's models score SCORES[i]
 
@@ -57,24 +57,6 @@ def at(chain: Chain, rnd: int, offset_ms: int) -> float:
 
 async def sleep_to(chain: Chain, rnd: int, offset_ms: int = 0) -> None:
     await trio.sleep_until(at(chain, rnd, offset_ms))
-
-
-async def until(done: Callable[[], bool], within_s: float) -> None:
-    """Poll `done` in virtual time; fail if it does not hold within `within_s`."""
-    with trio.fail_after(within_s):
-        while not done():
-            await trio.sleep(0.05)
-
-
-def canonical(node: FakeNode) -> list[Block]:
-    out = []
-    h = node.chain.head
-    while h != node.chain.cid:
-        block = node.chain.block(h)
-        assert block is not None
-        out.append(block)
-        h = block.parent
-    return out[::-1]
 
 
 async def test_rounds_from_commit_to_final_block_end_as_soon_as_their_work_is_done(

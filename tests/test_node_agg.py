@@ -28,7 +28,16 @@ from node.aggregator import Outcome
 from node.participant import Participant
 from node.roundpool import Mine, RoundState
 from support.chainfactory import Chain, make_chain
-from support.fakes import FakeNetwork, FakeNode, FakeProver, aggregating, clock_at, make_node
+from support.fakes import (
+    FakeNetwork,
+    FakeNode,
+    FakeProver,
+    aggregating,
+    canonical,
+    clock_at,
+    make_node,
+    until,
+)
 
 SCORES = [4, 3, 3, 2]  # the rule selects 3 of 4 fresh models
 
@@ -85,23 +94,6 @@ async def agg_net(
 def _start(nursery: trio.Nursery, nodes: list[FakeNode]) -> None:
     for n in nodes:
         nursery.start_soon(n.engine.run)
-
-
-def canonical(node: FakeNode) -> list[Block]:
-    out = []
-    h = node.chain.head
-    while h != node.chain.cid:
-        block = node.chain.block(h)
-        assert block is not None
-        out.append(block)
-        h = block.parent
-    return out[::-1]
-
-
-async def until(done: Any, within_s: float) -> None:
-    with trio.fail_after(within_s):
-        while not done():
-            await trio.sleep(0.05)
 
 
 async def test_every_block_carries_a_private_aggregate(

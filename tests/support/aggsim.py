@@ -378,25 +378,18 @@ class Sim:
     def _settle_pairs(
         self, sel: Selection, got: dict[bytes, MaskedUpdate], pairs: list[bytes]
     ) -> list[bytes]:
-        wrong: set[bytes] = set()
-        reveals = self.agg.reveals.get(sel.hash(), {})
-        for pid in pairs:
-            x, y = secagg.pair_of(pid)
-            r = reveals.get(pid)
-            if r is None:
-                wrong.update((x, y))
-                continue
-            true = lcommit(masking.expand(secagg.true_pair_seed(r), N))
-            for i, j in ((x, y), (y, x)):
-                if secagg.pair_commitment(got, sel.members, i, j) != true:
-                    wrong.add(i)
-        return sorted(wrong)
+        true = {
+            pid: lcommit(masking.expand(secagg.true_pair_seed(r), N))
+            for pid, r in self.agg.reveals.get(sel.hash(), {}).items()
+        }
+        return aggpolicy.named_by_reveals(sel, got, pairs, true)
 
     # ------------------------------------------------------------------ the observer
 
     def recover(self) -> dict[bytes, list[int]]:
         """Every honest model the observer (the adversary's keys + all gossip) can compute."""
-        return recover(self.log, self.adversary, [p.public for p in self.honest], self.mask_keys)
+        secrets = {p.public: p.secret for p in self.adversary}
+        return recover(self.log, secrets, [p.public for p in self.honest], self.mask_keys)
 
 
 @dataclass
@@ -409,23 +402,24 @@ class _MemberState:
 
 def recover(
     log: list[object],
-    adversary: list[Party],
+    adversary: dict[bytes, int],
     honest: list[bytes],
     mask_keys: dict[bytes, bytes],
 ) -> dict[bytes, list[int]]:
-    """The attacker's linear algebra over everything published (see the module doc)."""
+    """The attacker's linear algebra over everything published (see the module doc):
+    `adversary` maps each coalition key to its mask secret; `mask_keys` every member's
+    published mask key. Returns the honest models the equations determine, exactly."""
     selections = {m.hash(): m for m in log if isinstance(m, Selection)}
     seeds = {(m.selection, m.member): m.seed for m in log if isinstance(m, Unmask)}
     shared = {}
     for m in log:
         if isinstance(m, PairReveal):
             shared[secagg.pair_id(m.member, m.partner)] = bn254.decompress(m.shared)
-    adv = {p.public: p for p in adversary}
-    for p in adversary:  # the adversary computes its own shared points with anyone
+    for me, secret in adversary.items():  # the adversary's own shared points with anyone
         for key, pub in mask_keys.items():
-            if key != p.public:
-                shared[secagg.pair_id(p.public, key)] = masking.shared_point(
-                    p.secret, bn254.decompress(pub)
+            if key != me:
+                shared[secagg.pair_id(me, key)] = masking.shared_point(
+                    secret, bn254.decompress(pub)
                 )
     columns: dict[object, int] = {("q", h): i for i, h in enumerate(honest)}
     rows: list[tuple[dict[int, int], list[int]]] = []
@@ -435,8 +429,9 @@ def recover(
         sel = selections.get(m.selection)
         if sel is None or m.member not in sel.members:
             continue
+        n = len(m.vector) // secagg.FIELD_BYTES
         try:
-            rhs = secagg.decode_vector(m.vector, N)
+            rhs = secagg.decode_vector(m.vector, n)
         except InvalidError:
             continue
         coeffs: dict[int, int] = {columns[("q", m.member)]: 1}
@@ -444,20 +439,19 @@ def recover(
             s = masking.pair_sign(m.member, o)
             pid = secagg.pair_id(m.member, o)
             if pid in shared:
-                u = masking.expand(masking.pair_seed(shared[pid], m.selection), N)
+                u = masking.expand(masking.pair_seed(shared[pid], m.selection), n)
                 rhs = [(a - s * b) % bn254.R for a, b in zip(rhs, u, strict=True)]
             else:
                 col = columns.setdefault(("u", pid, m.selection), len(columns))
                 coeffs[col] = (coeffs.get(col, 0) + s) % bn254.R
         seed = seeds.get((m.selection, m.member))
         if seed is not None:
-            p = masking.expand(seed, N)
+            p = masking.expand(seed, n)
             rhs = [(a - b) % bn254.R for a, b in zip(rhs, p, strict=True)]
         else:
             col = columns.setdefault(("p", m.member, m.selection), len(columns))
             coeffs[col] = 1
         rows.append((coeffs, rhs))
-    del adv
     out = {}
     for i, h in enumerate(honest):
         value = _solve_for(rows, len(columns), i)

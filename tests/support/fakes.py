@@ -357,3 +357,22 @@ def make_node(
 
 
 Starter = Callable[[], Awaitable[None]]
+
+
+async def until(done: Callable[[], bool], within_s: float) -> None:
+    """Poll `done` in virtual time; fail if it does not hold within `within_s`."""
+    with trio.fail_after(within_s):
+        while not done():
+            await trio.sleep(0.05)
+
+
+def canonical(node: FakeNode) -> list[Block]:
+    """A node's canonical chain, first block first."""
+    out = []
+    h = node.chain.head
+    while h != node.chain.cid:
+        block = node.chain.block(h)
+        assert block is not None
+        out.append(block)
+        h = block.parent
+    return out[::-1]

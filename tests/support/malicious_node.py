@@ -10,7 +10,10 @@ lives on a production path. It rotates through the v2 review's strategies by rou
                   publishes a Dispute naming every pair of the copy (baseless), and one
                   for the honest selection's pairs as well, signed by itself.
 Otherwise it behaves honestly (it trains, proves and answers as a member). Each attack
-it makes is appended to the JSON-lines file ACTIONS, so a test knows it was delivered.
+it makes is appended to the JSON-lines file ACTIONS, so a test knows it was delivered,
+with its mask secret of each round ("secret"); and, as the passive observer every peer
+is, it appends every commit and aggregation message it sees or sends ("seen", hex) to
+the same file, for the test's attempt to recover honest models from them.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from typing import Any
 from consensus import secagg
 from consensus.crypto import sha256
 from consensus.rules import sign
-from consensus.secagg import Dispute, Selection
-from node import aggmember, participant
+from consensus.secagg import Complete, Dispute, MaskedUpdate, PairReveal, Selection, Unmask
+from consensus.types import CommitTx
+from node import aggmember, engine, participant, roundpool
 from node.aggregator import Outcome
 from node.roundpool import Mine, RoundState
 from node.tools import cli
+from p2p import Verdict
 
 STRATEGIES = ("bad-mask-key", "keep-parent", "baseless-dispute")
 
@@ -61,6 +66,8 @@ async def train_and_commit(self: participant.Participant, rnd: int, opened: int)
         secagg.mask_public = _mask_public
     if bad and mine is not None:
         record(rnd, "bad-mask-key", commit=mine.commit.hash().hex())
+    if mine is not None:
+        record(rnd, "secret", secret=str(mine.mask_secret), key=self.key.public.hex())
     return mine
 
 
@@ -113,9 +120,35 @@ async def _copy_and_dispute(self: aggmember.Member, st: RoundState, sel: Selecti
     record(sel.round, "baseless-dispute", selection=sel.hash().hex())
 
 
+_validate = roundpool.RoundPool.validate
+_publish = engine.Engine.publish
+OBSERVED = (CommitTx, Selection, MaskedUpdate, Complete, Unmask, Dispute, PairReveal)
+
+
+def _seen(item: object) -> None:
+    if isinstance(item, OBSERVED):
+        assert ACTIONS is not None
+        with ACTIONS.open("a") as f:
+            f.write(json.dumps({"action": "seen", "hex": item.encode().hex()}) + "\n")
+
+
+async def validate(self: roundpool.RoundPool, item: Any, forwarder: Any) -> Any:
+    verdict = await _validate(self, item, forwarder)
+    if verdict is Verdict.ACCEPT:
+        _seen(item)
+    return verdict
+
+
+async def publish(self: engine.Engine, item: Any) -> None:
+    _seen(item)
+    await _publish(self, item)
+
+
 def main(argv: list[str]) -> Any:
     global ACTIONS
     ACTIONS = Path(argv.pop(0))
+    roundpool.RoundPool.validate = validate  # type: ignore[method-assign]
+    engine.Engine.publish = publish  # type: ignore[method-assign]
     participant.Participant._train_and_commit = train_and_commit  # type: ignore[method-assign]
     participant.Participant._propose_when_due = propose_when_due  # type: ignore[method-assign]
     aggmember.Member.serve = serve  # type: ignore[method-assign]
