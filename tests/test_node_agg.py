@@ -20,11 +20,9 @@ from typing import Any
 import trio
 import trio.testing
 
-from consensus import policy
 from consensus.crypto import sha256
-from consensus.secagg import Unmask
+from consensus.secagg import Dispute, PairReveal, Unmask
 from consensus.types import Block
-from node.aggregator import Outcome
 from node.participant import Participant
 from node.roundpool import Mine, RoundState
 from support.chainfactory import Chain, make_chain
@@ -38,6 +36,7 @@ from support.fakes import (
     make_node,
     until,
 )
+from support.malicious_node import keep_parent_at_once, serve_copying
 
 SCORES = [4, 3, 3, 2]  # the rule selects 3 of 4 fresh models
 
@@ -116,17 +115,12 @@ async def test_every_block_carries_a_private_aggregate(
 
 
 def _front_run(p: Participant) -> None:
-    """Attack 3: propose a keep-parent block the moment our proof is out, whatever our rank."""
+    """Attack 3, in this node only (support.malicious_node's move)."""
 
     async def propose_when_due(
         self: Participant, rnd: int, opened: int, st: RoundState, mine: Mine
     ) -> None:
-        assert st.reveal is not None
-        ranking = policy.ranking_for(st.reveal, st.commits, st.proofs, mine.commit.parent)
-        keep = Outcome(self.chain.model_of(mine.commit.parent), (), b"")
-        block = self._candidate(st, mine, ranking, keep)
-        if block is not None:
-            await self._propose(rnd, block, keep.model)
+        await keep_parent_at_once(self, rnd, st, mine)
 
     p._propose_when_due = types.MethodType(propose_when_due, p)  # type: ignore[method-assign]
 
@@ -173,3 +167,34 @@ async def test_a_member_silent_after_complete_costs_its_round_not_the_chain(
     assert rounds == sorted(set(rounds))
     for b in blocks:
         assert not b.members or nodes[1].key.public not in b.members
+
+
+async def test_copied_selections_and_baseless_disputes_change_nothing(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Attack 1 in the node's code: a participant copies every selection under its key
+    and disputes all its pairs, on the copy and on the original. Honest nodes refuse
+    the disputes (penalising it), nobody reveals a pair secret, every round aggregates."""
+    chain = _chain()
+    async with agg_net(tmp_path, chain) as (_, nodes, nursery, sent):
+        attacker = nodes[4].engine.participant
+        assert attacker is not None and attacker.aggregation is not None
+        agg = attacker.aggregation
+
+        async def serve(self: Any, st: RoundState, mine: Mine, opened: int) -> None:
+            await serve_copying(self, st, mine, opened)
+
+        agg.serve = types.MethodType(serve, agg)  # type: ignore[method-assign]
+        _start(nursery, nodes)
+        await until(lambda: all(len(canonical(n)) >= 4 for n in nodes), 200)
+        blocks = canonical(nodes[1])[:3]
+        refused = 0
+        for n in nodes[:4]:
+            log = n.engine.pool.roundlog
+            refused += sum(
+                log.record(r).aggregation.get("refused:Dispute", 0) for r in log.rounds()
+            )
+    disputes = [m for m in sent if isinstance(m, Dispute)]
+    assert disputes and refused > 0  # the attack was delivered, and refused
+    assert not any(isinstance(m, PairReveal) for m in sent)
+    assert all(b.members for b in blocks)

@@ -23,11 +23,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from consensus import secagg
+import trio
+
+from consensus import policy, secagg
 from consensus.crypto import sha256
 from consensus.rules import sign
 from consensus.secagg import Complete, Dispute, MaskedUpdate, PairReveal, Selection, Unmask
-from consensus.types import CommitTx
+from consensus.types import Block, CommitTx
 from node import aggmember, engine, participant, roundpool
 from node.aggregator import Outcome
 from node.roundpool import Mine, RoundState
@@ -71,19 +73,60 @@ async def train_and_commit(self: participant.Participant, rnd: int, opened: int)
     return mine
 
 
+async def keep_parent_at_once(
+    p: participant.Participant, rnd: int, st: RoundState, mine: Mine
+) -> Block | None:
+    """Attack 3: propose a block that keeps the parent's model the moment our proof is
+    out, whatever our rank. The block, if it was made."""
+    assert st.reveal is not None
+    ranking = policy.ranking_for(st.reveal, st.commits, st.proofs, mine.commit.parent)
+    keep = Outcome(p.chain.model_of(mine.commit.parent), (), b"")
+    block = p._candidate(st, mine, ranking, keep)
+    if block is not None and await p._propose(rnd, block, keep.model):
+        return block
+    return None
+
+
+async def serve_copying(
+    m: aggmember.Member, st: RoundState, mine: Mine, opened: int, on_copy: Any = None
+) -> None:
+    """Attack 1: serve as a member, and copy every other proposer's Selection under our
+    key with a Dispute naming all its pairs, on the copy and on the original."""
+    copied: set[bytes] = set()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_serve, m, st, mine, opened)
+        while True:
+            changed = st.changed
+            for h, sel in list(st.agg.selections.items()):
+                if sel.proposer == m.key.public or h in copied:
+                    continue
+                copied.add(h)
+                await _copy_and_dispute(m, sel)
+                if on_copy is not None:
+                    on_copy(sel)
+            await changed.wait()
+
+
+async def _copy_and_dispute(m: aggmember.Member, sel: Selection) -> None:
+    copy = sign(
+        Selection(sel.round, sel.parent, m.key.public, 7, sel.proofs, sel.members, bytes(64)),
+        m.key,
+        m.cid,
+    )
+    await m.publish(copy)
+    pairs = tuple(sorted(secagg.pair_id(a, b) for a in sel.members for b in sel.members if a < b))
+    for target in (copy, sel):
+        await m.publish(sign(Dispute(target.hash(), pairs, bytes(64)), m.key, m.cid))
+
+
 async def propose_when_due(
     self: participant.Participant, rnd: int, opened: int, st: RoundState, mine: Mine
 ) -> None:
     if strategy(rnd) != "keep-parent":
         await _propose_when_due(self, rnd, opened, st, mine)
         return
-    assert st.reveal is not None
-    from consensus import policy
-
-    ranking = policy.ranking_for(st.reveal, st.commits, st.proofs, mine.commit.parent)
-    keep = Outcome(self.chain.model_of(mine.commit.parent), (), b"")
-    block = self._candidate(st, mine, ranking, keep)
-    if block is not None and await self._propose(rnd, block, keep.model):
+    block = await keep_parent_at_once(self, rnd, st, mine)
+    if block is not None:
         record(rnd, "keep-parent", block=sha256(block.encode()).hex())
 
 
@@ -91,33 +134,11 @@ async def serve(self: aggmember.Member, st: RoundState, mine: Mine, opened: int)
     if strategy(mine.commit.round) != "baseless-dispute":
         await _serve(self, st, mine, opened)
         return
-    import trio
 
-    copied: set[bytes] = set()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_serve, self, st, mine, opened)
-        while True:
-            changed = st.changed
-            for h, sel in list(st.agg.selections.items()):
-                if sel.proposer == self.key.public or h in copied:
-                    continue
-                copied.add(h)
-                await _copy_and_dispute(self, st, sel)
-            await changed.wait()
+    def on_copy(sel: Selection) -> None:
+        record(sel.round, "baseless-dispute", selection=sel.hash().hex())
 
-
-async def _copy_and_dispute(self: aggmember.Member, st: RoundState, sel: Selection) -> None:
-    copy = sign(
-        Selection(sel.round, sel.parent, self.key.public, 7, sel.proofs, sel.members, bytes(64)),
-        self.key,
-        self.cid,
-    )
-    await self.publish(copy)
-    pairs = tuple(sorted(secagg.pair_id(a, b) for a in sel.members for b in sel.members if a < b))
-    for target in (copy, sel):
-        d = sign(Dispute(target.hash(), pairs, bytes(64)), self.key, self.cid)
-        await self.publish(d)
-    record(sel.round, "baseless-dispute", selection=sel.hash().hex())
+    await serve_copying(self, st, mine, opened, on_copy)
 
 
 _validate = roundpool.RoundPool.validate
