@@ -132,9 +132,10 @@ class Member:
             ranking = rules.rank_proofs(st.reveal.batch, listed)
             rank = next((r.rank for r in ranking if r.participant == sel.proposer), None)
             parent_c = await self.parent_commitment(sel.parent)
-            if parent_c:
-                chosen = self.rule.select(st.reveal.batch, listed, parent_c)
-                rule_members = tuple(sorted(c.participant for c in chosen))
+            if not parent_c:  # its model is not here (yet): the rule cannot be applied
+                return aggpolicy.AnswerDecision(aggpolicy.Answer.WAIT, "no parent commitment")
+            chosen = self.rule.select(st.reveal.batch, listed, parent_c)
+            rule_members = tuple(sorted(c.participant for c in chosen))
         view = aggpolicy.SelectionView(
             sel, st.agg.received_ms.get(h, self.clock()), rank, rule_members or ()
         )

@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("busy_core")]
 
 ATTACKER = 4
 MALICIOUS = Path(__file__).parent / "support" / "malicious_node.py"
-FINAL = 9  # final blocks to see (rounds 0.. of every strategy, three times)
+FINAL = 6  # final blocks to see (every strategy twice)
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,10 @@ from pathlib import Path
 import httpx
 import trio
 
-from consensus import rules
+from consensus import rules, secagg
 from consensus.crypto import SigningKey
 from consensus.rules import sign
+from consensus.strategy import rule_for
 from consensus.types import CommitTx, EvalBatch, ProofTx, Reveal
 from node.home import Home
 from p2p import HostConfig, P2PHost, TopicKind
@@ -84,6 +85,11 @@ async def main(args: argparse.Namespace) -> None:
                     continue
                 parent = bytes.fromhex(head)
                 fake_c = os.urandom(c_len)
+                mask_key = (
+                    secagg.mask_public(secagg.mask_secret(os.urandom(32)))
+                    if rule_for(genesis).aggregates
+                    else b""
+                )
                 mode = rnd % 3
                 if mode == 2:
                     await trio.sleep(max(0, (commit_deadline + 1000 - time.time() * 1000) / 1000))
@@ -93,7 +99,10 @@ async def main(args: argparse.Namespace) -> None:
                         parent,
                         me.public,
                         rules.commit_binding(cid, me.public, rnd, parent, fake_c),
-                        bytes(64),
+                        # a valid mask key under an aggregating rule (v4 refuses a commit
+                        # without one), so its garbage proofs still reach the checks
+                        mask_key=mask_key,
+                        signature=bytes(64),
                     ),
                     me,
                     cid,
