@@ -97,9 +97,9 @@ def _facts(genesis: Genesis, batch: EvalBatch, parent_commitment: bytes) -> Roun
     return RoundFacts(batch.hash(), genesis.eval_plan.batch_size, 0, parent_commitment)
 
 
-def _score(block: Block, answers: Answers, model_hash: bytes, least: int = 1) -> int:
+def _score(block: Block, answers: Answers, model_hash: bytes) -> int:
     k = evaluation(answers, EvaluateModel(model_hash, block.reveal.batch))
-    if k < least:
+    if k < 1:
         raise InvalidError("Block: the new global model must classify at least one example")
     return k
 
@@ -202,7 +202,7 @@ class BestShare(Rule):
     def model_checks(self, block: Block, parent_model: bytes) -> tuple[Check, ...]:
         batch = block.reveal.batch
         if not block.members:
-            return (EvaluateModel(parent_model, batch),)
+            return ()  # its weight is KEEP_PARENT_SCORE whatever the parent model scores
         return (
             CommitModel(parent_model),
             CommitAggregate(block.model_hash, block.remainder, len(block.members)),
@@ -216,7 +216,6 @@ class BestShare(Rule):
             # it keeps the chain live (and final) through rounds no aggregate could
             # finish, and never beats an aggregate of its round (v4: one cheap block must
             # not pre-empt the members' work)
-            _score(block, answers, parent_model, least=0)
             return KEEP_PARENT_SCORE
         parent_c = commitment(answers, CommitModel(parent_model))
         chosen = self.select(block.reveal.batch, block.proofs, parent_c)
