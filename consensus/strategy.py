@@ -73,6 +73,12 @@ KEEP_PARENT_SCORE = 1
 AGGREGATE_LEAST_SCORE = 2
 
 
+def rests_on_enough(proofs: int, sealed: int) -> bool:
+    """An aggregate rests on the proofs of at least half the round's sealed commits (v4),
+    so its proposer cannot pick the subset the rule selects from."""
+    return 2 * proofs >= sealed
+
+
 def register(cls: type[Rule]) -> type[Rule]:
     if cls.name in RULES:
         raise ValueError(f"two rules named {cls.name!r}")
@@ -182,7 +188,7 @@ class BestShare(Rule):
                 f"Block: {len(block.members)} members, the rule needs at least "
                 f"{self.spec.min_members} (fewer would let members learn each other's models)"
             )
-        if 2 * len(block.proofs) < len(block.reveal.sealed):
+        if not rests_on_enough(len(block.proofs), len(block.reveal.sealed)):
             raise InvalidError(
                 f"Block: an aggregate rests on {len(block.proofs)} proofs, fewer than half of "
                 f"the round's {len(block.reveal.sealed)} sealed commits"

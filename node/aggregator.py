@@ -24,6 +24,7 @@ import trio
 from consensus import aggpolicy, masking, policy, secagg
 from consensus.rules import sign
 from consensus.secagg import Complete, Dispute, MaskedUpdate, Selection
+from consensus.strategy import rests_on_enough
 from consensus.types import ProofTx
 from node.aggmember import Member
 from node.roundpool import Mine, RoundState
@@ -70,7 +71,7 @@ class Aggregation(Member):
                 return keep
             held = policy.ranking_for(st.reveal, st.commits, st.proofs, parent)
             kept = [st.proofs[r.commit_id] for r in held if r.participant not in excluded]
-            if 2 * len(kept) < len(st.reveal.sealed):
+            if not rests_on_enough(len(kept), len(st.reveal.sealed)):
                 log.info(
                     "round %d: %d proofs of %d sealed commits: no aggregate",
                     st.reveal.round,
