@@ -195,18 +195,13 @@ class Member:
             if sel is None or h not in st.agg.answered:
                 continue
             keys = st.mask_keys(sel.proofs)
-            done = {
-                b if a == me else a
-                for a, b in map(secagg.pair_of, st.agg.reveals.get(h, {}))
-                if me in (a, b)
-            }
             partners = aggpolicy.partners_to_reveal(
                 me,
                 sel,
                 dispute,
                 st.agg.updates.get(h, {}),
                 st.agg.unmasked is not None,
-                done,
+                st.agg.distrusted(me, within=h),
             )
             for partner in partners:
                 if not keys.get(partner):

@@ -53,10 +53,13 @@ class AggState:
         self.received_ms[h] = now_ms
         return True
 
-    def distrusted(self, me: bytes) -> set[bytes]:
-        """Partners whose shared point with `me` is public this round (either side revealed)."""
+    def distrusted(self, me: bytes, within: bytes | None = None) -> set[bytes]:
+        """Partners whose shared point with `me` is public this round (either side
+        revealed), or only by a reveal for the selection `within`."""
         out: set[bytes] = set()
-        for pairs in self.reveals.values():
+        for h, pairs in self.reveals.items():
+            if within is not None and h != within:
+                continue
             for pid in pairs:
                 a, b = secagg.pair_of(pid)
                 if me in (a, b):

@@ -248,11 +248,7 @@ class Sim:
             sel = a.selections[h]
             if h not in ms.answered:
                 continue
-            done = {
-                y if x == p.public else x
-                for x, y in map(secagg.pair_of, a.reveals.get(h, {}))
-                if p.public in (x, y)
-            }
+            done = a.distrusted(p.public, within=h)
             if self.weakened:  # v2: every partner named, unless we unmasked this selection
                 partners = (
                     []
