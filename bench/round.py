@@ -206,7 +206,7 @@ def aggregation_cost(members: list[int]) -> list[dict[str, Any]]:
     import os
 
     from consensus import masking, secagg
-    from consensus.secagg import Complete, MaskedUpdate, Selection, Unmask
+    from consensus.secagg import Complete, Selection, Unmask
     from prover import aggregation, jobs
     from prover.models import build_model, model_to_bytes
 
@@ -226,11 +226,11 @@ def aggregation_cost(members: list[int]) -> list[dict[str, Any]]:
         for k in keys:
             others = tuple((o, publics[o]) for o in keys if o != k)
             t = time.perf_counter()
-            y, pairs, self_c = aggregation.mask_update(
-                artifacts, arch, weights[k], 1, secrets[k], k, others, h
+            upd = aggregation.mask_update(
+                artifacts, arch, weights[k], 1, secrets[k], k, others, h, secagg.threshold(3)
             )
             mask_s.append(time.perf_counter() - t)
-            updates.append(MaskedUpdate(h, k, y, pairs, self_c, bytes(64)))
+            updates.append(upd)
         t = time.perf_counter()
         for k, upd in zip(keys, updates, strict=True):
             signs = tuple(masking.pair_sign(k, o) for o in keys if o != k)

@@ -1,4 +1,4 @@
-"""Validity of the aggregation round's messages (protocol v4, docs/protocol.md §10).
+"""Validity of the aggregation round's messages (protocol v5, docs/protocol.md §10).
 
 Each check is a pure function of the message and what the node already holds of its
 selection; `InvalidError` means the sender broke a rule (reject and penalise), and a
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from consensus import rules, secagg
+from consensus import bn254, rules, secagg
 from consensus.errors import InvalidError
 from consensus.secagg import (
     FIELD_BYTES,
@@ -19,6 +19,7 @@ from consensus.secagg import (
     Dispute,
     MaskedUpdate,
     PairReveal,
+    SeedShare,
     Selection,
     Unmask,
 )
@@ -59,6 +60,13 @@ def check_update(genesis: Genesis, cid: bytes, sel: Selection, upd: MaskedUpdate
         raise InvalidError(f"MaskedUpdate: the vector is {len(upd.vector)} bytes, not {want}")
     if len(upd.pair_commitments) != len(sel.members) - 1:
         raise InvalidError("MaskedUpdate: one pairwise-mask commitment per other member")
+    t = secagg.threshold(genesis.rule.min_members)
+    if len(upd.seed_commitments) != t:
+        raise InvalidError(f"MaskedUpdate: {len(upd.seed_commitments)} seed commitments, not {t}")
+    if len(upd.seed_shares) != len(sel.members) - 1:
+        raise InvalidError("MaskedUpdate: one seed share per other member")
+    for c in upd.seed_commitments:
+        bn254.decompress(c)  # a commitment that is not a point makes every share fail
     rules.check_signature(upd, upd.member, cid)
 
 
@@ -72,6 +80,23 @@ def check_unmask(cid: bytes, sel: Selection, um: Unmask) -> None:
     if um.member not in sel.members:
         raise InvalidError("Unmask: the sender is not a member of the selection")
     rules.check_signature(um, um.member, cid)
+
+
+def check_seed_share(
+    cid: bytes, sel: Selection, comp: Complete, owner_update: MaskedUpdate, s: SeedShare
+) -> None:
+    """A share of the self seed of a member whose update the selection's Complete lists
+    (`owner_update`), from another member, that opens against the owner's commitments.
+    A share that does not is the revealer's lie (the owner's commitments are signed; a
+    member whose own share was wrong could not reveal a valid one: it stays silent)."""
+    if s.member not in sel.members or s.owner not in sel.members or s.member == s.owner:
+        raise InvalidError("SeedShare: the revealer and the owner must be two members")
+    if owner_update.hash() not in comp.updates or owner_update.member != s.owner:
+        raise InvalidError("SeedShare: the owner's update is not in the selection's Complete")
+    rules.check_signature(s, s.member, cid)
+    value = int.from_bytes(s.share, "big")
+    if not secagg.share_holds(owner_update, sel.members, s.member, value):
+        raise InvalidError("SeedShare: the share does not open the owner's seed commitments")
 
 
 def check_dispute(

@@ -1,4 +1,4 @@
-"""The honest member's and aggregator's decisions in the aggregation round (protocol v4).
+"""The honest member's and aggregator's decisions in the aggregation round (protocol v5).
 
 Pure functions over what a node has seen (docs/protocol.md §10, "Honest policy"):
 which Selection a member answers, which pairs it reveals, which Complete it unmasks
@@ -161,13 +161,16 @@ def unmask_choice(
     revealed: Collection[bytes],
     distrusted: Collection[bytes],
     unmasked: bytes | None,
+    recovering: Collection[bytes] = (),
 ) -> bytes | None:
     """The selection we reveal our self-mask seed for, if any: the first Complete (in
     arrival order) that lists our own update, of a selection with no Dispute, no
     pairwise reveal and no member whose shared point with us is public; never a second
     one in a round. `our_updates`: selection hash -> the hash of the update we sent;
     `revealed`: selections with any PairReveal; `distrusted`: partners whose shared
-    point with us was revealed this round (by either side)."""
+    point with us was revealed this round (by either side); `recovering`: selections
+    where shares of our seed are public (version 5: the others took us for silent), the
+    only ones we may then unmask, so our seed is open for one selection at most."""
     if unmasked is not None:
         return None
     for sel, comp in completes:
@@ -175,11 +178,58 @@ def unmask_choice(
         ours = our_updates.get(h)
         if ours is None or h in disputed or h in revealed or me not in sel.members:
             continue
+        if recovering and h not in recovering:
+            continue
         if set(sel.members) & set(distrusted):
             continue
         if comp.updates[sel.members.index(me)] == ours:
             return h
     return None
+
+
+@dataclass(frozen=True)
+class ShareDecision:
+    owners: tuple[bytes, ...]  # whose seed share we reveal now
+    until_ms: int | None = None  # look again then (the grace after Complete runs)
+
+
+def shares_to_reveal(
+    me: bytes,
+    sel: Selection,
+    comp: Complete,
+    updates: Mapping[bytes, MaskedUpdate],
+    unmasked_here: Collection[bytes],
+    unmasked_elsewhere: Collection[bytes],
+    our_choice: bytes | None,
+    disputed: bool,
+    shared_already: Collection[bytes],
+    complete_ms: int,
+    now_ms: int,
+    grace_ms: int,
+) -> ShareDecision:
+    """Dropout recovery (version 5): whose self-seed share `me` reveals for a completed
+    selection. Only for the selection we unmasked ourselves (`our_choice`: our one
+    computable sum of the round), with no Dispute (no pairwise secret of it may be
+    public), once `grace_ms` passed since its Complete reached us; for each member whose
+    update the Complete lists and who has not unmasked it (`unmasked_here`) nor any other
+    selection of the round (`unmasked_elsewhere`: then it chose another sum, and opening
+    this one too would give two), and whom we have not shared for (`shared_already`)."""
+    h = sel.hash()
+    if our_choice != h or disputed or me not in sel.members:
+        return ShareDecision(())
+    if now_ms < complete_ms + grace_ms:
+        return ShareDecision((), complete_ms + grace_ms)
+    owners = tuple(
+        m
+        for i, m in enumerate(sel.members)
+        if m != me
+        and m not in unmasked_here
+        and m not in unmasked_elsewhere
+        and m not in shared_already
+        and m in updates
+        and updates[m].hash() == comp.updates[i]
+    )
+    return ShareDecision(owners)
 
 
 def keep_parent_opens_next_at(seen_ms: int, last_activity_ms: int, fallback_ms: int) -> int:

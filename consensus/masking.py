@@ -58,7 +58,11 @@ def pair_seed(shared: Point, context: bytes) -> bytes:
 
 
 def self_seed(secret_seed: bytes, context: bytes) -> bytes:
-    return sha256(SELF_DOMAIN + secret_seed + context)
+    """A member's self-mask seed for one selection: a field element (32 bytes big-endian,
+    below R; version 5) so that it can be secret-shared (consensus.shamir)."""
+    return (int.from_bytes(sha256(SELF_DOMAIN + secret_seed + context), "big") % R).to_bytes(
+        32, "big"
+    )
 
 
 def pair_sign(mine: bytes, theirs: bytes) -> int:

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from consensus import bn254, masking
-from consensus.crypto import HASH_LEN, PUBKEY_LEN, SIG_LEN
+from consensus import bn254, masking, shamir
+from consensus.crypto import HASH_LEN, PUBKEY_LEN, SIG_LEN, sha256
 from consensus.encoding import Bytes, ListOf, Signed, UInt, wire
 from consensus.errors import InvalidError
 from consensus.types import MAX_NUM_BATCHES, MAX_PARTICIPANTS, POINT_LEN
@@ -31,6 +31,7 @@ FIELD_BYTES = 32
 MAX_ATTEMPTS = 8  # a round gives up aggregating after this many attempts
 MAX_VECTOR_BYTES = 600 * 1024  # fits one gossip message (p2p.topics.MAX_GOSSIP_PAYLOAD)
 MAX_VECTOR_LEN = MAX_VECTOR_BYTES // FIELD_BYTES
+SHARE_PAD_DOMAIN = b"zkpot/share-pad/v5"
 
 _HASH = Bytes(HASH_LEN, HASH_LEN)
 _KEY = Bytes(PUBKEY_LEN, PUBKEY_LEN)
@@ -61,17 +62,23 @@ class MaskedUpdate(Signed):
     """A member's masked vector and the commitments that let anyone check it alone.
 
     `pair_commitments[t]` is L(u) of the pairwise mask with the t-th other member (in
-    the Selection's member order, this member skipped)."""
+    the Selection's member order, this member skipped). Version 5: `seed_commitments`
+    are the Feldman commitments of the sharing of its self seed (`threshold` points) and
+    `seed_shares[t]` the t-th other member's share, encrypted to it."""
 
     TAG = 8
     NAME = "MaskedUpdate"
-    MAX_BYTES = MAX_VECTOR_BYTES + MAX_PARTICIPANTS * (POINT_LEN + 4) + 512
+    MAX_BYTES = MAX_VECTOR_BYTES + 3 * MAX_PARTICIPANTS * (POINT_LEN + 4) + 512
 
     selection: bytes = wire(_HASH)
     member: bytes = wire(_KEY)
     vector: bytes = wire(Bytes(FIELD_BYTES, MAX_VECTOR_BYTES))
     pair_commitments: tuple[bytes, ...] = wire(ListOf(_POINT, MAX_PARTICIPANTS - 1))
     self_commitment: bytes = wire(_POINT)
+    seed_commitments: tuple[bytes, ...] = wire(ListOf(_POINT, MAX_PARTICIPANTS))
+    seed_shares: tuple[bytes, ...] = wire(
+        ListOf(Bytes(FIELD_BYTES, FIELD_BYTES), MAX_PARTICIPANTS - 1)
+    )
     signature: bytes = wire(_SIG)
 
 
@@ -137,7 +144,24 @@ class PairReveal(Signed):
     signature: bytes = wire(_SIG)
 
 
-AggMessage = Selection | MaskedUpdate | Complete | Unmask | Dispute | PairReveal
+@dataclass(frozen=True)
+class SeedShare(Signed):
+    """Version 5: a member's share of another member's self seed for a completed
+    selection whose `owner` did not unmask (dropout recovery): `threshold` of them give
+    the seed, so the survivors' sum is finished without the silent member."""
+
+    TAG = 22
+    NAME = "SeedShare"
+    MAX_BYTES = 256
+
+    selection: bytes = wire(_HASH)
+    member: bytes = wire(_KEY)
+    owner: bytes = wire(_KEY)
+    share: bytes = wire(Bytes(FIELD_BYTES, FIELD_BYTES))  # big-endian, below R
+    signature: bytes = wire(_SIG)
+
+
+AggMessage = Selection | MaskedUpdate | Complete | Unmask | Dispute | PairReveal | SeedShare
 
 
 # --------------------------------------------------------------------------- vectors
@@ -171,13 +195,23 @@ def mask_public(secret: int) -> bytes:
     return bn254.compress(masking.public_key(secret))
 
 
+def threshold(min_members: int) -> int:
+    """Shares that recover a self seed: the chain's collusion threshold t = min_members - 1
+    (docs/protocol.md §10), so a coalition of fewer than t holds too few, and a set of
+    min_members survives one dropout."""
+    return max(1, min_members - 1)
+
+
 @dataclass(frozen=True)
 class MemberMasks:
-    """What a member adds to its weighted model: signed pairwise masks and its self mask."""
+    """What a member adds to its weighted model (signed pairwise masks and its self mask)
+    and the verifiable sharing of its self seed (version 5)."""
 
     pair_masks: tuple[tuple[int, tuple[int, ...]], ...]  # (sign, u) per other member
     self_seed: bytes
     self_mask: tuple[int, ...]
+    seed_commitments: tuple[bytes, ...]  # compressed Feldman commitments F_0..F_{t-1}
+    seed_shares: tuple[bytes, ...]  # per other member, encrypted to it (seal_share)
 
 
 def member_masks(
@@ -186,16 +220,98 @@ def member_masks(
     others: Sequence[tuple[bytes, bytes]],
     context: bytes,
     length: int,
+    threshold: int,
 ) -> MemberMasks:
     """The masks of member `me` (mask key `secret`) for the selection `context`;
     `others` are the other members' (key, compressed mask public key), in member order."""
     pairs = []
+    points = []
     for key, public in others:
         shared = masking.shared_point(secret, bn254.decompress(public))
+        points.append(shared)
         u = masking.expand(masking.pair_seed(shared, context), length)
         pairs.append((masking.pair_sign(me, key), tuple(u)))
     seed = masking.self_seed(secret.to_bytes(32, "big"), context)
-    return MemberMasks(tuple(pairs), seed, tuple(masking.expand(seed, length)))
+    coeffs = shamir.coefficients(
+        int.from_bytes(seed, "big"), secret.to_bytes(32, "big") + context, threshold
+    )
+    members = sorted([me, *(key for key, _ in others)])
+    shares = tuple(
+        seal_share(shared, context, me, key, shamir.share(coeffs, share_x(members, key)))
+        for (key, _), shared in zip(others, points, strict=True)
+    )
+    return MemberMasks(
+        tuple(pairs),
+        seed,
+        tuple(masking.expand(seed, length)),
+        tuple(bn254.compress(p) for p in shamir.commitments(coeffs)),
+        shares,
+    )
+
+
+def unsigned_update(
+    context: bytes,
+    me: bytes,
+    vector: bytes,
+    pair_commitments: tuple[bytes, ...],
+    self_commitment: bytes,
+    masks: MemberMasks,
+) -> MaskedUpdate:
+    """A member's MaskedUpdate before its signature, with the sharing of its seed."""
+    return MaskedUpdate(
+        context,
+        me,
+        vector,
+        pair_commitments,
+        self_commitment,
+        masks.seed_commitments,
+        masks.seed_shares,
+        bytes(SIG_LEN),
+    )
+
+
+def share_x(members: Sequence[bytes], who: bytes) -> int:
+    """The point a member's share of another's seed is at: its 1-based position."""
+    return list(members).index(who) + 1
+
+
+def _share_pad(shared: bn254.Point, context: bytes, dealer: bytes, holder: bytes) -> bytes:
+    return sha256(SHARE_PAD_DOMAIN + bn254.compress(shared) + context + dealer + holder)
+
+
+def seal_share(
+    shared: bn254.Point, context: bytes, dealer: bytes, holder: bytes, value: int
+) -> bytes:
+    """A share encrypted to its holder with a one-time pad from the pair's shared point,
+    the selection and both keys (each pad is used once: one share per dealer, holder and
+    selection); the dealer's signature on its update authenticates it."""
+    pad = _share_pad(shared, context, dealer, holder)
+    return bytes(a ^ b for a, b in zip(value.to_bytes(FIELD_BYTES, "big"), pad, strict=True))
+
+
+def open_share(
+    secret: int, holder: bytes, dealer: bytes, dealer_public: bytes, context: bytes, sealed: bytes
+) -> int:
+    """The holder's share of the dealer's seed (may be garbage: check it with
+    shamir.share_holds against the dealer's seed commitments)."""
+    shared = masking.shared_point(secret, bn254.decompress(dealer_public))
+    pad = _share_pad(shared, context, dealer, holder)
+    return int.from_bytes(bytes(a ^ b for a, b in zip(sealed, pad, strict=True)), "big")
+
+
+def share_holds(upd: MaskedUpdate, members: Sequence[bytes], holder: bytes, value: int) -> bool:
+    """Whether `value` is the dealer's (upd.member's) share for `holder`, by the
+    commitments in the dealer's signed update."""
+    try:
+        commits = [bn254.decompress(c) for c in upd.seed_commitments]
+    except InvalidError:
+        return False
+    return shamir.share_holds(value, share_x(members, holder), commits)
+
+
+def recover_seed(shares: Mapping[int, int]) -> bytes:
+    """A self seed from `threshold` verified shares {x: value}."""
+    return shamir.recover(shares).to_bytes(FIELD_BYTES, "big")
 
 
 def unmasked_sum(vectors: Sequence[Sequence[int]], self_seeds: Sequence[bytes]) -> list[int]:

@@ -19,7 +19,7 @@ import trio
 from consensus import aggpolicy, masking, rules, schedule, secagg
 from consensus.crypto import SigningKey
 from consensus.rules import sign
-from consensus.secagg import MaskedUpdate, Selection, Unmask
+from consensus.secagg import SeedShare, Selection, Unmask
 from consensus.strategy import Rule
 from consensus.types import Genesis
 from node.chain import Chain
@@ -103,6 +103,9 @@ class Member:
                     wake = decision.until_ms if wake is None else min(wake, decision.until_ms)
             await self._maybe_reveal(st, mine)
             await self._maybe_unmask(st, mine)
+            share_wake = await self._maybe_share(st, mine)
+            if share_wake is not None:
+                wake = share_wake if wake is None else min(wake, share_wake)
             if wake is None:
                 await changed.wait()
             else:
@@ -170,15 +173,16 @@ class Member:
             me,
             tuple((m, keys[m]) for m in others),
             h,
+            secagg.threshold(self.genesis.rule.min_members),
         )
         try:
-            y, pairs, self_c = await self.prover.run(job, timeout=self.timeout_s)
+            unsigned = await self.prover.run(job, timeout=self.timeout_s)
         except WorkerError as exc:
             log.warning(
                 "round %d: masking for selection %s failed: %s", sel.round, h.hex()[:8], exc
             )
             return
-        upd = sign(MaskedUpdate(h, me, y, pairs, self_c, bytes(64)), self.key, self.cid)
+        upd = sign(unsigned, self.key, self.cid)
         st.agg.add_update(upd)
         st.touch()
         await self.publish(upd)
@@ -234,6 +238,7 @@ class Member:
             {s for s, r in st.agg.reveals.items() if r},
             st.agg.distrusted(me),
             st.agg.unmasked,
+            st.agg.recovering(me),
         )
         if h is None:
             return
@@ -245,3 +250,59 @@ class Member:
         st.touch()
         await self.publish(um)
         log.info("round %d: unmasked for selection %s", st.agg.selections[h].round, h.hex()[:8])
+
+    async def _maybe_share(self, st: RoundState, mine: Mine) -> int | None:
+        """Dropout recovery (version 5): reveal our share of the self seed of each member
+        of the selection we unmasked that has not unmasked it after a grace
+        (consensus.aggpolicy.shares_to_reveal), so the survivors' sum is finished without
+        it. Returns when to look again, if the grace is still running."""
+        h = st.agg.unmasked
+        if h is None or h not in st.agg.completes or h not in st.agg.selections:
+            return None
+        me = self.key.public
+        sel, comp = st.agg.selections[h], st.agg.completes[h]
+        updates = st.agg.updates.get(h, {})
+        elsewhere = {m for s, ums in st.agg.unmasks.items() if s != h for m in ums}
+        shared = {o for o, by in st.agg.shares.get(h, {}).items() if me in by}
+        shared |= {o for s, o in st.agg.wrong_dealers if s == h}
+        decision = aggpolicy.shares_to_reveal(
+            me,
+            sel,
+            comp,
+            updates,
+            set(st.agg.unmasks.get(h, {})),
+            elsewhere,
+            h,
+            h in st.agg.disputes,
+            shared,
+            st.agg.complete_ms.get(h, self.clock()),
+            self.clock(),
+            self.genesis.timing.fallback_ms // 2,
+        )
+        keys = st.mask_keys(sel.proofs)
+        secret = faults.mask_secret_used(mine.mask_secret)
+        for owner in decision.owners:
+            upd = updates[owner]
+            sealed = upd.seed_shares[secagg.others_of(sel.members, owner).index(me)]
+            value = secagg.open_share(secret, me, owner, keys[owner], h, sealed)
+            if not secagg.share_holds(upd, sel.members, me, value):
+                st.agg.wrong_dealers.add((h, owner))
+                log.warning(
+                    "round %d: %s dealt us a share of its seed that does not open its commitments",
+                    sel.round,
+                    owner.hex()[:8],
+                )
+                continue
+            share = sign(
+                SeedShare(h, me, owner, value.to_bytes(32, "big"), bytes(64)), self.key, self.cid
+            )
+            st.agg.add_share(share)
+            st.touch()
+            await self.publish(share)
+            log.info(
+                "round %d: revealed our share of %s's seed for selection %s (it did not unmask)",
+                sel.round,
+                owner.hex()[:8],
+                h.hex()[:8],
+            )
+        return decision.until_ms

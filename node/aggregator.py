@@ -129,21 +129,20 @@ class Aggregation(Member):
             comp = sign(
                 Complete(h, tuple(got[m].hash() for m in members), bytes(64)), self.key, self.cid
             )
-            st.agg.add_complete(comp)
+            st.agg.add_complete(comp, self.clock())
             st.touch()
             await self.publish(comp)
             due = min(self.clock() + wait_ms, deadline_ms)
             await st.wait_until(partial(_holds, st.agg.unmasks, h, members), due, self.clock)
-            unmasks = st.agg.unmasks.get(h, {})
-            if not set(members) <= set(unmasks):
-                log.warning("round %d: a member did not unmask: no aggregate this round", sel.round)
+            seeds = await self._seeds(st, sel, members, deadline_ms)
+            if seeds is None:
                 return keep
             job = Aggregate(
                 self.artifacts,
                 self.arch,
                 tuple(members),
                 tuple(got[m].vector for m in members),
-                tuple(unmasks[m].seed for m in members),
+                tuple(seeds[m] for m in members),
                 tuple(got[m].self_commitment for m in members),
                 len(members),
             )
@@ -154,6 +153,51 @@ class Aggregation(Member):
                 return keep
             return Outcome(model, tuple(members), rest, frozenset(proof_ids))
         return keep
+
+    async def _seeds(
+        self, st: RoundState, sel: Selection, members: list[bytes], deadline_ms: int
+    ) -> dict[bytes, bytes] | None:
+        """Every member's self seed for a completed selection: its Unmask, or (version 5,
+        dropout recovery) `threshold` verified shares of it from the others. None if a
+        seed is still missing after the fallback delay (and as long again for shares)."""
+        h = sel.hash()
+        wait_ms = self.genesis.timing.fallback_ms
+        t = secagg.threshold(self.genesis.rule.min_members)
+
+        def seeds() -> dict[bytes, bytes]:
+            out = {m: u.seed for m, u in st.agg.unmasks.get(h, {}).items()}
+            for owner, by in st.agg.shares.get(h, {}).items():
+                if owner not in out and len(by) >= t:
+                    points = {
+                        secagg.share_x(sel.members, m): int.from_bytes(s.share, "big")
+                        for m, s in by.items()
+                    }
+                    out[owner] = secagg.recover_seed(points)
+            return out
+
+        def complete() -> bool:
+            return set(members) <= set(seeds())
+
+        due = min(self.clock() + wait_ms, deadline_ms)
+        await st.wait_until(partial(_holds, st.agg.unmasks, h, members), due, self.clock)
+        if not complete():
+            silent = [m for m in members if m not in st.agg.unmasks.get(h, {})]
+            log.warning(
+                "round %d: selection %s: %d did not unmask: recovering from the others' shares",
+                sel.round,
+                h.hex()[:8],
+                len(silent),
+            )
+            due = min(self.clock() + 2 * wait_ms, deadline_ms)
+            await st.wait_until(complete, due, self.clock)
+        got = seeds()
+        if not set(members) <= set(got):
+            log.warning("round %d: a member's seed is missing: no aggregate this round", sel.round)
+            return None
+        recovered = [m for m in members if m not in st.agg.unmasks.get(h, {})]
+        if recovered:
+            log.info("round %d: recovered %d silent members' seeds", sel.round, len(recovered))
+        return {m: got[m] for m in members}
 
     async def _settle(
         self,

@@ -1,9 +1,10 @@
-"""What a node holds of a round's aggregation (protocol v4; consensus.aggcheck says
+"""What a node holds of a round's aggregation (protocol v5; consensus.aggcheck says
 which messages are valid, consensus.aggpolicy what an honest node does with them).
 
 Every message is bounded per round: one selection per proposer and attempt (at most
 secagg.MAX_ATTEMPTS per proposer), one update and one unmask per member and selection, one
-Complete and one Dispute per selection, one PairReveal per disputed pair. Anything that
+Complete and one Dispute per selection, one PairReveal per disputed pair, one SeedShare
+per revealer, owner and selection. Anything that
 refers to a selection this node has not seen is ignored, not rejected (gossip may
 reorder).
 """
@@ -19,6 +20,7 @@ from consensus.secagg import (
     Dispute,
     MaskedUpdate,
     PairReveal,
+    SeedShare,
     Selection,
     Unmask,
 )
@@ -33,6 +35,11 @@ class AggState:
     unmasks: dict[bytes, dict[bytes, Unmask]] = field(default_factory=dict)  # sel -> member
     disputes: dict[bytes, Dispute] = field(default_factory=dict)  # by selection
     reveals: dict[bytes, dict[bytes, PairReveal]] = field(default_factory=dict)  # sel -> pair
+    shares: dict[bytes, dict[bytes, dict[bytes, SeedShare]]] = field(
+        default_factory=dict
+    )  # sel -> owner -> revealer
+    complete_ms: dict[bytes, int] = field(default_factory=dict)  # selection -> Complete held
+    wrong_dealers: set[tuple[bytes, bytes]] = field(default_factory=set)  # (sel, owner): bad share
     answered: set[bytes] = field(default_factory=set)  # selections we sent our update for
     refused: set[bytes] = field(default_factory=set)  # selections we will never answer
     unmasked: bytes | None = None  # the one selection we revealed our self mask for
@@ -69,11 +76,20 @@ class AggState:
     def add_update(self, upd: MaskedUpdate) -> bool:
         return _first(self.updates, upd.selection, upd.member, upd)
 
-    def add_complete(self, comp: Complete) -> bool:
+    def add_complete(self, comp: Complete, now_ms: int) -> bool:
         if comp.selection in self.completes:
             return False
         self.completes[comp.selection] = comp
+        self.complete_ms[comp.selection] = now_ms
         return True
+
+    def add_share(self, s: SeedShare) -> bool:
+        """One share per revealer, owner and selection."""
+        return _first(self.shares.setdefault(s.selection, {}), s.owner, s.member, s)
+
+    def recovering(self, owner: bytes) -> set[bytes]:
+        """The selections whose shares of `owner`'s self seed are public (any of them)."""
+        return {h for h, by_owner in self.shares.items() if by_owner.get(owner)}
 
     def add_unmask(self, um: Unmask) -> bool:
         return _first(self.unmasks, um.selection, um.member, um)
@@ -89,7 +105,7 @@ class AggState:
         return _first(self.reveals, r.selection, secagg.pair_id(r.member, r.partner), r)
 
 
-M = TypeVar("M", MaskedUpdate, Unmask, PairReveal)
+M = TypeVar("M", MaskedUpdate, Unmask, PairReveal, SeedShare)
 
 
 def _first(table: dict[bytes, dict[bytes, M]], selection: bytes, who: bytes, msg: M) -> bool:

@@ -28,6 +28,7 @@ from consensus.secagg import (
     Dispute,
     MaskedUpdate,
     PairReveal,
+    SeedShare,
     Selection,
     Unmask,
 )
@@ -244,7 +245,8 @@ class RoundPool:
             if isinstance(item, ProofTx):
                 return await self._on_proof(item)
             if isinstance(
-                item, Selection | MaskedUpdate | Complete | Unmask | Dispute | PairReveal
+                item,
+                Selection | MaskedUpdate | Complete | Unmask | Dispute | PairReveal | SeedShare,
             ):
                 return self._counted(item)
             return Verdict.REJECT
@@ -299,7 +301,14 @@ class RoundPool:
             return self._touched(st, st.agg.add_update(item))
         if isinstance(item, Complete):
             aggcheck.check_complete(self.cid, sel, item)
-            return self._touched(st, st.agg.add_complete(item))
+            return self._touched(st, st.agg.add_complete(item, self.clock()))
+        if isinstance(item, SeedShare):
+            comp = st.agg.completes.get(item.selection)
+            owner = st.agg.updates.get(item.selection, {}).get(item.owner)
+            if comp is None or owner is None:
+                return Verdict.IGNORE  # its context is not here (yet): gossip may reorder
+            aggcheck.check_seed_share(self.cid, sel, comp, owner, item)
+            return self._touched(st, st.agg.add_share(item))
         if isinstance(item, Dispute):
             if not aggcheck.check_dispute(self.cid, sel, item, st.agg.updates.get(sel.hash(), {})):
                 return Verdict.IGNORE  # an update it names is not here (yet)

@@ -22,6 +22,7 @@ from consensus.secagg import (
     Dispute,
     MaskedUpdate,
     PairReveal,
+    SeedShare,
     Selection,
     Unmask,
 )
@@ -70,6 +71,7 @@ ROUND_TYPES: dict[int, type[Wire]] = {
     Unmask.TAG: Unmask,
     Dispute.TAG: Dispute,
     PairReveal.TAG: PairReveal,
+    SeedShare.TAG: SeedShare,
 }
 BLOCK_TYPES: dict[int, type[Wire]] = {Block.TAG: Block, BlockAnnounce.TAG: BlockAnnounce}
 

@@ -114,13 +114,16 @@ def mask_update(
     me: bytes,
     others: Sequence[tuple[bytes, bytes]],
     context: bytes,
-) -> tuple[bytes, tuple[bytes, ...], bytes]:
-    """(y, the L(u) of each pairwise mask, L(p)) of this member for the selection `context`."""
+    threshold: int,
+) -> secagg.MaskedUpdate:
+    """This member's update for the selection `context`, unsigned: y, the L(u) of each
+    pairwise mask, L(p), and the sharing of its self seed."""
     q = params_of(artifacts, arch, weights)
-    masks = secagg.member_masks(secret, me, others, context, len(q))
+    masks = secagg.member_masks(secret, me, others, context, len(q), threshold)
     y = masked([weight * v for v in q], masks.pair_masks, masks.self_mask)
     pairs = tuple(bn254.compress(linear(artifacts, arch, u)) for _, u in masks.pair_masks)
-    return secagg.encode_vector(y), pairs, bn254.compress(linear(artifacts, arch, masks.self_mask))
+    self_c = bn254.compress(linear(artifacts, arch, masks.self_mask))
+    return secagg.unsigned_update(context, me, secagg.encode_vector(y), pairs, self_c, masks)
 
 
 def check_update(

@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from consensus.secagg import MaskedUpdate
+
 R = TypeVar("R", covariant=True)
 
 
@@ -140,9 +142,10 @@ class Evaluate(Job[int]):
 
 
 @dataclass(frozen=True)
-class MaskVector(Job[tuple[bytes, tuple[bytes, ...], bytes]]):
-    """A member's masked vector for a selection: (y, pairwise-mask commitments, self-mask
-    commitment); `others` are the other members' (key, mask public key) in member order."""
+class MaskVector(Job[MaskedUpdate]):
+    """A member's masked vector for a selection, as an unsigned MaskedUpdate (y, the
+    pairwise- and self-mask commitments, the shares of its self seed); `others` are the
+    other members' (key, mask public key) in member order."""
 
     artifacts: str
     arch: str
@@ -152,8 +155,9 @@ class MaskVector(Job[tuple[bytes, tuple[bytes, ...], bytes]]):
     me: bytes
     others: tuple[tuple[bytes, bytes], ...]
     context: bytes
+    threshold: int
 
-    def execute(self) -> tuple[bytes, tuple[bytes, ...], bytes]:
+    def execute(self) -> MaskedUpdate:
         from prover import aggregation
 
         return aggregation.mask_update(
@@ -165,6 +169,7 @@ class MaskVector(Job[tuple[bytes, tuple[bytes, ...], bytes]]):
             self.me,
             self.others,
             self.context,
+            self.threshold,
         )
 
 
@@ -180,7 +185,6 @@ class CheckUpdate(Job[bool]):
     signs: tuple[int, ...]
 
     def execute(self) -> bool:
-        from consensus.secagg import MaskedUpdate
         from prover import aggregation
 
         return aggregation.check_update(

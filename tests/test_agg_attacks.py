@@ -12,7 +12,7 @@ import pytest
 
 from consensus import secagg
 from consensus.secagg import Dispute, MaskedUpdate, PairReveal, Selection
-from support.aggsim import Party, Sim, recover
+from support.aggsim import FALLBACK_MS, Party, Sim, recover
 
 
 def _answer_as_adversary(sim: Sim, *, lie_with: dict[bytes, bytes] | None = None) -> None:
@@ -173,3 +173,69 @@ def test_the_observer_finds_a_model_when_one_is_exposed() -> None:
     secrets = {q.public: q.secret for q in sim.adversary}
     got = recover(log, secrets, [q.public for q in sim.honest], sim.mask_keys)
     assert got == {p.public: p.model}
+
+
+# ---------------------------------------------------------------- dropout recovery (v5)
+
+
+def test_a_member_silent_after_complete_is_in_the_exact_aggregate_and_nothing_leaks() -> None:
+    """One honest member sends its vector and is gone: the others' shares of its self
+    seed finish the sum, which is exactly the three members' models together."""
+    sim = Sim([5, 4, 3, 1], adversaries=0)
+    sim.dropped.add(sim.parties[1].public)
+    total = sim.honest_aggregation(sim.parties[0])
+    members = sim.parties[:3]
+    assert total == [sum(p.model[j] for p in members) for j in range(4)]
+    assert sim.parties[1].public not in sim.agg.unmasks.get(next(iter(sim.agg.completes)), {})
+    assert _leaked(sim) == {}
+
+
+def test_fewer_survivors_than_the_threshold_finish_nothing_and_leak_nothing() -> None:
+    """Two of three members are gone after their vectors: the one survivor's share is
+    below t = 2, so the sum stays masked; an observer (with a participant's keys, not
+    selected) learns nothing from what was published."""
+    sim = Sim([1, 5, 4, 3], adversaries=1)
+    sim.dropped.update({sim.parties[2].public, sim.parties[3].public})
+    sim.react = _answer_as_adversary
+    assert sim.honest_aggregation(sim.parties[1]) is None
+    assert _leaked(sim) == {}
+
+
+def _two_sums_differing_by_one(sim: Sim) -> None:
+    """An in-turn adversary proposer completes attempt 0 over {P, A, B, V}, then attempt 1
+    without V ("silent": droppable), completes it too and never unmasks: A and B's seeds
+    for attempt 1 can only come from shares; with both sums V = sum0 - sum1."""
+    adv = sim.parties[0]
+    sel0 = sim.selection(adv, sim.parties)
+    sim.react = _answer_as_adversary
+    sim.publish(sel0)
+    sim.settle()
+    comp0 = sim.complete(adv, sel0)
+    assert comp0 is not None and len(sel0.members) == 4
+    sim.publish(comp0)
+    sim.settle()
+    victim = sel0.members[-1] if sel0.members[-1] != adv.public else sel0.members[0]
+    kept = [p for p in sim.parties if p.public != victim]
+    sel1 = sim.selection(adv, kept, attempt=1)
+    assert set(sel1.members) == set(sel0.members) - {victim}
+    sim.publish(sel1)
+    sim.settle()
+    comp1 = sim.complete(adv, sel1)
+    assert comp1 is not None
+    sim.publish(comp1)
+    sim.now += 10 * FALLBACK_MS
+    sim.settle()
+
+
+@pytest.mark.parametrize("weak", [False, True])
+def test_shares_never_open_a_second_sum(weak: bool) -> None:
+    """Members reveal shares only for the one selection they unmasked, and never of a
+    member that unmasked another: against members that share for any Complete (the
+    weakened policy) the observer recovers the dropped member's model."""
+    sim = Sim([9, 5, 5, 4, 3, 2, 1], adversaries=1, weak_shares=weak)
+    _two_sums_differing_by_one(sim)
+    leaked = _leaked(sim)
+    if weak:
+        assert leaked, "the weakened policy should leak the victim"
+    else:
+        assert leaked == {}

@@ -13,7 +13,15 @@ from consensus import aggcheck, secagg
 from consensus.crypto import SigningKey
 from consensus.errors import InvalidError
 from consensus.rules import sign
-from consensus.secagg import Complete, Dispute, MaskedUpdate, PairReveal, Selection, Unmask
+from consensus.secagg import (
+    Complete,
+    Dispute,
+    MaskedUpdate,
+    PairReveal,
+    SeedShare,
+    Selection,
+    Unmask,
+)
 from node.aggstate import AggState
 from support.chainfactory import Chain, make_chain
 
@@ -88,7 +96,7 @@ def _updates(sel: Selection, lie: tuple[bytes, bytes] | None = None) -> dict[byt
             if lie == (m, o):
                 point = secagg.mask_public(7)
             pairs.append(point)
-        out[m] = MaskedUpdate(sel.hash(), m, bytes(32), tuple(pairs), bytes(32), bytes(64))
+        out[m] = MaskedUpdate(sel.hash(), m, bytes(32), tuple(pairs), bytes(32), (), (), bytes(64))
     return out
 
 
@@ -178,3 +186,78 @@ def test_complete_and_unmask_come_from_whom_they_must(chain: Chain) -> None:
     um = sign(Unmask(sel.hash(), outsider.public, b"\x04" * 32, bytes(64)), outsider, chain.cid)
     with pytest.raises(InvalidError, match="not a member"):
         aggcheck.check_unmask(chain.cid, sel, um)
+
+
+def _real_updates(
+    chain: Chain, sel: Selection
+) -> tuple[dict[bytes, MaskedUpdate], dict[bytes, int]]:
+    """Signed updates with real seed sharings (t = 2) over a 4-parameter vector."""
+    secrets = _secrets(sel)
+    keys = _keys(secrets)
+    out = {}
+    for m in sel.members:
+        others = [(o, keys[o]) for o in secagg.others_of(sel.members, m)]
+        masks = secagg.member_masks(secrets[m], m, others, sel.hash(), 4, 2)
+        unsigned = secagg.unsigned_update(sel.hash(), m, bytes(128), (), bytes(32), masks)
+        out[m] = sign(unsigned, _signer(chain, m), chain.cid)
+    return out, secrets
+
+
+def test_an_update_carries_one_seed_share_per_other_member_and_t_commitments(
+    chain: Chain,
+) -> None:
+    g = dataclasses.replace(
+        chain.genesis,
+        rule=dataclasses.replace(chain.genesis.rule, name="best-share", min_members=3),
+        aggregation=dataclasses.replace(chain.genesis.aggregation, parameters=4),
+    )
+    sel = _selection(chain)
+    updates, _ = _real_updates(chain, sel)
+    m = sel.members[0]
+    upd = dataclasses.replace(updates[m], pair_commitments=(secagg.mask_public(5),) * 2)
+    aggcheck.check_update(g, chain.cid, sel, sign(upd, _signer(chain, m), chain.cid))
+    few = dataclasses.replace(upd, seed_commitments=upd.seed_commitments[:1])
+    with pytest.raises(InvalidError, match="1 seed commitments, not 2"):
+        aggcheck.check_update(g, chain.cid, sel, sign(few, _signer(chain, m), chain.cid))
+    short = dataclasses.replace(upd, seed_shares=upd.seed_shares[:1])
+    with pytest.raises(InvalidError, match="one seed share per other member"):
+        aggcheck.check_update(g, chain.cid, sel, sign(short, _signer(chain, m), chain.cid))
+    junk = dataclasses.replace(upd, seed_commitments=(b"\xff" * 32, upd.seed_commitments[1]))
+    with pytest.raises(InvalidError, match="compressed point"):
+        aggcheck.check_update(g, chain.cid, sel, sign(junk, _signer(chain, m), chain.cid))
+
+
+def test_a_seed_share_must_open_the_owners_commitments(chain: Chain) -> None:
+    """A valid share is accepted; a forged value, a share of a member outside the
+    Complete, a share of oneself, or one signed by another key is refused."""
+    sel = _selection(chain)
+    updates, secrets = _real_updates(chain, sel)
+    keys = _keys(secrets)
+    proposer = chain.participants[0]
+    comp = Complete(sel.hash(), tuple(updates[m].hash() for m in sel.members), bytes(64))
+    comp = sign(comp, proposer, chain.cid)
+    owner, holder = sel.members[0], sel.members[1]
+    upd = updates[owner]
+    sealed = upd.seed_shares[secagg.others_of(sel.members, owner).index(holder)]
+    value = secagg.open_share(secrets[holder], holder, owner, keys[owner], sel.hash(), sealed)
+    signer = _signer(chain, holder)
+
+    def share(v: int, member: bytes = holder, own: bytes = owner) -> SeedShare:
+        return sign(
+            SeedShare(sel.hash(), member, own, v.to_bytes(32, "big"), bytes(64)), signer, chain.cid
+        )
+
+    aggcheck.check_seed_share(chain.cid, sel, comp, upd, share(value))
+    with pytest.raises(InvalidError, match="does not open"):
+        aggcheck.check_seed_share(chain.cid, sel, comp, upd, share(value + 1))
+    with pytest.raises(InvalidError, match="two members"):
+        aggcheck.check_seed_share(chain.cid, sel, comp, upd, share(value, owner, owner))
+    other = sign(Complete(sel.hash(), (b"\x03" * 32,) * 3, bytes(64)), proposer, chain.cid)
+    with pytest.raises(InvalidError, match="not in the selection's Complete"):
+        aggcheck.check_seed_share(chain.cid, sel, other, upd, share(value))
+    forged = dataclasses.replace(share(value), member=sel.members[2])
+    with pytest.raises(InvalidError, match="bad signature"):
+        aggcheck.check_seed_share(chain.cid, sel, comp, upd, forged)
+    state = AggState()
+    assert state.add_share(share(value)) and not state.add_share(share(value))
+    assert state.recovering(owner) == {sel.hash()}

@@ -15,7 +15,7 @@ import trio.testing
 from consensus import aggpolicy, policy
 from consensus.aggpolicy import Answer, SelectionView
 from consensus.forkchoice import ChainNode
-from consensus.secagg import Selection
+from consensus.secagg import Complete, MaskedUpdate, Selection
 from node.roundclock import RoundClock
 from support.chainfactory import make_chain
 
@@ -126,3 +126,62 @@ async def test_the_round_clock_holds_a_round_after_a_keep_parent_head(
     clock.observe(head_round=1, hold=lambda: now[0] + 10_000)
     clock.observe(head_round=1)
     assert clock.current == 2
+
+
+def _completed(members: tuple[bytes, ...]) -> tuple[Selection, Complete, dict[bytes, MaskedUpdate]]:
+    sel = Selection(0, bytes(32), members[0], 0, (P1,), members, bytes(64))
+    updates = {
+        m: MaskedUpdate(sel.hash(), m, bytes(32), (), bytes(32), (), (), bytes(64)) for m in members
+    }
+    comp = Complete(sel.hash(), tuple(updates[m].hash() for m in members), bytes(64))
+    return sel, comp, updates
+
+
+def test_shares_are_revealed_for_our_own_sum_only_after_the_grace() -> None:
+    """Dropout recovery's policy: for the selection we unmasked, once fallback/2 passed
+    since its Complete, of each member that unmasked neither it nor another selection."""
+    sel, comp, updates = _completed((A, B, C))
+    h = sel.hash()
+
+    def decide(**kw: Any) -> aggpolicy.ShareDecision:
+        args: dict[str, Any] = dict(
+            unmasked_here={B},
+            unmasked_elsewhere=set(),
+            our_choice=h,
+            disputed=False,
+            shared_already=set(),
+            complete_ms=1000,
+            now_ms=2000,
+            grace_ms=500,
+        )
+        args.update(kw)
+        return aggpolicy.shares_to_reveal(B, sel, comp, updates, **args)
+
+    assert decide().owners == (A, C)
+    assert decide(now_ms=1200) == aggpolicy.ShareDecision((), 1500)  # wait for the grace
+    assert decide(our_choice=None).owners == ()  # we unmasked nothing (or another sum)
+    assert decide(our_choice=b"\x09" * 32).owners == ()
+    assert decide(disputed=True).owners == ()  # a pairwise secret may be public
+    assert decide(unmasked_here={A, B}).owners == (C,)
+    assert decide(unmasked_elsewhere={C}).owners == (A,)  # C chose another sum
+    assert decide(shared_already={A}).owners == (C,)
+    other = dict(updates)
+    other[C] = MaskedUpdate(h, C, bytes(64), (), bytes(32), (), (), bytes(64))
+    assert aggpolicy.shares_to_reveal(
+        B, sel, comp, other, {B}, set(), h, False, set(), 1000, 2000, 500
+    ).owners == (A,)  # C's update held here is not the one the Complete lists
+
+
+def test_a_member_whose_seed_is_being_recovered_unmasks_only_that_selection() -> None:
+    s1, c1, u1 = _completed((A, B, C))
+    s2 = Selection(0, bytes(32), B, 0, (P2,), (A, B, C), bytes(64))
+    u2 = {
+        m: MaskedUpdate(s2.hash(), m, bytes(32), (), bytes(32), (), (), bytes(64))
+        for m in (A, B, C)
+    }
+    c2 = Complete(s2.hash(), tuple(u2[m].hash() for m in (A, B, C)), bytes(64))
+    ours = {s1.hash(): u1[A].hash(), s2.hash(): u2[A].hash()}
+    completes = [(s1, c1), (s2, c2)]
+    assert aggpolicy.unmask_choice(A, completes, ours, (), (), (), None) == s1.hash()
+    got = aggpolicy.unmask_choice(A, completes, ours, (), (), (), None, {s2.hash()})
+    assert got == s2.hash()

@@ -81,19 +81,16 @@ def test_masked_round_gives_the_exact_mean_and_the_block_check(artifacts: str) -
     updates, seeds = [], []
     for key, secret, weights in members:
         others = [(o, publics[o]) for o in secagg.others_of(keys, key)]
-        y, pairs, self_c = aggregation.mask_update(
-            artifacts, ARCH, weights, 1, secret, key, others, context
-        )
-        upd = secagg.MaskedUpdate(context, key, y, pairs, self_c, bytes(64))
+        upd = aggregation.mask_update(artifacts, ARCH, weights, 1, secret, key, others, context, 2)
         signs = [masking.pair_sign(key, o) for o, _ in others]
         assert aggregation.check_update(artifacts, ARCH, commitments[key], 1, upd, signs)
         # a vector that is not the committed model is caught, alone
-        bad = bytearray(y)
+        bad = bytearray(upd.vector)
         bad[0] ^= 1
-        forged = secagg.MaskedUpdate(context, key, bytes(bad), pairs, self_c, bytes(64))
+        forged = dataclasses.replace(upd, vector=bytes(bad))
         assert not aggregation.check_update(artifacts, ARCH, commitments[key], 1, forged, signs)
         updates.append(upd)
-        seeds.append(secagg.member_masks(secret, key, others, context, 1).self_seed)
+        seeds.append(masking.self_seed(secret.to_bytes(32, "big"), context))
         assert aggregation.self_seed_matches(artifacts, ARCH, upd.self_commitment, seeds[-1])
     by_member = {u.member: u for u in updates}
     assert secagg.disputed_pairs(by_member, keys) == []
@@ -144,9 +141,9 @@ def test_a_dropped_member_leaves_the_sum_masked(artifacts: str) -> None:
     vectors, seeds = [], []
     for key, secret, weights in members[:2]:
         others = [(o, publics[o]) for o in secagg.others_of(keys, key)]
-        y, _, _ = aggregation.mask_update(artifacts, ARCH, weights, 1, secret, key, others, context)
-        vectors.append(y)
-        seeds.append(secagg.member_masks(secret, key, others, context, 1).self_seed)
+        upd = aggregation.mask_update(artifacts, ARCH, weights, 1, secret, key, others, context, 2)
+        vectors.append(upd.vector)
+        seeds.append(masking.self_seed(secret.to_bytes(32, "big"), context))
     n = len(aggregation.params_of(artifacts, ARCH, members[0][2]))
     total = secagg.unmasked_sum([secagg.decode_vector(v, n) for v in vectors], seeds)
     qs = [aggregation.params_of(artifacts, ARCH, w) for _, _, w in members[:2]]
@@ -167,10 +164,7 @@ def test_a_pair_dispute_names_the_member_that_masked_with_another_key(artifacts:
     for key, secret, weights in members:
         used = secret + 1 if key == liar else secret
         others = [(o, publics[o]) for o in secagg.others_of(keys, key)]
-        y, pairs, self_c = aggregation.mask_update(
-            artifacts, ARCH, weights, 1, used, key, others, context
-        )
-        upd = secagg.MaskedUpdate(context, key, y, pairs, self_c, bytes(64))
+        upd = aggregation.mask_update(artifacts, ARCH, weights, 1, used, key, others, context, 2)
         signs = [masking.pair_sign(key, o) for o, _ in others]
         assert aggregation.check_update(
             artifacts, ARCH, circuit_commit(artifacts, weights), 1, upd, signs

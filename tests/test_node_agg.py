@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from consensus.crypto import sha256
-from consensus.secagg import Dispute, PairReveal, Unmask
+from consensus.secagg import Dispute, PairReveal, SeedShare, Unmask
 from consensus.types import Block
 from node.participant import Participant
 from node.roundpool import Mine, RoundState
@@ -144,29 +144,59 @@ async def test_a_keep_parent_front_runner_neither_wins_nor_cancels_the_aggregate
     assert not {sha256(b.encode()) for b in cheap} & {sha256(b.encode()) for b in blocks}
 
 
-async def test_a_member_silent_after_complete_costs_its_round_not_the_chain(
+def _silent_after_update(node: FakeNode) -> None:
+    """The member sends its masked vector, then is gone: it never unmasks, never shares."""
+    p = node.engine.participant
+    assert p is not None and p.aggregation is not None
+    agg = p.aggregation
+
+    async def never(self: Any, st: RoundState, mine: Mine) -> None:
+        return None
+
+    agg._maybe_unmask = types.MethodType(never, agg)  # type: ignore[method-assign]
+    agg._maybe_share = types.MethodType(never, agg)  # type: ignore[method-assign]
+
+
+async def test_a_member_silent_after_complete_is_recovered_from_the_others_shares(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    """A selected member never unmasks: its rounds keep the parent's model (the hold on a
-    keep-parent head lets the next round open once the aggregation has gone quiet), and
-    the chain goes on."""
+    """Version 5: the best-ranked member (selected every round) never unmasks. The
+    others reveal their shares of its self seed, the aggregator recovers it, and every
+    round's block still carries the aggregate of all three members (the chain's block
+    check recomputes it against their commitments). Fails on version 4: those rounds
+    kept the parent's model."""
     chain = _chain()
-    async with agg_net(tmp_path, chain) as (_, nodes, nursery, _sent):
-        silent = nodes[1].engine.participant  # the best-ranked: selected every round
-        assert silent is not None and silent.aggregation is not None
-
-        async def never(self: Any, st: RoundState, mine: Mine) -> None:
-            return None
-
-        agg = silent.aggregation
-        agg._maybe_unmask = types.MethodType(never, agg)  # type: ignore[method-assign]
+    async with agg_net(tmp_path, chain) as (_, nodes, nursery, sent):
+        _silent_after_update(nodes[1])
         _start(nursery, nodes)
         await until(lambda: all(len(canonical(n)) >= 3 for n in nodes), 300)
         blocks = canonical(nodes[2])[:3]
+    silent = nodes[1].key.public
+    for b in blocks:
+        assert silent in b.members and len(b.members) == 3, b
+    assert not any(isinstance(m, Unmask) and m.member == silent for m in sent)
+    shares = [m for m in sent if isinstance(m, SeedShare)]
+    assert shares and all(m.owner == silent for m in shares)
+
+
+async def test_fewer_survivors_than_the_threshold_make_no_aggregate(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Two of three members go silent after their vectors: one survivor holds fewer than
+    t = 2 shares of each seed, so no sum is finished, the rounds keep the parent's model
+    (the hold on a keep-parent head lets the next round open once the aggregation has
+    gone quiet) and the chain goes on."""
+    chain = _chain()
+    async with agg_net(tmp_path, chain) as (_, nodes, nursery, _sent):
+        _silent_after_update(nodes[1])  # the two best-ranked: selected every round
+        _silent_after_update(nodes[2])
+        _start(nursery, nodes)
+        await until(lambda: all(len(canonical(n)) >= 3 for n in nodes), 300)
+        blocks = canonical(nodes[3])[:3]
     rounds = [b.round for b in blocks]
     assert rounds == sorted(set(rounds))
     for b in blocks:
-        assert not b.members or nodes[1].key.public not in b.members
+        assert not b.members or not {nodes[1].key.public, nodes[2].key.public} <= set(b.members)
 
 
 async def test_copied_selections_and_baseless_disputes_change_nothing(

@@ -29,7 +29,15 @@ from consensus import aggcheck, aggpolicy, bn254, masking, rules, secagg
 from consensus.crypto import SigningKey, sha256
 from consensus.errors import InvalidError
 from consensus.rules import sign
-from consensus.secagg import Complete, Dispute, MaskedUpdate, PairReveal, Selection, Unmask
+from consensus.secagg import (
+    Complete,
+    Dispute,
+    MaskedUpdate,
+    PairReveal,
+    SeedShare,
+    Selection,
+    Unmask,
+)
 from consensus.strategy import BestShare
 from consensus.types import AggregationSpec, CommitTx, Genesis, ProofTx, RuleSpec
 from node.aggstate import AggState
@@ -66,7 +74,9 @@ Strategy = Callable[["Sim"], None]
 class Sim:
     """The round. `parties[0..a)` are the adversary's; the rest are honest."""
 
-    def __init__(self, ks: list[int], adversaries: int, *, weakened: bool = False) -> None:
+    def __init__(
+        self, ks: list[int], adversaries: int, *, weakened: bool = False, weak_shares: bool = False
+    ) -> None:
         base = make_chain(n=len(ks))
         g = dataclasses.replace(
             base.genesis,
@@ -78,6 +88,7 @@ class Sim:
         self.cid = self.chain.cid
         self.batch = self.chain.batches[0]
         self.weakened = weakened
+        self.weak_shares = weak_shares  # share a silent member's seed for any Complete
         self.rule = BestShare(g)
         self.parties: list[Party] = []
         for i, (key, k) in enumerate(zip(base.participants, ks, strict=True)):
@@ -112,6 +123,8 @@ class Sim:
         self.now = 0
         self.state: dict[bytes, _MemberState] = {p.public: _MemberState() for p in self.honest}
         self.react: Strategy = lambda sim: None  # the adversary's move at each quiet point
+        self.dropped: set[bytes] = set()  # honest members gone after sending their update
+        self.threshold = secagg.threshold(g.rule.min_members)
         self.proofs = {p.commit.hash(): p.proof for p in self.parties}
         self.mask_keys = {p.public: p.commit.mask_key for p in self.parties}
 
@@ -145,7 +158,14 @@ class Sim:
             return a.add_update(msg)
         if isinstance(msg, Complete):
             aggcheck.check_complete(self.cid, sel, msg)
-            return a.add_complete(msg)
+            return a.add_complete(msg, self.now)
+        if isinstance(msg, SeedShare):
+            comp = a.completes.get(msg.selection)
+            owner = a.updates.get(msg.selection, {}).get(msg.owner)
+            if comp is None or owner is None:
+                return False
+            aggcheck.check_seed_share(self.cid, sel, comp, owner, msg)
+            return a.add_share(msg)
         if isinstance(msg, Dispute):
             if self.weakened:  # v2: any pairs of members, signed by the proposer
                 for pid in msg.pairs:
@@ -194,7 +214,7 @@ class Sim:
         h = sel.hash()
         others = secagg.others_of(sel.members, p.public)
         masks = secagg.member_masks(
-            p.secret, p.public, [(o, self.mask_keys[o]) for o in others], h, N
+            p.secret, p.public, [(o, self.mask_keys[o]) for o in others], h, N, self.threshold
         )
         pair_masks = [(s, list(u)) for s, u in masks.pair_masks]
         if lie_with is not None:
@@ -204,15 +224,9 @@ class Sim:
         for sign_, u in pair_masks:
             y = [a + sign_ * b for a, b in zip(y, u, strict=True)]
         y = [a + b for a, b in zip(y, masks.self_mask, strict=True)]
-        pairs = [lcommit(u) for _, u in pair_masks]
-        upd = MaskedUpdate(
-            h,
-            p.public,
-            secagg.encode_vector(y),
-            tuple(pairs),
-            lcommit(list(masks.self_mask)),
-            bytes(64),
-        )
+        pairs = tuple(lcommit(u) for _, u in pair_masks)
+        self_c = lcommit(list(masks.self_mask))
+        upd = secagg.unsigned_update(h, p.public, secagg.encode_vector(y), pairs, self_c, masks)
         return sign(upd, p.key, self.cid)
 
     def unmask(self, p: Party, sel: Selection) -> Unmask:
@@ -244,6 +258,8 @@ class Sim:
                 ms.updates[h] = upd.hash()
             else:
                 ms.refused.add(h)
+        if p.public in self.dropped:  # gone once its vector is out
+            return
         for h, d in list(a.disputes.items()):
             sel = a.selections[h]
             if h not in ms.answered:
@@ -290,10 +306,53 @@ class Sim:
                 {s for s, r in a.reveals.items() if r},
                 a.distrusted(p.public),
                 ms.unmasked,
+                a.recovering(p.public),
             )
         if choice is not None:
             ms.unmasked = choice
             self.publish(self.unmask(p, a.selections[choice]))
+        if self.weak_shares:  # Bonawitz's recovery without v5's one-sum rule
+            for h in list(a.completes):
+                if h in ms.answered:
+                    self._share_step(p, h, weak=True)
+        elif ms.unmasked is not None and ms.unmasked in a.completes and not self.weakened:
+            self._share_step(p, ms.unmasked)
+
+    def _share_step(self, p: Party, h: bytes, *, weak: bool = False) -> None:
+        """Dropout recovery: our share of each silent member's seed (node.aggmember);
+        `weak`: for every member that has not unmasked this selection, whatever else."""
+        a = self.agg
+        sel = a.selections[h]
+        updates = a.updates.get(h, {})
+        done = {o for o, by in a.shares.get(h, {}).items() if p.public in by}
+        if weak:
+            unmasked = a.unmasks.get(h, {})
+            owners = tuple(
+                m
+                for m in sel.members
+                if m != p.public and m in updates and m not in unmasked and m not in done
+            )
+        else:
+            owners = aggpolicy.shares_to_reveal(
+                p.public,
+                sel,
+                a.completes[h],
+                updates,
+                set(a.unmasks.get(h, {})),
+                {m for s, ums in a.unmasks.items() if s != h for m in ums},
+                h,
+                h in a.disputes,
+                done,
+                a.complete_ms[h],
+                self.now,
+                FALLBACK_MS // 2,
+            ).owners
+        for owner in owners:
+            upd = updates[owner]
+            sealed = upd.seed_shares[secagg.others_of(sel.members, owner).index(p.public)]
+            value = secagg.open_share(p.secret, p.public, owner, self.mask_keys[owner], h, sealed)
+            share = SeedShare(h, p.public, owner, value.to_bytes(32, "big"), bytes(64))
+            self.publish(sign(share, p.key, self.cid))
 
     def _answers(self, p: Party, sel: Selection) -> bool:
         listed = [self.proofs[c] for c in sel.proofs if c in self.proofs]
@@ -345,14 +404,29 @@ class Sim:
             assert comp is not None
             self.publish(comp)
             self.settle()
-            unmasks = self.agg.unmasks.get(sel.hash(), {})
-            if not set(sel.members) <= set(unmasks):
+            self.now += FALLBACK_MS  # the silent members' grace runs out: shares flow
+            self.settle()
+            seeds = self.seeds(sel)
+            if not set(sel.members) <= set(seeds):
                 return None
             return secagg.unmasked_sum(
                 [secagg.decode_vector(got[m].vector, N) for m in sel.members],
-                [unmasks[m].seed for m in sel.members],
+                [seeds[m] for m in sel.members],
             )
         return None
+
+    def seeds(self, sel: Selection) -> dict[bytes, bytes]:
+        """The self seeds the aggregator holds: unmasked, or recovered from shares."""
+        h = sel.hash()
+        out = {m: u.seed for m, u in self.agg.unmasks.get(h, {}).items()}
+        for owner, by in self.agg.shares.get(h, {}).items():
+            if owner not in out and len(by) >= self.threshold:
+                points = {
+                    secagg.share_x(sel.members, m): int.from_bytes(x.share, "big")
+                    for m, x in by.items()
+                }
+                out[owner] = secagg.recover_seed(points)
+        return out
 
     def _update_holds(self, upd: MaskedUpdate, sel: Selection) -> bool:
         """The per-member check, with the model in the clear (the node's uses C_i - K)."""
@@ -407,6 +481,7 @@ def recover(
     published mask key. Returns the honest models the equations determine, exactly."""
     selections = {m.hash(): m for m in log if isinstance(m, Selection)}
     seeds = {(m.selection, m.member): m.seed for m in log if isinstance(m, Unmask)}
+    seeds.update(_recovered_seeds(log, selections, adversary, mask_keys))
     shared = {}
     for m in log:
         if isinstance(m, PairReveal):
@@ -453,6 +528,47 @@ def recover(
         value = _solve_for(rows, len(columns), i)
         if value is not None:
             out[h] = masking.to_signed(value)
+    return out
+
+
+def _recovered_seeds(
+    log: list[object],
+    selections: dict[bytes, Selection],
+    adversary: dict[bytes, int],
+    mask_keys: dict[bytes, bytes],
+) -> dict[tuple[bytes, bytes], bytes]:
+    """Self seeds the attacker holds enough shares of: published SeedShares plus the
+    shares dealt to its own keys (it decrypts those), checked against the dealer's
+    commitments, then interpolated wherever at least `len(seed_commitments)` hold."""
+    points: dict[tuple[bytes, bytes], dict[int, int]] = {}
+    updates = {(m.selection, m.member): m for m in log if isinstance(m, MaskedUpdate)}
+    for m in log:
+        if isinstance(m, SeedShare) and (m.selection, m.owner) in updates:
+            sel = selections[m.selection]
+            upd = updates[(m.selection, m.owner)]
+            value = int.from_bytes(m.share, "big")
+            if secagg.share_holds(upd, sel.members, m.member, value):
+                points.setdefault((m.selection, m.owner), {})[
+                    secagg.share_x(sel.members, m.member)
+                ] = value
+    for (h, owner), upd in updates.items():
+        sel = selections.get(h)
+        if sel is None or owner not in sel.members or owner not in mask_keys:
+            continue
+        for me, secret in adversary.items():
+            if me == owner or me not in sel.members:
+                continue
+            others = secagg.others_of(sel.members, owner)
+            if len(upd.seed_shares) != len(others):
+                continue
+            sealed = upd.seed_shares[others.index(me)]
+            value = secagg.open_share(secret, me, owner, mask_keys[owner], h, sealed)
+            if secagg.share_holds(upd, sel.members, me, value):
+                points.setdefault((h, owner), {})[secagg.share_x(sel.members, me)] = value
+    out = {}
+    for (h, owner), pts in points.items():
+        if len(pts) >= len(updates[(h, owner)].seed_commitments):
+            out[(h, owner)] = secagg.recover_seed(pts)
     return out
 
 

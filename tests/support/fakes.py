@@ -89,12 +89,17 @@ def aggregating(genesis: Genesis) -> Genesis:
     )
 
 
-def _fake_mask(job: MaskVector) -> tuple[bytes, tuple[bytes, ...], bytes]:
+def _fake_mask(job: MaskVector) -> MaskedUpdate:
     q = [job.weight * v for v in fake_params(job.weights)]
-    masks = secagg.member_masks(job.secret, job.me, job.others, job.context, FAKE_PARAMS)
+    masks = secagg.member_masks(
+        job.secret, job.me, job.others, job.context, FAKE_PARAMS, job.threshold
+    )
     y = masking.masked(q, masks.pair_masks, masks.self_mask)
     pairs = tuple(bn254.compress(fake_linear(list(u))) for _, u in masks.pair_masks)
-    return secagg.encode_vector(y), pairs, bn254.compress(fake_linear(list(masks.self_mask)))
+    self_c = bn254.compress(fake_linear(list(masks.self_mask)))
+    return secagg.unsigned_update(
+        job.context, job.me, secagg.encode_vector(y), pairs, self_c, masks
+    )
 
 
 def _fake_check(job: CheckUpdate) -> bool:

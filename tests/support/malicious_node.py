@@ -28,7 +28,15 @@ import trio
 from consensus import policy, secagg
 from consensus.crypto import sha256
 from consensus.rules import sign
-from consensus.secagg import Complete, Dispute, MaskedUpdate, PairReveal, Selection, Unmask
+from consensus.secagg import (
+    Complete,
+    Dispute,
+    MaskedUpdate,
+    PairReveal,
+    SeedShare,
+    Selection,
+    Unmask,
+)
 from consensus.types import Block, CommitTx
 from node import aggmember, engine, participant, roundpool
 from node.aggregator import Outcome
@@ -143,7 +151,7 @@ async def serve(self: aggmember.Member, st: RoundState, mine: Mine, opened: int)
 
 _validate = roundpool.RoundPool.validate
 _publish = engine.Engine.publish
-OBSERVED = (CommitTx, Selection, MaskedUpdate, Complete, Unmask, Dispute, PairReveal)
+OBSERVED = (CommitTx, Selection, MaskedUpdate, Complete, Unmask, Dispute, PairReveal, SeedShare)
 
 
 def _seen(item: object) -> None:
