@@ -12,8 +12,13 @@ is in, the aggregator publishes `Complete`; a member reveals its self-mask seed
 member are ever both computable. A member that stays silent before Complete is
 left out by a new attempt with fresh masks (the context is the Selection's hash).
 
+Version 5 (dropout recovery, §14): each MaskedUpdate also deals Feldman-verified Shamir
+shares of the member's self seed to the others (consensus.shamir), sealed to each; a
+member silent after Complete has its seed recovered from t revealed `SeedShare`s.
+
 Vectors are `FIELD_BYTES` little-endian field elements each, below R.
-docs/protocol.md §10 specifies every byte.
+docs/protocol.md §10 and §14 specify every byte. (Past 300 lines on purpose: the
+messages and the arithmetic that gives their fields meaning are one spec section.)
 """
 
 from __future__ import annotations

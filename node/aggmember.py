@@ -5,8 +5,10 @@ node.aggregator is the proposer's side).
 A member answers, with its masked vector (alone it reveals nothing), only the
 selection of the proposer whose turn it is over the round's proofs; reveals its
 self-mask seed for the first clean Complete of the round only, so no two computable
-sums differ by one member; and, when a Dispute names it with a partner whose update
-disagrees with its own, reveals that pair's shared point so the liar is named alone.
+sums differ by one member; when a Dispute names it with a partner whose update
+disagrees with its own, reveals that pair's shared point so the liar is named alone;
+and (version 5) reveals its share of the seed of a member silent after the Complete it
+unmasked, so that sum still finishes.
 """
 
 from __future__ import annotations

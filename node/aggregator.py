@@ -7,9 +7,10 @@ delay, checks each one against its member's commitment (a member whose vector do
 not match is dropped alone) and that both members of each pair committed the same
 pairwise mask (if not, a Dispute: the pair's revealed shared point names the one that
 lied), and starts a new attempt with fresh masks without whoever was silent or wrong.
-If the set falls below the rule's minimum, or a member is silent after Complete (its
-self-mask stays secret, so nobody can finish that sum), the block keeps the parent's
-model. best-share weighs every member 1, so a member's weight is 1.
+A member silent after Complete is recovered (version 5): the others reveal their shares
+of its self seed and the sum finishes with its vector in it. If the set falls below the
+rule's minimum, or fewer than t shares of a silent member's seed come, the block keeps
+the parent's model. best-share weighs every member 1, so a member's weight is 1.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class Aggregation(Member):
     ) -> dict[bytes, bytes] | None:
         """Every member's self seed for a completed selection: its Unmask, or (version 5,
         dropout recovery) `threshold` verified shares of it from the others. None if a
-        seed is still missing after the fallback delay (and as long again for shares)."""
+        seed is still missing two fallback delays after Complete."""
         h = sel.hash()
         wait_ms = self.genesis.timing.fallback_ms
         t = secagg.threshold(self.genesis.rule.min_members)
@@ -178,25 +179,22 @@ class Aggregation(Member):
         def complete() -> bool:
             return set(members) <= set(seeds())
 
-        due = min(self.clock() + wait_ms, deadline_ms)
-        await st.wait_until(partial(_holds, st.agg.unmasks, h, members), due, self.clock)
-        if not complete():
-            silent = [m for m in members if m not in st.agg.unmasks.get(h, {})]
-            log.warning(
-                "round %d: selection %s: %d did not unmask: recovering from the others' shares",
-                sel.round,
-                h.hex()[:8],
-                len(silent),
-            )
-            due = min(self.clock() + 2 * wait_ms, deadline_ms)
-            await st.wait_until(complete, due, self.clock)
+        # shares of a silent member's seed come fallback/2 after Complete (the members'
+        # grace), so the wait ends as soon as every seed is here either way
+        due = min(self.clock() + 2 * wait_ms, deadline_ms)
+        await st.wait_until(complete, due, self.clock)
         got = seeds()
         if not set(members) <= set(got):
             log.warning("round %d: a member's seed is missing: no aggregate this round", sel.round)
             return None
         recovered = [m for m in members if m not in st.agg.unmasks.get(h, {})]
         if recovered:
-            log.info("round %d: recovered %d silent members' seeds", sel.round, len(recovered))
+            log.warning(
+                "round %d: selection %s: %d did not unmask: their seeds recovered from shares",
+                sel.round,
+                h.hex()[:8],
+                len(recovered),
+            )
         return {m: got[m] for m in members}
 
     async def _settle(

@@ -90,7 +90,8 @@ class Net:
     def wait_finalized(self, nodes: list[int], height: int, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            for i, p in self.procs.items():
+            for i in nodes:
+                p = self.procs[i]
                 assert p.poll() is None, f"node{i} died: {self.tail(i)}"
             sts = [self.status(i) for i in nodes]
             if all(s and s["finalized"]["height"] >= height for s in sts):
