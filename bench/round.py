@@ -227,7 +227,7 @@ def aggregation_cost(members: list[int]) -> list[dict[str, Any]]:
             others = tuple((o, publics[o]) for o in keys if o != k)
             t = time.perf_counter()
             upd = aggregation.mask_update(
-                artifacts, arch, weights[k], 1, secrets[k], k, others, h, secagg.threshold(3)
+                artifacts, arch, weights[k], 1, secrets[k], k, others, h, secagg.threshold(3, n)
             )
             mask_s.append(time.perf_counter() - t)
             updates.append(upd)

@@ -60,7 +60,7 @@ def check_update(genesis: Genesis, cid: bytes, sel: Selection, upd: MaskedUpdate
         raise InvalidError(f"MaskedUpdate: the vector is {len(upd.vector)} bytes, not {want}")
     if len(upd.pair_commitments) != len(sel.members) - 1:
         raise InvalidError("MaskedUpdate: one pairwise-mask commitment per other member")
-    t = secagg.threshold(genesis.rule.min_members)
+    t = secagg.threshold(genesis.rule.min_members, len(sel.members))
     if len(upd.seed_commitments) != t:
         raise InvalidError(f"MaskedUpdate: {len(upd.seed_commitments)} seed commitments, not {t}")
     if len(upd.seed_shares) != len(sel.members) - 1:

@@ -200,11 +200,12 @@ def mask_public(secret: int) -> bytes:
     return bn254.compress(masking.public_key(secret))
 
 
-def threshold(min_members: int) -> int:
-    """Shares that recover a self seed: the chain's collusion threshold t = min_members - 1
-    (docs/protocol.md §10), so a coalition of fewer than t holds too few, and a set of
-    min_members survives one dropout."""
-    return max(1, min_members - 1)
+def threshold(min_members: int, members: int) -> int:
+    """Shares that recover a self seed in a set of `members`: at least the chain's
+    collusion threshold min_members - 1 (docs/protocol.md §10; a set of min_members
+    survives one dropout) and more than half the set, so opening a seed without its
+    owner, or a sum nobody unmasked, takes a majority of the set, not two colluders."""
+    return max(1, min_members - 1, members // 2 + 1)
 
 
 @dataclass(frozen=True)

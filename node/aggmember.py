@@ -175,7 +175,7 @@ class Member:
             me,
             tuple((m, keys[m]) for m in others),
             h,
-            secagg.threshold(self.genesis.rule.min_members),
+            secagg.threshold(self.genesis.rule.min_members, len(sel.members)),
         )
         try:
             unsigned = await self.prover.run(job, timeout=self.timeout_s)

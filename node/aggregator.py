@@ -163,7 +163,7 @@ class Aggregation(Member):
         seed is still missing two fallback delays after Complete."""
         h = sel.hash()
         wait_ms = self.genesis.timing.fallback_ms
-        t = secagg.threshold(self.genesis.rule.min_members)
+        t = secagg.threshold(self.genesis.rule.min_members, len(sel.members))
 
         def seeds() -> dict[bytes, bytes]:
             out = {m: u.seed for m, u in st.agg.unmasks.get(h, {}).items()}

@@ -124,7 +124,6 @@ class Sim:
         self.state: dict[bytes, _MemberState] = {p.public: _MemberState() for p in self.honest}
         self.react: Strategy = lambda sim: None  # the adversary's move at each quiet point
         self.dropped: set[bytes] = set()  # honest members gone after sending their update
-        self.threshold = secagg.threshold(g.rule.min_members)
         self.proofs = {p.commit.hash(): p.proof for p in self.parties}
         self.mask_keys = {p.public: p.commit.mask_key for p in self.parties}
 
@@ -214,7 +213,12 @@ class Sim:
         h = sel.hash()
         others = secagg.others_of(sel.members, p.public)
         masks = secagg.member_masks(
-            p.secret, p.public, [(o, self.mask_keys[o]) for o in others], h, N, self.threshold
+            p.secret,
+            p.public,
+            [(o, self.mask_keys[o]) for o in others],
+            h,
+            N,
+            secagg.threshold(self.genesis.rule.min_members, len(sel.members)),
         )
         pair_masks = [(s, list(u)) for s, u in masks.pair_masks]
         if lie_with is not None:
@@ -420,7 +424,8 @@ class Sim:
         h = sel.hash()
         out = {m: u.seed for m, u in self.agg.unmasks.get(h, {}).items()}
         for owner, by in self.agg.shares.get(h, {}).items():
-            if owner not in out and len(by) >= self.threshold:
+            t = secagg.threshold(self.genesis.rule.min_members, len(sel.members))
+            if owner not in out and len(by) >= t:
                 points = {
                     secagg.share_x(sel.members, m): int.from_bytes(x.share, "big")
                     for m, x in by.items()
