@@ -31,6 +31,10 @@ circuit with the worker's real functions (prover.aggregation) and canonical enco
                       mask_s + check_s / 2 + aggregate_s + 3 gossip hops (0.1 s each)
   share               added_s / (the measured critical path + added_s), when a network
                       of that size was measured above (target <= 10 %)
+and dropout recovery's (protocol v5): t (shares that recover a seed), share_b (bytes
+the sharing adds to each update), share_s (dealing them), dropout_msgs / dropout_kb
+(the SeedShares one silent member costs), open_s, relay_s, interp_s and recover_s
+(the compute to recover it, after the members' grace of fallback/2; _recovery_cost).
 Prints the tables and writes bench/results/round.json.
 
     .venv/bin/python bench/round.py [--sizes 2 4 8] [--blocks 3] [--members 3 8 16]
@@ -249,6 +253,7 @@ def aggregation_cost(members: list[int]) -> list[dict[str, Any]]:
         )
         aggregation.commit_aggregate(artifacts, arch, blob, rest, n)
         aggregate_s = time.perf_counter() - t
+        recovery = _recovery_cost(keys, secrets, publics, updates, sel)
         comp = Complete(h, tuple(u.hash() for u in updates), bytes(64))
         unmask = Unmask(h, keys[0], seeds[0], bytes(64))
         member_b = len(updates[0].encode()) + len(unmask.encode())
@@ -265,9 +270,71 @@ def aggregation_cost(members: list[int]) -> list[dict[str, Any]]:
                 "check_s": round(check_s, 3),
                 "aggregate_s": round(aggregate_s, 3),
                 "added_s": round(added, 3),
+                **recovery,
             }
         )
     return out
+
+
+def _recovery_cost(
+    keys: list[bytes],
+    secrets: dict[bytes, int],
+    publics: dict[bytes, bytes],
+    updates: list[Any],
+    sel: Any,
+) -> dict[str, Any]:
+    """Protocol v5's dropout recovery for one selection: what the seed sharing adds to
+    every update (bytes; `share_s`: dealing t_S Feldman commitments and S - 1 sealed
+    shares, on top of the shared points masking computes anyway), and what recovering
+    one silent member costs: each survivor opens and checks its share (`open_s`, in
+    parallel on the survivors' nodes), every node checks the t_S shares it relays
+    (`relay_s`) and the aggregator interpolates (`interp_s`); `recover_s` is their sum
+    plus one gossip hop, after the members' grace of fallback/2."""
+    from consensus import bn254, masking, secagg, shamir
+
+    n = len(keys)
+    t = secagg.threshold(3, n)
+    h = sel.hash()
+    dealer = keys[0]
+    others = [k for k in keys if k != dealer]
+    points = [masking.shared_point(secrets[dealer], bn254.decompress(publics[o])) for o in others]
+    start = time.perf_counter()
+    seed = masking.self_seed(secrets[dealer].to_bytes(32, "big"), h)
+    coeffs = shamir.coefficients(int.from_bytes(seed, "big"), seed, t)
+    shamir.commitments(coeffs)
+    for o, pt in zip(others, points, strict=True):
+        secagg.seal_share(pt, h, dealer, o, shamir.share(coeffs, secagg.share_x(keys, o)))
+    share_s = time.perf_counter() - start
+    upd = updates[0]
+    sealed = dict(zip(others, upd.seed_shares, strict=True))
+    start = time.perf_counter()
+    holder = others[0]
+    value = secagg.open_share(secrets[holder], holder, dealer, publics[dealer], h, sealed[holder])
+    assert secagg.share_holds(upd, keys, holder, value)
+    open_s = time.perf_counter() - start
+    shares = {}
+    for o in others[:t]:
+        shares[o] = secagg.open_share(secrets[o], o, dealer, publics[dealer], h, sealed[o])
+    start = time.perf_counter()
+    for o, v in shares.items():
+        assert secagg.share_holds(upd, keys, o, v)
+    relay_s = time.perf_counter() - start
+    start = time.perf_counter()
+    got = secagg.recover_seed({secagg.share_x(keys, o): v for o, v in shares.items()})
+    interp_s = time.perf_counter() - start
+    assert got == masking.self_seed(secrets[dealer].to_bytes(32, "big"), h)
+    share_msg = secagg.SeedShare(h, holder, dealer, value.to_bytes(32, "big"), bytes(64))
+    return {
+        "t": t,
+        "share_b": 32 * (t + n - 1),
+        "share_s": round(share_s, 3),
+        "dropout_msgs": n - 1,
+        "dropout_kb": round((n - 1) * len(share_msg.encode()) / 1024, 1),
+        "open_s": round(open_s, 3),
+        "relay_s": round(relay_s, 3),
+        "interp_s": round(interp_s, 4),
+        "recover_s": round(open_s + relay_s + interp_s + GOSSIP_HOP_S, 3),
+    }
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
@@ -325,6 +392,22 @@ def main() -> None:
             "aggregate_s",
             "added_s",
             "share",
+        ],
+    )
+    print()
+    _table(
+        agg,
+        [
+            "members",
+            "t",
+            "share_b",
+            "share_s",
+            "dropout_msgs",
+            "dropout_kb",
+            "open_s",
+            "relay_s",
+            "interp_s",
+            "recover_s",
         ],
     )
     RESULTS.mkdir(exist_ok=True)
