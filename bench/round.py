@@ -323,7 +323,9 @@ def _recovery_cost(
     got = secagg.recover_seed({secagg.share_x(keys, o): v for o, v in shares.items()})
     interp_s = time.perf_counter() - start
     assert got == masking.self_seed(secrets[dealer].to_bytes(32, "big"), h)
-    share_msg = secagg.SeedShare(h, holder, dealer, value.to_bytes(32, "big"), bytes(64))
+    share_msg = secagg.SeedShare(
+        h, holder, dealer, upd.hash(), value.to_bytes(32, "big"), bytes(64)
+    )
     return {
         "t": t,
         "share_b": 32 * (t + n - 1),

@@ -76,10 +76,27 @@ def check_complete(cid: bytes, sel: Selection, comp: Complete) -> None:
     rules.check_signature(comp, sel.proposer, cid)
 
 
-def check_unmask(cid: bytes, sel: Selection, um: Unmask) -> None:
+def check_unmask(cid: bytes, sel: Selection, um: Unmask, upd: MaskedUpdate | None) -> None:
+    """`upd`: the member's update for the selection, if held. Version 5: its seed must be
+    the secret its update's seed sharing commits to (seed G = F_0), else a member could
+    spoil the sum with a wrong seed that the others' shares would have replaced."""
     if um.member not in sel.members:
         raise InvalidError("Unmask: the sender is not a member of the selection")
     rules.check_signature(um, um.member, cid)
+    if upd is not None and not unmask_opens(upd, um):
+        raise InvalidError("Unmask: the seed is not the one its update's sharing commits to")
+
+
+def unmask_opens(upd: MaskedUpdate, um: Unmask) -> bool:
+    """seed G == F_0: the unmasked seed is the secret the member's shares are of."""
+    seed = int.from_bytes(um.seed, "big")
+    if seed >= bn254.R or not upd.seed_commitments:
+        return False
+    try:
+        f0 = bn254.decompress(upd.seed_commitments[0])
+    except InvalidError:
+        return False
+    return bn254.mul(bn254.G, seed) == f0
 
 
 def check_seed_share(
@@ -93,6 +110,8 @@ def check_seed_share(
         raise InvalidError("SeedShare: the revealer and the owner must be two members")
     if owner_update.hash() not in comp.updates or owner_update.member != s.owner:
         raise InvalidError("SeedShare: the owner's update is not in the selection's Complete")
+    if s.update != owner_update.hash():
+        raise InvalidError("SeedShare: opened from another update than the Complete lists")
     rules.check_signature(s, s.member, cid)
     value = int.from_bytes(s.share, "big")
     if not secagg.share_holds(owner_update, sel.members, s.member, value):

@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from consensus import membership
+from consensus import evidence, membership
 from consensus.checks import (
     Answer,
     Answers,
@@ -66,6 +66,7 @@ class PendingBlock:
     parent_model: bytes  # the parent's model blob hash
     checks: tuple[Check, ...]
     roster: Roster  # the participant set after this block (consensus.membership)
+    excluded: frozenset[bytes] = frozenset()  # whom its selection may not include (v5)
 
 
 def parent_roster(genesis: Genesis, parent: ParentInfo) -> Roster:
@@ -128,8 +129,21 @@ def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block
         proof_check(genesis, chain_id, block.reveal, commits[p.commit_id], p) for p in block.proofs
     )
     model_checks = rule.model_checks(block, parent.model_hash)
+    after = roster_after(genesis, chain_id, roster, block)
+    return PendingBlock(
+        block,
+        rule,
+        parent.model_hash,
+        (*verifications, *model_checks),
+        after,
+        roster.excluded_at(block.round),
+    )
+
+
+def roster_after(genesis: Genesis, chain_id: bytes, roster: Roster, block: Block) -> Roster:
+    """The chain state a block leaves: its membership changes, then its evidence."""
     after = membership.apply(genesis, chain_id, roster, block.round, block.membership)
-    return PendingBlock(block, rule, parent.model_hash, (*verifications, *model_checks), after)
+    return evidence.apply(genesis, chain_id, after, block.round, block.evidence)
 
 
 def proof_verifications(block: Block) -> tuple[VerifyProof, ...]:
@@ -143,7 +157,7 @@ def conclude(pending: PendingBlock, answers: Answers) -> int:
     for check in pending.checks:
         if isinstance(check, VerifyProof) and not verified(answers, check):
             raise InvalidError(PROOF_FAILS)
-    return pending.rule.conclude(pending.block, answers, pending.parent_model)
+    return pending.rule.conclude(pending.block, answers, pending.parent_model, pending.excluded)
 
 
 def answer_with(

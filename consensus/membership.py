@@ -47,6 +47,12 @@ class Roster:
     """Every tenure so far, sorted by (key, joined); at most one open per key."""
 
     tenures: tuple[Tenure, ...]
+    # protocol v5: (key, first round it may be selected again), sorted (consensus.evidence)
+    excluded: tuple[tuple[bytes, int], ...] = ()
+
+    def excluded_at(self, rnd: int) -> frozenset[bytes]:
+        """Who no selection of round `rnd` may include (a round after this roster's block)."""
+        return frozenset(k for k, until in self.excluded if rnd < until)
 
     def at(self, rnd: int) -> frozenset[bytes]:
         """The participants of round `rnd`."""
@@ -136,7 +142,7 @@ def _fold(roster: Roster, tx: Membership) -> Roster:
             replace(t, left=tx.from_round) if t.key == tx.key and t.left is None else t
             for t in roster.tenures
         )
-    return Roster(tuple(sorted(tenures, key=lambda t: (t.key, t.joined))))
+    return replace(roster, tenures=tuple(sorted(tenures, key=lambda t: (t.key, t.joined))))
 
 
 def pick(

@@ -162,6 +162,7 @@ class SeedShare(Signed):
     selection: bytes = wire(_HASH)
     member: bytes = wire(_KEY)
     owner: bytes = wire(_KEY)
+    update: bytes = wire(_HASH)  # the owner's MaskedUpdate the share was opened from
     share: bytes = wire(Bytes(FIELD_BYTES, FIELD_BYTES))  # big-endian, below R
     signature: bytes = wire(_SIG)
 

@@ -13,7 +13,7 @@ is adding one class with a `name` under `@register`; the genesis names the rule.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import ClassVar
 
 from consensus import aggregate, bn254
@@ -47,9 +47,14 @@ class Rule(ABC):
 
     @abstractmethod
     def select(
-        self, batch: EvalBatch, proofs: Sequence[ProofTx], parent_commitment: bytes
+        self,
+        batch: EvalBatch,
+        proofs: Sequence[ProofTx],
+        parent_commitment: bytes,
+        excluded: Collection[bytes] = frozenset(),
     ) -> tuple[Contribution, ...]:
-        """Who may contribute to the global model of a block with these proofs."""
+        """Who may contribute to the global model of a block with these proofs, never one
+        of `excluded` (v5: participants the chain's evidence leaves out this round)."""
 
     @abstractmethod
     def check_shape(self, block: Block) -> None:
@@ -60,7 +65,13 @@ class Rule(ABC):
         """The expensive checks that tie the block's model to its contributors' proofs."""
 
     @abstractmethod
-    def conclude(self, block: Block, answers: Answers, parent_model: bytes) -> int:
+    def conclude(
+        self,
+        block: Block,
+        answers: Answers,
+        parent_model: bytes,
+        excluded: Collection[bytes] = frozenset(),
+    ) -> int:
         """The block's score once the checks are answered, or InvalidError."""
 
 
@@ -93,8 +104,10 @@ def proposer_proof(block: Block) -> ProofTx:
     raise InvalidError("Block: the proposer has no proof in the block")
 
 
-def _candidates(proofs: Sequence[ProofTx]) -> list[Candidate]:
-    return [Candidate(p.participant, p.k, p.commitment) for p in proofs]
+def _candidates(proofs: Sequence[ProofTx], excluded: Collection[bytes]) -> list[Candidate]:
+    return [
+        Candidate(p.participant, p.k, p.commitment) for p in proofs if p.participant not in excluded
+    ]
 
 
 def _facts(genesis: Genesis, batch: EvalBatch, parent_commitment: bytes) -> RoundFacts:
@@ -122,9 +135,15 @@ class Winner(Rule):
     aggregates = False
 
     def select(
-        self, batch: EvalBatch, proofs: Sequence[ProofTx], parent_commitment: bytes
+        self,
+        batch: EvalBatch,
+        proofs: Sequence[ProofTx],
+        parent_commitment: bytes,
+        excluded: Collection[bytes] = frozenset(),
     ) -> tuple[Contribution, ...]:
-        return select_winner(_candidates(proofs), _facts(self.genesis, batch, parent_commitment))
+        return select_winner(
+            _candidates(proofs, excluded), _facts(self.genesis, batch, parent_commitment)
+        )
 
     def check_shape(self, block: Block) -> None:
         if block.members or block.remainder:
@@ -139,7 +158,13 @@ class Winner(Rule):
     def model_checks(self, block: Block, parent_model: bytes) -> tuple[Check, ...]:
         return (CommitModel(block.model_hash), EvaluateModel(block.model_hash, block.reveal.batch))
 
-    def conclude(self, block: Block, answers: Answers, parent_model: bytes) -> int:
+    def conclude(
+        self,
+        block: Block,
+        answers: Answers,
+        parent_model: bytes,
+        excluded: Collection[bytes] = frozenset(),
+    ) -> int:
         mine = proposer_proof(block)
         if commitment(answers, CommitModel(block.model_hash)) != mine.commitment:
             raise InvalidError("Block: the revealed model does not match the proposer's commitment")
@@ -170,12 +195,16 @@ class BestShare(Rule):
     aggregates = True
 
     def select(
-        self, batch: EvalBatch, proofs: Sequence[ProofTx], parent_commitment: bytes
+        self,
+        batch: EvalBatch,
+        proofs: Sequence[ProofTx],
+        parent_commitment: bytes,
+        excluded: Collection[bytes] = frozenset(),
     ) -> tuple[Contribution, ...]:
         s = self.spec
         facts = _facts(self.genesis, batch, parent_commitment)
         return select_best_share(
-            _candidates(proofs), facts, s.keep_percent, s.min_members, s.max_members
+            _candidates(proofs, excluded), facts, s.keep_percent, s.min_members, s.max_members
         )
 
     def check_shape(self, block: Block) -> None:
@@ -215,7 +244,13 @@ class BestShare(Rule):
             EvaluateModel(block.model_hash, batch),
         )
 
-    def conclude(self, block: Block, answers: Answers, parent_model: bytes) -> int:
+    def conclude(
+        self,
+        block: Block,
+        answers: Answers,
+        parent_model: bytes,
+        excluded: Collection[bytes] = frozenset(),
+    ) -> int:
         if not block.members:
             if block.model_hash != parent_model:
                 raise InvalidError("Block: a block without an aggregate keeps the parent's model")
@@ -224,7 +259,7 @@ class BestShare(Rule):
             # not pre-empt the members' work)
             return KEEP_PARENT_SCORE
         parent_c = commitment(answers, CommitModel(parent_model))
-        chosen = self.select(block.reveal.batch, block.proofs, parent_c)
+        chosen = self.select(block.reveal.batch, block.proofs, parent_c, excluded)
         weights = {c.participant: c.weight for c in chosen}
         if any(m not in weights for m in block.members):
             raise InvalidError(

@@ -115,6 +115,9 @@ class RuleSpec(Wire):
     keep_percent: int = wire(UInt(1, 100))  # best-share: the best this share of the proofs
     min_members: int = wire(UInt(1, MAX_PARTICIPANTS))  # ... but never fewer than this
     max_members: int = wire(UInt(1, MAX_PARTICIPANTS))  # ... nor more
+    # protocol v5: rounds a participant proven to misbehave (consensus.evidence) is left
+    # out of every selection, from the round after the block that carries the evidence
+    exclusion_rounds: int = wire(UInt(0, 1024), since=5, default=0)
 
 
 WINNER_RULE = RuleSpec("winner", 100, 1, 1)  # what a version-1 genesis means
@@ -266,6 +269,24 @@ class Membership(Signed):
 
 
 MAX_MEMBERSHIP_PER_BLOCK = 16
+# protocol v5: evidence of misbehaviour a block may carry (consensus.evidence)
+EQUIVOCATION, FALSE_SHARE, BAD_UNMASK, BAD_MASK_KEY = 1, 2, 3, 4
+MAX_EVIDENCE_PER_BLOCK = 4
+MAX_EVIDENCE_MESSAGE = 643 * 1024  # the largest signed message evidence quotes (MaskedUpdate)
+MAX_EVIDENCE_BYTES = 1 << 20  # all the evidence of one block, encoded
+
+
+@dataclass(frozen=True)
+class Evidence(Wire):
+    """Signed messages that prove one participant broke a rule (consensus.evidence says
+    which messages each kind quotes and how it is checked)."""
+
+    TAG = 23
+    NAME = "Evidence"
+    MAX_BYTES = 3 * (MAX_EVIDENCE_MESSAGE + 8) + 64
+
+    kind: int = wire(UInt(EQUIVOCATION, BAD_MASK_KEY))
+    messages: tuple[bytes, ...] = wire(ListOf(Bytes(1, MAX_EVIDENCE_MESSAGE), 3, lo=1))
 
 
 @dataclass(frozen=True)
@@ -279,6 +300,7 @@ class Block(Signed):
         + MAX_PARTICIPANTS * (CommitTx.MAX_BYTES + ProofTx.MAX_BYTES + PUBKEY_LEN + 4)
         + MAX_REMAINDER
         + MAX_MEMBERSHIP_PER_BLOCK * (Membership.MAX_BYTES + 4)
+        + MAX_EVIDENCE_BYTES
         + 1024
     )
 
@@ -301,6 +323,10 @@ class Block(Signed):
     # protocol v3: changes of the participant set (consensus.membership), sorted by hash
     membership: tuple[Membership, ...] = wire(
         ListOf(Struct(Membership), MAX_MEMBERSHIP_PER_BLOCK), since=3, default=()
+    )
+    # protocol v5: proven misbehaviour, one per offender, sorted by hash
+    evidence: tuple[Evidence, ...] = wire(
+        ListOf(Struct(Evidence), MAX_EVIDENCE_PER_BLOCK), since=5, default=()
     )
     signature: bytes = wire(_SIG)
 

@@ -139,7 +139,8 @@ class Member:
             parent_c = await self.parent_commitment(sel.parent)
             if not parent_c:  # its model is not here (yet): the rule cannot be applied
                 return aggpolicy.AnswerDecision(aggpolicy.Answer.WAIT, "no parent commitment")
-            chosen = self.rule.select(st.reveal.batch, listed, parent_c)
+            out = self.chain.excluded(sel.parent, sel.round)
+            chosen = self.rule.select(st.reveal.batch, listed, parent_c, out)
             rule_members = tuple(sorted(c.participant for c in chosen))
         view = aggpolicy.SelectionView(
             sel, st.agg.received_ms.get(h, self.clock()), rank, rule_members or ()
@@ -296,7 +297,9 @@ class Member:
                 )
                 continue
             share = sign(
-                SeedShare(h, me, owner, value.to_bytes(32, "big"), bytes(64)), self.key, self.cid
+                SeedShare(h, me, owner, upd.hash(), value.to_bytes(32, "big"), bytes(64)),
+                self.key,
+                self.cid,
             )
             st.agg.add_share(share)
             st.touch()

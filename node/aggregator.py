@@ -80,7 +80,8 @@ class Aggregation(Member):
                     len(st.reveal.sealed),
                 )
                 return keep
-            chosen = self.rule.select(st.reveal.batch, kept, parent_c) if kept else ()
+            out = self.chain.excluded(parent, st.reveal.round)
+            chosen = self.rule.select(st.reveal.batch, kept, parent_c, out) if kept else ()
             members = sorted(c.participant for c in chosen)
             if len(members) < self.genesis.rule.min_members:
                 log.info("round %d: %d members: no aggregate", st.reveal.round, len(members))

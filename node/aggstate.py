@@ -60,6 +60,28 @@ class AggState:
         self.received_ms[h] = now_ms
         return True
 
+    def conflicting(
+        self, msg: Selection | Unmask | SeedShare
+    ) -> Selection | Unmask | SeedShare | None:
+        """The message held in `msg`'s slot (one Selection per proposer and attempt, one
+        Unmask per member and selection, one SeedShare per revealer, owner and
+        selection) if it differs from `msg`: together they are an equivocation."""
+        held: Selection | Unmask | SeedShare | None
+        if isinstance(msg, Selection):
+            held = next(
+                (
+                    s
+                    for s in self.selections.values()
+                    if s.proposer == msg.proposer and s.attempt == msg.attempt
+                ),
+                None,
+            )
+        elif isinstance(msg, Unmask):
+            held = self.unmasks.get(msg.selection, {}).get(msg.member)
+        else:
+            held = self.shares.get(msg.selection, {}).get(msg.owner, {}).get(msg.member)
+        return held if held is not None and held != msg else None
+
     def distrusted(self, me: bytes, within: bytes | None = None) -> set[bytes]:
         """Partners whose shared point with `me` is public this round (either side
         revealed), or only by a reveal for the selection `within`."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import trio
 
-from consensus import membership
+from consensus import blocks
 from consensus.blocks import ParentInfo
 from consensus.crypto import sha256
 from consensus.errors import ForkChoiceError, InvalidError
@@ -106,7 +106,7 @@ class Chain:
             h = b.parent
         roster = self._rosters[h]
         for h, b in reversed(path):
-            roster = membership.apply(self.genesis, self.cid, roster, b.round, b.membership)
+            roster = blocks.roster_after(self.genesis, self.cid, roster, b)
             self._rosters[h] = roster
         return roster
 
@@ -115,7 +115,7 @@ class Chain:
         its changes are not valid on it)."""
         try:
             parent = self.roster(block.parent)
-            return membership.apply(self.genesis, self.cid, parent, block.round, block.membership)
+            return blocks.roster_after(self.genesis, self.cid, parent, block)
         except (LookupError, InvalidError):
             return None
 
@@ -126,6 +126,14 @@ class Chain:
             return self.roster(parent).at(rnd)
         except LookupError:
             return None
+
+    def excluded(self, parent: bytes, rnd: int) -> frozenset[bytes]:
+        """Whom no selection of round `rnd` on top of `parent` may include (v5 evidence;
+        empty if the parent is not stored here)."""
+        try:
+            return self.roster(parent).excluded_at(rnd)
+        except LookupError:
+            return frozenset()
 
     def known_participants(self, rnd: int) -> frozenset[bytes]:
         """A filter for messages whose parent is not here yet: anyone who is or will be a

@@ -13,6 +13,7 @@ validation in the block relay's, which `run` owns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,12 @@ from consensus.crypto import SigningKey
 from consensus.errors import InvalidError
 from consensus.roles import Roles, roles_of
 from consensus.strategy import rule_for
-from consensus.types import EvalBatch, JoinRequest, Membership
+from consensus.types import EvalBatch, Evidence, JoinRequest, Membership
 from node.aggregator import Aggregation
 from node.blockrelay import BlockRelay
 from node.chain import Chain
 from node.checker import Checker
+from node.evidencepool import EvidencePool
 from node.importer import BlockImporter
 from node.interfaces import Clock, Net, Outgoing, Prover, Sync, now_ms, sleep_until
 from node.membershippool import MembershipPool
@@ -79,6 +81,9 @@ class Engine:
         self.relay = BlockRelay(g, chain.cid, self.importer, net)
         self.syncer = Syncer(chain, self.importer, net, sync, wakeup)
         self.members = MembershipPool(g, chain.cid, chain, lambda: self.current_round() or 0)
+        self.evidence = EvidencePool(g, chain.cid, chain, lambda: self.current_round() or 0)
+        self._evidence_out, self._evidence_in = trio.open_memory_channel[Evidence](64)
+        self.pool.on_evidence = self._found
         self.participant: Participant | None = None
         self.publisher: Publisher | None = None
         if data_file is not None:  # a participant, now or once admitted (it plays when it is)
@@ -113,6 +118,7 @@ class Engine:
                 clock=clock,
                 aggregation=aggregation,
                 members=self.members,
+                evidence=self.evidence,
             )
         if key.public == g.publisher:
             self.publisher = Publisher(
@@ -130,6 +136,14 @@ class Engine:
     async def _validate_round(self, item: GossipItem, forwarder: ID) -> Verdict:
         """The round topic: changes of the participant set go to their pool, the rest to
         the round-message pool."""
+        if isinstance(item, Evidence):
+            if forwarder == self.net.peer_id:
+                return Verdict.ACCEPT  # our own: the pool checked it
+            try:
+                return self.evidence.add(item)
+            except InvalidError as exc:
+                log.info("rejected Evidence from %s: %s", forwarder, exc)
+                return Verdict.REJECT
         if not isinstance(item, JoinRequest | Membership):
             return await self.pool.validate(item, forwarder)
         if forwarder == self.net.peer_id:
@@ -170,8 +184,14 @@ class Engine:
                     "joined": t.joined,
                     "left": t.left,
                     "active": t.holds(rnd),
+                    "excluded": t.key in roster.excluded_at(rnd),
                 }
                 for t in roster.tenures
+            ],
+            "excluded": [
+                {"key": k.hex(), "until_round": until}
+                for k, until in roster.excluded
+                if rnd < until
             ],
             "requests": [
                 {"key": k.hex(), "signature": r.signature.hex()}
@@ -207,10 +227,26 @@ class Engine:
         except Exception as exc:  # no peers yet, or backpressure timed out
             log.warning("could not gossip %s: %s", item.NAME, exc)
 
+    def _found(self, ev: Evidence) -> None:
+        """Misbehaviour our round pool can prove: kept for our blocks, and gossiped so
+        every proposer can carry it (published by `_publish_evidence`)."""
+        try:
+            verdict = self.evidence.add(ev)
+        except InvalidError:
+            return  # the messages prove nothing after all (e.g. a forged signature)
+        if verdict is Verdict.ACCEPT:
+            with contextlib.suppress(trio.WouldBlock):  # else kept for our own blocks only
+                self._evidence_out.send_nowait(ev)
+
+    async def _publish_evidence(self) -> None:
+        async for ev in self._evidence_in:
+            await self.publish(ev)
+
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.relay.run)
             nursery.start_soon(self._drain_inbox)
+            nursery.start_soon(self._publish_evidence)
             nursery.start_soon(self.syncer.run)
             await self._round_loop()
             nursery.cancel_scope.cancel()

@@ -15,7 +15,7 @@ import trio
 from libp2p.peer.id import ID
 
 from consensus.secagg import AggMessage
-from consensus.types import Block, CommitTx, JoinRequest, Membership, ProofTx, Reveal
+from consensus.types import Block, CommitTx, Evidence, JoinRequest, Membership, ProofTx, Reveal
 from p2p.gossip import TopicKind, Validator
 from p2p.sync import BlockEntry, Status
 from prover.client import Job
@@ -23,7 +23,7 @@ from prover.client import Job
 R = TypeVar("R")
 
 Clock = Callable[[], int]  # wall-clock milliseconds
-Outgoing = CommitTx | Reveal | ProofTx | Block | AggMessage | JoinRequest | Membership
+Outgoing = CommitTx | Reveal | ProofTx | Block | AggMessage | JoinRequest | Membership | Evidence
 Publish = Callable[[Outgoing], Awaitable[None]]
 
 

@@ -22,6 +22,7 @@ from consensus.strategy import Rule
 from consensus.types import Block, CommitTx, Genesis, ProofTx
 from node.aggregator import Aggregation, Outcome
 from node.chain import Chain
+from node.evidencepool import EvidencePool
 from node.importer import BlockImporter
 from node.interfaces import Clock, Prover, Publish, sleep_until
 from node.membershippool import MembershipPool
@@ -54,6 +55,7 @@ class Participant:
         clock: Clock,
         aggregation: Aggregation | None = None,
         members: MembershipPool | None = None,
+        evidence: EvidencePool | None = None,
     ) -> None:
         self.key = key
         self.genesis = genesis
@@ -70,6 +72,7 @@ class Participant:
         self.clock = clock
         self.aggregation = aggregation  # None: the chain's rule publishes the winner's model
         self.members = members  # pending changes of the participant set our blocks carry
+        self.evidence = evidence  # proven misbehaviour our blocks carry (v5)
 
     def _budget_s(self, deadline_ms: int) -> float:
         return max(0.0, (deadline_ms - self.clock()) / 1000)
@@ -206,8 +209,13 @@ class Participant:
             pinfo, me, st.reveal, ranking, st.commits, st.proofs, sha256(outcome.model)
         )
         changes = () if self.members is None else self.members.for_block(pinfo.hash, block.round)
+        proven = () if self.evidence is None else self.evidence.for_block(pinfo.hash, block.round)
         full: Block = dataclasses.replace(
-            block, members=outcome.members, remainder=outcome.remainder, membership=changes
+            block,
+            members=outcome.members,
+            remainder=outcome.remainder,
+            membership=changes,
+            evidence=proven,
         )
         return sign(full, self.key, self.cid)
 

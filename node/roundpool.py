@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import trio
 from libp2p.peer.id import ID
 
-from consensus import aggcheck, aggpolicy, policy, rules
+from consensus import aggcheck, aggpolicy, evidence, policy, rules
 from consensus.errors import InvalidError
 from consensus.forkchoice import ChainNode
 from consensus.secagg import (
@@ -33,7 +33,7 @@ from consensus.secagg import (
     Unmask,
 )
 from consensus.strategy import rule_for
-from consensus.types import Block, CommitTx, Genesis, ProofTx, Reveal
+from consensus.types import Block, CommitTx, Evidence, Genesis, ProofTx, Reveal
 from node import aggstate
 from node.aggstate import AggState
 from node.chain import Chain
@@ -126,6 +126,8 @@ class RoundPool:
         self.aggregates = rule_for(genesis).aggregates
         # (participant, round, parent) -> (commit, arrival) for commits whose parent is not applied yet
         self.held: dict[tuple[bytes, int, bytes], tuple[CommitTx, int]] = {}
+        # v5: misbehaviour this pool can prove goes here (node.evidencepool checks it)
+        self.on_evidence: Callable[[Evidence], None] = lambda ev: None
 
     # ------------------------------------------------------------------ state
 
@@ -291,6 +293,7 @@ class RoundPool:
             sealed = () if st.reveal is None else st.reveal.sealed
             if not aggcheck.proposer_sealed(item, sealed, committer):
                 return Verdict.IGNORE  # no sealed commit of its proposer here (yet)
+            self._equivocation(st, None, item)
             return self._touched(st, st.agg.add_selection(item, self.clock()))
         found = self._selection(item.selection)
         if found is None:
@@ -305,9 +308,14 @@ class RoundPool:
         if isinstance(item, SeedShare):
             comp = st.agg.completes.get(item.selection)
             owner = st.agg.updates.get(item.selection, {}).get(item.owner)
-            if comp is None or owner is None:
+            if comp is None or owner is None or owner.hash() != item.update:
                 return Verdict.IGNORE  # its context is not here (yet): gossip may reorder
-            aggcheck.check_seed_share(self.cid, sel, comp, owner, item)
+            try:
+                aggcheck.check_seed_share(self.cid, sel, comp, owner, item)
+            except InvalidError:
+                self.on_evidence(evidence.false_share(sel, owner, item))
+                raise
+            self._equivocation(st, sel, item)
             return self._touched(st, st.agg.add_share(item))
         if isinstance(item, Dispute):
             if not aggcheck.check_dispute(self.cid, sel, item, st.agg.updates.get(sel.hash(), {})):
@@ -320,8 +328,22 @@ class RoundPool:
                 return Verdict.IGNORE  # its context is not here (yet): gossip may reorder
             aggcheck.check_reveal(self.cid, dispute, item, keys)
             return self._touched(st, st.agg.add_reveal(item))
-        aggcheck.check_unmask(self.cid, sel, item)
+        upd = st.agg.updates.get(item.selection, {}).get(item.member)
+        try:
+            aggcheck.check_unmask(self.cid, sel, item, upd)
+        except InvalidError:
+            if upd is not None:
+                self.on_evidence(evidence.bad_unmask(sel, upd, item))
+            raise
+        self._equivocation(st, sel, item)
         return self._touched(st, st.agg.add_unmask(item))
+
+    def _equivocation(
+        self, st: RoundState, sel: Selection | None, item: Selection | Unmask | SeedShare
+    ) -> None:
+        other = st.agg.conflicting(item)
+        if other is not None:
+            self.on_evidence(evidence.equivocation(sel, other, item))
 
     def _selection(self, h: bytes) -> tuple[RoundState, Selection] | None:
         for st in self.rounds.values():
@@ -340,7 +362,11 @@ class RoundPool:
         members = self.chain.participants(c.parent, c.round)
         if members is None:  # parent not here: filter by the head's roster until it is
             members = self.chain.known_participants(c.round)
-        rules.check_commit(self.genesis, self.cid, c, members)
+        try:
+            rules.check_commit(self.genesis, self.cid, c, members)
+        except InvalidError:
+            self.on_evidence(evidence.bad_mask_key(c))  # the pool keeps it if it proves that
+            raise
         if not self.in_window(c.round):
             return Verdict.IGNORE
         if not self.chain.has(c.parent):

@@ -21,10 +21,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from consensus import schedule
+from consensus import evidence, schedule
 from consensus.crypto import HASH_LEN
 from consensus.membership import KIND_NAMES
-from consensus.types import Block, Genesis
+from consensus.types import Block, Evidence, Genesis, chain_id
 from node.metrics import ChainCollector
 from node.roundlog import RoundLog, RoundRecord
 from storage import BlockMeta, ChainStore
@@ -82,6 +82,7 @@ class NodeView:
     ) -> None:
         self.store = store
         self.genesis = genesis
+        self.cid = chain_id(genesis)
         self.roundlog = roundlog
         self.peer_id = peer_id
         self._role = role if callable(role) else (lambda: role)  # roles change with the roster
@@ -170,6 +171,7 @@ class NodeView:
                 {"kind": KIND_NAMES[c.kind], "key": c.key.hex(), "from_round": c.from_round}
                 for c in block.membership
             ],
+            evidence=[_evidence_json(self.genesis, self.cid, ev) for ev in block.evidence],
         )
         return out
 
@@ -349,3 +351,9 @@ class NodeView:
             return None
         block = self._decode(block_hash, meta)
         return None if block is None else block.model_hash
+
+
+def _evidence_json(genesis: Genesis, cid: bytes, ev: Evidence) -> Json:
+    """What a block's evidence proves (it was checked when the block was applied)."""
+    key, rnd = evidence.offence(genesis, cid, ev)
+    return {"kind": evidence.KIND_NAMES[ev.kind], "offender": key.hex(), "round": rnd}

@@ -36,7 +36,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from consensus.crypto import sha256
 from consensus.errors import DecodeError
 from consensus.secagg import AggMessage
-from consensus.types import Block, CommitTx, JoinRequest, Membership, ProofTx, Reveal
+from consensus.types import Block, CommitTx, Evidence, JoinRequest, Membership, ProofTx, Reveal
 from p2p import hardening, penalties
 from p2p.topics import (
     BLOCK_TYPES,
@@ -218,7 +218,15 @@ class Gossip:
     # ------------------------------------------------------------------ publishing
 
     async def publish(
-        self, item: CommitTx | Reveal | ProofTx | Block | AggMessage | JoinRequest | Membership
+        self,
+        item: CommitTx
+        | Reveal
+        | ProofTx
+        | Block
+        | AggMessage
+        | JoinRequest
+        | Membership
+        | Evidence,
     ) -> None:
         """Publish our message (it passes our own validator too), waiting for queue room."""
         if isinstance(item, Block):

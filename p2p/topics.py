@@ -26,7 +26,7 @@ from consensus.secagg import (
     Selection,
     Unmask,
 )
-from consensus.types import Block, CommitTx, JoinRequest, Membership, ProofTx, Reveal
+from consensus.types import Block, CommitTx, Evidence, JoinRequest, Membership, ProofTx, Reveal
 
 # Largest gossip payload: a Reveal (536 672 bytes) fits; py-libp2p silently drops
 # frames above ~1 MiB, so everything bigger goes over sync streams.
@@ -54,7 +54,15 @@ class BlockAnnounce(Wire):
 
 
 GossipItem = (
-    CommitTx | Reveal | ProofTx | Block | BlockAnnounce | AggMessage | JoinRequest | Membership
+    CommitTx
+    | Reveal
+    | ProofTx
+    | Block
+    | BlockAnnounce
+    | AggMessage
+    | JoinRequest
+    | Membership
+    | Evidence
 )
 
 ROUND_TYPES: dict[int, type[Wire]] = {
@@ -72,6 +80,8 @@ ROUND_TYPES: dict[int, type[Wire]] = {
     Dispute.TAG: Dispute,
     PairReveal.TAG: PairReveal,
     SeedShare.TAG: SeedShare,
+    # protocol v5: proven misbehaviour (consensus.evidence)
+    Evidence.TAG: Evidence,
 }
 BLOCK_TYPES: dict[int, type[Wire]] = {Block.TAG: Block, BlockAnnounce.TAG: BlockAnnounce}
 

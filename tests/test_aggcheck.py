@@ -185,7 +185,7 @@ def test_complete_and_unmask_come_from_whom_they_must(chain: Chain) -> None:
     outsider = chain.participants[3]
     um = sign(Unmask(sel.hash(), outsider.public, b"\x04" * 32, bytes(64)), outsider, chain.cid)
     with pytest.raises(InvalidError, match="not a member"):
-        aggcheck.check_unmask(chain.cid, sel, um)
+        aggcheck.check_unmask(chain.cid, sel, um, None)
 
 
 def _real_updates(
@@ -244,7 +244,9 @@ def test_a_seed_share_must_open_the_owners_commitments(chain: Chain) -> None:
 
     def share(v: int, member: bytes = holder, own: bytes = owner) -> SeedShare:
         return sign(
-            SeedShare(sel.hash(), member, own, v.to_bytes(32, "big"), bytes(64)), signer, chain.cid
+            SeedShare(sel.hash(), member, own, upd.hash(), v.to_bytes(32, "big"), bytes(64)),
+            signer,
+            chain.cid,
         )
 
     aggcheck.check_seed_share(chain.cid, sel, comp, upd, share(value))

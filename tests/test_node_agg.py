@@ -20,7 +20,9 @@ from typing import Any
 import trio
 import trio.testing
 
+from consensus import evidence
 from consensus.crypto import sha256
+from consensus.rules import sign
 from consensus.secagg import Dispute, PairReveal, SeedShare, Unmask
 from consensus.types import Block
 from node.participant import Participant
@@ -228,3 +230,47 @@ async def test_copied_selections_and_baseless_disputes_change_nothing(
     assert disputes and refused > 0  # the attack was delivered, and refused
     assert not any(isinstance(m, PairReveal) for m in sent)
     assert all(b.members for b in blocks)
+
+
+def _unmask_with_a_wrong_seed(node: FakeNode) -> None:
+    """The member unmasks every Complete that lists it, with a seed its own seed sharing
+    does not commit to (a member trying to spoil the sum)."""
+    p = node.engine.participant
+    assert p is not None and p.aggregation is not None
+    agg = p.aggregation
+
+    async def wrong(self: Any, st: RoundState, mine: Mine) -> None:
+        me = self.key.public
+        for h in list(st.agg.completes):
+            if h in st.agg.answered and me not in st.agg.unmasks.get(h, {}):
+                um = sign(Unmask(h, me, b"\x07" * 32, bytes(64)), self.key, self.cid)
+                st.agg.add_unmask(um)
+                await self.publish(um)
+
+    agg._maybe_unmask = types.MethodType(wrong, agg)  # type: ignore[method-assign]
+
+
+async def test_a_member_proven_to_cheat_is_excluded_and_costs_no_aggregate(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Version 5: a member unmasks with a wrong seed every round. Nodes holding its update
+    refuse the Unmask (its seed sharing commits to another secret), the others' shares
+    replace its seed so the round still aggregates, and the Unmask with the update is
+    evidence: a block carries it and the member is left out of every selection for the
+    genesis's exclusion_rounds (4). No honest member is ever named."""
+    chain = _chain()
+    async with agg_net(tmp_path, chain) as (_, nodes, nursery, _sent):
+        cheat = nodes[2]
+        _unmask_with_a_wrong_seed(cheat)
+        _start(nursery, nodes)
+        await until(lambda: all(len(canonical(n)) >= 6 for n in nodes), 400)
+        blocks = canonical(nodes[1])[:6]
+    named = [(b, ev) for b in blocks for ev in b.evidence]
+    assert named, "no block carried the evidence"
+    offenders = {evidence.offence(chain.genesis, chain.cid, ev)[0] for _, ev in named}
+    assert offenders == {cheat.key.public}
+    first = min(b.round for b, _ in named)
+    for b in blocks:
+        assert b.members, f"round {b.round} lost its aggregate"
+        if first < b.round <= first + chain.genesis.rule.exclusion_rounds:
+            assert cheat.key.public not in b.members, f"round {b.round} selected the cheat"

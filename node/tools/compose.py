@@ -77,6 +77,7 @@ def init_script(spec: ComposeSpec) -> str:
         "--train-batch-size", str(spec.train_batch_size),
         "--rule", spec.rule, "--keep-percent", str(spec.keep_percent),
         "--min-members", str(spec.min_members), "--max-members", str(spec.max_members),
+        "--exclusion-rounds", str(spec.exclusion_rounds),
     ]  # fmt: skip
     if spec.allow_short_rounds:
         init.append("--allow-short-rounds")

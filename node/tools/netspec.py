@@ -48,6 +48,7 @@ class TestnetSpec:
     keep_percent: int = 50  # best-share: the best half of the fresh proofs ...
     min_members: int = 3  # ... never fewer than 3 (privacy) ...
     max_members: int = 16  # ... nor more than 16
+    exclusion_rounds: int = 8  # a participant proven to misbehave is left out this long (v5)
 
 
 def shortest_round_seconds(spec: TestnetSpec, prove_ms: int, verify_ms: int) -> int:
@@ -90,6 +91,13 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
     p.add_argument("--keep-percent", type=int, default=defaults.keep_percent)
     p.add_argument("--min-members", type=int, default=defaults.min_members)
     p.add_argument("--max-members", type=int, default=defaults.max_members)
+    p.add_argument(
+        "--exclusion-rounds",
+        type=int,
+        default=defaults.exclusion_rounds,
+        help="rounds a participant proven (by evidence on chain) to misbehave is left out "
+        "of every selection (0: evidence is not carried)",
+    )
     p.add_argument(
         "--partition",
         choices=("iid", "dirichlet"),
@@ -173,6 +181,7 @@ def network_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "keep_percent": args.keep_percent,
         "min_members": args.min_members,
         "max_members": args.max_members,
+        "exclusion_rounds": args.exclusion_rounds,
         "eval_batch": args.eval_batch,
         "rounds": args.rounds,
         "logrows": args.logrows,

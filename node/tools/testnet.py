@@ -205,7 +205,13 @@ def _rule_fields(spec: TestnetSpec, shared: Path) -> dict[str, Any]:
         return {}
     job = DeriveAggregation(str(shared), spec.task, UNUSABLE_ROWS)
     aggregation = AggregationSpec.decode(run_once(job, timeout=600, name="init"))
-    rule = RuleSpec(spec.rule, spec.keep_percent, spec.min_members, spec.max_members)
+    rule = RuleSpec(
+        spec.rule,
+        spec.keep_percent,
+        spec.min_members,
+        spec.max_members,
+        exclusion_rounds=spec.exclusion_rounds,
+    )
     return {"rule": rule, "aggregation": aggregation}
 
 

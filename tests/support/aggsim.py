@@ -161,7 +161,7 @@ class Sim:
         if isinstance(msg, SeedShare):
             comp = a.completes.get(msg.selection)
             owner = a.updates.get(msg.selection, {}).get(msg.owner)
-            if comp is None or owner is None:
+            if comp is None or owner is None or owner.hash() != msg.update:
                 return False
             aggcheck.check_seed_share(self.cid, sel, comp, owner, msg)
             return a.add_share(msg)
@@ -182,7 +182,7 @@ class Sim:
             aggcheck.check_reveal(self.cid, d, msg, self.mask_keys)
             return a.add_reveal(msg)
         assert isinstance(msg, Unmask)
-        aggcheck.check_unmask(self.cid, sel, msg)
+        aggcheck.check_unmask(self.cid, sel, msg, a.updates.get(msg.selection, {}).get(msg.member))
         return a.add_unmask(msg)
 
     def settle(self) -> None:
@@ -355,7 +355,7 @@ class Sim:
             upd = updates[owner]
             sealed = upd.seed_shares[secagg.others_of(sel.members, owner).index(p.public)]
             value = secagg.open_share(p.secret, p.public, owner, self.mask_keys[owner], h, sealed)
-            share = SeedShare(h, p.public, owner, value.to_bytes(32, "big"), bytes(64))
+            share = SeedShare(h, p.public, owner, upd.hash(), value.to_bytes(32, "big"), bytes(64))
             self.publish(sign(share, p.key, self.cid))
 
     def _answers(self, p: Party, sel: Selection) -> bool:

@@ -84,7 +84,7 @@ def aggregating(genesis: Genesis) -> Genesis:
     """`genesis` under best-share over the fake basis (FakeProver(aggregating=True))."""
     return dataclasses.replace(
         genesis,
-        rule=RuleSpec("best-share", 50, 3, 16),
+        rule=RuleSpec("best-share", 50, 3, 16, exclusion_rounds=4),
         aggregation=AggregationSpec(0, FAKE_PARAMS, sha256(b"fake basis"), bn254.compress(FAKE_K)),
     )
 

@@ -1,0 +1,83 @@
+"""Evidence of misbehaviour waiting for a block (protocol v5, consensus.evidence).
+
+Evidence comes from this node's own round pool (it saw two messages where one is
+allowed, or a message that fails a check anyone can run) or by gossip on the round
+topic, where it is checked like anything else: evidence that proves nothing is its
+sender's lie (REJECT). One piece per offender is kept, at most MAX_PENDING, and only
+while a block could still carry it: the offender not excluded on the head already and
+the offence recent enough. Our blocks carry what still applies on their parent
+(consensus.evidence.apply), so a block never fails on its own evidence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from consensus import evidence
+from consensus.errors import InvalidError
+from consensus.types import MAX_EVIDENCE_BYTES, MAX_EVIDENCE_PER_BLOCK, Evidence, Genesis
+from node.chain import Chain
+from p2p import Verdict
+
+log = logging.getLogger("zkpot.node")
+
+MAX_PENDING = 32
+
+
+class EvidencePool:
+    def __init__(
+        self, genesis: Genesis, cid: bytes, chain: Chain, current_round: Callable[[], int]
+    ) -> None:
+        self.genesis = genesis
+        self.cid = cid
+        self.chain = chain
+        self.current_round = current_round
+        self.pending: dict[bytes, tuple[Evidence, int]] = {}  # offender -> (evidence, round)
+
+    def add(self, ev: Evidence) -> Verdict:
+        """Evidence from gossip or from our own round pool; InvalidError if it proves
+        nothing (the sender lied), IGNORE if it is known, stale or of no use here."""
+        if self.genesis.rule.exclusion_rounds == 0:
+            return Verdict.IGNORE
+        key, rnd = evidence.offence(self.genesis, self.cid, ev)
+        now = self.current_round()
+        if key in self.pending or len(self.pending) >= MAX_PENDING:
+            return Verdict.IGNORE
+        if rnd < now - self.genesis.rule.exclusion_rounds or rnd > now + 1:
+            return Verdict.IGNORE
+        if key in self.chain.roster(self.chain.head).excluded_at(now):
+            return Verdict.IGNORE
+        self.pending[key] = (ev, rnd)
+        log.warning(
+            "evidence of %s by %s (round %d)",
+            evidence.KIND_NAMES[ev.kind],
+            key.hex()[:8],
+            rnd,
+        )
+        return Verdict.ACCEPT
+
+    def for_block(self, parent: bytes, block_round: int) -> tuple[Evidence, ...]:
+        """What our block of `block_round` on `parent` carries: every pending piece that
+        still applies there, in hash order, within the block's bounds."""
+        e = self.genesis.rule.exclusion_rounds
+        for key, (_, rnd) in list(self.pending.items()):
+            if rnd < block_round - e:
+                del self.pending[key]
+        try:
+            roster = self.chain.roster(parent)
+        except LookupError:
+            return ()
+        chosen: list[Evidence] = []
+        size = 0
+        for ev in sorted((ev for ev, _ in self.pending.values()), key=lambda ev: ev.hash()):
+            n = len(ev.encode())
+            if len(chosen) == MAX_EVIDENCE_PER_BLOCK or size + n > MAX_EVIDENCE_BYTES:
+                break
+            try:
+                roster = evidence.apply(self.genesis, self.cid, roster, block_round, [ev])
+            except InvalidError:
+                continue  # not applicable on this parent (carried already, or too old)
+            chosen.append(ev)
+            size += n
+        return tuple(chosen)

@@ -1,0 +1,202 @@
+"""Evidence of misbehaviour (consensus.evidence), pure: every kind proves its offender
+and a forged or consistent one proves nothing; a block's evidence excludes its
+offenders from selection for exclusion_rounds rounds, once, and only while recent; a
+block carrying evidence that proves nothing is invalid."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from consensus import blocks, evidence, masking, secagg
+from consensus.errors import InvalidError
+from consensus.membership import genesis_roster
+from consensus.rules import sign
+from consensus.secagg import MaskedUpdate, SeedShare, Selection, Unmask
+from consensus.strategy import BestShare
+from consensus.types import BAD_UNMASK, CommitTx, Evidence, ProofTx
+from support.chainfactory import Chain, make_chain
+from support.fakes import aggregating
+
+N = 4  # parameters of the updates here
+
+
+@pytest.fixture
+def chain() -> Chain:
+    base = make_chain(n=4)
+    return Chain(base.participants, base.publisher, aggregating(base.genesis), base.batches)
+
+
+def _selection(chain: Chain, attempt: int = 0, proofs: bytes = b"\x01" * 32) -> Selection:
+    members = tuple(sorted(p.public for p in chain.participants[:3]))
+    proposer = chain.participants[0]
+    sel = Selection(3, chain.cid, proposer.public, attempt, (proofs,), members, bytes(64))
+    return sign(sel, proposer, chain.cid)
+
+
+def _updates(chain: Chain, sel: Selection) -> tuple[dict[bytes, MaskedUpdate], dict[bytes, int]]:
+    secrets = {m: secagg.mask_secret(bytes([i + 1]) * 32) for i, m in enumerate(sel.members)}
+    keys = {m: secagg.mask_public(s) for m, s in secrets.items()}
+    out = {}
+    for m in sel.members:
+        others = [(o, keys[o]) for o in secagg.others_of(sel.members, m)]
+        t = secagg.threshold(3, len(sel.members))
+        masks = secagg.member_masks(secrets[m], m, others, sel.hash(), N, t)
+        unsigned = secagg.unsigned_update(sel.hash(), m, bytes(32 * N), (), bytes(32), masks)
+        out[m] = sign(unsigned, chain.key_of(m), chain.cid)
+    return out, secrets
+
+
+def _share(chain: Chain, sel: Selection, upd: MaskedUpdate, holder: bytes, value: int) -> SeedShare:
+    unsigned = SeedShare(
+        sel.hash(), holder, upd.member, upd.hash(), value.to_bytes(32, "big"), bytes(64)
+    )
+    return sign(unsigned, chain.key_of(holder), chain.cid)
+
+
+def _true_share(
+    sel: Selection,
+    updates: dict[bytes, MaskedUpdate],
+    secrets: dict[bytes, int],
+    owner: bytes,
+    holder: bytes,
+) -> int:
+    upd = updates[owner]
+    sealed = upd.seed_shares[secagg.others_of(sel.members, owner).index(holder)]
+    public = secagg.mask_public(secrets[owner])
+    return secagg.open_share(secrets[holder], holder, owner, public, sel.hash(), sealed)
+
+
+def test_two_selections_of_one_attempt_prove_their_proposer(chain: Chain) -> None:
+    a, b = _selection(chain), _selection(chain, proofs=b"\x02" * 32)
+    ev = evidence.equivocation(None, a, b)
+    assert evidence.offence(chain.genesis, chain.cid, ev) == (a.proposer, 3)
+    for x, y in ((a, a), (a, _selection(chain, attempt=1))):  # the same, or two attempts
+        with pytest.raises(InvalidError, match="not two different Selections"):
+            evidence.offence(chain.genesis, chain.cid, evidence.equivocation(None, x, y))
+    forged = dataclasses.replace(b, signature=bytes(64))
+    with pytest.raises(InvalidError, match="signature"):
+        evidence.offence(chain.genesis, chain.cid, evidence.equivocation(None, a, forged))
+
+
+def test_two_unmasks_or_two_shares_of_one_slot_prove_their_sender(chain: Chain) -> None:
+    sel = _selection(chain)
+    m = sel.members[1]
+    u1 = sign(Unmask(sel.hash(), m, b"\x01" * 32, bytes(64)), chain.key_of(m), chain.cid)
+    u2 = sign(Unmask(sel.hash(), m, b"\x02" * 32, bytes(64)), chain.key_of(m), chain.cid)
+    assert evidence.offence(chain.genesis, chain.cid, evidence.equivocation(sel, u1, u2)) == (m, 3)
+    with pytest.raises(InvalidError, match="not two different"):
+        evidence.offence(chain.genesis, chain.cid, evidence.equivocation(sel, u1, u1))
+    other = _selection(chain, attempt=1)
+    with pytest.raises(InvalidError, match="not two different"):  # not of the quoted selection
+        evidence.offence(chain.genesis, chain.cid, evidence.equivocation(other, u1, u2))
+    updates, _ = _updates(chain, sel)
+    owner = sel.members[0]
+    s1 = _share(chain, sel, updates[owner], m, 5)
+    s2 = _share(chain, sel, updates[owner], m, 6)
+    assert evidence.offence(chain.genesis, chain.cid, evidence.equivocation(sel, s1, s2)) == (m, 3)
+
+
+def test_a_share_that_fails_its_owners_commitments_proves_its_revealer(chain: Chain) -> None:
+    sel = _selection(chain)
+    updates, secrets = _updates(chain, sel)
+    owner, holder = sel.members[0], sel.members[2]
+    value = _true_share(sel, updates, secrets, owner, holder)
+    bad = evidence.false_share(
+        sel, updates[owner], _share(chain, sel, updates[owner], holder, value + 1)
+    )
+    assert evidence.offence(chain.genesis, chain.cid, bad) == (holder, 3)
+    good = evidence.false_share(
+        sel, updates[owner], _share(chain, sel, updates[owner], holder, value)
+    )
+    with pytest.raises(InvalidError, match="opens the owner's commitments"):
+        evidence.offence(chain.genesis, chain.cid, good)
+    # a share opened from another update than the one quoted cannot frame its revealer
+    other = updates[sel.members[1]]
+    framed = evidence.false_share(sel, other, _share(chain, sel, updates[owner], holder, value))
+    with pytest.raises(InvalidError, match="not of one selection"):
+        evidence.offence(chain.genesis, chain.cid, framed)
+
+
+def test_an_unmask_whose_seed_the_sharing_does_not_commit_to_proves_its_member(
+    chain: Chain,
+) -> None:
+    sel = _selection(chain)
+    updates, secrets = _updates(chain, sel)
+    m = sel.members[1]
+    key = chain.key_of(m)
+    seed = masking.self_seed(secrets[m].to_bytes(32, "big"), sel.hash())
+    wrong = sign(Unmask(sel.hash(), m, b"\x07" * 32, bytes(64)), key, chain.cid)
+    ev = evidence.bad_unmask(sel, updates[m], wrong)
+    assert evidence.offence(chain.genesis, chain.cid, ev) == (m, 3)
+    right = sign(Unmask(sel.hash(), m, seed, bytes(64)), key, chain.cid)
+    with pytest.raises(InvalidError, match="the one the sharing commits to"):
+        evidence.offence(chain.genesis, chain.cid, evidence.bad_unmask(sel, updates[m], right))
+    with pytest.raises(InvalidError, match="quotes 2 messages"):
+        evidence.offence(chain.genesis, chain.cid, Evidence(BAD_UNMASK, ev.messages[:2]))
+
+
+def test_a_commit_whose_mask_key_is_no_point_proves_its_participant(chain: Chain) -> None:
+    p = chain.participants[1]
+    c = CommitTx(2, chain.cid, p.public, b"\x05" * 32, mask_key=b"\x01" * 5, signature=bytes(64))
+    ev = evidence.bad_mask_key(sign(c, p, chain.cid))
+    assert evidence.offence(chain.genesis, chain.cid, ev) == (p.public, 2)
+    fine = dataclasses.replace(c, mask_key=secagg.mask_public(9))
+    with pytest.raises(InvalidError, match="mask key is valid"):
+        evidence.offence(chain.genesis, chain.cid, evidence.bad_mask_key(sign(fine, p, chain.cid)))
+
+
+def _offender(chain: Chain) -> tuple[bytes, Evidence]:
+    a, b = _selection(chain), _selection(chain, proofs=b"\x02" * 32)
+    return a.proposer, evidence.equivocation(None, a, b)
+
+
+def test_evidence_excludes_its_offender_for_the_genesis_rounds_once(chain: Chain) -> None:
+    g = chain.genesis  # exclusion_rounds 4; the offence is of round 3
+    key, ev = _offender(chain)
+    roster = evidence.apply(g, chain.cid, genesis_roster(g), 5, [ev])
+    assert [r for r in range(6, 12) if key in roster.excluded_at(r)] == [6, 7, 8, 9]
+    with pytest.raises(InvalidError, match="excluded already"):
+        evidence.apply(g, chain.cid, roster, 6, [ev])
+    later = evidence.apply(g, chain.cid, roster, 7, [])  # nothing carried: nothing changes
+    assert key in later.excluded_at(9)
+    with pytest.raises(InvalidError, match="outside rounds 4"):  # too old to use again
+        evidence.apply(g, chain.cid, genesis_roster(g), 8, [ev])
+    with pytest.raises(InvalidError, match="outside rounds"):  # an offence of a later round
+        evidence.apply(g, chain.cid, genesis_roster(g), 2, [ev])
+    none = dataclasses.replace(g, rule=dataclasses.replace(g.rule, exclusion_rounds=0))
+    with pytest.raises(InvalidError, match="carries no evidence"):
+        evidence.apply(none, chain.cid, genesis_roster(none), 5, [ev])
+    with pytest.raises(InvalidError, match="sorted by hash"):
+        evidence.apply(g, chain.cid, genesis_roster(g), 5, [ev, ev])
+
+
+def test_an_excluded_participant_is_never_selected(chain: Chain) -> None:
+    rule = BestShare(chain.genesis)
+    batch = chain.batches[0]
+    proofs = [
+        ProofTx(0, bytes([i]) * 32, p.public, bytes([i + 2]) * 32, 4 - i, b"", bytes(64))
+        for i, p in enumerate(chain.participants)
+    ]
+    best = proofs[0].participant
+    assert best in {c.participant for c in rule.select(batch, proofs, b"\x01" * 32)}
+    chosen = rule.select(batch, proofs, b"\x01" * 32, frozenset({best}))
+    assert best not in {c.participant for c in chosen} and len(chosen) == 3
+
+
+def test_rules_refuse_a_block_with_evidence_that_proves_nothing(chain: Chain) -> None:
+    """The block rule folds a block's evidence into the roster after it
+    (consensus.blocks.roster_after, which on_block and the node's chain both use):
+    consistent messages quoted as evidence make the block invalid."""
+    block, _ = chain.round_block(4, chain.cid, 1, {0: 3, 1: 2, 2: 1})
+    key, ev = _offender(chain)
+    roster = genesis_roster(chain.genesis)
+    after = blocks.roster_after(
+        chain.genesis, chain.cid, roster, dataclasses.replace(block, evidence=(ev,))
+    )
+    assert key in after.excluded_at(5)
+    a = _selection(chain)
+    junk = dataclasses.replace(block, evidence=(evidence.equivocation(None, a, a),))
+    with pytest.raises(InvalidError, match="not two different Selections"):
+        blocks.roster_after(chain.genesis, chain.cid, roster, junk)
