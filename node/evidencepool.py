@@ -46,8 +46,9 @@ class EvidencePool:
             return Verdict.IGNORE
         if rnd < now - self.genesis.rule.exclusion_rounds or rnd > now + 1:
             return Verdict.IGNORE
-        if key in self.chain.roster(self.chain.head).excluded_at(now):
-            return Verdict.IGNORE
+        roster = self.chain.roster(self.chain.head)
+        if key in roster.excluded_at(now) or key not in {t.key for t in roster.tenures}:
+            return Verdict.IGNORE  # excluded already, or never a participant (no block takes it)
         self.pending[key] = (ev, rnd)
         log.warning(
             "evidence of %s by %s (round %d)",
