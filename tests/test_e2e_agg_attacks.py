@@ -79,6 +79,11 @@ def test_one_malicious_node_neither_stops_nor_preempts_the_aggregates(net: Net) 
     blocks = [net.get(0, f"/blocks/{h}") for h in range(1, FINAL + 1)]
     for b in blocks:
         assert not bad_commits & {c["id"] for c in b["commits"]}, f"a bad commit in {b}"
+    # version 5: the bad commit is evidence a block carries, naming the attacker only
+    attacker = net.home(ATTACKER).load_key().public.hex()
+    named = {(e["offender"], e["kind"]) for b in blocks for e in b["evidence"]}
+    assert (attacker, "mask key that is no point") in named, named
+    assert {who for who, _ in named} == {attacker}, named
     aggregates = [b for b in blocks if b["members"]]
     share = len(aggregates) / len(blocks)
     print(f"aggregates: {len(aggregates)} of {len(blocks)} final blocks ({share:.0%})")
