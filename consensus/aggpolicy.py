@@ -232,6 +232,14 @@ def shares_to_reveal(
     return ShareDecision(owners)
 
 
+def proposal_due(scheduled_ms: int, enough_ms: int, rank: int, fallback_ms: int) -> int:
+    """When an aggregating proposer of `rank` goes: at its scheduled time, or, when the
+    round's proofs rested on enough sealed commits only later (`enough_ms`: late proofs
+    on a busy machine), rank 1 then and each later rank one fallback delay after the one
+    before, so honest proposers never aggregate at once (members unmask one sum only)."""
+    return max(scheduled_ms, enough_ms + (rank - 1) * fallback_ms)
+
+
 def keep_parent_opens_next_at(seen_ms: int, last_activity_ms: int, fallback_ms: int) -> int:
     """When a keep-parent head of round r opens round r+1 (under an aggregating rule):
     once the round's aggregation has been quiet for two fallback delays since the block

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import trio
 
-from consensus import policy, rules, schedule, secagg
+from consensus import aggpolicy, policy, rules, schedule, secagg
 from consensus.crypto import SigningKey, sha256
 from consensus.forkchoice import ChainNode
 from consensus.rules import sign
-from consensus.strategy import Rule
+from consensus.strategy import Rule, rests_on_enough
 from consensus.types import Block, CommitTx, Genesis, ProofTx
 from node.aggregator import Aggregation, Outcome
 from node.chain import Chain
@@ -224,13 +224,36 @@ class Participant:
             st.blocks.get(parent), self.chain.node(parent), self.aggregation is not None
         )
 
+    async def _enough_proofs(self, st: RoundState, parent: bytes, opened: int) -> int:
+        """When the proofs we hold first could make an aggregate (at least min_members of
+        them, resting on half the sealed commits): now if they can, else once they can,
+        or when too little of the round is left to wait longer (two fallback delays for
+        the aggregation itself). Under a busy CPU proofs finish after the proof deadline;
+        a proposer that went then would hold only its own and make no aggregate."""
+        reveal = st.reveal
+        assert reveal is not None
+        g = self.genesis
+
+        def enough() -> bool:
+            held = len(policy.ranking_for(reveal, st.commits, st.proofs, parent))
+            return held >= g.rule.min_members and rests_on_enough(held, len(reveal.sealed))
+
+        last = schedule.round_end(g, opened) - 2 * g.timing.fallback_ms
+        await st.wait_until(enough, last, self.clock)
+        return self.clock()
+
     async def _propose_when_due(self, rnd: int, opened: int, st: RoundState, mine: Mine) -> None:
         g = self.genesis
         parent = mine.commit.parent
         reveal = st.reveal
         assert reveal is not None
+        enough_at = schedule.proof_deadline(g, opened)
+        if self.aggregation is not None:
+            enough_at = await self._enough_proofs(st, parent, opened)
         for rank in range(1, g.timing.max_rank + 1):
-            due = schedule.proposal_time(g, opened, rank)
+            due = aggpolicy.proposal_due(
+                schedule.proposal_time(g, opened, rank), enough_at, rank, g.timing.fallback_ms
+            )
             if rank == 1:  # rank 1 goes as soon as every sealed proof is verified
                 await st.wait_until(
                     lambda: policy.proofs_complete(reveal, st.proofs), due, self.clock

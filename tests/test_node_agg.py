@@ -29,7 +29,7 @@ from consensus.secagg import Dispute, PairReveal, SeedShare, Unmask
 from consensus.types import Block
 from node.participant import Participant
 from node.roundpool import Mine, RoundState
-from prover.client import MaskVector
+from prover.client import MaskVector, Prove
 from support.chainfactory import Chain, make_chain
 from support.fakes import (
     FakeNetwork,
@@ -53,9 +53,13 @@ def _chain() -> Chain:
 
 @asynccontextmanager
 async def agg_net(
-    tmp_path: Path, chain: Chain
+    tmp_path: Path,
+    chain: Chain,
+    prove_s: list[float] | None = None,
+    scores: list[int] = SCORES,
 ) -> AsyncIterator[tuple[FakeNetwork, list[FakeNode], trio.Nursery, list[Any]]]:
-    """Publisher and participants, started; the last item collects every published message."""
+    """Publisher and participants, started; the last item collects every published
+    message. `prove_s[i]`: how long participant i's proofs take (virtual seconds)."""
     clock = clock_at(chain.genesis.timing.genesis_ms)
     sent: list[Any] = []
     async with trio.open_nursery() as nursery:
@@ -85,8 +89,10 @@ async def agg_net(
                     key,
                     tmp_path / f"p{i}",
                     clock,
-                    k=SCORES[i],
-                    prover=FakeProver(aggregating=True),
+                    k=scores[i],
+                    prover=FakeProver(
+                        {} if prove_s is None else {Prove: prove_s[i]}, aggregating=True
+                    ),
                 )
             )
         yield network, nodes, nursery, sent
@@ -304,3 +310,21 @@ async def test_one_cheating_member_every_round_costs_at_most_one_aggregate(
         for b in blocks:
             if named[0] < b.round <= named[0] + chain.genesis.rule.exclusion_rounds:
                 assert cheat.key.public not in b.members, f"round {b.round} selected the cheat"
+
+
+async def test_proofs_after_the_proof_deadline_still_aggregate(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A busy machine: every proof finishes after both proposers' turns (6 and 7 s into
+    a 10 s round): ranks 1 and 2 first, then rank 4, then rank 3. Proposers wait until
+    the proofs they hold can make an aggregate and then go in rank order one fallback
+    apart, so the rounds still aggregate. Fails without the wait: rank 1 held only its
+    own proof, rank 2 two (too few members) and ranks 3 and 4 never propose, so every
+    block kept the parent's model."""
+    chain = _chain()
+    late = [7.0, 7.1, 7.3, 7.2]
+    async with agg_net(tmp_path, chain, late, [4, 3, 2, 1]) as (_, nodes, nursery, _s):
+        _start(nursery, nodes)
+        await until(lambda: all(len(canonical(n)) >= 3 for n in nodes), 300)
+        blocks = canonical(nodes[1])[:3]
+    assert all(b.members for b in blocks), [(b.round, len(b.members)) for b in blocks]
