@@ -8,7 +8,8 @@ self-mask seed for the first clean Complete of the round only, so no two computa
 sums differ by one member; when a Dispute names it with a partner whose update
 disagrees with its own, reveals that pair's shared point so the liar is named alone;
 and (version 5) reveals its share of the seed of a member silent after the Complete it
-unmasked, so that sum still finishes.
+unmasked, so that sum still finishes. (A little over 300 lines: the member's four
+decisions share the one serve loop that wakes them.)
 """
 
 from __future__ import annotations

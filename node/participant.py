@@ -3,6 +3,8 @@
 What to propose and when is consensus.policy's: this module runs the prover jobs
 against the round clock and acts on the policy's decisions. The trained weights
 never leave the node except as the global model of a block this node proposes.
+(A little over 300 lines: one round's steps, in the order they run, read best in one
+place; the aggregation itself is node.aggregator's and node.aggmember's.)
 """
 
 from __future__ import annotations
