@@ -22,7 +22,7 @@ import pytest
 import trio
 import trio.testing
 
-from consensus import evidence
+from consensus import aggpolicy, evidence
 from consensus.crypto import sha256
 from consensus.rules import sign
 from consensus.secagg import Dispute, PairReveal, SeedShare, Unmask
@@ -328,3 +328,72 @@ async def test_proofs_after_the_proof_deadline_still_aggregate(
         await until(lambda: all(len(canonical(n)) >= 3 for n in nodes), 300)
         blocks = canonical(nodes[1])[:3]
     assert all(b.members for b in blocks), [(b.round, len(b.members)) for b in blocks]
+
+
+def _false_shares(node: FakeNode) -> None:
+    """Whenever the honest policy says to reveal a share of a silent member's seed, the
+    member reveals one that is off by one (trying to stop the recovery)."""
+    p = node.engine.participant
+    assert p is not None and p.aggregation is not None
+    agg = p.aggregation
+
+    async def false(self: Any, st: RoundState, mine: Mine) -> int | None:
+        h = st.agg.unmasked
+        if h is None or h not in st.agg.completes:
+            return None
+        me, sel = self.key.public, st.agg.selections[h]
+        updates = st.agg.updates.get(h, {})
+        decision = aggpolicy.shares_to_reveal(
+            me,
+            sel,
+            st.agg.completes[h],
+            updates,
+            set(st.agg.unmasks.get(h, {})),
+            set(),
+            h,
+            False,
+            {o for o, by in st.agg.shares.get(h, {}).items() if me in by},
+            st.agg.complete_ms[h],
+            self.clock(),
+            self.genesis.timing.fallback_ms // 2,
+        )
+        for owner in decision.owners:
+            upd = updates[owner]
+            share = SeedShare(h, me, owner, upd.hash(), (12345).to_bytes(32, "big"), bytes(64))
+            share = sign(share, self.key, self.cid)
+            st.agg.add_share(share)
+            await self.publish(share)
+        return decision.until_ms
+
+    agg._maybe_share = types.MethodType(false, agg)  # type: ignore[method-assign]
+
+
+async def test_a_false_share_costs_at_most_one_aggregate_per_exclusion_period(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """The best-ranked member is silent after its vector every round; a second member
+    reveals false shares of its seed, so the first such round cannot recover it (one
+    valid share of t = 2). The false share is evidence: the liar is excluded for 4
+    rounds, in which the silent member's seed is recovered from the honest shares."""
+    chain = _chain()
+    async with agg_net(tmp_path, chain) as (_, nodes, nursery, _sent):
+        _silent_after_update(nodes[1])
+        liar = nodes[2]
+        _false_shares(liar)
+        _start(nursery, nodes)
+        await until(lambda: all(len(canonical(n)) >= 6 for n in nodes[3:]), 600)
+        blocks = canonical(nodes[3])[:6]
+    e = chain.genesis.rule.exclusion_rounds
+    named = [
+        (b.round, evidence.offence(chain.genesis, chain.cid, ev))
+        for b in blocks
+        for ev in b.evidence
+    ]
+    assert named and {key for _, (key, _) in named} == {liar.key.public}, named
+    first = named[0][0]  # the block that carried the evidence
+    lost = [b.round for b in blocks if not b.members]
+    # at most one lost aggregate per exclusion period (the offence's own round)
+    assert len(lost) <= 1 + len(blocks) // (e + 1), lost
+    for b in blocks:
+        if first < b.round <= first + e:
+            assert b.members and liar.key.public not in b.members, b.round
