@@ -275,10 +275,26 @@ def _wrong_update(node: FakeNode) -> None:
     prover.run = corrupted  # type: ignore[method-assign]
 
 
+def _false_pair(node: FakeNode) -> None:
+    """The member masks with another key than the one its commit published: its update
+    passes its own check, but every pair with it disagrees (a Dispute, whose reveals
+    name it)."""
+    prover = node.prover
+    run = prover.run
+
+    async def other_key(job: Any, *, timeout: float) -> Any:
+        if isinstance(job, MaskVector):
+            job = dataclasses.replace(job, secret=job.secret + 1)
+        return await run(job, timeout=timeout)
+
+    prover.run = other_key  # type: ignore[method-assign]
+
+
 STRATEGIES = {
     "wrong-seed": _unmask_with_a_wrong_seed,
     "silent-after-complete": _silent_after_update,
     "wrong-update": _wrong_update,
+    "false-pair": _false_pair,
 }
 
 
@@ -289,8 +305,8 @@ async def test_one_cheating_member_every_round_costs_at_most_one_aggregate(
     """Bounded griefing: a selected member plays one strategy in every round. A silent
     member's seed is recovered, a wrong seed is refused and recovered too (and is
     evidence: the member is excluded for exclusion_rounds), a wrong update is dropped
-    by a new attempt; no round after the first loses its aggregate, and only the
-    cheat is ever named by evidence."""
+    by a new attempt, a false pair commitment by a Dispute whose reveal names it; no
+    round after the first loses its aggregate, and only the cheat is ever named."""
     chain = _chain()
     async with agg_net(tmp_path, chain) as (_, nodes, nursery, _sent):
         cheat = nodes[2]
