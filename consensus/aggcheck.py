@@ -89,7 +89,12 @@ def check_unmask(cid: bytes, sel: Selection, um: Unmask, upd: MaskedUpdate | Non
 
 def unmask_opens(upd: MaskedUpdate, um: Unmask) -> bool:
     """seed G == F_0: the unmasked seed is the secret the member's shares are of."""
-    seed = int.from_bytes(um.seed, "big")
+    return seed_opens(upd, um.seed)
+
+
+def seed_opens(upd: MaskedUpdate, raw: bytes) -> bool:
+    """seed G == F_0: `raw` is the secret the member's seed sharing commits to."""
+    seed = int.from_bytes(raw, "big")
     if seed >= bn254.R or not upd.seed_commitments:
         return False
     try:

@@ -11,7 +11,7 @@ model must be is the chain's rule's business (consensus.strategy).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from consensus import evidence, membership
@@ -22,6 +22,8 @@ from consensus.checks import (
     CommitAggregate,
     CommitModel,
     EvaluateModel,
+    MaskOf,
+    UpdateHolds,
     VerifyProof,
     verified,
 )
@@ -67,6 +69,7 @@ class PendingBlock:
     checks: tuple[Check, ...]
     roster: Roster  # the participant set after this block (consensus.membership)
     excluded: frozenset[bytes] = frozenset()  # whom its selection may not include (v5)
+    offences: tuple[evidence.Offence, ...] = ()  # what its evidence proves, up to its checks
 
 
 def parent_roster(genesis: Genesis, parent: ParentInfo) -> Roster:
@@ -130,13 +133,16 @@ def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block
     )
     model_checks = rule.model_checks(block, parent.model_hash)
     after = roster_after(genesis, chain_id, roster, block)
+    offences = tuple(evidence.offence(genesis, chain_id, ev) for ev in block.evidence)
+    evidence_checks = tuple(o.check for o in offences if o.check is not None)
     return PendingBlock(
         block,
         rule,
         parent.model_hash,
-        (*verifications, *model_checks),
+        (*verifications, *model_checks, *evidence_checks),
         after,
         roster.excluded_at(block.round),
+        offences,
     )
 
 
@@ -157,6 +163,8 @@ def conclude(pending: PendingBlock, answers: Answers) -> int:
     for check in pending.checks:
         if isinstance(check, VerifyProof) and not verified(answers, check):
             raise InvalidError(PROOF_FAILS)
+    for off in pending.offences:
+        evidence.confirm(off, answers)
     return pending.rule.conclude(pending.block, answers, pending.parent_model, pending.excluded)
 
 
@@ -167,6 +175,7 @@ def answer_with(
     commitment_of: CommitmentFn,
     evaluate: Evaluator,
     commit_aggregate: AggregateCommitmentFn | None = None,
+    evidence_check: Callable[[UpdateHolds | MaskOf], Answer] | None = None,
 ) -> dict[Check, Answer]:
     """Answers from plain functions (tests, tools); a raising function is an InvalidError.
     `blobs` holds the model blobs the checks name, by hash."""
@@ -174,6 +183,10 @@ def answer_with(
     for c in checks:
         if isinstance(c, VerifyProof):
             answers[c] = bool(contained_call(verify, c.proof, c.batch, c.commitment, c.k))
+            continue
+        if isinstance(c, UpdateHolds | MaskOf):
+            if evidence_check is not None:
+                answers[c] = contained_call(evidence_check, c)  # type: ignore[assignment]
             continue
         blob = blobs.get(c.model_hash)
         if blob is None:

@@ -51,7 +51,27 @@ class CommitAggregate:
     weight_sum: int
 
 
-Check = VerifyProof | CommitModel | EvaluateModel | CommitAggregate
+@dataclass(frozen=True)
+class UpdateHolds:
+    """Answer: bool, whether a member's masked vector is the model it committed plus the
+    masks it committed (L(y) = a(C - K) + sum s L(u) + L(p)): evidence of a wrong update."""
+
+    commitment: bytes  # the member's weight commitment C
+    weight: int
+    update: bytes  # the encoded MaskedUpdate
+    signs: tuple[int, ...]  # its pairwise masks' signs, in its update's order
+
+
+@dataclass(frozen=True)
+class MaskOf:
+    """Answer: bytes, L(expand(seed)) compressed: the commitment a mask from this seed has
+    (a member's self seed, or a pair's true seed from a PairReveal)."""
+
+    seed: bytes
+
+
+ModelCheck = CommitModel | EvaluateModel | CommitAggregate
+Check = VerifyProof | ModelCheck | UpdateHolds | MaskOf
 Answer = bool | bytes | int
 Answers = Mapping[Check, Answer]
 

@@ -1,5 +1,8 @@
 """Evidence of misbehaviour on chain (protocol v5, docs/protocol.md §14).
 
+(A little over 300 lines: each kind's rule is stated next to the others, so what makes
+a piece proof can be read in one place.)
+
 A participant that breaks a rule provably — its own signed messages contradict each
 other or a check anyone can run — can be named in a block, and is then left out of
 every selection for `genesis.rule.exclusion_rounds` rounds (chain state, folded into
@@ -17,23 +20,43 @@ Kinds (messages quoted, in order):
 - BAD_UNMASK: a Selection, a member's MaskedUpdate and its Unmask whose seed is not the
   secret the update's sharing commits to (seed G != F_0).
 - BAD_MASK_KEY: a CommitTx whose mask key is not a valid point under an aggregating rule.
+
+Three kinds are proven by an expensive check (a multi-scalar multiplication over the
+circuit's basis) that `offence` names and the shell answers, as a block's other checks
+(consensus.checks); the offence stands only if the answer is not the innocent one:
+- BAD_UPDATE: a Selection, the member's CommitTx (listed in it), its weight commitment C
+  (raw: it opens the commit's binding) and its MaskedUpdate, whose vector is not C's
+  model plus the masks it committed (`UpdateHolds` answers False).
+- BAD_SELF_MASK: a Selection, a member's MaskedUpdate and a seed (raw 32 bytes) that its
+  sharing commits to (seed G = F_0: unmasked or recovered, so public), whose mask is not
+  the self-mask commitment (`MaskOf(seed)` differs from it).
+- FALSE_PAIR: a Selection, the accused member's MaskedUpdate, a PairReveal of its pair
+  with a partner, and both members' CommitTxs (listed in it, for their mask keys): the
+  revealed shared point's mask is not what the accused committed for the pair.
+An honest member cannot be named by these either: it answers only a Selection whose
+every listed commit it holds, one per participant (node.aggmember), so the commits a
+piece must quote are the ones it used.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from consensus import aggcheck, rules, secagg
+from consensus import aggcheck, masking, rules, secagg
+from consensus.checks import Answer, Answers, Check, MaskOf, UpdateHolds
 from consensus.encoding import Signed
 from consensus.errors import ConsensusError, InvalidError
 from consensus.membership import Roster
-from consensus.secagg import MaskedUpdate, SeedShare, Selection, Unmask
+from consensus.secagg import MaskedUpdate, PairReveal, SeedShare, Selection, Unmask
 from consensus.types import (
     BAD_MASK_KEY,
+    BAD_SELF_MASK,
     BAD_UNMASK,
+    BAD_UPDATE,
     EQUIVOCATION,
+    FALSE_PAIR,
     FALSE_SHARE,
     MAX_EVIDENCE_BYTES,
     CommitTx,
@@ -46,20 +69,47 @@ KIND_NAMES = {
     FALSE_SHARE: "false seed share",
     BAD_UNMASK: "unmasked seed that its sharing does not commit to",
     BAD_MASK_KEY: "mask key that is no point",
+    BAD_UPDATE: "masked vector that is not its committed model and masks",
+    BAD_SELF_MASK: "self-mask commitment that its seed does not open",
+    FALSE_PAIR: "false pairwise-mask commitment",
 }
 
 
-def offence(genesis: Genesis, cid: bytes, ev: Evidence) -> tuple[bytes, int]:
-    """(the key the evidence proves broke a rule, the round it did); InvalidError if the
-    messages prove nothing (malformed, unsigned, or consistent)."""
+@dataclass(frozen=True)
+class Offence:
+    """Who broke a rule in which round; for the expensive kinds, the check that decides
+    it and the answer that would refute it (the offence stands on any other answer)."""
+
+    key: bytes
+    round: int
+    check: Check | None = None
+    innocent: Answer | None = None
+
+
+def offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
+    """What the evidence proves, up to its expensive check; InvalidError if the messages
+    prove nothing (malformed, unsigned, or consistent)."""
     try:
         return _offence(genesis, cid, ev)
     except ConsensusError as exc:
         raise InvalidError(f"Evidence ({KIND_NAMES.get(ev.kind, ev.kind)}): {exc}") from None
 
 
-def _offence(genesis: Genesis, cid: bytes, ev: Evidence) -> tuple[bytes, int]:
+def confirm(off: Offence, answers: Answers) -> None:
+    """InvalidError unless the offence's expensive check (if any) was answered, and not
+    with the answer that shows its key innocent."""
+    if off.check is None:
+        return
+    if off.check not in answers:
+        raise InvalidError("Evidence: its check was not answered")
+    if answers[off.check] == off.innocent:
+        raise InvalidError("Evidence: its check shows the accused kept the rule")
+
+
+def _offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
     m = ev.messages
+    if ev.kind in (BAD_UPDATE, BAD_SELF_MASK, FALSE_PAIR):
+        return _checked_offence(genesis, cid, ev)
     if ev.kind == BAD_MASK_KEY:
         _count(m, 1)
         commit = CommitTx.decode(m[0])
@@ -67,14 +117,14 @@ def _offence(genesis: Genesis, cid: bytes, ev: Evidence) -> tuple[bytes, int]:
         try:
             rules.check_mask_key(genesis, commit)
         except InvalidError:
-            return commit.participant, commit.round
+            return Offence(commit.participant, commit.round)
         raise InvalidError("the commit's mask key is valid")
     if ev.kind == EQUIVOCATION and len(m) == 2:
         a, b = Selection.decode(m[0]), Selection.decode(m[1])
         if (a.round, a.proposer, a.attempt) != (b.round, b.proposer, b.attempt) or a == b:
             raise InvalidError("not two different Selections of one proposer and attempt")
         _signed_by(cid, a.proposer, a, b)
-        return a.proposer, a.round
+        return Offence(a.proposer, a.round)
     _count(m, 3)
     sel = Selection.decode(m[0])
     h = sel.hash()
@@ -92,7 +142,7 @@ def _offence(genesis: Genesis, cid: bytes, ev: Evidence) -> tuple[bytes, int]:
         _signed_by(cid, share.member, share)
         if secagg.share_holds(upd, sel.members, share.member, int.from_bytes(share.share, "big")):
             raise InvalidError("the share opens the owner's commitments")
-        return share.member, sel.round
+        return Offence(share.member, sel.round)
     if ev.kind == BAD_UNMASK:
         upd, um = MaskedUpdate.decode(m[1]), Unmask.decode(m[2])
         if upd.selection != h or um.selection != h or um.member != upd.member:
@@ -100,11 +150,65 @@ def _offence(genesis: Genesis, cid: bytes, ev: Evidence) -> tuple[bytes, int]:
         _signed_by(cid, upd.member, upd, um)
         if aggcheck.unmask_opens(upd, um):
             raise InvalidError("the seed is the one the sharing commits to")
-        return um.member, sel.round
+        return Offence(um.member, sel.round)
     raise InvalidError(f"unknown kind {ev.kind}")
 
 
-def _equivocation(cid: bytes, sel: Selection, x: bytes, y: bytes) -> tuple[bytes, int]:
+def _checked_offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
+    m = ev.messages
+    _count(m, {BAD_UPDATE: 4, BAD_SELF_MASK: 3, FALSE_PAIR: 5}[ev.kind])
+    sel = Selection.decode(m[0])
+    upd = MaskedUpdate.decode(m[1] if ev.kind != BAD_UPDATE else m[3])
+    if upd.selection != sel.hash():
+        raise InvalidError("the update is not for the selection")
+    aggcheck.check_update(genesis, cid, sel, upd)  # well formed, a member's, signed
+    if ev.kind == BAD_UPDATE:
+        commit, c = CommitTx.decode(m[1]), m[2]
+        _listed(cid, sel, commit, upd.member)
+        if rules.commit_binding(cid, commit.participant, commit.round, commit.parent, c) != (
+            commit.binding
+        ):
+            raise InvalidError("the commitment does not open the commit's binding")
+        signs = tuple(
+            masking.pair_sign(upd.member, o) for o in secagg.others_of(sel.members, upd.member)
+        )
+        return Offence(upd.member, sel.round, UpdateHolds(c, 1, upd.encode(), signs), True)
+    if ev.kind == BAD_SELF_MASK:
+        seed = m[2]
+        if len(seed) != secagg.FIELD_BYTES or not aggcheck.seed_opens(upd, seed):
+            raise InvalidError("the seed is not the secret the update's sharing commits to")
+        return Offence(upd.member, sel.round, MaskOf(seed), upd.self_commitment)
+    reveal = PairReveal.decode(m[2])
+    pair = {reveal.member, reveal.partner}
+    if reveal.selection != sel.hash() or upd.member not in pair or not pair <= set(sel.members):
+        raise InvalidError("the reveal is not of the accused member's pair in the selection")
+    rules.check_signature(reveal, reveal.member, cid)
+    keys = {}
+    for raw in m[3:]:
+        commit = CommitTx.decode(raw)
+        if commit.participant not in pair:
+            raise InvalidError("a commit is not of the pair's members")
+        _listed(cid, sel, commit, commit.participant)
+        keys[commit.participant] = commit.mask_key
+    if len(keys) != 2:
+        raise InvalidError("quotes the commits of the pair's two members")
+    if not secagg.reveal_holds(reveal, keys[reveal.member], keys[reveal.partner]):
+        raise InvalidError("the reveal's proof does not hold")
+    partner = reveal.partner if upd.member == reveal.member else reveal.member
+    committed = secagg.pair_commitment({upd.member: upd}, sel.members, upd.member, partner)
+    return Offence(upd.member, sel.round, MaskOf(secagg.true_pair_seed(reveal)), committed)
+
+
+def _listed(cid: bytes, sel: Selection, commit: CommitTx, member: bytes) -> None:
+    """`commit` is the member's commit the selection lists, for its round and parent."""
+    if commit.participant != member or commit.hash() not in sel.proofs:
+        raise InvalidError("a quoted commit is not the member's commit the selection lists")
+    if (commit.round, commit.parent) != (sel.round, sel.parent):
+        raise InvalidError("a quoted commit is of another round or parent")
+    rules.check_signature(commit, member, cid)
+
+
+def _equivocation(cid: bytes, sel: Selection, x: bytes, y: bytes) -> Offence:
     h = sel.hash()
     a: Unmask | SeedShare
     b: Unmask | SeedShare
@@ -120,7 +224,7 @@ def _equivocation(cid: bytes, sel: Selection, x: bytes, y: bytes) -> tuple[bytes
     if slot_a != slot_b or a.selection != h or a == b:
         raise InvalidError("not two different messages of one member for one selection")
     _signed_by(cid, a.member, a, b)
-    return a.member, sel.round
+    return Offence(a.member, sel.round)
 
 
 def _count(messages: Sequence[bytes], n: int) -> None:
@@ -154,7 +258,8 @@ def apply(
     known = {t.key for t in roster.tenures}
     excluded = {k: until for k, until in roster.excluded if until > block_round + 1}
     for ev in evidence:
-        key, rnd = offence(genesis, cid, ev)
+        off = offence(genesis, cid, ev)  # its expensive check is the block's (on_block)
+        key, rnd = off.key, off.round
         if key not in known:
             raise InvalidError("Block: evidence names a key that was never a participant")
         if key in excluded:
@@ -187,3 +292,20 @@ def bad_unmask(sel: Selection, update: MaskedUpdate, um: Unmask) -> Evidence:
 
 def bad_mask_key(commit: CommitTx) -> Evidence:
     return Evidence(BAD_MASK_KEY, (commit.encode(),))
+
+
+def bad_update(sel: Selection, commit: CommitTx, commitment: bytes, upd: MaskedUpdate) -> Evidence:
+    return Evidence(BAD_UPDATE, (sel.encode(), commit.encode(), commitment, upd.encode()))
+
+
+def bad_self_mask(sel: Selection, upd: MaskedUpdate, seed: bytes) -> Evidence:
+    return Evidence(BAD_SELF_MASK, (sel.encode(), upd.encode(), seed))
+
+
+def false_pair(
+    sel: Selection, upd: MaskedUpdate, reveal: PairReveal, commits: Sequence[CommitTx]
+) -> Evidence:
+    """`commits`: the pair's two members' commits the selection lists."""
+    return Evidence(
+        FALSE_PAIR, (sel.encode(), upd.encode(), reveal.encode(), *(c.encode() for c in commits))
+    )

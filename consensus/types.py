@@ -271,6 +271,8 @@ class Membership(Signed):
 MAX_MEMBERSHIP_PER_BLOCK = 16
 # protocol v5: evidence of misbehaviour a block may carry (consensus.evidence)
 EQUIVOCATION, FALSE_SHARE, BAD_UNMASK, BAD_MASK_KEY = 1, 2, 3, 4
+BAD_UPDATE, BAD_SELF_MASK, FALSE_PAIR = 5, 6, 7  # proven by an expensive check (checks.py)
+MAX_EVIDENCE_MESSAGES = 5
 MAX_EVIDENCE_PER_BLOCK = 4
 MAX_EVIDENCE_MESSAGE = 643 * 1024  # the largest signed message evidence quotes (MaskedUpdate)
 MAX_EVIDENCE_BYTES = 1 << 20  # all the evidence of one block, encoded
@@ -283,10 +285,12 @@ class Evidence(Wire):
 
     TAG = 23
     NAME = "Evidence"
-    MAX_BYTES = 3 * (MAX_EVIDENCE_MESSAGE + 8) + 64
+    MAX_BYTES = MAX_EVIDENCE_MESSAGES * (MAX_EVIDENCE_MESSAGE + 8) + 64
 
-    kind: int = wire(UInt(EQUIVOCATION, BAD_MASK_KEY))
-    messages: tuple[bytes, ...] = wire(ListOf(Bytes(1, MAX_EVIDENCE_MESSAGE), 3, lo=1))
+    kind: int = wire(UInt(EQUIVOCATION, FALSE_PAIR))
+    messages: tuple[bytes, ...] = wire(
+        ListOf(Bytes(1, MAX_EVIDENCE_MESSAGE), MAX_EVIDENCE_MESSAGES, lo=1)
+    )
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ decisions share the one serve loop that wakes them.)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -24,7 +25,7 @@ from consensus.crypto import SigningKey
 from consensus.rules import sign
 from consensus.secagg import SeedShare, Selection, Unmask
 from consensus.strategy import Rule
-from consensus.types import Genesis
+from consensus.types import Evidence, Genesis
 from node.chain import Chain
 from node.interfaces import Clock, Prover, Publish
 from node.memo import Memo
@@ -62,6 +63,7 @@ class Member:
         self.arch = genesis.task.architecture
         self.timeout_s = timeout_s
         self.clock = clock
+        self.found: Callable[[Evidence], None] = lambda ev: None  # misbehaviour we proved (v5)
         self._parent_c: Memo[bytes, bytes] = Memo(64)
 
     async def parent_commitment(self, parent: bytes) -> bytes:

@@ -21,16 +21,18 @@ import trio
 from consensus.checks import (
     Answer,
     Check,
-    CommitAggregate,
     CommitModel,
     EvaluateModel,
+    MaskOf,
+    ModelCheck,
+    UpdateHolds,
     VerifyProof,
 )
 from consensus.crypto import sha256
 from consensus.errors import InvalidError
 from node.interfaces import Prover
 from node.memo import Memo
-from prover.client import Commit, Evaluate, Job, Verified, Verify
+from prover.client import CheckUpdate, Commit, Evaluate, Job, MaskCommitment, Verified, Verify
 from prover.client import CommitAggregate as CommitAggregateJob
 from prover.worker import JobFailed, WorkerError
 
@@ -69,18 +71,26 @@ class Checker:
             raise CheckIncomplete(f"verification did not complete: {exc}") from exc
         return v.ok, v.reason
 
-    async def _model_check(self, check: Check, model: bytes) -> Answer:
-        job: Job[Any]
-        if isinstance(check, CommitModel):
-            job = Commit(self.artifacts, self.arch, model)
-        elif isinstance(check, EvaluateModel):
-            job = Evaluate(self.artifacts, self.arch, model, check.batch.encode())
-        elif isinstance(check, CommitAggregate):
-            job = CommitAggregateJob(
-                self.artifacts, self.arch, model, check.remainder, check.weight_sum
+    def _job(self, check: Check, blobs: Mapping[bytes, bytes]) -> Job[Any]:
+        """The worker job that answers a model or evidence check."""
+        if isinstance(check, UpdateHolds):
+            return CheckUpdate(
+                self.artifacts, self.arch, check.commitment, check.weight, check.update, check.signs
             )
-        else:
+        if isinstance(check, MaskOf):
+            return MaskCommitment(self.artifacts, self.arch, check.seed)
+        if isinstance(check, VerifyProof):
             raise TypeError(f"not a model check: {check!r}")
+        model = blobs[check.model_hash]
+        if isinstance(check, CommitModel):
+            return Commit(self.artifacts, self.arch, model)
+        if isinstance(check, EvaluateModel):
+            return Evaluate(self.artifacts, self.arch, model, check.batch.encode())
+        return CommitAggregateJob(
+            self.artifacts, self.arch, model, check.remainder, check.weight_sum
+        )
+
+    async def _run(self, job: Job[Any]) -> Answer:
         answer: Answer = await self.pool.run(job, timeout=self.timeout_s)
         return answer
 
@@ -91,7 +101,7 @@ class Checker:
         name, by hash (the block's model, its parent's)."""
         at_hand = {h for h, blob in blobs.items() if sha256(blob) == h}  # each hashed once
         for c in checks:
-            if not isinstance(c, VerifyProof) and c.model_hash not in at_hand:
+            if isinstance(c, ModelCheck) and c.model_hash not in at_hand:
                 raise InvalidError(f"Block: model blob {c.model_hash.hex()[:12]} is not at hand")
         answers: dict[Check, Answer] = {}
         failures: list[str] = []  # the inputs made the job fail: a verdict
@@ -104,11 +114,9 @@ class Checker:
                 if isinstance(check, VerifyProof):
                     answers[check] = (await self.verify(check))[0]
                     return
-                model = blobs[check.model_hash]
-                # a model check is a function of its values: answered once
-                answers[check] = await self._answers.get(
-                    check, lambda: self._model_check(check, model)
-                )
+                # a model or evidence check is a function of its values: answered once
+                job = self._job(check, blobs)
+                answers[check] = await self._answers.get(check, lambda: self._run(job))
             except JobFailed as exc:
                 failures.append(f"{type(check).__name__}: {exc}")
             except WorkerError as exc:

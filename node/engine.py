@@ -70,6 +70,7 @@ class Engine:
         self.clock = clock
         self.key = key
         checker = Checker(verifier, artifacts, g.task.architecture, verify_timeout_s)
+        self.checker = checker
         self.rounds = RoundClock(g, clock)
         self.pool = RoundPool(
             g, chain.cid, chain, checker, roundlog, clock, self.rounds, net.peer_id
@@ -102,6 +103,7 @@ class Engine:
                     timeout_s=prove_timeout_s,
                     clock=clock,
                 )
+                aggregation.found = self._found
             self.participant = Participant(
                 key=key,
                 genesis=g,
@@ -140,7 +142,7 @@ class Engine:
             if forwarder == self.net.peer_id:
                 return Verdict.ACCEPT  # our own: the pool checked it
             try:
-                return self.evidence.add(item)
+                return await self.evidence.add_checked(item, self.checker)
             except InvalidError as exc:
                 log.info("rejected Evidence from %s: %s", forwarder, exc)
                 return Verdict.REJECT

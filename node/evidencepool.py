@@ -1,9 +1,10 @@
 """Evidence of misbehaviour waiting for a block (protocol v5, consensus.evidence).
 
 Evidence comes from this node's own round pool (it saw two messages where one is
-allowed, or a message that fails a check anyone can run) or by gossip on the round
-topic, where it is checked like anything else: evidence that proves nothing is its
-sender's lie (REJECT). One piece per offender is kept, at most MAX_PENDING, and only
+allowed, or a message that fails a check anyone can run), from its aggregator (a vector,
+self mask or pair commitment its worker jobs proved wrong), or by gossip on the round
+topic, where it is checked like anything else, the expensive kinds in the worker pool:
+evidence that proves nothing is its sender's lie (REJECT). One piece per offender is kept, at most MAX_PENDING, and only
 while a block could still carry it: the offender not excluded on the head already and
 the offence recent enough. Our blocks carry what still applies on their parent
 (consensus.evidence.apply), so a block never fails on its own evidence.
@@ -18,6 +19,7 @@ from consensus import evidence
 from consensus.errors import InvalidError
 from consensus.types import MAX_EVIDENCE_BYTES, MAX_EVIDENCE_PER_BLOCK, Evidence, Genesis
 from node.chain import Chain
+from node.checker import Checker, CheckIncomplete
 from p2p import Verdict
 
 log = logging.getLogger("zkpot.node")
@@ -40,15 +42,10 @@ class EvidencePool:
         nothing (the sender lied), IGNORE if it is known, stale or of no use here."""
         if self.genesis.rule.exclusion_rounds == 0:
             return Verdict.IGNORE
-        key, rnd = evidence.offence(self.genesis, self.cid, ev)
-        now = self.current_round()
-        if key in self.pending or len(self.pending) >= MAX_PENDING:
+        off = evidence.offence(self.genesis, self.cid, ev)
+        if not self.wants(off):
             return Verdict.IGNORE
-        if rnd < now - self.genesis.rule.exclusion_rounds or rnd > now + 1:
-            return Verdict.IGNORE
-        roster = self.chain.roster(self.chain.head)
-        if key in roster.excluded_at(now) or key not in {t.key for t in roster.tenures}:
-            return Verdict.IGNORE  # excluded already, or never a participant (no block takes it)
+        key, rnd = off.key, off.round
         self.pending[key] = (ev, rnd)
         log.warning(
             "evidence of %s by %s (round %d)",
@@ -57,6 +54,34 @@ class EvidencePool:
             rnd,
         )
         return Verdict.ACCEPT
+
+    async def add_checked(self, ev: Evidence, checker: Checker) -> Verdict:
+        """Evidence from gossip: one of an expensive kind is taken (and relayed) only once
+        its check, answered here, proves the offence (InvalidError if it refutes it). Its
+        check is skipped when the evidence would be of no use here anyway."""
+        off = evidence.offence(self.genesis, self.cid, ev)
+        if off.check is not None:
+            if not self.wants(off):
+                return Verdict.IGNORE
+            try:
+                answers = await checker.answer([off.check], {})
+            except CheckIncomplete:
+                return Verdict.IGNORE  # no verdict here and now
+            evidence.confirm(off, answers)
+        return self.add(ev)
+
+    def wants(self, off: evidence.Offence) -> bool:
+        """Whether evidence of this offence would be of use: its offender has none pending,
+        is not excluded already, was a participant, and the offence is recent."""
+        now = self.current_round()
+        if self.genesis.rule.exclusion_rounds == 0:
+            return False
+        if off.key in self.pending or len(self.pending) >= MAX_PENDING:
+            return False
+        if off.round < now - self.genesis.rule.exclusion_rounds or off.round > now + 1:
+            return False
+        roster = self.chain.roster(self.chain.head)
+        return off.key not in roster.excluded_at(now) and off.key in {t.key for t in roster.tenures}
 
     def for_block(self, parent: bytes, block_round: int) -> tuple[Evidence, ...]:
         """What our block of `block_round` on `parent` carries: every pending piece that

@@ -355,5 +355,5 @@ class NodeView:
 
 def _evidence_json(genesis: Genesis, cid: bytes, ev: Evidence) -> Json:
     """What a block's evidence proves (it was checked when the block was applied)."""
-    key, rnd = evidence.offence(genesis, cid, ev)
-    return {"kind": evidence.KIND_NAMES[ev.kind], "offender": key.hex(), "round": rnd}
+    off = evidence.offence(genesis, cid, ev)
+    return {"kind": evidence.KIND_NAMES[ev.kind], "offender": off.key.hex(), "round": off.round}

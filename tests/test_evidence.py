@@ -9,15 +9,25 @@ import dataclasses
 
 import pytest
 
-from consensus import blocks, evidence, masking, secagg
+from consensus import blocks, bn254, evidence, masking, rules, secagg
+from consensus.checks import Answer, Check, MaskOf, UpdateHolds, VerifyProof
+from consensus.crypto import sha256
 from consensus.errors import InvalidError
 from consensus.membership import genesis_roster
 from consensus.rules import sign
 from consensus.secagg import MaskedUpdate, SeedShare, Selection, Unmask
 from consensus.strategy import BestShare
 from consensus.types import BAD_UNMASK, CommitTx, Evidence, ProofTx
+from prover.client import CheckUpdate, MaskCommitment, MaskVector
 from support.chainfactory import Chain, make_chain
-from support.fakes import aggregating
+from support.fakes import (
+    FAKE_PARAMS,
+    FakeProver,
+    aggregating,
+    fake_commitment,
+    fake_linear,
+    fake_model,
+)
 
 N = 4  # parameters of the updates here
 
@@ -26,6 +36,11 @@ N = 4  # parameters of the updates here
 def chain() -> Chain:
     base = make_chain(n=4)
     return Chain(base.participants, base.publisher, aggregating(base.genesis), base.batches)
+
+
+def _named(chain: Chain, ev: Evidence) -> tuple[bytes, int]:
+    off = evidence.offence(chain.genesis, chain.cid, ev)
+    return off.key, off.round
 
 
 def _selection(chain: Chain, attempt: int = 0, proofs: bytes = b"\x01" * 32) -> Selection:
@@ -71,7 +86,7 @@ def _true_share(
 def test_two_selections_of_one_attempt_prove_their_proposer(chain: Chain) -> None:
     a, b = _selection(chain), _selection(chain, proofs=b"\x02" * 32)
     ev = evidence.equivocation(None, a, b)
-    assert evidence.offence(chain.genesis, chain.cid, ev) == (a.proposer, 3)
+    assert _named(chain, ev) == (a.proposer, 3)
     for x, y in ((a, a), (a, _selection(chain, attempt=1))):  # the same, or two attempts
         with pytest.raises(InvalidError, match="not two different Selections"):
             evidence.offence(chain.genesis, chain.cid, evidence.equivocation(None, x, y))
@@ -85,7 +100,7 @@ def test_two_unmasks_or_two_shares_of_one_slot_prove_their_sender(chain: Chain) 
     m = sel.members[1]
     u1 = sign(Unmask(sel.hash(), m, b"\x01" * 32, bytes(64)), chain.key_of(m), chain.cid)
     u2 = sign(Unmask(sel.hash(), m, b"\x02" * 32, bytes(64)), chain.key_of(m), chain.cid)
-    assert evidence.offence(chain.genesis, chain.cid, evidence.equivocation(sel, u1, u2)) == (m, 3)
+    assert _named(chain, evidence.equivocation(sel, u1, u2)) == (m, 3)
     with pytest.raises(InvalidError, match="not two different"):
         evidence.offence(chain.genesis, chain.cid, evidence.equivocation(sel, u1, u1))
     other = _selection(chain, attempt=1)
@@ -95,7 +110,7 @@ def test_two_unmasks_or_two_shares_of_one_slot_prove_their_sender(chain: Chain) 
     owner = sel.members[0]
     s1 = _share(chain, sel, updates[owner], m, 5)
     s2 = _share(chain, sel, updates[owner], m, 6)
-    assert evidence.offence(chain.genesis, chain.cid, evidence.equivocation(sel, s1, s2)) == (m, 3)
+    assert _named(chain, evidence.equivocation(sel, s1, s2)) == (m, 3)
 
 
 def test_a_share_that_fails_its_owners_commitments_proves_its_revealer(chain: Chain) -> None:
@@ -106,7 +121,7 @@ def test_a_share_that_fails_its_owners_commitments_proves_its_revealer(chain: Ch
     bad = evidence.false_share(
         sel, updates[owner], _share(chain, sel, updates[owner], holder, value + 1)
     )
-    assert evidence.offence(chain.genesis, chain.cid, bad) == (holder, 3)
+    assert _named(chain, bad) == (holder, 3)
     good = evidence.false_share(
         sel, updates[owner], _share(chain, sel, updates[owner], holder, value)
     )
@@ -129,7 +144,7 @@ def test_an_unmask_whose_seed_the_sharing_does_not_commit_to_proves_its_member(
     seed = masking.self_seed(secrets[m].to_bytes(32, "big"), sel.hash())
     wrong = sign(Unmask(sel.hash(), m, b"\x07" * 32, bytes(64)), key, chain.cid)
     ev = evidence.bad_unmask(sel, updates[m], wrong)
-    assert evidence.offence(chain.genesis, chain.cid, ev) == (m, 3)
+    assert _named(chain, ev) == (m, 3)
     right = sign(Unmask(sel.hash(), m, seed, bytes(64)), key, chain.cid)
     with pytest.raises(InvalidError, match="the one the sharing commits to"):
         evidence.offence(chain.genesis, chain.cid, evidence.bad_unmask(sel, updates[m], right))
@@ -141,7 +156,7 @@ def test_a_commit_whose_mask_key_is_no_point_proves_its_participant(chain: Chain
     p = chain.participants[1]
     c = CommitTx(2, chain.cid, p.public, b"\x05" * 32, mask_key=b"\x01" * 5, signature=bytes(64))
     ev = evidence.bad_mask_key(sign(c, p, chain.cid))
-    assert evidence.offence(chain.genesis, chain.cid, ev) == (p.public, 2)
+    assert _named(chain, ev) == (p.public, 2)
     fine = dataclasses.replace(c, mask_key=secagg.mask_public(9))
     with pytest.raises(InvalidError, match="mask key is valid"):
         evidence.offence(chain.genesis, chain.cid, evidence.bad_mask_key(sign(fine, p, chain.cid)))
@@ -200,3 +215,164 @@ def test_rules_refuse_a_block_with_evidence_that_proves_nothing(chain: Chain) ->
     junk = dataclasses.replace(block, evidence=(evidence.equivocation(None, a, a),))
     with pytest.raises(InvalidError, match="not two different Selections"):
         blocks.roster_after(chain.genesis, chain.cid, roster, junk)
+
+
+# ------------------------------------------- kinds proven by an expensive check (v5)
+
+
+@dataclasses.dataclass
+class _Round:
+    """A selection of three members with real commits, fake-basis updates and secrets."""
+
+    sel: Selection
+    commits: dict[bytes, CommitTx]
+    commitment: dict[bytes, bytes]
+    updates: dict[bytes, MaskedUpdate]
+    secrets: dict[bytes, int]
+
+
+def _mask(chain: Chain, r: _Round, m: bytes, secret: int | None = None) -> MaskedUpdate:
+    keys = {k: c.mask_key for k, c in r.commits.items()}
+    others = tuple((o, keys[o]) for o in secagg.others_of(r.sel.members, m))
+    t = secagg.threshold(chain.genesis.rule.min_members, len(r.sel.members))
+    job = MaskVector("", "", _model(m), 1, secret or r.secrets[m], m, others, r.sel.hash(), t)
+    return sign(FakeProver(aggregating=True).answer(job), chain.key_of(m), chain.cid)  # type: ignore[arg-type]
+
+
+def _model(m: bytes) -> bytes:
+    return fake_model(3, m)
+
+
+def _round(chain: Chain) -> _Round:
+    members = sorted(p.public for p in chain.participants[:3])
+    secrets = {m: secagg.mask_secret(bytes([i + 9]) * 32) for i, m in enumerate(members)}
+    commitment = {m: fake_commitment(_model(m)) for m in members}
+    commits = {}
+    for m in members:
+        binding = rules.commit_binding(chain.cid, m, 3, chain.cid, commitment[m])
+        c = CommitTx(
+            3, chain.cid, m, binding, mask_key=secagg.mask_public(secrets[m]), signature=bytes(64)
+        )
+        commits[m] = sign(c, chain.key_of(m), chain.cid)
+    proposer = chain.key_of(members[0])
+    ids = tuple(sorted(c.hash() for c in commits.values()))
+    sel = sign(
+        Selection(3, chain.cid, proposer.public, 0, ids, tuple(members), bytes(64)),
+        proposer,
+        chain.cid,
+    )
+    r = _Round(sel, commits, commitment, {}, secrets)
+    r.updates = {m: _mask(chain, r, m) for m in members}
+    return r
+
+
+def _answer(c: UpdateHolds | MaskOf) -> object:
+    """The fake prover's arithmetic, as the checker's worker jobs would answer."""
+    prover = FakeProver(aggregating=True)
+    if isinstance(c, UpdateHolds):
+        return prover.answer(CheckUpdate("", "", c.commitment, c.weight, c.update, c.signs))
+    return prover.answer(MaskCommitment("", "", c.seed))
+
+
+def _verdict(chain: Chain, ev: Evidence) -> tuple[bytes, int]:
+    """The offence, once its check is answered; InvalidError if the answer refutes it."""
+    off = evidence.offence(chain.genesis, chain.cid, ev)
+    assert off.check is not None
+    evidence.confirm(off, {off.check: _answer(off.check)})  # type: ignore[dict-item]
+    return off.key, off.round
+
+
+def test_a_vector_that_is_not_its_committed_model_proves_its_member(chain: Chain) -> None:
+    r = _round(chain)
+    m = r.sel.members[1]
+    honest = evidence.bad_update(r.sel, r.commits[m], r.commitment[m], r.updates[m])
+    with pytest.raises(InvalidError, match="kept the rule"):
+        _verdict(chain, honest)
+    y = secagg.decode_vector(r.updates[m].vector, FAKE_PARAMS)
+    y[0] = (y[0] + 1) % bn254.R
+    bad = dataclasses.replace(r.updates[m], vector=secagg.encode_vector(y))
+    bad = sign(bad, chain.key_of(m), chain.cid)
+    assert _verdict(chain, evidence.bad_update(r.sel, r.commits[m], r.commitment[m], bad)) == (m, 3)
+    other = r.sel.members[2]
+    with pytest.raises(InvalidError, match="does not open the commit's binding"):
+        evidence.offence(
+            chain.genesis,
+            chain.cid,
+            evidence.bad_update(r.sel, r.commits[m], r.commitment[other], bad),
+        )
+    with pytest.raises(InvalidError, match="not the member's commit the selection lists"):
+        evidence.offence(
+            chain.genesis,
+            chain.cid,
+            evidence.bad_update(r.sel, r.commits[other], r.commitment[m], bad),
+        )
+    with pytest.raises(InvalidError, match="check was not answered"):
+        evidence.confirm(evidence.offence(chain.genesis, chain.cid, honest), {})
+
+
+def test_a_self_mask_its_public_seed_does_not_open_proves_its_member(chain: Chain) -> None:
+    r = _round(chain)
+    m = r.sel.members[0]
+    seed = masking.self_seed(r.secrets[m].to_bytes(32, "big"), r.sel.hash())
+    with pytest.raises(InvalidError, match="kept the rule"):
+        _verdict(chain, evidence.bad_self_mask(r.sel, r.updates[m], seed))
+    fake = fake_linear(masking.expand(sha256(seed), FAKE_PARAMS))
+    cheat = sign(
+        dataclasses.replace(r.updates[m], self_commitment=bn254.compress(fake)),
+        chain.key_of(m),
+        chain.cid,
+    )
+    assert _verdict(chain, evidence.bad_self_mask(r.sel, cheat, seed)) == (m, 3)
+    with pytest.raises(InvalidError, match="not the secret the update's sharing commits to"):
+        evidence.offence(
+            chain.genesis, chain.cid, evidence.bad_self_mask(r.sel, cheat, sha256(seed))
+        )
+
+
+def test_a_pair_commitment_a_reveal_shows_false_proves_its_member_only(chain: Chain) -> None:
+    r = _round(chain)
+    liar, partner, third = r.sel.members
+    r.updates[liar] = _mask(chain, r, liar, secret=r.secrets[liar] + 1)  # another mask key
+    reveal = secagg.reveal_pair(
+        r.secrets[partner], partner, liar, r.commits[liar].mask_key, r.sel.hash()
+    )
+    reveal = sign(reveal, chain.key_of(partner), chain.cid)
+    pair = [r.commits[liar], r.commits[partner]]
+    assert _verdict(chain, evidence.false_pair(r.sel, r.updates[liar], reveal, pair)) == (liar, 3)
+    with pytest.raises(InvalidError, match="kept the rule"):  # the honest partner: refuted
+        _verdict(chain, evidence.false_pair(r.sel, r.updates[partner], reveal, pair))
+    with pytest.raises(InvalidError, match="not of the accused member's pair"):
+        evidence.offence(
+            chain.genesis, chain.cid, evidence.false_pair(r.sel, r.updates[third], reveal, pair)
+        )
+    with pytest.raises(InvalidError, match="quotes the commits of the pair's two members"):
+        evidence.offence(
+            chain.genesis,
+            chain.cid,
+            evidence.false_pair(r.sel, r.updates[liar], reveal, [r.commits[liar]] * 2),
+        )
+    forged = dataclasses.replace(reveal, shared=r.commits[third].mask_key)
+    forged = sign(forged, chain.key_of(partner), chain.cid)
+    with pytest.raises(InvalidError, match="proof does not hold"):
+        evidence.offence(
+            chain.genesis, chain.cid, evidence.false_pair(r.sel, r.updates[liar], forged, pair)
+        )
+
+
+def test_a_block_whose_evidence_its_check_refutes_is_invalid(chain: Chain) -> None:
+    """on_block names the evidence's check with the block's other expensive checks, and
+    conclude refuses the block when its answer shows the accused kept the rule."""
+    r = _round(chain)
+    m = r.sel.members[1]
+    honest = evidence.bad_update(r.sel, r.commits[m], r.commitment[m], r.updates[m])
+    block, _ = chain.round_block(4, chain.cid, 1, {0: 3, 1: 2, 2: 1})
+    block = sign(
+        dataclasses.replace(block, evidence=(honest,)), chain.key_of(block.proposer), chain.cid
+    )
+    pending = blocks.on_block(chain.genesis, chain.cid, blocks.ParentInfo(chain.cid, -1, 0), block)
+    (off,) = pending.offences
+    assert off.check in pending.checks and off.key == m
+    answers: dict[Check, Answer] = {c: True for c in pending.checks if isinstance(c, VerifyProof)}
+    answers[off.check] = _answer(off.check)  # type: ignore[assignment]
+    with pytest.raises(InvalidError, match="kept the rule"):
+        blocks.conclude(pending, answers)

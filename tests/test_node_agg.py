@@ -22,22 +22,25 @@ import pytest
 import trio
 import trio.testing
 
-from consensus import aggpolicy, evidence
+from consensus import aggpolicy, bn254, evidence, masking, secagg
 from consensus.crypto import sha256
 from consensus.rules import sign
-from consensus.secagg import Dispute, PairReveal, SeedShare, Unmask
-from consensus.types import Block
+from consensus.secagg import Dispute, MaskedUpdate, PairReveal, SeedShare, Selection, Unmask
+from consensus.types import BAD_UPDATE, Block, CommitTx, Evidence, ProofTx
 from node.participant import Participant
 from node.roundpool import Mine, RoundState
+from p2p import Verdict
 from prover.client import MaskVector, Prove
 from support.chainfactory import Chain, make_chain
 from support.fakes import (
+    FAKE_PARAMS,
     FakeNetwork,
     FakeNode,
     FakeProver,
     aggregating,
     canonical,
     clock_at,
+    fake_linear,
     make_node,
     until,
 )
@@ -290,12 +293,40 @@ def _false_pair(node: FakeNode) -> None:
     prover.run = other_key  # type: ignore[method-assign]
 
 
+def _wrong_self_mask(node: FakeNode) -> None:
+    """The member masks with another self seed than the one it secret-shares (and later
+    unmasks): its update passes its own check and its seed opens its sharing, but the
+    seed does not open its self-mask commitment, so the sum fails after every honest
+    member unmasked (the round loses its aggregate: no second sum may be opened)."""
+    prover = node.prover
+    run = prover.run
+
+    async def other_seed(job: Any, *, timeout: float) -> Any:
+        out = await run(job, timeout=timeout)
+        if isinstance(job, MaskVector):
+            n = FAKE_PARAMS
+            seed = masking.self_seed(job.secret.to_bytes(32, "big"), job.context)
+            p, q = masking.expand(seed, n), masking.expand(sha256(seed), n)
+            y = secagg.decode_vector(out.vector, n)
+            y = [(a - b + c) % bn254.R for a, b, c in zip(y, p, q, strict=True)]
+            out = dataclasses.replace(
+                out,
+                vector=secagg.encode_vector(y),
+                self_commitment=bn254.compress(fake_linear(q)),
+            )
+        return out
+
+    prover.run = other_seed  # type: ignore[method-assign]
+
+
 STRATEGIES = {
     "wrong-seed": _unmask_with_a_wrong_seed,
     "silent-after-complete": _silent_after_update,
     "wrong-update": _wrong_update,
     "false-pair": _false_pair,
+    "wrong-self-mask": _wrong_self_mask,
 }
+PROVEN = {"wrong-seed", "wrong-update", "false-pair", "wrong-self-mask"}  # leave evidence
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
@@ -303,29 +334,72 @@ async def test_one_cheating_member_every_round_costs_at_most_one_aggregate(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, strategy: str
 ) -> None:
     """Bounded griefing: a selected member plays one strategy in every round. A silent
-    member's seed is recovered, a wrong seed is refused and recovered too (and is
-    evidence: the member is excluded for exclusion_rounds), a wrong update is dropped
-    by a new attempt, a false pair commitment by a Dispute whose reveal names it; no
-    round after the first loses its aggregate, and only the cheat is ever named."""
+    member's seed is recovered; a wrong seed is refused and recovered too; a wrong update
+    is dropped by a new attempt, a false pair commitment by a Dispute whose reveal names
+    it; a self mask its seed does not open spoils the sum once. Every strategy but
+    silence leaves evidence, a block carries it and the cheat is then not selected for
+    exclusion_rounds; at most one round loses its aggregate, and only the cheat is ever
+    named."""
     chain = _chain()
     async with agg_net(tmp_path, chain) as (_, nodes, nursery, _sent):
         cheat = nodes[2]
         STRATEGIES[strategy](cheat)
         _start(nursery, nodes)
-        await until(lambda: all(len(canonical(n)) >= 6 for n in nodes[:2]), 600)
-        blocks = canonical(nodes[1])[:6]
+        await until(lambda: all(len(canonical(n)) >= 7 for n in nodes[:2]), 900)
+        blocks = canonical(nodes[1])[:7]
     lost = [b.round for b in blocks[1:] if not b.members]
-    assert not lost, f"rounds {lost} lost their aggregate"
-    offenders = {
-        evidence.offence(chain.genesis, chain.cid, ev)[0] for b in blocks for ev in b.evidence
-    }
-    assert offenders <= {cheat.key.public}
-    if strategy == "wrong-seed":
-        named = [b.round for b in blocks if b.evidence]
+    assert len(lost) <= (1 if strategy == "wrong-self-mask" else 0), f"rounds {lost} lost"
+    named = [
+        (b.round, evidence.offence(chain.genesis, chain.cid, ev).key)
+        for b in blocks
+        for ev in b.evidence
+    ]
+    assert {key for _, key in named} <= {cheat.key.public}, named
+    if strategy in PROVEN:
         assert named, "no block carried the evidence"
+        first = named[0][0]
         for b in blocks:
-            if named[0] < b.round <= named[0] + chain.genesis.rule.exclusion_rounds:
+            if first < b.round <= first + chain.genesis.rule.exclusion_rounds:
                 assert cheat.key.public not in b.members, f"round {b.round} selected the cheat"
+
+
+async def test_gossiped_evidence_is_relayed_only_when_its_check_proves_it(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A wrong update's evidence, found by the aggregator, reaches every node by gossip
+    (each answered its check in the worker pool before relaying it); the same kind
+    quoting an honest member's update is refuted by its check and REJECTed (its sender
+    lied), so nobody carries it."""
+    chain = _chain()
+    async with agg_net(tmp_path, chain) as (_, nodes, nursery, sent):
+        cheat = nodes[2]
+        _wrong_update(cheat)
+        _start(nursery, nodes)
+        await until(lambda: any(b.evidence for b in canonical(nodes[1])), 600)
+        honest = nodes[1].key.public
+        sel = next(
+            m for m in sent if isinstance(m, Selection) and honest in m.members and m.attempt == 0
+        )
+        upd = next(
+            m
+            for m in sent
+            if isinstance(m, MaskedUpdate) and m.selection == sel.hash() and m.member == honest
+        )
+        commit = next(
+            m
+            for m in sent
+            if isinstance(m, CommitTx) and m.hash() in sel.proofs and m.participant == honest
+        )
+        proof = next(m for m in sent if isinstance(m, ProofTx) and m.commit_id == commit.hash())
+        forged = evidence.bad_update(sel, commit, proof.commitment, upd)
+        verdict = await nodes[3].engine._validate_round(forged, nodes[1].net.peer_id)
+        assert verdict is Verdict.REJECT
+        pools = [n.engine.evidence.pending for n in nodes[1:]]
+    assert all(honest not in pool for pool in pools)
+    proven = [m for m in sent if isinstance(m, Evidence) and m.kind == BAD_UPDATE]
+    assert proven and all(
+        evidence.offence(chain.genesis, chain.cid, ev).key == cheat.key.public for ev in proven
+    )
 
 
 async def test_proofs_after_the_proof_deadline_still_aggregate(
@@ -401,11 +475,11 @@ async def test_a_false_share_costs_at_most_one_aggregate_per_exclusion_period(
         blocks = canonical(nodes[3])[:6]
     e = chain.genesis.rule.exclusion_rounds
     named = [
-        (b.round, evidence.offence(chain.genesis, chain.cid, ev))
+        (b.round, evidence.offence(chain.genesis, chain.cid, ev).key)
         for b in blocks
         for ev in b.evidence
     ]
-    assert named and {key for _, (key, _) in named} == {liar.key.public}, named
+    assert named and {key for _, key in named} == {liar.key.public}, named
     first = named[0][0]  # the block that carried the evidence
     lost = [b.round for b in blocks if not b.members]
     # at most one lost aggregate per exclusion period (the offence's own round)
