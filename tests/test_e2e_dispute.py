@@ -77,8 +77,17 @@ def test_a_member_with_a_wrong_pairwise_mask_is_named_alone_and_the_round_aggreg
     reveals = "".join((net.home(i).path / "node.log").read_text() for i in range(1, 4))
     assert re.search(rf"round {found}: revealed our shared mask point with {liar[:8]}", reveals)
     # over the whole run: the liar is never a member, no honest member is ever named
-    net.wait_finalized([0, 1, 2, 3], 3, timeout=240)
+    net.wait_finalized([0, 1, 2, 3], max(3, blocks[found]["height"]), timeout=240)
     final = net.status(0)["finalized"]["height"]  # type: ignore[index]
     for h in range(1, final + 1):
         assert liar not in net.get(0, f"/blocks/{h}")["members"], f"block {h}"
     assert not set().union(*rounds.values()) & honest
+    # version 5: the reveal makes the false pair commitment evidence, which a block up
+    # to the recovered round's carries (its aggregator found it), naming the liar only
+    named_on_chain = {
+        (e["offender"], e["kind"])
+        for h in range(1, final + 1)
+        for e in net.get(0, f"/blocks/{h}")["evidence"]
+    }
+    assert (liar, "false pairwise-mask commitment") in named_on_chain, named_on_chain
+    assert {who for who, _ in named_on_chain} == {liar}, named_on_chain
