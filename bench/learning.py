@@ -13,7 +13,15 @@ participant training alone (local), and one model on the whole pool (centralised
 Adversaries: `flip` makes ceil(30 %) of the participants (`flip2`: two) train on labels y -> 9-y;
 `freerider` adds one participant that resubmits the parent model unchanged
 (`freerider-noisy`: the parent with one weight moved by one quantum, so its
-commitment differs).
+commitment differs; that weight is pixel 0's, blank in every digit, so its k is
+always the parent's; `freerider-bias`: the parent with the first output bias moved
+by one quantum, a weight that matters; `freerider-random`: the parent with every
+weight moved by -2..2 quanta at random).
+
+Server steps (a rule's `+` suffixes): `+momentum` runs consensus.optimizer's integer
+FedAvgM (beta 7/10, scale 256) on the aggregate, `+guard` the guarded free-rider
+filter (consensus.selection.drop_parent_ties); `fedavgm` is float FedAvgM (beta 0.7)
+on FedAvg, the baseline for both.
 
 Prints, per setting and rule, the test accuracy at the last round (mean ± sd over
 seeds), the share of rounds in which the global model got worse, the mean number of
@@ -22,6 +30,7 @@ bench/results/learning.json.
 
     .venv/bin/python bench/learning.py                 # the full grid (about 20 min on 2 cores)
     .venv/bin/python bench/learning.py --quick         # 3 seeds, 10 rounds
+    .venv/bin/python bench/learning.py --server        # the server-optimizer grid, 40 rounds
 """
 
 from __future__ import annotations
@@ -45,11 +54,13 @@ import numpy as np
 import torch
 
 from consensus.aggregate import weighted_mean
+from consensus.optimizer import Momentum, step
 from consensus.selection import (
     Candidate,
     Contribution,
     RoundFacts,
     TrimmedMeanParams,
+    drop_parent_ties,
     select_best_share,
     select_trimmed_mean,
     select_winner,
@@ -76,16 +87,24 @@ def _trimmed(
 def rules_for(batch: int) -> dict[str, Selector]:
     """The chain rules compared; spreads and slacks scale with the batch size."""
     q = batch // 4
+
+    def best(c: Sequence[Candidate], f: RoundFacts) -> tuple[Contribution, ...]:
+        return select_best_share(c, f, 50, 3, 64)
+
     return {
         "winner": select_winner,
-        "best-share(50%)": lambda c, f: select_best_share(c, f, 50, 3, 64),
+        "best-share(50%)": best,
         "best-share(60%)": lambda c, f: select_best_share(c, f, 60, 3, 64),
         "best-share(75%)": lambda c, f: select_best_share(c, f, 75, 3, 64),
         f"top-half,parent-slack={q}": _trimmed(batch, q, keep=50),
         f"trimmed(spread={q})": _trimmed(q, batch),
         f"trimmed(spread={q},margin)": _trimmed(q, batch, margin=True),
         "beat-parent": _trimmed(batch, -1, lo=1),
+        **{f"best-share(50%)+{mods}": best for mods in ("guard", "momentum", "guard+momentum")},
     }
+
+
+MOMENTUM = Momentum(7, 10, 256)  # what the benchmark's +momentum rows run
 
 
 @dataclass(frozen=True)
@@ -138,6 +157,64 @@ def _test_acc(
 ) -> float:
     """Test accuracy of a float model as the chain measures it: quantised, exact evaluator."""
     return _k(_q(weights, fp), quantise_inputs(x, fp.input_scale), y, fp) / len(y)
+
+
+def _fedavg(
+    case: Case,
+    data: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]],
+    genesis: bytes,
+    train: Callable[[bytes, int, int], bytes],
+    test_x: np.ndarray[Any, Any],
+    test_y: np.ndarray[Any, Any],
+    fp: FixedPoint,
+) -> dict[str, Any]:
+    """FedAvg (float, by shard size); `oracle`: of the honest participants only (the best
+    any selection can do); `fedavgm`: with float server momentum 0.7 on its step."""
+    who = list(range(_flippers(case) if case.rule == "oracle" else 0, case.n))
+    w = genesis
+    sizes = np.array([len(data[i][1]) for i in who], dtype=np.float64)
+    velocity: list[torch.Tensor] | None = None
+    accs: list[float] = []
+    for r in range(case.rounds):
+        locals_ = [model_from_bytes(ARCH, train(w, i, r)) for i in who]
+        avg = build_model(ARCH, 0)
+        with torch.no_grad():
+            for j, p in enumerate(avg.parameters()):
+                p.copy_(
+                    sum(
+                        float(s) * list(m.parameters())[j]
+                        for s, m in zip(sizes, locals_, strict=True)
+                    )
+                    / sizes.sum()
+                )
+            if case.rule == "fedavgm":
+                g = list(model_from_bytes(ARCH, w).parameters())
+                deltas = [a - b for a, b in zip(avg.parameters(), g, strict=True)]
+                velocity = (
+                    deltas
+                    if velocity is None
+                    else [0.7 * v + d for v, d in zip(velocity, deltas, strict=True)]
+                )
+                for p, b, v in zip(avg.parameters(), g, velocity, strict=True):
+                    p.copy_(b + v)
+        w = model_to_bytes(avg)
+        accs.append(_test_acc(w, test_x, test_y, fp))
+    return {"final": accs[-1], "curve": accs}
+
+
+def _free_ride(
+    case: Case, q_global: list[np.ndarray[Any, Any]], r: int
+) -> list[np.ndarray[Any, Any]]:
+    """The free-rider's submission: the parent, moved as its adversary says."""
+    copy = [v.copy() for v in q_global]
+    if case.adversary == "freerider-noisy":
+        copy[0].flat[0] += 1
+    elif case.adversary == "freerider-bias":
+        copy[-1].flat[0] += 1
+    elif case.adversary == "freerider-random":
+        rng = np.random.default_rng(_seed(case.seed, r, 999))
+        copy = [v + rng.integers(-2, 3, size=v.shape) for v in copy]
+    return copy
 
 
 def run(case: Case) -> dict[str, Any]:
@@ -196,32 +273,15 @@ def run(case: Case) -> dict[str, Any]:
             )
             accs.append(_test_acc(w, test_x, test_y, fp))
         return {"final": accs[-1], "curve": accs}
-    if case.rule in ("fedavg", "oracle"):
-        # oracle: FedAvg of the honest participants only (the best any selection can do)
-        who = list(range(_flippers(case) if case.rule == "oracle" else 0, case.n))
-        w = genesis
-        sizes = np.array([len(data[i][1]) for i in who], dtype=np.float64)
-        for r in range(case.rounds):
-            locals_ = [model_from_bytes(ARCH, train(w, i, r)) for i in who]
-            avg = build_model(ARCH, 0)
-            with torch.no_grad():
-                for j, p in enumerate(avg.parameters()):
-                    p.copy_(
-                        sum(
-                            float(s) * list(m.parameters())[j]
-                            for s, m in zip(sizes, locals_, strict=True)
-                        )
-                        / sizes.sum()
-                    )
-            w = model_to_bytes(avg)
-            accs.append(_test_acc(w, test_x, test_y, fp))
-        return {"final": accs[-1], "curve": accs}
-
+    if case.rule in ("fedavg", "oracle", "fedavgm"):
+        return _fedavg(case, data, genesis, train, test_x, test_y, fp)
     select = rules_for(case.batch)[case.rule]
+    mods = set(case.rule.split("+")[1:])
     keys = [bytes([i]) * 32 for i in range(case.n + 1)]
     free = case.n if case.adversary.startswith("freerider") else None
     q_global = _q(genesis, fp)
     w_global = _from_q(q_global, fp)
+    velocity = [0] * sum(v.size for v in q_global)
     worse = members = free_sel = 0
     prev = _k(q_global, test_xq, test_y, fp)
     for r in range(case.rounds):
@@ -229,10 +289,7 @@ def run(case: Case) -> dict[str, Any]:
         bxq = quantise_inputs(bx.reshape(len(by), -1), fp.input_scale)
         qs = [_q(train(w_global, i, r), fp) for i in range(case.n)]
         if free is not None:
-            copy = [v.copy() for v in q_global]
-            if case.adversary == "freerider-noisy":
-                copy[0].flat[0] += 1
-            qs.append(copy)
+            qs.append(_free_ride(case, q_global, r))
         commit = [hashlib.sha256(b"".join(v.tobytes() for v in q)).digest() for q in qs]
         cands = [Candidate(keys[i], _k(q, bxq, by, fp), commit[i]) for i, q in enumerate(qs)]
         parent_commit = hashlib.sha256(b"".join(v.tobytes() for v in q_global)).digest()
@@ -243,6 +300,8 @@ def run(case: Case) -> dict[str, Any]:
             parent_commit,
         )
         chosen = select(cands, facts)
+        if "guard" in mods:
+            chosen = drop_parent_ties(chosen, cands, facts, 3)
         members += len(chosen)
         if free is not None and any(c.participant == keys[free] for c in chosen):
             free_sel += 1
@@ -250,6 +309,9 @@ def run(case: Case) -> dict[str, Any]:
             idx = [keys.index(c.participant) for c in chosen]
             flat = [np.concatenate([v.ravel() for v in qs[i]]).tolist() for i in idx]
             mean, _rest = weighted_mean(flat, [c.weight for c in chosen])
+            if "momentum" in mods:
+                g_flat = np.concatenate([v.ravel() for v in q_global]).tolist()
+                mean, velocity = step(g_flat, velocity, mean, MOMENTUM)
             arr, out, at = np.asarray(mean, dtype=np.int64), [], 0
             for v in q_global:
                 out.append(arr[at : at + v.size].reshape(v.shape))
@@ -281,6 +343,24 @@ SETTINGS = [
     ("dir0.5", 8, "freerider-noisy"),
 ]
 FOCUS = [("dir0.5", 8, ""), ("dir0.5", 8, "flip")]
+# the server-optimizer grid (--server): the settings the issue measured and its rows
+SERVER = [
+    ("dir0.5", 8, ""),
+    ("dir0.1", 8, ""),
+    ("dir0.5", 8, "flip"),
+    ("dir0.5", 8, "freerider-noisy"),
+    ("dir0.5", 8, "freerider-bias"),
+    ("dir0.5", 8, "freerider-random"),
+]
+SERVER_ROWS = [
+    "best-share(50%)",
+    "best-share(50%)+guard",
+    "best-share(50%)+momentum",
+    "best-share(50%)+guard+momentum",
+    "fedavg",
+    "fedavgm",
+    "oracle",
+]
 BASE_BATCH = 16
 
 
@@ -298,7 +378,7 @@ def _grid(
         for setting, n, adv in settings if b == BASE_BATCH else FOCUS:
             rules = list(rules_for(b))
             if not adv.startswith("freerider"):
-                rules.append("fedavg")
+                rules += ["fedavg", "fedavgm"]
             if adv.startswith("flip"):
                 rules.append("oracle")
             if b == BASE_BATCH and not adv.startswith("freerider"):
@@ -317,6 +397,14 @@ def _label(rule: str, batch: int) -> str:
     return list(rules_for(16))[names.index(rule)] if rule in names else rule
 
 
+def _at(rs: Sequence[dict[str, Any]], rnd: int) -> tuple[float | None, float]:
+    """(mean, sd) test accuracy after round `rnd` over the seeds, from their curves."""
+    vals = [100 * r["curve"][rnd - 1] for r in rs if len(r.get("curve", ())) >= rnd]
+    if not vals:
+        return None, 0.0
+    return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -328,12 +416,17 @@ def main() -> None:
     ap.add_argument("--focus", action="store_true", help="only Dirichlet 0.5, honest and flip")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rules", nargs="*", default=[], help="only these rows (names as printed)")
+    ap.add_argument("--server", action="store_true", help="the server-optimizer grid, 40 rounds")
+    ap.add_argument("--at", type=int, nargs="*", default=[], help="also report these rounds")
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.rounds, args.batches = 3, 10, [16]
-    cases = _grid(
-        args.seeds, args.rounds, args.batches, FOCUS if args.focus else SETTINGS, args.rules
-    )
+    settings = FOCUS if args.focus else SETTINGS
+    if args.server:
+        settings, args.batches = SERVER, [16]
+        args.rules = args.rules or SERVER_ROWS
+        args.rounds, args.at = max(args.rounds, 40), args.at or [20, 40]
+    cases = _grid(args.seeds, args.rounds, args.batches, settings, args.rules)
     started = time.perf_counter()
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(run, cases, chunksize=1)
@@ -343,8 +436,9 @@ def main() -> None:
             (case.setting, case.n, case.adversary, case.batch, _label(case.rule, case.batch)), []
         ).append(res)
     table = []
+    at_head = "".join(f" {'acc@' + str(r):>12}" for r in args.at)
     print(
-        f"{'setting':<22} {'B':>3} {'rule':<30} {'acc@R':>12} {'worse':>6} {'members':>7} {'free/fair':>10}"
+        f"{'setting':<28} {'B':>3} {'rule':<31}{at_head} {'acc@R':>12} {'worse':>6} {'members':>7} {'free/fair':>10}"
     )
     for (setting, n, adv, b, rule), rs in rows.items():
         finals = [100 * r["final"] for r in rs]
@@ -357,6 +451,7 @@ def main() -> None:
             "freerider_rate": statistics.mean(r["freerider_rate"] for r in rs) if rs[0].get("freerider_rate") is not None else None,
             "fair_share": statistics.mean(r["fair_share"] for r in rs) if rs[0].get("fair_share") is not None else None,
             "seeds": len(rs),
+            "acc_at": {r: _at(rs, r) for r in args.at},
         }  # fmt: skip
         table.append(row)
         name = f"{setting} n={n}" + (f" {adv}" if adv else "")
@@ -367,8 +462,12 @@ def main() -> None:
             if row["freerider_rate"] is not None
             else "-"
         )
+        at_cols = "".join(
+            f" {m:>6.1f}±{sd:<5.1f}" if m is not None else f" {'-':>12}"
+            for m, sd in row["acc_at"].values()
+        )
         print(
-            f"{name:<22} {b:>3} {rule:<30} {row['acc_mean']:>6.1f}±{row['acc_sd']:<4.1f} {worse:>6} {mem:>7} {free:>10}"
+            f"{name:<28} {b:>3} {rule:<31}{at_cols} {row['acc_mean']:>6.1f}±{row['acc_sd']:<4.1f} {worse:>6} {mem:>7} {free:>10}"
         )
     RESULTS.mkdir(exist_ok=True)
     out = {

@@ -123,3 +123,25 @@ def select_best_share(
     everyone = facts.batch_size  # no k is more than the batch size below any other
     params = TrimmedMeanParams(everyone, everyone, min_members, max_members, keep_percent)
     return select_trimmed_mean(candidates, facts, params)
+
+
+def drop_parent_ties(
+    chosen: Sequence[Contribution],
+    candidates: Sequence[Candidate],
+    facts: RoundFacts,
+    min_members: int,
+) -> tuple[Contribution, ...]:
+    """The guarded free-rider filter: leave out chosen members whose k equals the parent's
+    k on the batch (a resubmitted parent plus noise scores exactly that; an honest model
+    rarely does), worst-ranked first, while at least `min_members` remain. The guard
+    matters: dropping every tie would drop many honest members too and let a set of
+    label flippers, whose k differs, take their place."""
+    k_of = {c.participant: c.k for c in candidates}
+    order = {c.participant: i for i, c in enumerate(ranked(candidates, facts.batch_hash))}
+    kept = list(chosen)
+    for c in sorted(chosen, key=lambda c: order[c.participant], reverse=True):
+        if len(kept) <= min_members:
+            break
+        if k_of[c.participant] == facts.parent_k:
+            kept.remove(c)
+    return tuple(kept)
