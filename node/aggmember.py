@@ -135,6 +135,9 @@ class Member:
             if c in st.commits and st.commits[c].parent == sel.parent
         }
         listed = [on_parent[c] for c in sel.proofs if c in on_parent]
+        if len({p.participant for p in listed}) != len(listed):
+            # one mask key per member: evidence quoting a member's commit rests on it
+            return aggpolicy.AnswerDecision(aggpolicy.Answer.REFUSE, "two commits of one member")
         rank = rule_members = None
         if len(listed) == len(sel.proofs):
             ranking = rules.rank_proofs(st.reveal.batch, listed)

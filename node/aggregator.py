@@ -257,12 +257,7 @@ class Aggregation(Member):
                 continue  # unsettled: the pair loses both
         wrong = aggpolicy.named_by_reveals(sel, got, pairs, true)
         liars = set(aggpolicy.named_by_reveals(sel, got, [p for p in pairs if p in true], true))
-        commits = {c.participant: c for c in map(st.commits.get, sel.proofs) if c is not None}
-        for pid, reveal in st.agg.reveals.get(h, {}).items():
-            for who in set(secagg.pair_of(pid)) & liars:
-                pair = [commits[m] for m in secagg.pair_of(pid) if m in commits]
-                if len(pair) == 2:
-                    self.found(evidence.false_pair(sel, got[who], reveal, pair))
+        self._name_false_pairs(st, sel, got, true)
         for who in wrong:
             log.warning(
                 "round %d: selection %s: %s %s",
@@ -272,6 +267,26 @@ class Aggregation(Member):
                 "committed a wrong mask for its pair" if who in liars else "left a pair unsettled",
             )
         return wrong
+
+    def _name_false_pairs(
+        self,
+        st: RoundState,
+        sel: Selection,
+        got: dict[bytes, MaskedUpdate],
+        true: dict[bytes, bytes],
+    ) -> None:
+        """Evidence against each member whose commitment for a revealed pair is not the
+        pair's true mask (`true`: pair id -> L(u)), quoting that pair's reveal."""
+        h = sel.hash()
+        commits = {c.participant: c for c in map(st.commits.get, sel.proofs) if c is not None}
+        for pid, mask in true.items():
+            a, b = secagg.pair_of(pid)
+            if a not in commits or b not in commits:
+                continue
+            for who, other in ((a, b), (b, a)):
+                if secagg.pair_commitment(got, sel.members, who, other) != mask:
+                    reveal = st.agg.reveals[h][pid]
+                    self.found(evidence.false_pair(sel, got[who], reveal, [commits[a], commits[b]]))
 
     async def _wrong_updates(
         self,

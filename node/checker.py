@@ -52,6 +52,7 @@ class Checker:
         self.timeout_s = timeout_s
         self._verified: Memo[bytes, Verified] = Memo(MAX_VERIFIED)  # by public values
         self._answers: Memo[Check, Answer] = Memo(MAX_ANSWERS)  # model checks, by value
+        self._updates: Memo[bytes, Answer] = Memo(256)  # evidence's update checks, by digest
 
     @staticmethod
     def _key(c: VerifyProof) -> bytes:
@@ -114,8 +115,14 @@ class Checker:
                 if isinstance(check, VerifyProof):
                     answers[check] = (await self.verify(check))[0]
                     return
-                # a model or evidence check is a function of its values: answered once
                 job = self._job(check, blobs)
+                if isinstance(check, UpdateHolds):  # keyed by digest: the check holds a vector
+                    key = sha256(
+                        check.update + check.commitment + repr((check.weight, check.signs)).encode()
+                    )
+                    answers[check] = await self._updates.get(key, lambda: self._run(job))
+                    return
+                # a model check is a function of its values: answered once
                 answers[check] = await self._answers.get(check, lambda: self._run(job))
             except JobFailed as exc:
                 failures.append(f"{type(check).__name__}: {exc}")

@@ -25,6 +25,7 @@ from p2p import Verdict
 log = logging.getLogger("zkpot.node")
 
 MAX_PENDING = 32
+MAX_REFUTED = 4096
 
 
 class EvidencePool:
@@ -36,6 +37,7 @@ class EvidencePool:
         self.chain = chain
         self.current_round = current_round
         self.pending: dict[bytes, tuple[Evidence, int]] = {}  # offender -> (evidence, round)
+        self.refuted: set[bytes] = set()  # hashes of gossiped pieces their check refuted
 
     def add(self, ev: Evidence) -> Verdict:
         """Evidence from gossip or from our own round pool; InvalidError if it proves
@@ -59,6 +61,9 @@ class EvidencePool:
         """Evidence from gossip: one of an expensive kind is taken (and relayed) only once
         its check, answered here, proves the offence (InvalidError if it refutes it). Its
         check is skipped when the evidence would be of no use here anyway."""
+        h = ev.hash()
+        if h in self.refuted:
+            raise InvalidError("Evidence: its check refuted it here before")
         off = evidence.offence(self.genesis, self.cid, ev)
         if off.check is not None:
             if not self.wants(off):
@@ -67,7 +72,13 @@ class EvidencePool:
                 answers = await checker.answer([off.check], {})
             except CheckIncomplete:
                 return Verdict.IGNORE  # no verdict here and now
-            evidence.confirm(off, answers)
+            try:
+                evidence.confirm(off, answers)
+            except InvalidError:
+                if len(self.refuted) >= MAX_REFUTED:
+                    self.refuted.clear()
+                self.refuted.add(h)  # a replay costs no second check
+                raise
         return self.add(ev)
 
     def wants(self, off: evidence.Offence) -> bool:

@@ -301,7 +301,14 @@ class RoundPool:
         st, sel = found
         if isinstance(item, MaskedUpdate):
             aggcheck.check_update(self.genesis, self.cid, sel, item)
-            return self._touched(st, st.agg.add_update(item))
+            added = st.agg.add_update(item)
+            um = st.agg.unmasks.get(item.selection, {}).get(item.member)
+            if added and um is not None and not aggcheck.unmask_opens(item, um):
+                # its Unmask came first and could not be checked then: a wrong seed must
+                # not stand in for the seed the others' shares recover
+                del st.agg.unmasks[item.selection][item.member]
+                self.on_evidence(evidence.bad_unmask(sel, item, um))
+            return self._touched(st, added)
         if isinstance(item, Complete):
             aggcheck.check_complete(self.cid, sel, item)
             return self._touched(st, st.agg.add_complete(item, self.clock()))

@@ -319,14 +319,38 @@ def _wrong_self_mask(node: FakeNode) -> None:
     prover.run = other_seed  # type: ignore[method-assign]
 
 
+def _unmask_before_update(node: FakeNode) -> None:
+    """The member gossips an Unmask with a wrong seed just before its update (so nodes
+    cannot check it yet) and never a right one: the pool drops it when the update comes
+    (evidence), and the member's seed is recovered from the others' shares."""
+    p = node.engine.participant
+    assert p is not None and p.aggregation is not None
+    agg = p.aggregation
+    publish = agg.publish
+
+    async def early(item: Any) -> None:
+        if isinstance(item, MaskedUpdate):
+            um = Unmask(item.selection, item.member, b"\x07" * 32, bytes(64))
+            await publish(sign(um, agg.key, agg.cid))
+            await trio.sleep(0.2)  # every node holds the Unmask before the update
+        await publish(item)
+
+    async def never(self: Any, st: RoundState, mine: Mine) -> None:
+        return None
+
+    agg.publish = early
+    agg._maybe_unmask = types.MethodType(never, agg)  # type: ignore[method-assign]
+
+
 STRATEGIES = {
     "wrong-seed": _unmask_with_a_wrong_seed,
     "silent-after-complete": _silent_after_update,
     "wrong-update": _wrong_update,
     "false-pair": _false_pair,
     "wrong-self-mask": _wrong_self_mask,
+    "unmask-before-update": _unmask_before_update,
 }
-PROVEN = {"wrong-seed", "wrong-update", "false-pair", "wrong-self-mask"}  # leave evidence
+PROVEN = set(STRATEGIES) - {"silent-after-complete"}  # leave evidence
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
