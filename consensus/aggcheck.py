@@ -65,8 +65,9 @@ def check_update(genesis: Genesis, cid: bytes, sel: Selection, upd: MaskedUpdate
         raise InvalidError(f"MaskedUpdate: {len(upd.seed_commitments)} seed commitments, not {t}")
     if len(upd.seed_shares) != len(sel.members) - 1:
         raise InvalidError("MaskedUpdate: one seed share per other member")
-    for c in upd.seed_commitments:
-        bn254.decompress(c)  # a commitment that is not a point makes every share fail
+    for c in (*upd.seed_commitments, *upd.pair_commitments, upd.self_commitment):
+        bn254.decompress(c)  # not a point: no check of it could hold, nor name its member
+    secagg.decode_vector(upd.vector, genesis.aggregation.parameters)  # elements below R
     rules.check_signature(upd, upd.member, cid)
 
 

@@ -225,6 +225,17 @@ def test_an_update_carries_one_seed_share_per_other_member_and_t_commitments(
     junk = dataclasses.replace(upd, seed_commitments=(b"\xff" * 32, upd.seed_commitments[1]))
     with pytest.raises(InvalidError, match="compressed point"):
         aggcheck.check_update(g, chain.cid, sel, sign(junk, _signer(chain, m), chain.cid))
+    # a pair or self commitment that is no point, or a vector element not below R, could
+    # never pass its check nor be evidence: refused at relay (the member counts as silent)
+    for bad in (
+        dataclasses.replace(upd, pair_commitments=(b"\xff" * 32, upd.pair_commitments[1])),
+        dataclasses.replace(upd, self_commitment=b"\xff" * 32),
+    ):
+        with pytest.raises(InvalidError, match="compressed point"):
+            aggcheck.check_update(g, chain.cid, sel, sign(bad, _signer(chain, m), chain.cid))
+    huge = dataclasses.replace(upd, vector=b"\xff" * len(upd.vector))
+    with pytest.raises(InvalidError, match="not below the field modulus"):
+        aggcheck.check_update(g, chain.cid, sel, sign(huge, _signer(chain, m), chain.cid))
 
 
 def test_a_seed_share_must_open_the_owners_commitments(chain: Chain) -> None:
