@@ -44,7 +44,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from consensus import aggcheck, masking, rules, secagg
+from consensus import aggcheck, rules, secagg
 from consensus.checks import Answer, Answers, Check, MaskOf, UpdateHolds
 from consensus.encoding import Signed
 from consensus.errors import ConsensusError, InvalidError
@@ -169,9 +169,7 @@ def _checked_offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
             commit.binding
         ):
             raise InvalidError("the commitment does not open the commit's binding")
-        signs = tuple(
-            masking.pair_sign(upd.member, o) for o in secagg.others_of(sel.members, upd.member)
-        )
+        signs = secagg.pair_signs(sel.members, upd.member)
         return Offence(upd.member, sel.round, UpdateHolds(c, 1, upd.encode(), signs), True)
     if ev.kind == BAD_SELF_MASK:
         seed = m[2]

@@ -338,6 +338,12 @@ def others_of(members: Sequence[bytes], me: bytes) -> list[bytes]:
     return [m for m in members if m != me]
 
 
+def pair_signs(members: Sequence[bytes], me: bytes) -> tuple[int, ...]:
+    """The signs of member `me`'s pairwise masks, in its update's order (what checking
+    its vector against its commitments needs)."""
+    return tuple(masking.pair_sign(me, o) for o in others_of(members, me))
+
+
 def expected_update(
     weighted_commitment: bn254.Point,
     pair_commitments: Sequence[bn254.Point],

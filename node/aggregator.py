@@ -24,7 +24,7 @@ from functools import partial
 
 import trio
 
-from consensus import aggpolicy, evidence, masking, policy, secagg
+from consensus import aggpolicy, evidence, policy, secagg
 from consensus.rules import sign
 from consensus.secagg import Complete, Dispute, MaskedUpdate, Selection
 from consensus.strategy import rests_on_enough
@@ -279,14 +279,13 @@ class Aggregation(Member):
         pair's true mask (`true`: pair id -> L(u)), quoting that pair's reveal."""
         h = sel.hash()
         commits = {c.participant: c for c in map(st.commits.get, sel.proofs) if c is not None}
-        for pid, mask in true.items():
+        for pid in true:
             a, b = secagg.pair_of(pid)
             if a not in commits or b not in commits:
                 continue
-            for who, other in ((a, b), (b, a)):
-                if secagg.pair_commitment(got, sel.members, who, other) != mask:
-                    reveal = st.agg.reveals[h][pid]
-                    self.found(evidence.false_pair(sel, got[who], reveal, [commits[a], commits[b]]))
+            for who in aggpolicy.named_by_reveals(sel, got, [pid], true):
+                reveal = st.agg.reveals[h][pid]
+                self.found(evidence.false_pair(sel, got[who], reveal, [commits[a], commits[b]]))
 
     async def _wrong_updates(
         self,
@@ -301,8 +300,7 @@ class Aggregation(Member):
         wrong: list[bytes] = []
 
         async def one(member: bytes, upd: MaskedUpdate) -> None:
-            others = secagg.others_of(sel.members, member)
-            signs = tuple(masking.pair_sign(member, o) for o in others)
+            signs = secagg.pair_signs(sel.members, member)
             proof = by_key[member]
             job = CheckUpdate(self.artifacts, self.arch, proof.commitment, 1, upd.encode(), signs)
             try:

@@ -4,9 +4,9 @@ Evidence comes from this node's own round pool (it saw two messages where one is
 allowed, or a message that fails a check anyone can run), from its aggregator (a vector,
 self mask or pair commitment its worker jobs proved wrong), or by gossip on the round
 topic, where it is checked like anything else, the expensive kinds in the worker pool:
-evidence that proves nothing is its sender's lie (REJECT). One piece per offender is kept, at most MAX_PENDING, and only
-while a block could still carry it: the offender not excluded on the head already and
-the offence recent enough. Our blocks carry what still applies on their parent
+evidence that proves nothing is its sender's lie (REJECT). One piece per offender is
+kept, at most MAX_PENDING, and only while a block could still carry it: the offender not
+excluded on the head already and the offence recent enough. Our blocks carry what still applies on their parent
 (consensus.evidence.apply), so a block never fails on its own evidence.
 """
 
@@ -84,9 +84,9 @@ class EvidencePool:
     def wants(self, off: evidence.Offence) -> bool:
         """Whether evidence of this offence would be of use: its offender has none pending,
         is not excluded already, was a participant, and the offence is recent."""
-        now = self.current_round()
         if self.genesis.rule.exclusion_rounds == 0:
             return False
+        now = self.current_round()
         if off.key in self.pending or len(self.pending) >= MAX_PENDING:
             return False
         if off.round < now - self.genesis.rule.exclusion_rounds or off.round > now + 1:
