@@ -23,6 +23,7 @@ from consensus.checks import (
     CommitModel,
     EvaluateModel,
     MaskOf,
+    ServerStep,
     UpdateHolds,
     VerifyProof,
     verified,
@@ -57,6 +58,7 @@ class ParentInfo:
     height: int
     model_hash: bytes = b""  # its global model's blob hash (the v2 rules need it)
     roster: Roster | None = None  # the participant set after it (None: the genesis's)
+    velocity_hash: bytes = b""  # its server optimizer's velocity blob (v6; empty: zero)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,14 @@ class PendingBlock:
     roster: Roster  # the participant set after this block (consensus.membership)
     excluded: frozenset[bytes] = frozenset()  # whom its selection may not include (v5)
     offences: tuple[evidence.Offence, ...] = ()  # what its evidence proves, up to its checks
+    parent_velocity: bytes = b""  # the parent's velocity blob hash (v6)
+
+
+def block_blobs(block: Block) -> tuple[bytes, ...]:
+    """The hashes of the blobs a block names (its model, v6's aggregate and velocity):
+    a node fetches and stores them with the block."""
+    named = (block.model_hash, block.aggregate_hash, block.velocity_hash)
+    return tuple(dict.fromkeys(h for h in named if h))
 
 
 def parent_roster(genesis: Genesis, parent: ParentInfo) -> Roster:
@@ -131,7 +141,7 @@ def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block
     verifications = tuple(
         proof_check(genesis, chain_id, block.reveal, commits[p.commit_id], p) for p in block.proofs
     )
-    model_checks = rule.model_checks(block, parent.model_hash)
+    model_checks = rule.model_checks(block, parent.model_hash, parent.velocity_hash)
     after = roster_after(genesis, chain_id, roster, block)
     offences = tuple(evidence.offence(genesis, chain_id, ev) for ev in block.evidence)
     evidence_checks = tuple(o.check for o in offences if o.check is not None)
@@ -143,6 +153,7 @@ def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block
         after,
         roster.excluded_at(block.round),
         offences,
+        parent.velocity_hash,
     )
 
 
@@ -165,7 +176,9 @@ def conclude(pending: PendingBlock, answers: Answers) -> int:
             raise InvalidError(PROOF_FAILS)
     for off in pending.offences:
         evidence.confirm(off, answers)
-    return pending.rule.conclude(pending.block, answers, pending.parent_model, pending.excluded)
+    return pending.rule.conclude(
+        pending.block, answers, pending.parent_model, pending.excluded, pending.parent_velocity
+    )
 
 
 def answer_with(
@@ -176,11 +189,16 @@ def answer_with(
     evaluate: Evaluator,
     commit_aggregate: AggregateCommitmentFn | None = None,
     evidence_check: Callable[[UpdateHolds | MaskOf], Answer] | None = None,
+    server_step: Callable[[ServerStep, Mapping[bytes, bytes]], bool] | None = None,
 ) -> dict[Check, Answer]:
     """Answers from plain functions (tests, tools); a raising function is an InvalidError.
     `blobs` holds the model blobs the checks name, by hash."""
     answers: dict[Check, Answer] = {}
     for c in checks:
+        if isinstance(c, ServerStep):
+            if server_step is not None:
+                answers[c] = bool(contained_call(server_step, c, blobs))
+            continue
         if isinstance(c, VerifyProof):
             answers[c] = bool(contained_call(verify, c.proof, c.batch, c.commitment, c.k))
             continue

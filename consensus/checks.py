@@ -70,8 +70,29 @@ class MaskOf:
     seed: bytes
 
 
+@dataclass(frozen=True)
+class ServerStep:
+    """Answer: bool, whether the model and velocity blobs are exactly the server
+    optimizer's step (consensus.optimizer) from the parent's model and velocity (empty:
+    zero) with the aggregate: G' as integers at the parameter scale, V' byte for byte."""
+
+    parent_model: bytes
+    parent_velocity: bytes
+    aggregate: bytes
+    model: bytes
+    velocity: bytes
+    beta_num: int
+    beta_den: int
+    scale: int
+
+    def blobs(self) -> tuple[bytes, ...]:
+        """The blob hashes it reads."""
+        named = (self.parent_model, self.parent_velocity, self.aggregate, self.model, self.velocity)
+        return tuple(h for h in named if h)
+
+
 ModelCheck = CommitModel | EvaluateModel | CommitAggregate
-Check = VerifyProof | ModelCheck | UpdateHolds | MaskOf
+Check = VerifyProof | ModelCheck | UpdateHolds | MaskOf | ServerStep
 Answer = bool | bytes | int
 Answers = Mapping[Check, Answer]
 
@@ -80,6 +101,13 @@ def verified(answers: Answers, check: VerifyProof) -> bool:
     got = answers.get(check)
     if not isinstance(got, bool):
         raise InvalidError("a zk verification was not answered")
+    return got
+
+
+def stepped(answers: Answers, check: ServerStep) -> bool:
+    got = answers.get(check)
+    if not isinstance(got, bool):
+        raise InvalidError("the server step was not answered")
     return got
 
 

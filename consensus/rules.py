@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from consensus import bn254
+from consensus import bn254, optimizer
 from consensus.checks import VerifyProof
 from consensus.crypto import SIG_LEN, SigningKey, sha256, verify_signature
 from consensus.encoding import Signed
@@ -37,6 +37,7 @@ from consensus.types import (
     Genesis,
     ProofTx,
     Reveal,
+    RuleSpec,
 )
 
 ProofVerifier = Callable[[bytes, EvalBatch, bytes, int], bool]
@@ -111,6 +112,7 @@ def check_genesis(genesis: Genesis) -> None:
         raise InvalidError("rule: min_members exceeds max_members")
     if RULES[genesis.rule.name].aggregates:
         check_aggregation(genesis)
+    check_server(genesis.rule)
     if genesis.circuit.commitment not in COMMITMENT_MODES:
         raise InvalidError(
             f"circuit.commitment must be one of {COMMITMENT_MODES}, not {genesis.circuit.commitment!r}"
@@ -138,6 +140,19 @@ def check_aggregation(genesis: Genesis) -> None:
         raise InvalidError(
             f"aggregation: {agg.parameters} parameters; a masked vector carries at most "
             f"{MAX_VECTOR_LEN}"
+        )
+
+
+def check_server(rule: RuleSpec) -> None:
+    """The server optimizer and the free-rider guard (v6) are an averaging rule's."""
+    server = optimizer.server_of(rule)  # InvalidError for an unknown name or bad beta
+    aggregates = RULES[rule.name].aggregates
+    if (server is not None or rule.guard_members) and not aggregates:
+        raise InvalidError(f"rule: {rule.name} has no aggregate for a server step or a guard")
+    if rule.guard_members and rule.guard_members < rule.min_members:
+        raise InvalidError(
+            f"rule: guard_members {rule.guard_members} is below min_members {rule.min_members} "
+            "(the guard would leave too few members for an aggregate)"
         )
 
 

@@ -109,7 +109,7 @@ class RuleSpec(Wire):
 
     TAG = 14
     NAME = "RuleSpec"
-    MAX_BYTES = 128
+    MAX_BYTES = 256
 
     name: str = wire(_NAME)  # "winner" (v1) or "best-share"
     keep_percent: int = wire(UInt(1, 100))  # best-share: the best this share of the proofs
@@ -118,6 +118,17 @@ class RuleSpec(Wire):
     # protocol v5: rounds a participant proven to misbehave (consensus.evidence) is left
     # out of every selection, from the round after the block that carries the evidence
     exclusion_rounds: int = wire(UInt(0, 1024), since=5, default=0)
+    # protocol v6: the server optimizer on the aggregate (consensus.optimizer): "none"
+    # (the aggregate is the next global model) or "momentum" (FedAvgM, beta = num/den,
+    # the velocity kept at `velocity_scale` times the parameter scale) ...
+    server: str = wire(_NAME, since=6, default="none")
+    momentum_num: int = wire(UInt(0, 1023), since=6, default=0)
+    momentum_den: int = wire(UInt(1, 1024), since=6, default=1)
+    velocity_scale: int = wire(UInt(1, 1 << 16), since=6, default=1)
+    # ... and the guarded free-rider filter (consensus.selection.drop_parent_ties): a
+    # selected model scoring exactly the parent's k leaves the selection while more than
+    # this many members remain (0: off)
+    guard_members: int = wire(UInt(0, MAX_PARTICIPANTS), since=6, default=0)
 
 
 WINNER_RULE = RuleSpec("winner", 100, 1, 1)  # what a version-1 genesis means
@@ -332,6 +343,12 @@ class Block(Signed):
     evidence: tuple[Evidence, ...] = wire(
         ListOf(Struct(Evidence), MAX_EVIDENCE_PER_BLOCK), since=5, default=()
     )
+    # protocol v6, a server optimizer (consensus.optimizer): `model_hash` is the next
+    # global model G' = step(G, V, M); these are the blobs of the aggregate M the
+    # members' commitments check and of the velocity V' after the step (empty: no
+    # optimizer, or, for V', still zero)
+    aggregate_hash: bytes = wire(Bytes(0, HASH_LEN), since=6, default=b"")
+    velocity_hash: bytes = wire(Bytes(0, HASH_LEN), since=6, default=b"")
     signature: bytes = wire(_SIG)
 
 

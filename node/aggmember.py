@@ -25,13 +25,13 @@ from consensus.crypto import SigningKey
 from consensus.rules import sign
 from consensus.secagg import SeedShare, Selection, Unmask
 from consensus.strategy import Rule
-from consensus.types import Evidence, Genesis
+from consensus.types import EvalBatch, Evidence, Genesis
 from node.chain import Chain
 from node.interfaces import Clock, Prover, Publish
 from node.memo import Memo
 from node.roundpool import Mine, RoundState
 from prover import faults
-from prover.client import Commit, MaskVector
+from prover.client import Commit, Evaluate, MaskVector
 from prover.worker import WorkerError
 
 log = logging.getLogger("zkpot.node")
@@ -65,6 +65,7 @@ class Member:
         self.clock = clock
         self.found: Callable[[Evidence], None] = lambda ev: None  # misbehaviour we proved (v5)
         self._parent_c: Memo[bytes, bytes] = Memo(64)
+        self._parent_k: Memo[tuple[bytes, bytes], int] = Memo(64)
 
     async def parent_commitment(self, parent: bytes) -> bytes:
         """C of a parent block's model (what a free-rider would resubmit); b"" if it
@@ -80,6 +81,26 @@ class Member:
         except (LookupError, WorkerError) as exc:
             log.warning("no commitment of parent %s: %s", parent.hex()[:8], exc)
             return b""
+
+    async def parent_facts(self, parent: bytes, batch: EvalBatch) -> tuple[bytes, int] | None:
+        """What the rule's `select` needs of the parent: its model's C and (v6, a guard)
+        its k on the round's batch (else 0); None if they cannot be computed now."""
+        parent_c = await self.parent_commitment(parent)
+        if not parent_c:
+            return None
+        if not self.rule.needs_parent_k():
+            return parent_c, 0
+
+        async def evaluate() -> int:
+            job = Evaluate(self.artifacts, self.arch, self.chain.model_of(parent), batch.encode())
+            k: int = await self.prover.run(job, timeout=self.timeout_s)
+            return k
+
+        try:
+            return parent_c, await self._parent_k.get((parent, batch.hash()), evaluate)
+        except (LookupError, WorkerError) as exc:
+            log.warning("no k of parent %s: %s", parent.hex()[:8], exc)
+            return None
 
     async def serve(self, st: RoundState, mine: Mine, opened: int) -> None:
         """Answer selections, reveal and unmask once (consensus.aggpolicy decides each),
@@ -142,11 +163,11 @@ class Member:
         if len(listed) == len(sel.proofs):
             ranking = rules.rank_proofs(st.reveal.batch, listed)
             rank = next((r.rank for r in ranking if r.participant == sel.proposer), None)
-            parent_c = await self.parent_commitment(sel.parent)
-            if not parent_c:  # its model is not here (yet): the rule cannot be applied
+            facts = await self.parent_facts(sel.parent, st.reveal.batch)
+            if facts is None:  # its model is not here (yet): the rule cannot be applied
                 return aggpolicy.AnswerDecision(aggpolicy.Answer.WAIT, "no parent commitment")
             out = self.chain.excluded(sel.parent, sel.round)
-            chosen = self.rule.select(st.reveal.batch, listed, parent_c, out)
+            chosen = self.rule.select(st.reveal.batch, listed, facts[0], out, facts[1])
             rule_members = tuple(sorted(c.participant for c in chosen))
         view = aggpolicy.SelectionView(
             sel, st.agg.received_ms.get(h, self.clock()), rank, rule_members or ()

@@ -17,6 +17,7 @@ its checks prove wrong it hands on as evidence (consensus.evidence). (A few line
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,14 +25,15 @@ from functools import partial
 
 import trio
 
-from consensus import aggpolicy, evidence, policy, secagg
+from consensus import aggpolicy, evidence, optimizer, policy, secagg
 from consensus.rules import sign
 from consensus.secagg import Complete, Dispute, MaskedUpdate, Selection
 from consensus.strategy import rests_on_enough
 from consensus.types import ProofTx
 from node.aggmember import Member
+from node.chain import Chain
 from node.roundpool import Mine, RoundState
-from prover.client import Aggregate, CheckUpdate, MaskCommitment
+from prover.client import Aggregate, CheckUpdate, MaskCommitment, StepModel
 from prover.worker import WorkerError
 
 log = logging.getLogger("zkpot.node")
@@ -50,6 +52,17 @@ class Outcome:
     members: tuple[bytes, ...]
     remainder: bytes
     proofs: frozenset[bytes] | None = None  # the commit ids of the proofs it rests on (None: all)
+    aggregate: bytes = b""  # v6, a server optimizer: the blob of the aggregate M
+    velocity: bytes = b""  # ... and of the velocity after the step (b"": zero)
+
+    def blobs(self) -> tuple[bytes, ...]:
+        """The blobs its block names (consensus.blocks.block_blobs)."""
+        return tuple(b for b in (self.model, self.aggregate, self.velocity) if b)
+
+
+def keep_parent(chain: Chain, parent: bytes) -> Outcome:
+    """No aggregate: the parent's model and velocity stay (LookupError if not stored)."""
+    return Outcome(chain.model_of(parent), (), b"", velocity=chain.velocity_of(parent))
 
 
 class Aggregation(Member):
@@ -58,10 +71,9 @@ class Aggregation(Member):
     async def aggregate(self, st: RoundState, mine: Mine, deadline_ms: int) -> Outcome:
         assert st.reveal is not None
         parent = mine.commit.parent
-        parent_model = self.chain.model_of(parent)
-        keep = Outcome(parent_model, (), b"")
-        parent_c = await self.parent_commitment(parent)
-        if not parent_c:
+        keep = keep_parent(self.chain, parent)
+        facts = await self.parent_facts(parent, st.reveal.batch)
+        if facts is None:
             return keep
         excluded: set[bytes] = set()
         wait_ms = self.genesis.timing.fallback_ms
@@ -83,7 +95,9 @@ class Aggregation(Member):
                 )
                 return keep
             out = self.chain.excluded(parent, st.reveal.round)
-            chosen = self.rule.select(st.reveal.batch, kept, parent_c, out) if kept else ()
+            chosen = (
+                self.rule.select(st.reveal.batch, kept, facts[0], out, facts[1]) if kept else ()
+            )
             members = sorted(c.participant for c in chosen)
             if len(members) < self.genesis.rule.min_members:
                 log.info("round %d: %d members: no aggregate", st.reveal.round, len(members))
@@ -151,13 +165,27 @@ class Aggregation(Member):
                 len(members),
             )
             try:
-                model, rest = await self.prover.run(job, timeout=self.timeout_s)
+                mean, rest = await self.prover.run(job, timeout=self.timeout_s)
             except WorkerError as exc:  # a wrong self seed names its member
                 log.warning("round %d: aggregation failed: %s", sel.round, exc)
                 await self._name_self_masks(sel, got, seeds)
                 return keep
-            return Outcome(model, tuple(members), rest, frozenset(proof_ids))
+            done = Outcome(mean, tuple(members), rest, frozenset(proof_ids))
+            return await self._server_step(sel.round, keep, done)
         return keep
+
+    async def _server_step(self, rnd: int, keep: Outcome, done: Outcome) -> Outcome:
+        """v6: the next global model is the server optimizer's step with the aggregate."""
+        momentum = optimizer.server_of(self.genesis.rule)
+        if momentum is None:
+            return done
+        job = StepModel(self.artifacts, self.arch, keep.model, keep.velocity, done.model, momentum)
+        try:
+            model, velocity = await self.prover.run(job, timeout=self.timeout_s)
+        except WorkerError as exc:
+            log.warning("round %d: the server step failed: %s", rnd, exc)
+            return keep
+        return dataclasses.replace(done, model=model, aggregate=done.model, velocity=velocity)
 
     async def _seeds(
         self, st: RoundState, sel: Selection, members: list[bytes], deadline_ms: int

@@ -35,7 +35,7 @@ from consensus.types import JoinRequest, Membership
 from node.accuracy import AccuracyBoard
 from node.apispec import ARCH_HEADER, DEFAULT_API_HOST, DEFAULT_API_PORT, MODEL_HASH_HEADER
 from node.explorer import explorer_routes
-from node.view import NodeView, parse_block_ref
+from node.view import MODEL_PARTS, NodeView, parse_block_ref
 
 ENDPOINTS = (
     "/status",
@@ -44,7 +44,7 @@ ENDPOINTS = (
     "/blocks?from=&to=",
     "/rounds/{r}",
     "/peers",
-    "/models/{height}",
+    "/models/{height}?part=model|aggregate|velocity",
     "/metrics",
     "/participants",
     "/ (the explorer page)",
@@ -176,12 +176,17 @@ def create_app(
 
     async def model(request: Request) -> Response:
         height = _uint(request.path_params["height"], "the height")
-        found = await in_thread(view.model, height)
+        part = request.query_params.get("part", "model")
+        if part not in MODEL_PARTS:
+            raise ApiError(400, f"part must be one of {', '.join(MODEL_PARTS)}, not {part!r}")
+        found = await in_thread(view.model, height, part)
         if found is None:
             head_h = await in_thread(view.head_height)
             if height > head_h:
                 raise ApiError(404, f"block {height} not found (head is at height {head_h})")
-            what = "the initial model" if height == 0 else f"the model of block {height}"
+            what = "the initial model" if height == 0 else f"the {part} of block {height}"
+            if part != "model":
+                what += " (none: no aggregate, no server step, or a zero velocity)"
             raise ApiError(404, f"{what} is not stored on this node")
         arch, blob = found
         return Response(

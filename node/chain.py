@@ -7,6 +7,7 @@ written before fork choice moves, so memory never runs ahead of disk.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -91,7 +92,9 @@ class Chain:
         meta = self.store.get_meta(block_hash)
         if b is None or meta is None:
             return None
-        return ParentInfo(block_hash, b.round, meta.height, b.model_hash, self.roster(block_hash))
+        return ParentInfo(
+            block_hash, b.round, meta.height, b.model_hash, self.roster(block_hash), b.velocity_hash
+        )
 
     def roster(self, block_hash: bytes) -> Roster:
         """The participant set after a stored block (consensus.membership), folded from
@@ -155,10 +158,23 @@ class Chain:
             raise LookupError(f"model blob {want.hex()} is missing from the store")
         return blob
 
+    def velocity_of(self, block_hash: bytes) -> bytes:
+        """The server optimizer's velocity blob after a block (v6; b"": zero)."""
+        block = None if block_hash == self.cid else self.block(block_hash)
+        if block is None or not block.velocity_hash:
+            return b""
+        blob = self.store.get_blob(block.velocity_hash)
+        if blob is None:
+            raise LookupError(
+                f"velocity blob {block.velocity_hash.hex()} is missing from the store"
+            )
+        return blob
+
     # ---------------------------------------------------------------- applying
 
-    async def apply(self, block: Block, raw: bytes, model: bytes, score: int) -> Applied:
-        """Store a validated block and its model, then let fork choice take it.
+    async def apply(self, block: Block, raw: bytes, blobs: Sequence[bytes], score: int) -> Applied:
+        """Store a validated block and its blobs (blocks.block_blobs), then let fork
+        choice take it.
 
         The store is written first (one atomic batch, head included), so memory never
         runs ahead of disk: a failed write leaves fork choice as it was.
@@ -168,7 +184,8 @@ class Chain:
             if h in self.forks:
                 return Applied(h, self.forks.node(h).height, False)
             node, becomes_head = self.forks.preview(h, block.parent, score)  # ForkChoiceError
-            self.store.put_blob(model)
+            for blob in blobs:
+                self.store.put_blob(blob)
             self.store.put_block(
                 h, raw, BlockMeta(block.parent, node.height, node.score), new_head=becomes_head
             )

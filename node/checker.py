@@ -25,14 +25,25 @@ from consensus.checks import (
     EvaluateModel,
     MaskOf,
     ModelCheck,
+    ServerStep,
     UpdateHolds,
     VerifyProof,
 )
 from consensus.crypto import sha256
 from consensus.errors import InvalidError
+from consensus.optimizer import Momentum
 from node.interfaces import Prover
 from node.memo import Memo
-from prover.client import CheckUpdate, Commit, Evaluate, Job, MaskCommitment, Verified, Verify
+from prover.client import (
+    CheckStep,
+    CheckUpdate,
+    Commit,
+    Evaluate,
+    Job,
+    MaskCommitment,
+    Verified,
+    Verify,
+)
 from prover.client import CommitAggregate as CommitAggregateJob
 from prover.worker import JobFailed, WorkerError
 
@@ -80,6 +91,17 @@ class Checker:
             )
         if isinstance(check, MaskOf):
             return MaskCommitment(self.artifacts, self.arch, check.seed)
+        if isinstance(check, ServerStep):
+            return CheckStep(
+                self.artifacts,
+                self.arch,
+                blobs[check.parent_model],
+                blobs[check.parent_velocity] if check.parent_velocity else b"",
+                blobs[check.aggregate],
+                Momentum(check.beta_num, check.beta_den, check.scale),
+                blobs[check.model],
+                blobs[check.velocity],
+            )
         if isinstance(check, VerifyProof):
             raise TypeError(f"not a model check: {check!r}")
         model = blobs[check.model_hash]
@@ -98,12 +120,14 @@ class Checker:
     async def answer(
         self, checks: Sequence[Check], blobs: Mapping[bytes, bytes]
     ) -> dict[Check, Answer]:
-        """Every check answered, in parallel; `blobs` holds the model blobs the checks
-        name, by hash (the block's model, its parent's)."""
+        """Every check answered, in parallel; `blobs` holds the blobs the checks name, by
+        hash (the block's model, aggregate and velocity, its parent's model and velocity)."""
         at_hand = {h for h, blob in blobs.items() if sha256(blob) == h}  # each hashed once
         for c in checks:
-            if isinstance(c, ModelCheck) and c.model_hash not in at_hand:
-                raise InvalidError(f"Block: model blob {c.model_hash.hex()[:12]} is not at hand")
+            named: tuple[bytes, ...] = (c.model_hash,) if isinstance(c, ModelCheck) else ()
+            for h in c.blobs() if isinstance(c, ServerStep) else named:
+                if h not in at_hand:
+                    raise InvalidError(f"Block: blob {h.hex()[:12]} is not at hand")
         answers: dict[Check, Answer] = {}
         failures: list[str] = []  # the inputs made the job fail: a verdict
         incomplete: list[str] = []  # no verdict (timeout, crash)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -142,7 +142,10 @@ class BlockImporter:
             roster = self.chain.roster_after(p)
             if roster is None:  # the parent's own changes do not hold: it will be refused
                 return None
-            return ParentInfo(block.parent, p.round, p.height, p.model_hash, roster), after
+            return (
+                ParentInfo(block.parent, p.round, p.height, p.model_hash, roster, p.velocity_hash),
+                after,
+            )
         if not self.placeable(block, block_hash):
             return None
         pinfo = self.chain.parent_info(block.parent)
@@ -156,23 +159,24 @@ class BlockImporter:
             pending = blocks.on_block(self.genesis, self.cid, pinfo, block)
             if self.pool.in_window(block.round):
                 self.pool.mark(block.round, "block_received")
-            model = await self.fetch_blob(block.model_hash, sources)
-            answers = await self.checker.answer(pending.checks, self._blobs(pinfo, block, model))
+            own = [await self.fetch_blob(b, sources) for b in blocks.block_blobs(block)]
+            answers = await self.checker.answer(pending.checks, self._blobs(pinfo, own))
             score = blocks.conclude(pending, answers)
         except InvalidError as exc:
             self.refuse(h, str(exc))
             raise
-        return await self._apply(block, raw, model, score) is not None
+        return await self._apply(block, raw, own, score) is not None
 
-    async def import_own(self, block: Block, model: bytes) -> Applied | None:
-        """Our own block passes the same validation as anyone's before it is applied."""
+    async def import_own(self, block: Block, own: Sequence[bytes]) -> Applied | None:
+        """Our own block passes the same validation as anyone's before it is applied;
+        `own`: the blobs it names (blocks.block_blobs)."""
         raw = block.encode()
         pinfo = self.chain.parent_info(block.parent)
         if pinfo is None:
             return None
         try:
             pending = blocks.on_block(self.genesis, self.cid, pinfo, block)
-            answers = await self.checker.answer(pending.checks, self._blobs(pinfo, block, model))
+            answers = await self.checker.answer(pending.checks, self._blobs(pinfo, own))
             score = blocks.conclude(pending, answers)
         except InvalidError as exc:
             log.error("round %d: our own block is invalid, not proposing: %s", block.round, exc)
@@ -180,24 +184,28 @@ class BlockImporter:
         except CheckIncomplete as exc:
             log.warning("round %d: our own block could not be checked: %s", block.round, exc)
             return None
-        applied = await self._apply(block, raw, model, score)
+        applied = await self._apply(block, raw, own, score)
         if applied is not None:
             self.own.add(applied.block_hash)
         return applied
 
-    def _blobs(self, parent: ParentInfo, block: Block, model: bytes) -> dict[bytes, bytes]:
-        """The model blobs a block's checks may name: its own and its parent's."""
-        blobs = {block.model_hash: model}
-        if parent.model_hash not in blobs:
-            try:
-                blobs[parent.model_hash] = self.chain.model_of(parent.hash)
-            except LookupError as exc:  # not this block's fault
-                raise CheckIncomplete(f"the parent's model is not at hand: {exc}") from exc
-        return blobs
-
-    async def _apply(self, block: Block, raw: bytes, model: bytes, score: int) -> Applied | None:
+    def _blobs(self, parent: ParentInfo, own: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The blobs a block's checks may name: its own, its parent's model and velocity."""
+        found = {sha256(b): b for b in own}
         try:
-            applied = await self.chain.apply(block, raw, model, score)
+            if parent.model_hash not in found:
+                found[parent.model_hash] = self.chain.model_of(parent.hash)
+            if parent.velocity_hash and parent.velocity_hash not in found:
+                found[parent.velocity_hash] = self.chain.velocity_of(parent.hash)
+        except LookupError as exc:  # not this block's fault
+            raise CheckIncomplete(f"the parent's model is not at hand: {exc}") from exc
+        return found
+
+    async def _apply(
+        self, block: Block, raw: bytes, own: Sequence[bytes], score: int
+    ) -> Applied | None:
+        try:
+            applied = await self.chain.apply(block, raw, own, score)
         except ForkChoiceError as exc:
             self.refuse(sha256(raw), str(exc))
             log.info("block not taken by fork choice: %s", exc)

@@ -22,7 +22,7 @@ from consensus.forkchoice import ChainNode
 from consensus.rules import sign
 from consensus.strategy import Rule, rests_on_enough
 from consensus.types import Block, CommitTx, Genesis, ProofTx
-from node.aggregator import Aggregation, Outcome
+from node.aggregator import Aggregation, Outcome, keep_parent
 from node.chain import Chain
 from node.evidencepool import EvidencePool
 from node.importer import BlockImporter
@@ -218,6 +218,8 @@ class Participant:
             remainder=outcome.remainder,
             membership=changes,
             evidence=proven,
+            aggregate_hash=sha256(outcome.aggregate) if outcome.aggregate else b"",
+            velocity_hash=sha256(outcome.velocity) if outcome.velocity else b"",
         )
         return sign(full, self.key, self.cid)
 
@@ -286,7 +288,7 @@ class Participant:
                 continue
             if self.aggregation is None:
                 if block is not None:
-                    await self._propose(rnd, block, mine.weights)
+                    await self._propose(rnd, block, (mine.weights,))
                 return
             await self._aggregate_and_propose(rnd, opened, st, mine, ranking)
             return
@@ -300,16 +302,16 @@ class Participant:
         block = self._candidate(st, mine, ranking, outcome)
         if block is None or self._blocking_sibling(st, mine.commit.parent) is not None:
             return  # someone's aggregate for this parent came first
-        if await self._propose(rnd, block, outcome.model) or not outcome.members:
+        if await self._propose(rnd, block, outcome.blobs()) or not outcome.members:
             return
         log.warning("round %d: our aggregate did not check: proposing the parent's model", rnd)
-        keep = Outcome(self.chain.model_of(mine.commit.parent), (), b"")
+        keep = keep_parent(self.chain, mine.commit.parent)
         block = self._candidate(st, mine, ranking, keep)
         if block is not None:
-            await self._propose(rnd, block, keep.model)
+            await self._propose(rnd, block, keep.blobs())
 
-    async def _propose(self, rnd: int, block: Block, model: bytes) -> bool:
-        applied = await self.importer.import_own(block, model)
+    async def _propose(self, rnd: int, block: Block, blobs: tuple[bytes, ...]) -> bool:
+        applied = await self.importer.import_own(block, blobs)
         if applied is None:
             return False
         self.pool.mark(rnd, "proposed")

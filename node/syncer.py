@@ -188,34 +188,32 @@ class Syncer:
                 with suppress(WorkerError):
                     await checker.verify(check)
 
-        async def model(block: Block, parent_model: bytes) -> None:
+        async def model(block: Block, parent: tuple[bytes, bytes]) -> None:
             async with limiter:
                 with suppress(WorkerError, InvalidError, SyncError, LookupError):
-                    blobs = {
-                        block.model_hash: await self.importer.fetch_blob(block.model_hash, [peer])
-                    }
-                    if parent_model and parent_model not in blobs:
-                        blobs[parent_model] = await self.importer.fetch_blob(parent_model, [peer])
-                    await checker.answer(rule.model_checks(block, parent_model), blobs)
+                    named = (*blocks.block_blobs(block), *(h for h in parent if h))
+                    blobs = {h: await self.importer.fetch_blob(h, [peer]) for h in named}
+                    await checker.answer(rule.model_checks(block, *parent), blobs)
 
-        models = {h: b.model_hash for h, _, b in fetched}  # the batch's models, by block
+        # the batch's global models and velocities, by block
+        states = {h: (b.model_hash, b.velocity_hash) for h, _, b in fetched}
         async with trio.open_nursery() as nursery:
             for h, _, b in fetched:
                 if self.chain.has(h):
                     continue  # imported already: its checks are done
-                parent_model = models.get(b.parent) or self._model_hash_of(b.parent)
+                parent = states.get(b.parent) or self._state_of(b.parent)
                 for job in (
                     *(partial(verify, c) for c in blocks.proof_verifications(b)),
-                    partial(model, b, parent_model),
+                    partial(model, b, parent),
                 ):
                     await limiter.acquire()  # keep the queue short: start as slots free up
                     limiter.release()
                     nursery.start_soon(job)
 
-    def _model_hash_of(self, block_hash: bytes) -> bytes:
-        """The global model of a stored block (b"" if it is not stored)."""
+    def _state_of(self, block_hash: bytes) -> tuple[bytes, bytes]:
+        """The global model and velocity hashes of a stored block (b"" if not stored)."""
         info = self.chain.parent_info(block_hash)
-        return b"" if info is None else info.model_hash
+        return (b"", b"") if info is None else (info.model_hash, info.velocity_hash)
 
     async def _import_in_order(self, peer: ID, fetched: list[tuple[bytes, bytes, Block]]) -> bool:
         for h, raw, block in fetched:

@@ -157,6 +157,8 @@ class NodeView:
             rank=block.rank,
             score=score,
             model_hash=block.model_hash.hex(),
+            aggregate_hash=block.aggregate_hash.hex(),  # v6: M, when the model is a step from it
+            velocity_hash=block.velocity_hash.hex(),
             members=[m.hex() for m in block.members],
             remainder=block.remainder.hex(),
             batch_index=block.reveal.batch.index,
@@ -325,32 +327,47 @@ class NodeView:
 
     # ------------------------------------------------------------------ models
 
-    def model(self, height: int) -> tuple[str, bytes] | None:
-        """(architecture, model blob) of the canonical block at `height`; None if absent.
+    def model(self, height: int, part: str = "model") -> tuple[str, bytes] | None:
+        """(architecture, blob) of the canonical block at `height`; None if absent.
+        `part` (MODEL_PARTS): the global model, or (v6) the aggregate it stepped from or
+        the velocity after the step.
 
         Height 0 is the initial global model, present only if the node stored it.
         """
         if height < 0:
             raise ValueError("block heights must not be negative")
+        if part not in MODEL_PARTS:
+            raise ValueError(f"part must be one of {', '.join(MODEL_PARTS)}, not {part!r}")
         block_hash = self.store.canonical_hash(height)
         if block_hash is None:
             return None
-        model_hash = self.model_hash(block_hash, height)
-        if model_hash is None:
+        blob_hash = self.model_hash(block_hash, height, part)
+        if not blob_hash:
             return None
-        blob = self.store.get_blob(model_hash)
+        blob = self.store.get_blob(blob_hash)
         if blob is None:
             return None
         return self.genesis.task.architecture, blob
 
-    def model_hash(self, block_hash: bytes, height: int) -> bytes | None:
+    def model_hash(self, block_hash: bytes, height: int, part: str = "model") -> bytes | None:
         if height == 0:
-            return self.genesis.initial_model_hash
+            return self.genesis.initial_model_hash if part == "model" else None
         meta = self.store.get_meta(block_hash)
         if meta is None:
             return None
         block = self._decode(block_hash, meta)
-        return None if block is None else block.model_hash
+        if block is None:
+            return None
+        if part == "velocity":
+            return block.velocity_hash or None
+        if part == "aggregate":  # without a server step the aggregate is the model
+            if not block.members:
+                return None
+            return block.aggregate_hash or block.model_hash
+        return block.model_hash
+
+
+MODEL_PARTS = ("model", "aggregate", "velocity")
 
 
 def _evidence_json(genesis: Genesis, cid: bytes, ev: Evidence) -> Json:

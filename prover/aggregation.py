@@ -18,7 +18,7 @@ import ezkl
 import numpy as np
 import torch
 
-from consensus import bn254, commitment, secagg
+from consensus import bn254, commitment, optimizer, secagg
 from consensus.aggregate import split_mean
 from consensus.errors import InvalidError
 from consensus.masking import expand, masked
@@ -194,6 +194,42 @@ def commit_aggregate(
         raise InvalidError(f"the remainder has {len(remainder)} values for {len(mean)} parameters")
     total = [weight_sum * m + r for m, r in zip(mean, remainder, strict=True)]
     return bn254.compress(commit_vector(artifacts, arch, total))
+
+
+def server_step(
+    artifacts: str, arch: str, parent: bytes, velocity: bytes, mean: bytes, m: optimizer.Momentum
+) -> tuple[list[int], list[int]]:
+    """(G', V') from the parent's model blob (quantised as participants train from it),
+    its velocity blob (empty: zero) and the aggregate's blob (consensus.optimizer)."""
+    g = params_of(artifacts, arch, parent)
+    v = optimizer.decode_velocity(velocity, len(g))
+    return optimizer.step(g, v, exact_params(artifacts, arch, mean), m)
+
+
+def step_blobs(
+    artifacts: str, arch: str, parent: bytes, velocity: bytes, mean: bytes, m: optimizer.Momentum
+) -> tuple[bytes, bytes]:
+    """The blobs of G' and V' a block under a server optimizer carries."""
+    g2, v2 = server_step(artifacts, arch, parent, velocity, mean, m)
+    return model_blob(artifacts, arch, g2), optimizer.encode_velocity(v2)
+
+
+def check_step(
+    artifacts: str,
+    arch: str,
+    parent: bytes,
+    velocity: bytes,
+    mean: bytes,
+    m: optimizer.Momentum,
+    model: bytes,
+    new_velocity: bytes,
+) -> bool:
+    """Whether a block's G' and V' blobs are the step: G' compared as integers (a model
+    blob's bytes are torch's business), V' byte for byte (its encoding is ours)."""
+    g2, v2 = server_step(artifacts, arch, parent, velocity, mean, m)
+    return exact_params(artifacts, arch, model) == g2 and new_velocity == optimizer.encode_velocity(
+        v2
+    )
 
 
 def spec(artifacts: str, arch: str, unusable_rows: int) -> AggregationSpec:

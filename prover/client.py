@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from consensus.optimizer import Momentum
 from consensus.secagg import MaskedUpdate
 
 R = TypeVar("R", covariant=True)
@@ -252,6 +253,53 @@ class CommitAggregate(Job[bytes]):
 
         return aggregation.commit_aggregate(
             self.artifacts, self.arch, self.weights, self.remainder, self.weight_sum
+        )
+
+
+@dataclass(frozen=True)
+class StepModel(Job[tuple[bytes, bytes]]):
+    """The blobs of G' and V': the server optimizer's step with an aggregate (v6)."""
+
+    artifacts: str
+    arch: str
+    parent: bytes  # the parent's model blob
+    velocity: bytes  # the parent's velocity blob (empty: zero)
+    mean: bytes  # the aggregate's blob
+    momentum: Momentum
+
+    def execute(self) -> tuple[bytes, bytes]:
+        from prover import aggregation
+
+        return aggregation.step_blobs(
+            self.artifacts, self.arch, self.parent, self.velocity, self.mean, self.momentum
+        )
+
+
+@dataclass(frozen=True)
+class CheckStep(Job[bool]):
+    """Whether a block's G' and V' blobs are the server optimizer's step (v6)."""
+
+    artifacts: str
+    arch: str
+    parent: bytes
+    velocity: bytes
+    mean: bytes
+    momentum: Momentum
+    model: bytes
+    new_velocity: bytes
+
+    def execute(self) -> bool:
+        from prover import aggregation
+
+        return aggregation.check_step(
+            self.artifacts,
+            self.arch,
+            self.parent,
+            self.velocity,
+            self.mean,
+            self.momentum,
+            self.model,
+            self.new_velocity,
         )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from consensus import aggregate, bn254, commitment, masking, secagg
+from consensus import aggregate, bn254, commitment, masking, optimizer, secagg
 from consensus.errors import InvalidError
 from consensus.types import RuleSpec
 from node.daemon import check_aggregation_spec
@@ -125,6 +125,27 @@ def test_masked_round_gives_the_exact_mean_and_the_block_check(artifacts: str) -
     )
     with pytest.raises(InvalidError, match="aggregate does not match"):
         aggregate.check_sum(points, [1, 1, 1], k_point, bad_rest)
+
+
+def test_the_server_step_on_real_model_blobs(artifacts: str) -> None:
+    """v6: the step the aggregator makes and the check every node runs, on real blobs;
+    from zero velocity the step is the aggregate, then the velocity carries it further."""
+    m = optimizer.Momentum(7, 10, 256)
+    parent = model_to_bytes(build_model(ARCH, 1))  # float weights, as a genesis model
+    g = aggregation.params_of(artifacts, ARCH, parent)
+    mean = aggregation.model_blob(artifacts, ARCH, [x + 3 for x in g])
+    model, velocity = aggregation.step_blobs(artifacts, ARCH, parent, b"", mean, m)
+    g1 = aggregation.exact_params(artifacts, ARCH, model)
+    assert g1 == [x + 3 for x in g]
+    assert optimizer.decode_velocity(velocity, len(g)) == [256 * 3] * len(g)
+    mean2 = aggregation.model_blob(artifacts, ARCH, [x + 3 for x in g1])
+    model2, velocity2 = aggregation.step_blobs(artifacts, ARCH, model, velocity, mean2, m)
+    # V' = rdiv(7 * 768, 10) + 256 * 3 = 1306, G' = G + rdiv(1306, 256) = G + 5
+    assert aggregation.exact_params(artifacts, ARCH, model2) == [x + 5 for x in g1]
+    args = (artifacts, ARCH, model, velocity, mean2, m)
+    assert aggregation.check_step(*args, model2, velocity2)
+    assert not aggregation.check_step(*args, mean2, velocity2)  # plain averaging
+    assert not aggregation.check_step(*args, model2, velocity)  # a stale velocity
 
 
 def circuit_commit(artifacts: str, weights: bytes) -> bytes:

@@ -7,11 +7,13 @@ members and a keep-parent block that changes the model are refused."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import pytest
 
-from consensus import aggregate, blocks, bn254, rules
+from consensus import aggregate, blocks, bn254, optimizer, rules
 from consensus.blocks import ParentInfo
+from consensus.checks import ServerStep
 from consensus.commitment import commit
 from consensus.crypto import sha256
 from consensus.errors import InvalidError
@@ -222,3 +224,160 @@ def test_an_aggregate_rests_on_at_least_half_the_sealed_commits(chain: Chain) ->
     thin = resign(chain, block, reveal=reveal, commits=commits, proofs=carried)
     with pytest.raises(InvalidError, match="fewer than half"):
         _check(chain, thin, model)
+
+
+# --- protocol v6: the server optimizer and the guard ----------------------------------
+
+MOMENTUM = RuleSpec(
+    "best-share", 50, 3, 16, server="momentum", momentum_num=7, momentum_den=10, velocity_scale=256
+)
+PARENT_V = optimizer.encode_velocity([256 * 3, -256, 0, 512])  # a parent's velocity
+
+
+def _on(chain: Chain, rule: RuleSpec) -> Chain:
+    g = dataclasses.replace(chain.genesis, rule=rule)
+    rules.check_genesis(g)
+    return Chain(chain.participants, chain.publisher, g, chain.batches)
+
+
+def toy_step(check: ServerStep, blobs: Mapping[bytes, bytes]) -> bool:
+    """The ServerStep check on toy blobs (as prover.aggregation.check_step on real ones)."""
+    g = params(blobs[check.parent_model])
+    v = optimizer.decode_velocity(blobs.get(check.parent_velocity, b""), len(g))
+    m = optimizer.Momentum(check.beta_num, check.beta_den, check.scale)
+    g2, v2 = optimizer.step(g, v, params(blobs[check.aggregate]), m)
+    return params(blobs[check.model]) == g2 and blobs[check.velocity] == optimizer.encode_velocity(
+        v2
+    )
+
+
+def _stepped(chain: Chain, block: Block, mean: bytes, k: int = 4) -> tuple[Block, list[bytes]]:
+    """The block with its aggregate moved to `aggregate_hash` and the step's G' (scoring
+    k) and V' from PARENT and PARENT_V as its model and velocity."""
+    m = optimizer.server_of(chain.genesis.rule)
+    assert m is not None
+    g2, v2 = optimizer.step(params(PARENT), optimizer.decode_velocity(PARENT_V, 4), params(mean), m)
+    model, velocity = blob(k, g2), optimizer.encode_velocity(v2)
+    changed = resign(
+        chain,
+        block,
+        model_hash=sha256(model),
+        aggregate_hash=sha256(mean),
+        velocity_hash=sha256(velocity),
+    )
+    return changed, [model, mean, velocity]
+
+
+def _check_v6(chain: Chain, block: Block, own: list[bytes], parent_v: bytes = PARENT_V) -> int:
+    parent = ParentInfo(chain.cid, -1, 0, sha256(PARENT), velocity_hash=sha256(parent_v))
+    pending = blocks.on_block(chain.genesis, chain.cid, parent, block)
+    found = {sha256(b): b for b in [*own, PARENT, parent_v]}
+    answers = blocks.answer_with(
+        pending.checks,
+        found,
+        hash_verify,
+        c_of,
+        lambda m, _b: m[0],
+        commit_aggregate,
+        server_step=toy_step,
+    )
+    return blocks.conclude(pending, answers)
+
+
+def test_a_momentum_block_carries_the_step_of_the_parent_s_model_and_velocity(
+    chain: Chain,
+) -> None:
+    chain = _on(chain, MOMENTUM)
+    plain, mean, _ = _block(chain, MODELS, KS)
+    block, own = _stepped(chain, plain, mean, k=3)
+    assert params(own[0]) != params(mean)  # the velocity carried the step further
+    assert _check_v6(chain, block, own) == 3  # the score is G''s k, not M's
+    # G' off by one, V' off by one, or plain averaging: refused
+    off = params(own[0])
+    off[1] += 1
+    wrong_g = blob(3, off)
+    with pytest.raises(InvalidError, match="server optimizer's step"):
+        _check_v6(chain, resign(chain, block, model_hash=sha256(wrong_g)), [wrong_g, *own[1:]])
+    v = optimizer.decode_velocity(own[2], 4)
+    v[0] += 1
+    wrong_v = optimizer.encode_velocity(v)
+    with pytest.raises(InvalidError, match="server optimizer's step"):
+        _check_v6(chain, resign(chain, block, velocity_hash=sha256(wrong_v)), [*own[:2], wrong_v])
+    averaged = resign(chain, block, model_hash=sha256(mean))
+    with pytest.raises(InvalidError, match="server optimizer's step"):
+        _check_v6(chain, averaged, own)
+    # the aggregate itself is still checked against the members' commitments
+    m_off = params(mean)
+    m_off[0] += 1
+    wrong_m = blob(4, m_off)
+    with pytest.raises(InvalidError, match="aggregate does not match"):
+        _check_v6(chain, *_stepped(chain, plain, wrong_m))
+
+
+def test_a_keep_parent_block_keeps_the_velocity_too(chain: Chain) -> None:
+    chain = _on(chain, MOMENTUM)
+    plain, mean, _ = _block(chain, MODELS, KS)
+    keep = resign(
+        chain,
+        plain,
+        members=(),
+        remainder=b"",
+        model_hash=sha256(PARENT),
+        velocity_hash=sha256(PARENT_V),
+    )
+    assert _check_v6(chain, keep, [PARENT, PARENT_V]) == KEEP_PARENT_SCORE
+    zeroed = resign(chain, keep, velocity_hash=b"")
+    with pytest.raises(InvalidError, match="keeps the parent's velocity"):
+        _check_v6(chain, zeroed, [PARENT])
+    with pytest.raises(InvalidError, match="carries no aggregate"):
+        _check_v6(chain, resign(chain, keep, aggregate_hash=sha256(mean)), [PARENT, mean])
+
+
+def test_blocks_name_the_blobs_their_optimizer_needs(chain: Chain) -> None:
+    plain, mean, _ = _block(chain, MODELS, KS)
+    with pytest.raises(InvalidError, match="names no M or V blob"):
+        _check(chain, resign(chain, plain, velocity_hash=sha256(b"v")), mean)
+    chain = _on(chain, MOMENTUM)
+    plain, mean, _ = _block(chain, MODELS, KS)
+    with pytest.raises(InvalidError, match="names M's and V's blobs"):
+        _check_v6(chain, plain, [mean])  # a v4 block on a v6 chain
+
+
+def test_the_guard_drops_models_scoring_exactly_the_parent_s_k() -> None:
+    """Eight proofs, best half = 4; two of the selected score the parent's k (2): the
+    guard leaves the worse-ranked of them out, keeping 3 (guard_members)."""
+    base = make_chain(n=8)
+    g = dataclasses.replace(
+        base.genesis,
+        initial_model_hash=sha256(PARENT),
+        rule=dataclasses.replace(MOMENTUM, guard_members=3),
+        aggregation=AggregationSpec(6, 4, sha256(b"basis"), bn254.compress(K)),
+    )
+    rules.check_genesis(g)
+    chain = Chain(base.participants, base.publisher, g, base.batches)
+    ks = [4, 3, 2, 2, 1, 1, 1, 1]
+    models = [blob(k, [k + i, -k, 3 * k - i, 5]) for i, k in enumerate(ks)]
+    full, mean4, members4 = _block(chain, models, ks)
+    assert len(members4) == 4
+    with pytest.raises(InvalidError, match="not one the rule selects"):
+        _check_v6(chain, *_stepped(chain, full, mean4))
+    ranked = rules.rank_proofs(chain.batches[0], full.proofs)
+    worst_tie = [r.participant for r in ranked if r.k == 2][-1]
+    keep = [i for i in range(8) if chain.participants[i].public in members4]
+    keep.remove(next(i for i in keep if chain.participants[i].public == worst_tie))
+    guarded, mean3, _ = _block(chain, models, ks, members=keep)
+    assert _check_v6(chain, *_stepped(chain, guarded, mean3)) >= 2
+
+
+def test_a_genesis_states_a_server_step_and_guard_it_can_run(chain: Chain) -> None:
+    bad = [
+        (dataclasses.replace(MOMENTUM, server="adam"), "server must be one of"),
+        (dataclasses.replace(MOMENTUM, momentum_num=10), "beta_num < beta_den"),
+        (dataclasses.replace(MOMENTUM, guard_members=2), "below min_members"),
+    ]
+    for rule, why in bad:
+        with pytest.raises(InvalidError, match=why):
+            rules.check_genesis(dataclasses.replace(chain.genesis, rule=rule))
+    winner = dataclasses.replace(make_chain(n=3).genesis.rule, server="momentum", momentum_den=10)
+    with pytest.raises(InvalidError, match="no aggregate for a server step"):
+        rules.check_genesis(dataclasses.replace(make_chain(n=3).genesis, rule=winner))

@@ -3,8 +3,9 @@
 Network: node0 publishes; node1..node3 are honest participants; node4 is a free-rider
 that commits the parent model unchanged. Every participant's node writes its trained
 weights into its own home (prover.faults' test hook), so the test can recompute each
-block's aggregate from the members' own models: the block's model must be their exact
-integer mean and its remainder the rest, no individual model may appear on the chain,
+block's aggregate from the members' own models: the block's aggregate must be their
+exact integer mean and its remainder the rest, its model the server step (v6, FedAvgM
+in integers) from the parent's with that aggregate, no individual model may appear on the chain,
 and the free-rider must never be selected. node1 runs support.dropout_node: at its second
 Complete of another's selection it kills itself (SIGKILL) before it unmasks; the
 others' shares of its self seed must finish that round's sum (protocol v5's dropout
@@ -22,9 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
+from consensus import optimizer
 from consensus.aggregate import weighted_mean
 from node.tools.testnet import init
 from prover import aggregation
@@ -90,6 +93,7 @@ def test_blocks_carry_the_members_exact_mean_and_never_a_free_rider(net: Net) ->
     artifacts = str(net.home(1).artifacts)
     arch = net.home(0).load_genesis().task.architecture
     final = net.status(0)["finalized"]["height"]  # type: ignore[index]
+    genesis_rule = net.home(0).load_genesis().rule
     aggregated = 0
     for h in range(1, final + 1):
         block = net.get(0, f"/blocks/{h}")
@@ -105,8 +109,22 @@ def test_blocks_carry_the_members_exact_mean_and_never_a_free_rider(net: Net) ->
                 assert not own.exists() or own.read_bytes() != model, f"block {h} is node{i}'s"
         if not members:
             assert model == net.get(0, f"/models/{h - 1}"), f"block {h}: no members, new model"
+            assert _velocity(net, h) == _velocity(net, h - 1), f"block {h}: new velocity"
             continue
         aggregated += 1
+        # v6 (the testnet's default server step): the block's model is FedAvgM's step
+        # from the parent's model and velocity with the aggregate, which the members'
+        # commitments check; the aggregate is their exact mean
+        mean_blob = net.get(0, f"/models/{h}?part=aggregate")
+        momentum = optimizer.server_of(genesis_rule)
+        assert momentum is not None
+        parent = net.get(0, f"/models/{h - 1}")
+        g2, v2 = aggregation.server_step(
+            artifacts, arch, parent, _velocity(net, h - 1), mean_blob, momentum
+        )
+        assert aggregation.exact_params(artifacts, arch, model) == g2, f"block {h}: not the step"
+        assert _velocity(net, h) == optimizer.encode_velocity(v2)
+        model = mean_blob
         assert len(members) >= 3
         qs = [
             aggregation.params_of(
@@ -127,6 +145,16 @@ def test_blocks_carry_the_members_exact_mean_and_never_a_free_rider(net: Net) ->
     initial = home.initial_model_file.read_bytes()
     final_model = net.get(0, f"/models/{final}")
     assert evaluate_float(arch, final_model, x, y) > evaluate_float(arch, initial, x, y) + 0.2
+
+
+def _velocity(net: Net, h: int) -> bytes:
+    """The velocity after block h (v6), b"" while it is zero."""
+    try:
+        blob: bytes = net.get(0, f"/models/{h}?part=velocity")
+    except httpx.HTTPStatusError as exc:
+        assert exc.response.status_code == 404
+        return b""
+    return blob
 
 
 def _aggregated_final(net: Net) -> int:
@@ -168,7 +196,7 @@ def test_a_member_killed_right_after_complete_is_recovered_from_the_others_share
         for i in members
     ]
     mean, rest = weighted_mean(qs, [1] * len(qs))
-    model = net.get(0, f"/models/{block['height']}")
+    model = net.get(0, f"/models/{block['height']}?part=aggregate")
     assert aggregation.exact_params(artifacts, arch, model) == mean
     assert bytes.fromhex(block["remainder"]) == bytes(rest)
     shares = net.get(0, f"/rounds/{rnd}")["aggregation"].get("SeedShare", 0)

@@ -22,7 +22,7 @@ import pytest
 import trio
 import trio.testing
 
-from consensus import aggpolicy, bn254, evidence, masking, secagg
+from consensus import aggpolicy, bn254, evidence, masking, optimizer, secagg
 from consensus.crypto import sha256
 from consensus.rules import sign
 from consensus.secagg import Dispute, MaskedUpdate, PairReveal, SeedShare, Selection, Unmask
@@ -30,10 +30,11 @@ from consensus.types import BAD_UPDATE, Block, CommitTx, Evidence, ProofTx
 from node.participant import Participant
 from node.roundpool import Mine, RoundState
 from p2p import Verdict
-from prover.client import MaskVector, Prove
+from prover.client import MaskVector, Prove, StepModel
 from support.chainfactory import Chain, make_chain
 from support.fakes import (
     FAKE_PARAMS,
+    INITIAL_MODEL,
     FakeNetwork,
     FakeNode,
     FakeProver,
@@ -41,6 +42,7 @@ from support.fakes import (
     canonical,
     clock_at,
     fake_linear,
+    fake_step,
     make_node,
     until,
 )
@@ -126,6 +128,49 @@ async def test_every_block_carries_a_private_aggregate(
     for member, h in unmasks:
         per_round[(member, selections[h].round)] += 1
     assert per_round and max(per_round.values()) == 1
+
+
+async def test_a_momentum_chain_steps_the_global_model_with_each_aggregate(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """v6: every block names its aggregate M and velocity V'; its model is the server
+    step from its parent's model and velocity, which every node checked and stored."""
+    base = _chain()
+    spec = dataclasses.replace(
+        base.genesis.rule,
+        server="momentum",
+        momentum_num=7,
+        momentum_den=10,
+        velocity_scale=256,
+        guard_members=3,
+    )
+    chain = Chain(
+        base.participants,
+        base.publisher,
+        dataclasses.replace(base.genesis, rule=spec),
+        base.batches,
+    )
+    momentum = optimizer.server_of(spec)
+    assert momentum is not None
+    async with agg_net(tmp_path, chain) as (_, nodes, nursery, _sent):
+        _start(nursery, nodes)
+        await until(lambda: all(len(canonical(n)) >= 4 for n in nodes), 120)
+        blocks = canonical(nodes[1])[:4]
+        model, velocity = INITIAL_MODEL, b""
+        stepped_further = 0
+        for b in blocks:
+            assert len(b.members) == 3 and b.aggregate_hash and b.velocity_hash, b
+            for n in nodes:  # every node holds the three blobs
+                blobs = [n.chain.store.get_blob(h) for h in (b.aggregate_hash, b.velocity_hash)]
+                assert None not in blobs
+            store = nodes[1].chain.store
+            mean = store.get_blob(b.aggregate_hash)
+            assert mean is not None
+            job = StepModel("", "", model, velocity, mean, momentum)
+            model, velocity = fake_step(job)
+            assert (sha256(model), sha256(velocity)) == (b.model_hash, b.velocity_hash)
+            stepped_further += b.model_hash != b.aggregate_hash
+        assert stepped_further  # from the second aggregate on, the velocity moves G past M
 
 
 def _front_run(p: Participant) -> None:

@@ -78,6 +78,8 @@ def init_script(spec: ComposeSpec) -> str:
         "--rule", spec.rule, "--keep-percent", str(spec.keep_percent),
         "--min-members", str(spec.min_members), "--max-members", str(spec.max_members),
         "--exclusion-rounds", str(spec.exclusion_rounds),
+        "--server", spec.server, "--momentum", str(spec.momentum_permille / 1000),
+        "--guard-members", str(spec.guard_members),
     ]  # fmt: skip
     if spec.allow_short_rounds:
         init.append("--allow-short-rounds")

@@ -49,6 +49,9 @@ class TestnetSpec:
     min_members: int = 3  # ... never fewer than 3 (privacy) ...
     max_members: int = 16  # ... nor more than 16
     exclusion_rounds: int = 8  # a participant proven to misbehave is left out this long (v5)
+    server: str = "momentum"  # v6: the server step on each aggregate: momentum | none
+    momentum_permille: int = 700  # momentum: beta = 0.7 (bench/learning.py --server)
+    guard_members: int = 3  # v6: the free-rider guard keeps at least this many (0: off)
 
 
 def shortest_round_seconds(spec: TestnetSpec, prove_ms: int, verify_ms: int) -> int:
@@ -97,6 +100,27 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
         default=defaults.exclusion_rounds,
         help="rounds a participant proven (by evidence on chain) to misbehave is left out "
         "of every selection (0: evidence is not carried)",
+    )
+    p.add_argument(
+        "--server",
+        choices=("momentum", "none"),
+        default=defaults.server,
+        help="the server step on each round's aggregate (momentum: FedAvgM in integers on "
+        "chain; none: the aggregate is the next global model)",
+    )
+    p.add_argument(
+        "--momentum",
+        type=_momentum,
+        default=defaults.momentum_permille / 1000,
+        help="the server momentum beta (with --server momentum), in [0, 1)",
+    )
+    p.add_argument(
+        "--guard-members",
+        type=int,
+        default=defaults.guard_members,
+        help="leave selected models that score exactly the parent's k out of the aggregate "
+        "while more than this many members remain (a free-rider's resubmitted parent; "
+        "0: off; at least --min-members otherwise)",
     )
     p.add_argument(
         "--partition",
@@ -152,6 +176,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _momentum(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1 or round(value * 1000) >= 1000:
+        raise argparse.ArgumentTypeError(f"the momentum must be at least 0 and below 1, not {text}")
+    return value
+
+
 def _round_seconds(text: str) -> int:
     if text == "auto":
         return AUTO
@@ -182,6 +216,9 @@ def network_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "min_members": args.min_members,
         "max_members": args.max_members,
         "exclusion_rounds": args.exclusion_rounds,
+        "server": args.server,
+        "momentum_permille": round(args.momentum * 1000),
+        "guard_members": args.guard_members,
         "eval_batch": args.eval_batch,
         "rounds": args.rounds,
         "logrows": args.logrows,

@@ -29,8 +29,9 @@ import numpy as np
 
 from consensus.commitment import UNUSABLE_ROWS
 from consensus.crypto import SigningKey, sha256
+from consensus.errors import InvalidError
 from consensus.merkle import merkle_root
-from consensus.rules import check_genesis
+from consensus.rules import check_genesis, check_server
 from consensus.types import (
     AggregationSpec,
     EvalPlan,
@@ -81,6 +82,11 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
         )
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty; choose a new directory")
+    if spec.rule != "winner":  # before minutes of circuit building, not after
+        try:
+            check_server(_rule(spec))
+        except InvalidError as exc:
+            raise ValueError(str(exc)) from None
     arch = get_arch(spec.task)
     out.mkdir(parents=True, exist_ok=True)
     keys = [SigningKey.generate() for _ in range(spec.nodes)]
@@ -199,20 +205,32 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
     return summary
 
 
+VELOCITY_SCALE = 256  # V's resolution: 1/256 of a parameter quantum (bench/learning.py)
+
+
+def _rule(spec: TestnetSpec) -> RuleSpec:
+    momentum = spec.server == "momentum"
+    return RuleSpec(
+        spec.rule,
+        spec.keep_percent,
+        spec.min_members,
+        spec.max_members,
+        exclusion_rounds=spec.exclusion_rounds,
+        server=spec.server,
+        momentum_num=spec.momentum_permille if momentum else 0,
+        momentum_den=1000 if momentum else 1,
+        velocity_scale=VELOCITY_SCALE if momentum else 1,
+        guard_members=spec.guard_members,
+    )
+
+
 def _rule_fields(spec: TestnetSpec, shared: Path) -> dict[str, Any]:
     """The genesis's rule, and for an averaging rule the circuit's AggregationSpec."""
     if spec.rule == "winner":
         return {}
     job = DeriveAggregation(str(shared), spec.task, UNUSABLE_ROWS)
     aggregation = AggregationSpec.decode(run_once(job, timeout=600, name="init"))
-    rule = RuleSpec(
-        spec.rule,
-        spec.keep_percent,
-        spec.min_members,
-        spec.max_members,
-        exclusion_rounds=spec.exclusion_rounds,
-    )
-    return {"rule": rule, "aggregation": aggregation}
+    return {"rule": _rule(spec), "aggregation": aggregation}
 
 
 def _share_proving_key(shared: Path, home: Home) -> None:

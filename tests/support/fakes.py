@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import trio
 from libp2p.peer.id import ID
 
-from consensus import bn254, masking, secagg
+from consensus import bn254, masking, optimizer, secagg
 from consensus.aggregate import split_mean
 from consensus.crypto import SigningKey, sha256
 from consensus.secagg import MaskedUpdate
@@ -34,6 +34,7 @@ from p2p.host import peer_id_from_seed
 from p2p.sync import BlockEntry, Status
 from prover.client import (
     Aggregate,
+    CheckStep,
     CheckUpdate,
     Commit,
     Evaluate,
@@ -42,6 +43,7 @@ from prover.client import (
     MaskVector,
     Prove,
     Proved,
+    StepModel,
     Train,
     Verified,
     Verify,
@@ -127,6 +129,18 @@ def _fake_aggregate(job: Aggregate) -> tuple[bytes, bytes]:
     return bytes(mean), bytes(rest)
 
 
+def fake_step(job: StepModel | CheckStep) -> tuple[bytes, bytes]:
+    """The server step on fake models: their bytes as parameters, G' clamped to a byte,
+    except byte 0, the score the fake evaluator reads, which stays the aggregate's (a
+    step would carry it out of the batch's range)."""
+    g = fake_params(job.parent)
+    v = optimizer.decode_velocity(job.velocity, FAKE_PARAMS)
+    mean = fake_params(job.mean)
+    g2, v2 = optimizer.step(g, v, mean, job.momentum)
+    g2[0] = mean[0]
+    return bytes(max(0, min(255, x)) for x in g2), optimizer.encode_velocity(v2)
+
+
 def _fake_commit_aggregate(job: CommitAggregateJob) -> bytes:
     total = [job.weight_sum * m + r for m, r in zip(job.weights, job.remainder, strict=True)]
     return bn254.compress(bn254.add(fake_linear(total), FAKE_K))
@@ -169,6 +183,10 @@ class FakeProver:
             return _fake_aggregate(job)
         if isinstance(job, CommitAggregateJob):
             return _fake_commit_aggregate(job)
+        if isinstance(job, StepModel):
+            return fake_step(job)
+        if isinstance(job, CheckStep):
+            return fake_step(job) == (job.model, job.new_velocity)
         if isinstance(job, Prove):
             batch = EvalBatch.decode(job.batch)
             k = job.weights[0]

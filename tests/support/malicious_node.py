@@ -39,7 +39,7 @@ from consensus.secagg import (
 )
 from consensus.types import Block, CommitTx
 from node import aggmember, engine, participant, roundpool
-from node.aggregator import Outcome
+from node.aggregator import keep_parent
 from node.roundpool import Mine, RoundState
 from node.tools import cli
 from p2p import Verdict
@@ -88,9 +88,9 @@ async def keep_parent_at_once(
     out, whatever our rank. The block, if it was made."""
     assert st.reveal is not None
     ranking = policy.ranking_for(st.reveal, st.commits, st.proofs, mine.commit.parent)
-    keep = Outcome(p.chain.model_of(mine.commit.parent), (), b"")
+    keep = keep_parent(p.chain, mine.commit.parent)
     block = p._candidate(st, mine, ranking, keep)
-    if block is not None and await p._propose(rnd, block, keep.model):
+    if block is not None and await p._propose(rnd, block, keep.blobs()):
         return block
     return None
 
