@@ -28,6 +28,7 @@ from node.chain import Chain
 from node.engine import Engine
 from node.home import Home, HomeError
 from node.interfaces import Prover
+from node.ports import check_ports
 from node.roundlog import RoundLog
 from node.view import NodeView
 from p2p import (
@@ -138,6 +139,7 @@ async def check_aggregation_spec(home: Home, genesis: Genesis, pool: Prover) -> 
 async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
     home.check_exists()
     cfg = home.load_config()
+    check_ports(cfg.listen, cfg.api_host, cfg.api_port, str(home.config_file))
     key = home.load_key()
     genesis = home.load_genesis()
     try:

@@ -12,6 +12,7 @@ import pytest
 from node.home import Home
 from node.tools.cli import main
 from node.tools.netspec import PROOF_PERCENT, TestnetSpec, shortest_round_seconds
+from node.tools.testnet import last_error
 
 
 def test_shortest_round_holds_every_proof_and_verification() -> None:
@@ -65,3 +66,28 @@ def test_init_refuses_a_round_too_short_and_names_one_that_works(
     assert run.returncode != 0
     assert f"training data file {bad}: 'x' has shape (5, 63)" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_dead_node_is_reported_by_the_line_that_says_why(tmp_path: Path) -> None:
+    """`testnet up` prints it instead of only pointing at node.log (issue 22)."""
+    log = tmp_path / "node.log"
+    log.write_text(
+        "2026-12-04 node1 INFO zkpot.node: starting\n"
+        "zkpot: the API port 127.0.0.1:8646 is taken by another process (another node?): x\n"
+    )
+    assert last_error(log).startswith("zkpot: the API port 127.0.0.1:8646 is taken")
+    log.write_text("Traceback (most recent call last):\n  File x\nValueError: boom\n\n")
+    assert last_error(log) == "ValueError: boom"
+    assert last_error(tmp_path / "none.log").startswith("(no log:")
+
+
+def test_a_server_step_or_guard_it_cannot_run_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "net"
+    assert main(["testnet", "init", "--out", str(out), "--guard-members", "2"]) == 1
+    assert "guard_members 2 is below min_members 3" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(["testnet", "init", "--out", str(out), "--momentum", "1"])
+    assert "the momentum must be at least 0 and below 1" in capsys.readouterr().err

@@ -36,6 +36,21 @@ def _print_summary(summary: dict[str, Any], as_json: bool, width: int) -> None:
 
 
 def _cmd_node_start(args: argparse.Namespace) -> int:
+    from node.home import Home, HomeError
+    from node.ports import check_ports
+
+    home = Home(Path(args.home))
+    try:  # a user's mistake answered before torch and ezkl load (seconds) or anything dials
+        home.check_exists()
+        cfg = home.load_config()
+        check_ports(cfg.listen, cfg.api_host, cfg.api_port, str(home.config_file))
+        if args.bootstrap:
+            from node.tools.join import check_bootstrap
+
+            check_bootstrap(tuple(args.bootstrap))
+    except HomeError as exc:
+        print(f"zkpot: {exc}", file=sys.stderr)
+        return 1
     from node.daemon import start
 
     return start(args.home, args.bootstrap)

@@ -25,6 +25,7 @@ from consensus.roles import roles_of
 from consensus.types import Genesis
 from node.apispec import DEFAULT_API_HOST, DEFAULT_API_PORT
 from node.home import Home, HomeError, NodeConfig
+from node.ports import check_ports
 from p2p import HostConfig, P2PHost, SyncClient, SyncError
 from prover import trainfile
 from prover.data import DatasetError
@@ -133,6 +134,7 @@ def init_home(spec: JoinSpec) -> dict[str, object]:
 async def join_home(spec: JoinSpec) -> dict[str, object]:
     check_new_home(spec.home)
     check_bootstrap(spec.bootstrap)
+    check_ports(spec.listen, spec.api_host, spec.api_port, "", flags=True)
     if not spec.chain_id and not spec.genesis_file:
         raise HomeError(
             "give --chain-id HEX (the bootstrap peer sends the genesis) or --genesis FILE; "

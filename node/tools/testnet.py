@@ -256,6 +256,20 @@ def _homes(directory: Path) -> list[Home]:
     return homes
 
 
+def last_error(log_file: Path) -> str:
+    """The line of a node's log that says why it stopped: its last `zkpot:` line, or its
+    last line (the end of a traceback names the error)."""
+    try:
+        with log_file.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
+    except OSError as exc:
+        return f"(no log: {exc})"
+    lines = [ln for ln in lines if ln]
+    said = [ln for ln in lines if ln.startswith("zkpot:")]
+    return (said or lines or ["(empty log)"])[-1]
+
+
 def start_node(home: Home, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """`zkpot node start` for one home as its own OS process, logging to HOME/node.log.
 
@@ -352,8 +366,10 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
                         statuses.append(None)
                 for i, p in enumerate(procs):
                     if p.poll() is not None:
+                        log_file = homes[i].path / "node.log"
                         print(
-                            f"node{i} exited with code {p.returncode}; see {homes[i].path}/node.log",
+                            f"node{i} exited with code {p.returncode}: {last_error(log_file)} "
+                            f"(all of it in {log_file})",
                             file=say,
                         )
                         return 1
