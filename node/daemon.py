@@ -215,7 +215,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 for p in host.connected_peers():
                     now = chain.roster(chain.head).at(engine.current_round() or 0)
                     role = roles_of(genesis, public_key_of(p) or b"", now).name
-                    out.append({"peer_id": str(p), "role": role})
+                    out.append({"peer_id": str(p), "role": role, "addrs": host.peer_addrs(p)})
                 return out
 
             view = NodeView(
@@ -223,6 +223,8 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 genesis,
                 roundlog,
                 peer_id=str(host.peer_id),
+                name=cfg.name,
+                addrs=lambda: host.addrs,
                 role=lambda: engine.roles.name,
                 peers=peers,
                 current_round=engine.current_round,

@@ -75,6 +75,8 @@ class NodeView:
         role: str | Callable[[], str],
         peers: Callable[[], list[dict[str, Any]]],
         now_ms: Callable[[], int] | None = None,
+        name: str = "",
+        addrs: Callable[[], list[str]] = list,
         current_round: Callable[[], int | None] | None = None,
         sync: Callable[[int], dict[str, Any]] | None = None,
         registry: CollectorRegistry,
@@ -87,6 +89,8 @@ class NodeView:
         self.peer_id = peer_id
         self._role = role if callable(role) else (lambda: role)  # roles change with the roster
         self._peers = peers
+        self.name = name  # the node's configured name (a testnet's node0, node1, ...)
+        self._addrs = addrs  # where others reach it: full multiaddrs with /p2p/
         self._now_ms = now_ms if now_ms is not None else (lambda: time.time_ns() // 1_000_000)
         # The round the node is in (rounds end early); without a node, the slot's round.
         self._current_round = current_round or (
@@ -304,6 +308,8 @@ class NodeView:
             "chain_id": self.chain_id.hex(),
             "chain_name": self.genesis.chain_name,
             "peer_id": self.peer_id,
+            "name": self.name,
+            "addrs": self._addrs(),
             "role": self._role(),
             "head": {
                 "hash": head.hash.hex(),

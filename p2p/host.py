@@ -229,6 +229,21 @@ class P2PHost:
         """Dialable addresses with the real (bound) ports and our /p2p/ id."""
         return [str(a) for a in self.libp2p.get_addrs()]
 
+    def peer_addrs(self, peer: ID) -> list[str]:
+        """A connected peer's dialable addresses as we know them (its listen addresses
+        once identify has run; the address we dialled), each with its /p2p/ id."""
+        out: list[str] = []
+        try:
+            known = list(self.libp2p.get_peerstore().addrs(peer))
+        except Exception:  # PeerStoreError: nothing recorded for it
+            known = []
+        for a in [*known, *self._known.get(peer, [])]:
+            text = str(a)
+            full = text if "/p2p/" in text else f"{text}/p2p/{peer}"
+            if full not in out:
+                out.append(full)
+        return out
+
     # ------------------------------------------------------------------ peers
 
     def add_peer_addr(self, addr: str) -> ID:

@@ -319,3 +319,16 @@ async def test_frame_reader_limits_and_truncation() -> None:
     ]:
         with pytest.raises(FrameError):
             await FrameReader(Pipe(data)).read_frame(limit, 1)
+
+
+async def test_a_peer_is_listed_with_its_full_dialable_address() -> None:
+    """What an operator copies from `zkpot peers` to bootstrap another node (issue 22):
+    the peer's listen address with its /p2p/ id, for the dialled and the dialling side."""
+    hosts = [P2PHost(config(f"addr{i}"), CHAIN.cid) for i in range(2)]
+    async with running(hosts):
+        await connect_line(hosts)
+        a, b = hosts
+        await wait_for(lambda: b.peer_id in a.connected_peers())
+        await wait_for(lambda: any(x in a.peer_addrs(b.peer_id) for x in b.addrs))
+        await wait_for(lambda: any(x in b.peer_addrs(a.peer_id) for x in a.addrs))
+        assert all(x.endswith(f"/p2p/{b.peer_id}") for x in a.peer_addrs(b.peer_id))

@@ -54,7 +54,8 @@ def format_status(s: dict[str, Any]) -> str:
         [
             ("chain", f"{s['chain_name']} ({s['chain_id']})"),
             ("task", s.get("task")),
-            ("node", f"{s['peer_id']} ({s['role']})"),
+            ("node", f"{s.get('name') or '-'}: {s['peer_id']} ({s['role']})"),
+            ("addrs", " ".join(s.get("addrs") or []) or "-"),
             (
                 "head",
                 f"height {head['height']}, round {_cell(head['round'])}, score {head['score']}",
@@ -62,10 +63,14 @@ def format_status(s: dict[str, Any]) -> str:
             ("head hash", head["hash"]),
             ("finalized", f"height {fin['height']}, {fin['hash']}"),
             ("round", round_text),
-            ("sync", _sync_text(s.get("sync") or {})),
+            ("sync", _sync_text(s.get("sync") or {}) if s["peers"] else _alone()),
             ("peers", s["peers"]),
         ]
     )
+
+
+def _alone() -> str:
+    return "no peers connected: not following the chain (are the bootstrap peers up?)"
 
 
 def _sync_text(sync: dict[str, Any]) -> str:
@@ -191,7 +196,11 @@ def format_peers(p: dict[str, Any]) -> str:
     headers: list[str] = []
     for peer in peers:
         headers += [k for k in peer if k not in headers]
-    return table(headers, [[peer.get(h) for h in headers] for peer in peers])
+
+    def cell(v: Any) -> Any:
+        return " ".join(str(x) for x in v) if isinstance(v, list) else v
+
+    return table(headers, [[cell(peer.get(h)) for h in headers] for peer in peers])
 
 
 def _tenure_now(t: dict[str, Any], rnd: int) -> str:
