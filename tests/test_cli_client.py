@@ -88,7 +88,8 @@ def test_status(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0, err
     lines = dict(line.split(None, 1) for line in out.splitlines() if not line.startswith("head "))
     assert lines["chain"] == f"test ({server.node.chain.cid.hex()})"
-    assert lines["node"] == "12D3KooWSelf (observer)"
+    assert lines["node"] == "node7: 12D3KooWSelf (observer)"
+    assert lines["addrs"] == "/ip4/127.0.0.1/tcp/27107/p2p/12D3KooWSelf"  # ready for --bootstrap
     assert lines["round"] == "7 of 8"
     assert "height 5, round 6, score 50" in out
     assert f"finalized  height 2, {server.node.hashes[2].hex()}" in out

@@ -115,6 +115,8 @@ def build_node(path: Path, *, now_round: int = NOW_ROUND, store_initial: bool = 
         genesis,
         log,
         peer_id="12D3KooWSelf",
+        name="node7",
+        addrs=lambda: ["/ip4/127.0.0.1/tcp/27107/p2p/12D3KooWSelf"],
         role="observer",
         peers=lambda: list(PEERS),
         now_ms=lambda: t.genesis_ms + now_round * t.round_ms + t.round_ms // 2,
