@@ -173,8 +173,10 @@ class Engine:
         return "ignored: already known, or not applicable on this node's head now"
 
     def participants(self) -> dict[str, Any]:
-        """The participant set on our head, with the pending requests and changes (API)."""
+        """The participant set on our head, with the pending requests and changes (API):
+        pruned first, so what blocks carried is no longer listed as pending."""
         rnd = self.current_round() or 0
+        self.members.prune(rnd)
         roster = self.chain.roster(self.chain.head)
         return {
             "round": rnd,

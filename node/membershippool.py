@@ -95,10 +95,15 @@ class MembershipPool:
         )
 
     def prune(self, rnd: int) -> None:
-        """Drop changes no block from round `rnd` on can carry, and requests of members."""
+        """Drop changes no block of round `rnd` on the head can carry (stale, or carried
+        already: the head's roster has them), and requests of members. Every node prunes
+        by the same rule on its head, so nodes on one head list the same pending set."""
+        roster = self.chain.roster(self.chain.head)
         for h, tx in list(self.pending.items()):
-            if tx.from_round <= rnd:
+            try:
+                membership.check_change(self.genesis, self.cid, roster, rnd, tx)
+            except InvalidError:
                 del self.pending[h]
-        members = self.chain.roster(self.chain.head).eventual()
+        members = roster.eventual()
         for key in [k for k in self.requests if k in members]:
             del self.requests[key]

@@ -4,6 +4,7 @@ carries."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,22 @@ def test_changes_are_relayed_when_valid_on_the_head_and_carried_by_our_block(
     assert [t.hash() for t in carried] == sorted(t.hash() for t in carried)
     # a block of round 2 can no longer carry the exit (it takes effect in round 2)
     assert pool.for_block(chain.cid, 2) == (admit,)
+
+
+async def test_a_change_a_block_carried_is_no_longer_pending_on_any_node(
+    setup: tuple[Chain, MembershipPool],
+) -> None:
+    """Issue 22: admissions stayed "pending" long after blocks carried them, on nodes that
+    never proposed (only a proposer pruned). A node that only follows prunes too."""
+    chain, pool = setup
+    admit = _admit(chain)
+    assert pool.on_request(_request(chain)) is Verdict.ACCEPT
+    assert pool.on_change(admit) is Verdict.ACCEPT
+    block, models = chain.round_block(0, chain.cid, 1, {0: 3})
+    carried = sign(
+        dataclasses.replace(block, membership=(admit,)), chain.key_of(block.proposer), chain.cid
+    )
+    await pool.chain.apply(carried, carried.encode(), [models[0]], 3)
+    assert pool.chain.head == sha256(carried.encode())
+    pool.prune(1)
+    assert pool.pending == {} and NEWCOMER.public not in pool.requests
