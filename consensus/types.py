@@ -173,6 +173,9 @@ class Genesis(Wire):
     initial_model_hash: bytes = wire(_HASH)
     rule: RuleSpec = wire(Struct(RuleSpec), since=2, default=WINNER_RULE)
     aggregation: AggregationSpec = wire(Struct(AggregationSpec), since=2, default=NO_AGGREGATION)
+    # protocol v6: sha256 of the public test split's indices (int64 LE), so a node that
+    # joins fetches them by hash and reports accuracy as a testnet's nodes do (empty: none)
+    test_index_hash: bytes = wire(Bytes(0, HASH_LEN), since=6, default=b"")
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,13 @@ def create_app(
                 f"round {rnd}: no canonical block, and this node has no record of it (it keeps "
                 f"the last {view.roundlog.keep} rounds it took part in)",
             )
+        block = found.get("block")
+        if board is not None and block is not None and found.get("accuracy_ppm") is None:
+            h = bytes.fromhex(block["model_hash"])
+            blob = await in_thread(view.store.get_blob, h)
+            acc = None if blob is None else await board.of(h, blob)
+            if acc is not None:
+                found["accuracy_ppm"], found["accuracy"] = round(acc * 1_000_000), acc
         return JSONResponse(found)
 
     async def peers(request: Request) -> Response:

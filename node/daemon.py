@@ -54,12 +54,16 @@ log = logging.getLogger("zkpot.node")
 def pinned_files(home: Home, genesis: Genesis) -> list[tuple[bytes, Path]]:
     """Every file the genesis pins by hash, and where this node keeps it."""
     c = genesis.circuit
+    test_split = (
+        [(genesis.test_index_hash, home.test_index_file)] if genesis.test_index_hash else []
+    )
     return [
         (c.settings_hash, home.artifacts / circuit.SETTINGS),
         (c.compiled_hash, home.artifacts / circuit.COMPILED),
         (c.vk_hash, home.artifacts / circuit.VK),
         (c.srs_hash, home.artifacts / circuit.SRS),
         (genesis.initial_model_hash, home.initial_model_file),
+        *test_split,
     ]
 
 
@@ -69,7 +73,8 @@ async def ensure_pinned_files(
     """Have every pinned file locally, fetched by hash from peers if missing, and serve them.
 
     A node that joins with only a genesis and a bootstrap address gets the circuit
-    artifacts and the initial model this way; each is checked against its pinned hash.
+    artifacts, the initial model and (v6) the public test split's indices this way; each
+    is checked against its pinned hash.
     """
     home.artifacts.mkdir(parents=True, exist_ok=True)
     sync = SyncClient(host)

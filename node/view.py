@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from consensus import evidence, schedule
+from consensus import evidence, rules, schedule
 from consensus.crypto import HASH_LEN
 from consensus.membership import KIND_NAMES
 from consensus.types import Block, Evidence, Genesis, chain_id
@@ -288,6 +288,12 @@ class NodeView:
             out["block"] = None
         else:
             out["block"] = self._block_json(found[0], found[1], self.finalized_height())
+            block = self._decode(found[0], found[1])
+            if not out["ranking"] and block is not None:  # a node that ranked nothing itself
+                out["ranking"] = [
+                    {"rank": r.rank, "participant": r.participant.hex(), "k": r.k}
+                    for r in rules.rank_proofs(block.reveal.batch, block.proofs)
+                ]
         return out
 
     def current_round(self) -> int | None:

@@ -15,6 +15,7 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
+from consensus import rules
 from consensus.crypto import sha256
 from node.api import create_app, serve_api
 from node.view import NodeView
@@ -129,10 +130,34 @@ async def test_round_with_block(api: httpx.AsyncClient, node: Node) -> None:
 async def test_round_from_chain_only_and_in_progress(api: httpx.AsyncClient, node: Node) -> None:
     r = await _json(api, "/rounds/3")  # not in the round log: the chain still answers
     assert r["observed"] is False and r["block"]["height"] == 3 and r["proofs"] == []
+    # ... with the ranking of the block's proofs (a publisher or observer ranks nothing)
+    block3 = node.blocks[2]
+    assert [(x["rank"], x["participant"]) for x in r["ranking"]] == [
+        (x.rank, x.participant.hex()) for x in rules.rank_proofs(block3.reveal.batch, block3.proofs)
+    ]
+    assert r["ranking"][0]["participant"] == block3.proposer.hex()
     r = await _json(api, "/rounds/7")
     assert r["block"] is None and r["winner"] is None
     assert r["proofs"][0]["valid"] is False and r["proofs"][0]["reason"] == "bad proof"
     assert r["notes"] == ["publisher revealed late"]
+
+
+async def test_a_round_s_accuracy_is_its_block_model_s_on_the_test_split(
+    node: Node, nursery: trio.Nursery
+) -> None:
+    """Issue 22: `chain round N` printed "accuracy -" on every node (nothing filled the
+    round's accuracy); now the API asks the accuracy board for the block's model."""
+
+    class Board:
+        async def of(self, model_hash: bytes, blob: bytes) -> float | None:
+            assert sha256(blob) == model_hash
+            return 0.769
+
+    app = create_app(node.view, board=Board())  # type: ignore[arg-type]
+    port = await nursery.start(serve_api, app, "127.0.0.1", 0)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        r = await _json(client, "/rounds/3")
+    assert r["accuracy_ppm"] == 769_000 and r["accuracy"] == pytest.approx(0.769)
 
 
 async def test_peers(api: httpx.AsyncClient) -> None:

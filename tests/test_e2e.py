@@ -43,9 +43,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
             name=cfg.name, listen=cfg.listen, bootstrap=cfg.bootstrap[:1], api_port=cfg.api_port
         ).to_toml()
     )
-    # ...and without the circuit artifacts or the initial model: it fetches them by hash.
+    # ...and without the circuit artifacts, the initial model or the test split's indices:
+    # it fetches them by the hashes the genesis pins.
     shutil.rmtree(observer.artifacts)
     observer.initial_model_file.unlink()
+    observer.test_index_file.unlink()
     n = Net(root, spec)
     for i in range(4):
         # node1's second proof stalls 40 s in its worker: far past the proof deadline.
@@ -78,6 +80,10 @@ def test_late_observer_and_killed_participant_catch_up_and_agree(net: Net) -> No
     assert len(hashes) == 1, hashes
     assert net.status(4)["role"] == "observer"  # type: ignore[index]
     assert (net.home(4).artifacts / "vk.key").is_file()  # fetched by hash from peers
+    # ...and reports accuracy as the testnet's own nodes do (issue 22: joined nodes did not)
+    rnd = net.get(4, f"/blocks/{target}")["round"]
+    assert net.get(4, f"/rounds/{rnd}")["accuracy"] == net.get(0, f"/rounds/{rnd}")["accuracy"]
+    assert net.get(4, f"/rounds/{rnd}")["accuracy"] is not None
 
 
 def test_a_participant_whose_proof_overran_takes_part_again_next_round(net: Net) -> None:

@@ -134,6 +134,7 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
     batches = [
         make_eval_batch(i, x, y, manifest.input_scale) for i, (x, y) in enumerate(sp.eval_batches)
     ]
+    test_index = sp.test_index.astype("<i8").tobytes()
     genesis = Genesis(
         chain_name=f"zkpot-testnet-{int(time.time())}",
         timing=timing_for(spec, int(time.time() * 1000) + spec.start_delay_s * 1000),
@@ -161,6 +162,7 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
         circuit=manifest.spec(),
         initial_model_hash=sha256(initial_model),
         **_rule_fields(spec, shared),
+        test_index_hash=sha256(test_index),
     )
     check_genesis(genesis)
     addrs = [
@@ -183,7 +185,7 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
         home.artifacts.mkdir()
         for name in (circuit.SETTINGS, circuit.COMPILED, circuit.VK, circuit.SRS, circuit.MANIFEST):
             shutil.copyfile(shared / name, home.artifacts / name)
-        home.test_index_file.write_bytes(sp.test_index.astype("<i8").tobytes())
+        home.test_index_file.write_bytes(test_index)
         if key in participants:
             _share_proving_key(shared, home)
             rows = shards[participants.index(key)]  # its own rows, never another's
