@@ -66,7 +66,15 @@ trap 'fail "interrupted"' INT TERM
 
 # ---------------------------------------------------------------- engine
 step "docker engine"
-command -v docker >/dev/null || fail "no docker CLI on PATH (install Docker: https://docs.docker.com/engine/install/)"
+if ! command -v docker >/dev/null || ! command -v dockerd >/dev/null; then
+  # a fresh Debian machine as root (as CI): install the engine, as `make browser` does chromium
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "no Docker engine here: installing Debian's docker.io (and docker-compose)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose >/dev/null \
+      || fail "apt-get could not install docker.io: install Docker (https://docs.docker.com/engine/install/)"
+  fi
+fi
+command -v docker >/dev/null || fail "no docker CLI on PATH (install Docker: https://docs.docker.com/engine/install/, or on Debian as root: apt-get install docker.io)"
 if ! docker info >/dev/null 2>&1; then
   [ "$(id -u)" = 0 ] || fail "no Docker engine answers and this is not root: start dockerd, or run as root"
   command -v dockerd >/dev/null || fail "no Docker engine answers and there is no dockerd to start"

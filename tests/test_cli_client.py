@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import subprocess
@@ -325,3 +326,28 @@ def test_model_export_errors(
         server.url,
     )
     assert code == 2 and "does not exist" in err
+
+
+def test_store_check_takes_the_home_like_every_command(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from storage import ChainStore
+
+    home = Home(tmp_path / "home")
+    home.path.mkdir()
+    with ChainStore.open(home.store_dir) as store:
+        store.init_genesis(hashlib.sha256(b"genesis").digest(), b"genesis")
+    code, out, _ = _run(capsys, "store", "check", "--home", str(home.path), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["consistent"] and report["height"] == 0 and report["problems"] == []
+    code, out, _ = _run(capsys, "store", "check", str(home.store_dir))  # the old form
+    assert code == 0 and out.startswith("consistent: head")
+    code, _, err = _run(capsys, "store", "check")
+    assert code == 2 and "--home" in err
+
+
+def test_a_bad_round_number_is_called_a_round(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["chain", "round", "abc"])
+    assert "a round is a non-negative integer, not 'abc'" in capsys.readouterr().err

@@ -120,14 +120,33 @@ def _cmd_genesis_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_store_check(args: argparse.Namespace) -> int:
+    from node.home import Home
+
+    if (args.home is None) == (args.dir is None):
+        print("zkpot: give the node's home (--home DIR) or a store directory", file=sys.stderr)
+        return 2
+    where = Home(Path(args.home)).store_dir if args.home is not None else Path(args.dir)
     try:
-        with ChainStore.open(args.dir, create=False) as store:
+        with ChainStore.open(where, create=False) as store:
             problems = store.check_consistency()
             head = store.head() if not problems else None
             height = store.get_meta(head).height if head is not None else None  # type: ignore[union-attr]
     except StoreError as exc:
         print(f"zkpot: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "store": str(where),
+                    "consistent": not problems,
+                    "problems": problems,
+                    "head": head.hex() if head else None,
+                    "height": height,
+                }
+            )
+        )
+        return 1 if problems else 0
     if problems:
         for p in problems:
             print(f"problem: {p}")
@@ -295,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     store = sub.add_parser("store", help="chain stores").add_subparsers(dest="sub", required=True)
     p = store.add_parser("check", help="check a chain store's consistency (node must be stopped)")
-    p.add_argument("dir")
+    p.add_argument("--home", help="the node's home (its store is HOME/store)")
+    p.add_argument("dir", nargs="?", help="a store directory (instead of --home)")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_store_check)
 
     # status, chain, peers, model: inspect a running node through its HTTP API.

@@ -304,6 +304,12 @@ def _height(text: str) -> int:
     return int(text)
 
 
+def _round(text: str) -> int:
+    if not text.isdecimal():
+        raise argparse.ArgumentTypeError(f"a round is a non-negative integer, not {text!r}")
+    return int(text)
+
+
 def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register status, chain, peers and model under the top-level `zkpot` parser."""
     p = _common(sub.add_parser("status", help="a running node's chain and round status"))
@@ -322,7 +328,7 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--to", dest="to_h", type=_height, metavar="H", help="last height")
     p.set_defaults(func=_wrap(_cmd_blocks))
     p = _common(chain.add_parser("round", help="commits, reveal, proofs and winner of a round"))
-    p.add_argument("round", type=_height, metavar="R")
+    p.add_argument("round", type=_round, metavar="R")
     p.set_defaults(func=_wrap(_cmd_round))
 
     p = _common(chain.add_parser("participants", help="the participant set, with pending changes"))

@@ -87,6 +87,12 @@ def _change(args: argparse.Namespace, kind: int) -> None:
         request = bytes.fromhex(requests[target.hex()])
     tx = Membership(kind, target, _from_round(args, client), request, bytes(64))
     _send(args, client, sign(tx, key, genesis.hash()))
+    if not args.json:
+        effect = {ADMIT: "participates", EXIT: "leaves"}.get(kind, "is removed")
+        print(
+            f"{target.hex()[:16]}… {effect} from round {tx.from_round}, once a block of an "
+            f"earlier round carries the change (`zkpot chain participants` shows it then)"
+        )
 
 
 def add_participant_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
