@@ -129,7 +129,7 @@ class BlockRelay:
                     f"signed an invalid block: {exc}",
                 )
             except SyncError as exc:
-                log.info("block %s: model not available: %s", h.hex()[:12], exc)
+                log.debug("block %s: model not available: %s", h.hex()[:12], exc)
             except CheckIncomplete as exc:  # no verdict: a later copy or sync tries again
                 log.info("block %s: not checked: %s", h.hex()[:12], exc)
             except Exception:  # a bug here must never end the node

@@ -47,6 +47,7 @@ from p2p.addrs import addr_key, ip_of_multiaddr, resolve_addr
 from p2p.gossip import Gossip, GossipConfig
 from p2p.identity import key_pair_from_seed, peer_id_from_seed, public_key_of
 from p2p.keepalive import Keepalive
+from p2p.lognoise import quiet_dial_failures
 from p2p.slots import PeerMerit
 from p2p.standing import Standing
 
@@ -120,6 +121,7 @@ class P2PHost:
 
     def __init__(self, config: HostConfig, chain_id: bytes) -> None:
         hardening.install_queue_size()
+        quiet_dial_failures()
         self.config = config
         self.chain_id = chain_id
         key_pair = key_pair_from_seed(config.seed)
