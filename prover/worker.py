@@ -76,6 +76,10 @@ def _serve(conn: Connection) -> None:
     worker; the stall is prover.faults' test hook (0 unless a test asks).
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # ezkl's Rust log reaches Python's logging (pyo3-log) and warns "low scale values (<8)
+    # may impact precision" at every proof: the circuit's scale 7 is chosen on purpose
+    # (prover.quant: exact integer arithmetic, no rescaling), so only its errors are said
+    logging.getLogger("ezkl").setLevel(logging.ERROR)
     while True:
         try:
             raw = conn.recv_bytes()
