@@ -38,15 +38,17 @@ test: lint typecheck browser
 # round's global model is the private, exact mean of the best proven models),
 # run until 5 blocks are final on every node.
 TESTNET_DIR ?= .testnet
-# Seconds from init to round 0: the nodes start in them (participants get the proving key
-# init made, so no node rebuilds one). The round length is measured by init (auto).
-START_DELAY ?= 15
+# Seconds from init to round 0: init's own remaining work and the nodes' start (torch,
+# ezkl and the prover workers load: about 25 s on 2 busy cores) must fit, or round 0 is
+# lost (15 s lost it: the nodes were ready 12 s into it). Participants get the proving key
+# init made, so no node rebuilds one. The round length is measured by init (auto).
+START_DELAY ?= 40
 testnet: $(STAMP)
 	rm -rf $(TESTNET_DIR)
 	$(BIN)/zkpot testnet init --out $(TESTNET_DIR) --nodes 4 --participants 3 \
 		--task digits-mlp --eval-batch 16 --partition dirichlet --alpha 0.5 --rule best-share \
 		--start-delay $(START_DELAY)
-	$(BIN)/zkpot testnet up $(TESTNET_DIR) --rounds 5
+	$(BIN)/zkpot testnet up $(TESTNET_DIR) --blocks 5
 
 # The compose testnet under a real Docker engine: build, 4 nodes up, an agreed final
 # block, the CLI inside and outside, teardown (docker/test-compose.sh says each step).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,22 @@ def test_a_server_step_or_guard_it_cannot_run_is_refused_before_any_work(
     with pytest.raises(SystemExit):
         main(["testnet", "init", "--out", str(out), "--momentum", "1"])
     assert "the momentum must be at least 0 and below 1" in capsys.readouterr().err
+
+
+def test_every_testnet_flag_says_what_it_does() -> None:
+    """Issue 22: `testnet init --help` listed bare flags, and `--rounds` meant held-out
+    batches for init and final blocks for up; up's is `--blocks` now."""
+    from node.tools.cli import build_parser
+
+    parser = build_parser()
+    testnet = next(
+        a
+        for a in parser._subparsers._group_actions[0].choices["testnet"]._actions  # type: ignore[union-attr]
+        if isinstance(a, argparse._SubParsersAction)
+    )
+    for name in ("init", "up"):
+        for action in testnet.choices[name]._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"testnet {name} {action.option_strings[0]} has no help"
+    up = testnet.choices["up"].parse_args(["DIR", "--blocks", "7"])
+    assert up.blocks == 7

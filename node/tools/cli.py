@@ -219,7 +219,7 @@ def _cmd_testnet_up(args: argparse.Namespace) -> int:
     from node.tools.testnet import up
 
     try:
-        return up(Path(args.dir), args.rounds, timeout_s=args.timeout)
+        return up(Path(args.dir), args.blocks, timeout_s=args.timeout)
     except (ValueError, OSError) as exc:
         print(f"zkpot: testnet up failed: {exc}", file=sys.stderr)
         return 1
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-host", default=DEFAULT_API_HOST)
     p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT)
     p.add_argument("--name", help="the node's name in logs (default: the home's name)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_node_init)
 
     testnet = sub.add_parser("testnet", help="a local testnet").add_subparsers(
@@ -277,11 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="directory for the node homes (must be new or empty)"
     )
     add_network_args(p, TestnetSpec())
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_testnet_init)
-    p = testnet.add_parser("up", help="run every node of DIR until R blocks are final everywhere")
-    p.add_argument("dir")
-    p.add_argument("--rounds", type=int, default=5, help="stop after this many final blocks")
+    p = testnet.add_parser("up", help="run every node of DIR until N blocks are final everywhere")
+    p.add_argument("dir", help="the directory `testnet init --out` wrote")
+    p.add_argument(
+        "--blocks",
+        "--rounds",  # its old name, which `testnet init --rounds` (held-out batches) shares
+        dest="blocks",
+        type=int,
+        default=5,
+        help="stop once this many blocks are final on every node",
+    )
     p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
     p.set_defaults(func=_cmd_testnet_up)
 
@@ -316,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = store.add_parser("check", help="check a chain store's consistency (node must be stopped)")
     p.add_argument("--home", help="the node's home (its store is HOME/store)")
     p.add_argument("dir", nargs="?", help="a store directory (instead of --home)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_store_check)
 
     # status, chain, peers, model: inspect a running node through its HTTP API.

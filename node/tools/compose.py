@@ -378,5 +378,5 @@ def add_compose_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         help="node I's DNS name, {i} standing for I (default: %(default)s, the compose "
         "service; a Kubernetes StatefulSet: e.g. zkpot-{i}.zkpot)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_dns)

@@ -68,9 +68,23 @@ def shortest_round_seconds(spec: TestnetSpec, prove_ms: int, verify_ms: int) -> 
 
 def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
     """The network flags of `testnet init` and `testnet compose`, with their defaults."""
-    p.add_argument("--nodes", type=int, default=defaults.nodes)
-    p.add_argument("--participants", type=int, default=defaults.participants)
-    p.add_argument("--task", default=defaults.task)
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=defaults.nodes,
+        help="nodes in all: node0 publishes (and observes), the next --participants train",
+    )
+    p.add_argument(
+        "--participants",
+        type=int,
+        default=defaults.participants,
+        help="how many of the nodes train, prove and propose (the rest observe)",
+    )
+    p.add_argument(
+        "--task",
+        default=defaults.task,
+        help="dataset and architecture (digits-mlp, digits-mlp-tiny, ...; prover.models)",
+    )
     p.add_argument(
         "--round-seconds",
         type=_round_seconds,
@@ -83,7 +97,12 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
         action="store_true",
         help="accept a round length shorter than init measures this machine can meet",
     )
-    p.add_argument("--eval-batch", type=int, default=defaults.eval_batch)
+    p.add_argument(
+        "--eval-batch",
+        type=int,
+        default=defaults.eval_batch,
+        help="examples in each round's held-out batch (the k a proof claims is out of these)",
+    )
     p.add_argument(
         "--rule",
         choices=("winner", "best-share"),
@@ -91,9 +110,24 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
         help="how a round's proven models make the next global model (winner: the best "
         "model alone; best-share: the private average of the best share of them)",
     )
-    p.add_argument("--keep-percent", type=int, default=defaults.keep_percent)
-    p.add_argument("--min-members", type=int, default=defaults.min_members)
-    p.add_argument("--max-members", type=int, default=defaults.max_members)
+    p.add_argument(
+        "--keep-percent",
+        type=int,
+        default=defaults.keep_percent,
+        help="best-share: average the best this percent of the round's fresh proofs",
+    )
+    p.add_argument(
+        "--min-members",
+        type=int,
+        default=defaults.min_members,
+        help="best-share: no aggregate of fewer (at least 3: privacy)",
+    )
+    p.add_argument(
+        "--max-members",
+        type=int,
+        default=defaults.max_members,
+        help="best-share: no aggregate of more",
+    )
     p.add_argument(
         "--exclusion-rounds",
         type=int,
@@ -134,18 +168,36 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
         default=defaults.dirichlet_alpha_ppm / 1e6,
         help="Dirichlet concentration (with --partition dirichlet; smaller is more skewed)",
     )
-    p.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
     p.add_argument(
-        "--learning-rate", type=_positive_float, default=defaults.learning_rate_ppm / 1e6
+        "--local-epochs",
+        type=int,
+        default=defaults.local_epochs,
+        help="passes over its own data a participant trains each round",
     )
-    p.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size)
+    p.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=defaults.learning_rate_ppm / 1e6,
+        help="local training's SGD learning rate",
+    )
+    p.add_argument(
+        "--train-batch-size",
+        type=int,
+        default=defaults.train_batch_size,
+        help="local training's minibatch size",
+    )
     p.add_argument(
         "--rounds",
         type=int,
         default=defaults.rounds,
         help="held-out batches, i.e. rounds the chain can run",
     )
-    p.add_argument("--logrows", type=int, default=defaults.logrows)
+    p.add_argument(
+        "--logrows",
+        type=int,
+        default=defaults.logrows,
+        help="the circuit's size, 2^logrows rows (larger: slower proofs, more room)",
+    )
     p.add_argument(
         "--start-delay",
         type=int,

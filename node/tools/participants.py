@@ -103,7 +103,7 @@ def add_participant_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
     def common(p: argparse.ArgumentParser, home_help: str) -> argparse.ArgumentParser:
         p.add_argument("--home", required=True, metavar="DIR", help=home_help)
         p.add_argument("--api", metavar="URL", help="the node's API (default: from DIR)")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="print JSON instead of text")
         p.add_argument("--timeout", type=float, default=10.0)
         return p
 
