@@ -1,8 +1,9 @@
 """A participant's own training data: one `.npz` file that never leaves its node.
 
 Format (numpy's `.npz`, no pickled objects):
-  x  floating point, shape (n, *input_shape) or (n, prod(input_shape)): the inputs, at the
-     scale the task's dataset uses (digits, mnist, cifar10: [0, 1])
+  x  floating point (any width; kept as float32), shape (n, *input_shape) or
+     (n, prod(input_shape)): the inputs, in [0, 1] as every dataset's are (digits: 64
+     pixels, mnist: 784, cifar10: 3x32x32); values outside are refused
   y  integers, shape (n,): labels in 0 .. num_classes - 1
 with n >= 1. The file comes from the operator's disk, so it is untrusted: every problem
 is a DatasetError that names the file and what is wrong, found when the node starts
@@ -22,6 +23,7 @@ import numpy.typing as npt
 from prover.data import DatasetError, FloatArray, IntArray
 
 MAX_FILE_BYTES = 2 * 1024 * 1024 * 1024
+INPUT_RANGE = (0.0, 1.0)  # prover.data: every dataset's inputs, so every held-out batch's
 
 
 def save(path: Path, x: npt.ArrayLike, y: npt.ArrayLike) -> None:
@@ -63,6 +65,14 @@ def load(path: Path, input_shape: Sequence[int], num_classes: int) -> tuple[Floa
         )
     if not np.all(np.isfinite(x)):
         raise DatasetError(f"{where}: 'x' holds NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < INPUT_RANGE[0] or hi > INPUT_RANGE[1]:
+        raise DatasetError(
+            f"{where}: 'x' ranges over {lo:g}..{hi:g}; every task's inputs are scaled to "
+            f"[{INPUT_RANGE[0]:g}, {INPUT_RANGE[1]:g}] as its dataset's are (divide raw digits "
+            "pixels, 0..16, by 16; MNIST and CIFAR-10 bytes, 0..255, by 255): a model trained "
+            "at another scale scores nothing on the held-out batches"
+        )
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise DatasetError(f"{where}: 'y' must be a 1-d integer array, not {y.dtype} {y.shape}")
     if len(y) != len(x):

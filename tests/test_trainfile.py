@@ -58,6 +58,16 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ),
     ("label", lambda p: _npz(p, x=np.zeros((3, 64), np.float32), y=np.array([0, 10, 1])), "0..9"),
     ("object", lambda p: _npz(p, x=np.array([object()]), y=np.zeros(1, int)), "not a readable"),
+    (
+        "raw digits pixels",  # issue 22: 0..16 passed node init silently and trained nothing
+        lambda p: _npz(p, x=np.full((3, 64), 16.0), y=np.zeros(3, int)),
+        r"ranges over 16\.\.16; every task's inputs are scaled to \[0, 1\]",
+    ),
+    (
+        "negative",
+        lambda p: _npz(p, x=np.full((3, 64), -0.5, np.float32), y=np.zeros(3, int)),
+        "divide raw digits",
+    ),
 ]
 
 
@@ -70,6 +80,13 @@ def test_a_file_that_does_not_fit_gets_a_clear_error(
     with pytest.raises(DatasetError, match=why) as err:
         trainfile.load(path, SHAPE, CLASSES)
     assert str(path) in str(err.value)
+
+
+def test_float64_inputs_in_range_are_taken_as_float32(tmp_path: Path) -> None:
+    path = tmp_path / "f64.npz"
+    _npz(path, x=np.full((3, 64), 0.25, np.float64), y=np.zeros(3, int))
+    x, _ = trainfile.load(path, SHAPE, CLASSES)
+    assert x.dtype == np.float32 and float(x.max()) == 0.25
 
 
 def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
