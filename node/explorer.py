@@ -33,17 +33,26 @@ def _short(h: str | None) -> str:
     return "—" if not h else h[:12] + "…"
 
 
-def block_row(b: dict[str, Any]) -> str:
-    who = (
-        f"{len(b['members'])} contributors"
-        if b.get("members")
-        else f"proposer {_short(b.get('proposer'))}"
-    )
+KEEP_PARENT = "no aggregate: the parent's model kept"
+
+
+def who(b: dict[str, Any], aggregates: bool) -> str:
+    """Who made a block's global model: its contributors, its proposer (winner), or
+    nobody (an averaging rule's round without an aggregate)."""
+    if b.get("members"):
+        return "contributors " + ", ".join(_short(m) for m in b["members"])
+    if aggregates:
+        return KEEP_PARENT
+    return f"proposer {_short(b.get('proposer'))}"
+
+
+def block_row(b: dict[str, Any], aggregates: bool = False) -> str:
     ks = ", ".join(str(p["k"]) for p in b.get("proofs", []))
     acc = b.get("accuracy")
     return (
         f'<tr data-round="{_e(b.get("round"))}"><td>{_e(b["height"])}</td>'
-        f"<td>{_e(b.get('round'))}</td><td>{_e(who)}</td><td>{_e(b.get('score'))}</td>"
+        f"<td>{_e(b.get('round'))}</td><td>{_e(who(b, aggregates))}</td>"
+        f"<td>{_e(b.get('score'))}</td>"
         f"<td>{_e(ks)}</td><td>{_e(None if acc is None else f'{acc:.3f}')}</td>"
         f"<td>{'final' if b.get('final') else 'canonical'}</td>"
         f'<td title="{_e(b["hash"])}">{_e(_short(b["hash"]))}</td></tr>'
@@ -52,9 +61,12 @@ def block_row(b: dict[str, Any]) -> str:
 
 def render(status: dict[str, Any], blocks: list[dict[str, Any]], peers: dict[str, Any]) -> str:
     head, fin = status["head"], status["finalized"]
-    rows = "\n".join(block_row(b) for b in reversed(blocks) if not b.get("genesis"))
+    aggregates = bool(status.get("aggregates"))
+    rows = "\n".join(block_row(b, aggregates) for b in reversed(blocks) if not b.get("genesis"))
     peer_items = "\n".join(
-        f"<li>{_e(p.get('peer_id'))} ({_e(p.get('role'))})</li>" for p in peers.get("peers", [])
+        f"<li>{_e(p.get('peer_id'))} ({_e(p.get('role'))}) "
+        f"<code>{_e(' '.join(p.get('addrs') or []))}</code></li>"
+        for p in peers.get("peers", [])
     )
     return PAGE.format(
         chain=_e(status["chain_name"]),
@@ -67,6 +79,8 @@ def render(status: dict[str, Any], blocks: list[dict[str, Any]], peers: dict[str
         fin_hash=_e(_short(fin["hash"])),
         round=_e(status.get("round")),
         peers=_e(len(peers.get("peers", []))),
+        addrs=_e(" ".join(status.get("addrs") or []) or "—"),
+        aggregates="1" if aggregates else "0",
         rows=rows,
         peer_items=peer_items,
         refresh=REFRESH_MS,

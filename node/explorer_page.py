@@ -15,11 +15,20 @@ table {{ border-collapse: collapse; }} td, th {{ padding: 2px 10px; border-botto
 tr[data-round] {{ cursor: pointer; }} tr[data-round]:hover {{ background: #f3f6ff; }}
 #round pre {{ background: #f7f7f7; padding: .6em; overflow-x: auto; }}
 .legend span {{ margin-right: 1em; }}
+#offline {{ display: none; background: #b3261e; color: #fff; padding: .5em .8em;
+  margin: 0 0 .8em; font-weight: 600; }}
+#offline.shown {{ display: block; }}
+.key {{ color: #1f4fbf; cursor: pointer; text-decoration: underline dotted; }}
+.kept {{ color: #777; font-style: italic; }}
+#round h3 {{ font-size: 1em; margin: .8em 0 .3em; }}
+.bad {{ color: #b3261e; }} .good {{ color: #1a7f37; }}
 </style></head>
-<body data-refresh="{refresh}">
+<body data-refresh="{refresh}" data-aggregates="{aggregates}">
+<div id="offline" role="alert"></div>
 <h1>zkpot explorer · <span id="chain">{chain}</span></h1>
 <div class="facts"><span>chain id <code id="chain-id">{chain_id}</code></span>
-<span>this node: <b id="role">{role}</b></span></div>
+<span>this node: <b id="role">{role}</b></span>
+<span>reach it at <code id="addrs">{addrs}</code></span></div>
 <div class="facts"><span>head: height <b id="head-height">{head_height}</b>,
 round <span id="head-round">{head_round}</span>, <code id="head-hash">{head_hash}</code></span>
 <span>final: height <b id="fin-height">{fin_height}</b>, <code id="fin-hash">{fin_hash}</code>
@@ -32,6 +41,8 @@ round <span id="head-round">{head_round}</span>, <code id="head-hash">{head_hash
 <canvas id="plot" width="720" height="240"></canvas>
 
 <h2>Recent blocks</h2>
+<div id="filter" hidden>blocks of <code id="filter-key"></code>
+<button id="filter-clear" type="button">show all</button></div>
 <table id="blocks"><thead><tr><th>height</th><th>round</th><th>who</th><th>score k</th>
 <th>proofs k</th><th>test acc.</th><th>status</th><th>hash</th></tr></thead>
 <tbody>
@@ -56,25 +67,63 @@ SCRIPT = r"""
 const $ = (id) => document.getElementById(id);
 const short = (h) => (h ? h.slice(0, 12) + "\u2026" : "\u2014");
 const text = (v) => (v === null || v === undefined ? "\u2014" : String(v));
+const KEEP_PARENT = "no aggregate: the parent's model kept";
+const aggregates = document.body.dataset.aggregates === "1";
 let points = [];
+let blocks = [];
+let onlyKey = null;  // a participant key: show only the blocks it took part in
+let lastOk = Date.now();
+
+function el(tag, value, cls) {
+  const e = document.createElement(tag);
+  if (value !== undefined) e.textContent = text(value);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function keyLink(key) {
+  const a = el("span", short(key), "key");
+  a.title = key + " (click: its blocks)";
+  a.dataset.key = key;
+  return a;
+}
 
 function cell(row, value, title) {
-  const td = document.createElement("td");
-  td.textContent = text(value);
+  const td = el("td", value);
   if (title) td.title = title;
+  row.appendChild(td);
+  return td;
+}
+
+function whoCell(row, b) {
+  const td = el("td");
+  if (b.members.length) {
+    td.append("contributors ");
+    b.members.forEach((m, i) => { if (i) td.append(", "); td.append(keyLink(m)); });
+  } else if (aggregates) {
+    td.append(el("span", KEEP_PARENT, "kept"));
+  } else {
+    td.append("proposer ", keyLink(b.proposer));
+  }
   row.appendChild(td);
 }
 
-function showBlocks(blocks) {
+function involves(b, key) {
+  return b.proposer === key || b.members.includes(key) || b.proofs.some((p) => p.participant === key);
+}
+
+function showBlocks() {
   const body = document.querySelector("#blocks tbody");
   body.replaceChildren();
+  $("filter").hidden = onlyKey === null;
+  $("filter-key").textContent = onlyKey || "";
   for (const b of blocks.slice().reverse()) {
-    if (b.genesis) continue;
+    if (b.genesis || (onlyKey !== null && !involves(b, onlyKey))) continue;
     const tr = document.createElement("tr");
     tr.dataset.round = b.round;
     cell(tr, b.height);
     cell(tr, b.round);
-    cell(tr, b.members.length ? b.members.length + " contributors" : "proposer " + short(b.proposer));
+    whoCell(tr, b);
     cell(tr, b.score);
     cell(tr, b.proofs.map((p) => p.k).join(", "));
     cell(tr, b.accuracy === null || b.accuracy === undefined ? null : b.accuracy.toFixed(3));
@@ -120,14 +169,78 @@ async function getJson(path) {
   return r.json();
 }
 
+function table(cls, headers, rows) {
+  const t = el("table", undefined, cls);
+  const hr = document.createElement("tr");
+  for (const h of headers) hr.appendChild(el("th", h));
+  t.appendChild(hr);
+  for (const r of rows) {
+    const tr = document.createElement("tr");
+    for (const v of r) {
+      const td = el("td");
+      if (v instanceof Node) td.appendChild(v); else td.textContent = text(v);
+      tr.appendChild(td);
+    }
+    t.appendChild(tr);
+  }
+  return t;
+}
+
+function roundView(d) {
+  const out = [];
+  const b = d.block;
+  const facts = el("p");
+  facts.append(
+    "batch " + text(d.reveal.batch_index) + (d.reveal.revealed ? " revealed" : " not revealed") +
+    ", " + d.reveal.sealed.length + " commits sealed; test accuracy of its global model " +
+    (d.accuracy === null || d.accuracy === undefined ? "\u2014" : d.accuracy.toFixed(3)));
+  out.push(facts);
+  out.push(el("h3", "Block"));
+  if (b === null) {
+    out.push(el("p", "no canonical block for this round yet"));
+  } else {
+    const p = el("p");
+    p.append("height " + b.height + " by ", keyLink(b.proposer), " (rank " + b.rank + "), score " +
+      text(b.score) + (b.final ? ", final" : "") + ": ");
+    if (b.members.length) {
+      p.append("the global model averages ");
+      b.members.forEach((m, i) => { if (i) p.append(", "); p.append(keyLink(m)); });
+    } else {
+      p.append(el("span", aggregates ? KEEP_PARENT : "the proposer's own model", "kept"));
+    }
+    out.push(p);
+  }
+  const rank = new Map(d.ranking.map((r) => [r.participant, r.rank]));
+  const proofs = d.proofs.length ? d.proofs : (b ? b.proofs.map((p) => ({...p, valid: true})) : []);
+  out.push(el("h3", "Proofs"));
+  out.push(table("proofs", ["participant", "k", "rank", "verdict"], proofs.map((p) => [
+    keyLink(p.participant), p.k, rank.get(p.participant),
+    el("span", p.valid ? "valid" : "invalid: " + text(p.reason), p.valid ? "good" : "bad"),
+  ])));
+  if (d.commits.length) {
+    out.push(el("h3", "Commits"));
+    out.push(table("commits", ["participant", "commit"], d.commits.map((c) => [
+      keyLink(c.participant), short(c.id)])));
+  }
+  const agg = Object.entries(d.aggregation || {});
+  if (agg.length) {
+    out.push(el("h3", "Aggregation messages"));
+    out.push(table("aggregation", ["message", "count"], agg));
+  }
+  if (d.notes.length) {
+    out.push(el("h3", "Notes"));
+    const ul = el("ul");
+    for (const n of d.notes) ul.appendChild(el("li", n));
+    out.push(ul);
+  }
+  return out;
+}
+
 async function showRound(r) {
   $("round-no").textContent = String(r);
   const box = $("round");
   try {
-    const d = await getJson("/rounds/" + encodeURIComponent(r));
-    const pre = document.createElement("pre");
-    pre.textContent = JSON.stringify(d, null, 2);
-    box.replaceChildren(pre);
+    box.replaceChildren(...roundView(await getJson("/rounds/" + encodeURIComponent(r))));
   } catch (err) {
     box.textContent = String(err);
   }
@@ -139,6 +252,7 @@ async function refresh() {
       getJson("/status"), getJson("/blocks"), getJson("/peers"), getJson("/curve"),
     ]);
     $("role").textContent = s.role;
+    $("addrs").textContent = (s.addrs || []).join(" ") || "\u2014";
     $("head-height").textContent = s.head.height;
     $("head-round").textContent = text(s.head.round);
     $("head-hash").textContent = short(s.head.hash);
@@ -148,25 +262,40 @@ async function refresh() {
     $("peer-count").textContent = pe.count;
     const acc = new Map(cu.points.map((p) => [p.height, p.accuracy]));
     for (const b of bl.blocks) b.accuracy = acc.get(b.height);
-    showBlocks(bl.blocks);
+    blocks = bl.blocks;
+    showBlocks();
     const ul = $("peers");
     ul.replaceChildren(...pe.peers.map((p) => {
-      const li = document.createElement("li");
-      li.textContent = p.peer_id + " (" + p.role + ")";
+      const li = el("li", p.peer_id + " (" + p.role + ") ");
+      li.appendChild(el("code", (p.addrs || []).join(" ")));
       return li;
     }));
     points = cu.points;
     plot();
-    document.body.dataset.updated = String(Date.now());
+    lastOk = Date.now();
+    $("offline").classList.remove("shown");
+    document.body.dataset.updated = String(lastOk);
   } catch (err) {
-    console.warn("refresh failed:", err);
+    const box = $("offline");
+    box.textContent = "node unreachable: the data below is stale since " +
+      new Date(lastOk).toLocaleTimeString() + " (" + String(err.message || err) + ")";
+    box.classList.add("shown");
+    document.body.dataset.stale = String(Date.now());
   }
 }
 
-document.querySelector("#blocks").addEventListener("click", (ev) => {
-  const tr = ev.target.closest("tr[data-round]");
+document.addEventListener("click", (ev) => {
+  const key = ev.target.closest("[data-key]");
+  if (key) {
+    ev.stopPropagation();
+    onlyKey = key.dataset.key;
+    showBlocks();
+    return;
+  }
+  const tr = ev.target.closest("#blocks tr[data-round]");
   if (tr) showRound(tr.dataset.round);
 });
+$("filter-clear").addEventListener("click", () => { onlyKey = null; showBlocks(); });
 refresh();
 setInterval(refresh, Number(document.body.dataset.refresh));
 """

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from consensus import evidence, rules, schedule
 from consensus.crypto import HASH_LEN
 from consensus.membership import KIND_NAMES
+from consensus.strategy import RULES
 from consensus.types import Block, Evidence, Genesis, chain_id
 from node.metrics import ChainCollector
 from node.roundlog import RoundLog, RoundRecord
@@ -329,6 +330,8 @@ class NodeView:
             "rounds_total": self.genesis.eval_plan.num_batches,
             "round_ms": self.genesis.timing.round_ms,
             "task": f"{self.genesis.task.dataset}/{self.genesis.task.architecture}",
+            "rule": self.genesis.rule.name,
+            "aggregates": RULES[self.genesis.rule.name].aggregates,  # no members: parent kept
             "peers": len(self._peers()),
             "sync": self._sync(head.meta.height),
         }

@@ -13,7 +13,9 @@ Refusals, earliest first: a banned address on the raw socket before the handshak
 (hardening patch 6), a banned identity right after the Noise handshake (patch 7), the
 connection limit once connected (`_Notifee`). Scores and bans are p2p.standing;
 `merit` (p2p.slots) records which peers have served us, for the sync server's slots;
-`keepalive` (p2p.keepalive) closes connections whose peer stopped answering pings.
+`keepalive` (p2p.keepalive) closes connections whose peer stopped answering pings;
+`discovery` (p2p.discovery, the library's Kademlia DHT) finds the peers our bootstrap
+peers know, and the reconnect loop dials them until `target_peers` are connected.
 (Over 300 lines: one class owns the host's lifecycle, peers and refusals; the logic
 behind each lives in the modules named above.)
 """
@@ -44,6 +46,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from p2p import hardening, penalties
 from p2p.addrs import addr_key, ip_of_multiaddr, resolve_addr
+from p2p.discovery import Discovery
 from p2p.gossip import Gossip, GossipConfig
 from p2p.identity import key_pair_from_seed, peer_id_from_seed, public_key_of
 from p2p.keepalive import Keepalive
@@ -87,6 +90,9 @@ class HostConfig:
     ping_timeout_s: float = 3.0
     ping_failures: int = 2
     gossip: GossipConfig = field(default_factory=GossipConfig)
+    # discovery (p2p.discovery): dial peers the DHT finds until this many are connected
+    # (bootstrap peers are kept connected whatever the count); 0: no discovery
+    target_peers: int = 16
 
 
 class _Notifee(INotifee):
@@ -163,6 +169,8 @@ class P2PHost:
         hardening.refuse_before_handshake(swarm, self.refuses_address)
         hardening.refuse_after_security(swarm, self.is_banned, self._on_secured)
         swarm.register_notifee(_Notifee(self))
+        self.discovery = Discovery(self.libp2p) if config.target_peers > 0 else None
+        self._next_try: dict[ID, tuple[float, float]] = {}  # discovered peer: (when, backoff)
         self.gossip = Gossip(self, chain_id, config.gossip)
         self.keepalive = Keepalive(
             self.libp2p,
@@ -184,6 +192,8 @@ class P2PHost:
                 await stack.enter_async_context(self.libp2p.run(self._listen))
                 await stack.enter_async_context(background_trio_service(self.gossip.pubsub))
                 await stack.enter_async_context(background_trio_service(self.gossip.router))
+                if self.discovery is not None:
+                    await stack.enter_async_context(self.discovery.run(self._wants_peers))
                 await self.gossip.pubsub.wait_until_ready()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -298,14 +308,63 @@ class P2PHost:
         while True:
             missing = [p for p in self._known if not self.is_connected(p) and not self.is_banned(p)]
             room = self.config.max_connections - len(self.connected_peers())
-            if missing and room > 0:
+            found = self._discovered_to_dial()
+            if (missing or found) and room > 0:
                 async with trio.open_nursery() as nursery:
                     for peer in missing[:room]:
                         nursery.start_soon(self._dial, peer)
+                    for peer in found[: max(0, room - len(missing))]:
+                        nursery.start_soon(self._dial_discovered, peer)
             self._expire_bans()
             await trio.sleep(self.config.reconnect_interval_s)
 
+    def _wants_peers(self) -> bool:
+        return len(self.connected_peers()) < self.config.target_peers
+
+    def _discovered_to_dial(self) -> list[ID]:
+        """Peers the DHT found that we should dial now: while below target_peers, not
+        connected, not banned, not a bootstrap peer (dialled anyway), their backoff over."""
+        if self.discovery is None:
+            return []
+        want = self.config.target_peers - len(self.connected_peers())
+        if want <= 0:
+            return []
+        now = time.monotonic()
+        out = [
+            p
+            for p in self.discovery.candidates()
+            if p != self.peer_id
+            and p not in self._known
+            and not self.is_connected(p)
+            and not self.is_banned(p)
+            and self._next_try.get(p, (0.0, 0.0))[0] <= now
+        ]
+        return out[:want]
+
+    async def _dial_discovered(self, peer: ID) -> None:
+        """Dial a peer at the addresses the DHT told us; back off (2 s doubling to 5 min)
+        from one that does not answer, so a dead peer in the table costs little."""
+        addrs = list(self.libp2p.get_peerstore().addrs(peer))
+        ok = False
+        if addrs:
+            self.libp2p.get_network().unblock_peer(peer)
+            with trio.move_on_after(self.config.dial_timeout_s):
+                try:
+                    await self.libp2p.connect(PeerInfo(peer, addrs))
+                    ok = True
+                except trio.Cancelled:
+                    raise
+                except Exception as exc:
+                    log.debug("dial of discovered %s failed: %s: %s", peer, type(exc).__name__, exc)
+        if ok:
+            self._next_try.pop(peer, None)
+            return
+        backoff = min(300.0, 2 * self._next_try.get(peer, (0.0, 1.0))[1])
+        self._next_try[peer] = (time.monotonic() + backoff, backoff)
+
     def _on_connected(self, peer: ID) -> None:
+        if self.discovery is not None:
+            self.discovery.connected()
         if self.is_banned(peer):
             reason = "banned"
         elif len(self.connected_peers()) > self.config.max_connections and peer not in self._known:
@@ -346,6 +405,8 @@ class P2PHost:
     def ban(self, peer: ID, reason: str) -> None:
         self.standing.ban(peer, time.monotonic())
         log.warning("banning %s for %.0f s: %s", peer, self.config.ban_s, reason)
+        if self.discovery is not None:
+            self.discovery.forget(peer)
         try:
             self.gossip.pubsub.add_to_blacklist(peer)
         except Exception:

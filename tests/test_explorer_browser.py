@@ -10,12 +10,13 @@ import dataclasses
 import shutil
 import time
 from collections.abc import Iterator
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from node.explorer import render
+from node.explorer import KEEP_PARENT, render
 from node.tools.testnet import init
 from support.e2e_util import Net, small_net
 
@@ -69,12 +70,30 @@ def test_the_page_shows_the_chain_live_in_a_real_browser(net: tuple[Net, Path]) 
                 break
             page.wait_for_timeout(3500)
         assert points == str(final), (points, final)
-        # a click on a block shows its round
-        page.locator("#blocks tbody tr").first.click()
-        page.wait_for_function("document.querySelector('#round pre') !== null", timeout=10_000)
-        assert '"reveal"' in (page.locator("#round pre").text_content() or "")
+        # a click on a block shows its round as a readable view, not a JSON dump
+        page.locator("#blocks tbody tr td:first-child").first.click()
+        page.wait_for_selector("#round table.proofs", timeout=10_000)
+        verdicts = page.locator("#round table.proofs td:last-child").all_text_contents()
+        assert verdicts and all(v == "valid" for v in verdicts), verdicts
+        assert "height" in (page.locator("#round p").nth(1).text_content() or "")
+        # the proposer is named, and a click on its key shows only its blocks
+        key = page.locator("#blocks tbody [data-key]").first
+        proposer = key.get_attribute("data-key")
+        key.click()
+        assert page.locator("#filter-key").text_content() == proposer
+        shown = page.locator("#blocks tbody tr").count()
+        page.locator("#filter-clear").click()
+        assert page.locator("#blocks tbody tr").count() >= shown >= 1
+        assert page.locator("#addrs").text_content().endswith(n.status(0)["peer_id"])  # type: ignore[index,union-attr]
         page.screenshot(path=str(root / "explorer.png"), full_page=True)
+        # the node goes away: the page says so instead of going quietly stale
+        assert not page.locator("#offline").is_visible()
+        n.kill9(0)
+        page.wait_for_selector("#offline.shown", timeout=15_000)
+        assert "node unreachable" in (page.locator("#offline").text_content() or "")
+        page.screenshot(path=str(root / "explorer-offline.png"), full_page=True)
         browser.close()
+    errors = [e for e in errors if "Failed to fetch" not in e and "ERR_CONNECTION" not in e]
     assert not errors, errors
     assert (root / "explorer.png").stat().st_size > 10_000
 
@@ -93,6 +112,22 @@ def test_untrusted_text_is_escaped_on_the_server() -> None:
         "height": 1, "round": 0, "proposer": evil, "members": [], "score": 3,
         "proofs": [{"k": 3}], "final": False, "hash": evil, "genesis": False,
     }  # fmt: skip
-    html = render(status, [block], {"peers": [{"peer_id": evil, "role": evil}]})
+    html = render(status, [block], {"peers": [{"peer_id": evil, "role": evil, "addrs": [evil]}]})
     assert evil not in html
     assert "&lt;script&gt;" in html
+
+
+def test_a_round_without_an_aggregate_is_labelled_as_such() -> None:
+    status: dict[str, Any] = {
+        "chain_name": "c", "chain_id": "ab", "role": "observer", "aggregates": True,
+        "head": {"height": 2, "round": 1, "hash": "h2"},
+        "finalized": {"height": 0, "hash": "00"}, "round": 2,
+    }  # fmt: skip
+    kept = {
+        "height": 1, "round": 0, "proposer": "p" * 64, "members": [], "score": 1,
+        "proofs": [{"k": 3}], "final": False, "hash": "h1", "genesis": False,
+    }  # fmt: skip
+    agg = {**kept, "height": 2, "round": 1, "members": ["a" * 64, "b" * 64], "hash": "h2"}
+    html = render(status, [kept, agg], {"peers": []})
+    assert html.count(html_escape(KEEP_PARENT)) == 1
+    assert "contributors aaaaaaaaaaaa…, bbbbbbbbbbbb…" in html

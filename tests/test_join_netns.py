@@ -28,6 +28,7 @@ import pytest
 
 from node.home import Home
 from node.tools.testnet import init
+from p2p import peer_id_from_seed
 from support.e2e_util import small_net
 from support.netns import Lan, unavailable
 from support.nsnet import API_PORT, P2P_PORT, NsNet, addr_of, place_on
@@ -96,6 +97,16 @@ def test_a_new_host_joins_with_node_init_and_follows(bed: tuple[NsNet, Lan, Path
     )
     st = net.status(NEWCOMER)
     assert st is not None and st["role"] == "observer" and st["sync"]["peer_height"] >= target
+    # it was given node0's address only; the DHT finds node1 and node2 (issue 22: a
+    # stranger's node stayed at one peer for life), each listed with a dialable address
+    ids = {str(peer_id_from_seed(net.home(i).load_key().seed)) for i in RUNNING}
+    net.wait(
+        "the newcomer is connected to every node, not only its bootstrap peer",
+        lambda: ids <= {p["peer_id"] for p in net.get(NEWCOMER, "/peers")["peers"]},
+        timeout=60,
+    )
+    for p in net.get(NEWCOMER, "/peers")["peers"]:
+        assert any(a.endswith("/p2p/" + p["peer_id"]) for a in p["addrs"]), p
     log = (home / "node.log").read_text()
     assert ("fetched" in log and "verification key" not in log.lower()) or "fetched" in log
     # ...and follows live: a block made after it caught up reaches it, the same as node0's

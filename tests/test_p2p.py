@@ -332,3 +332,22 @@ async def test_a_peer_is_listed_with_its_full_dialable_address() -> None:
         await wait_for(lambda: any(x in a.peer_addrs(b.peer_id) for x in b.addrs))
         await wait_for(lambda: any(x in b.peer_addrs(a.peer_id) for x in a.addrs))
         assert all(x.endswith(f"/p2p/{b.peer_id}") for x in a.peer_addrs(b.peer_id))
+
+
+async def test_a_newcomer_given_one_address_meets_every_node() -> None:
+    """Issue 22: a node that knew only its bootstrap peer stayed at one peer for life.
+    Four hosts in a star around host 0; the newcomer knows only host 3's address and
+    ends connected to all four (the DHT's walk on each new connection finds them in
+    under a second on loopback; the bound here is for a busy CI machine)."""
+    hosts = [P2PHost(config(f"disc{i}", target_peers=16), CHAIN.cid) for i in range(5)]
+    async with running(hosts):
+        for h in hosts[1:4]:
+            await h.connect(hosts[0].addrs[0])
+        newcomer = hosts[4]
+        await newcomer.connect(hosts[3].addrs[0])
+        others = {h.peer_id for h in hosts[:4]}
+        with trio.fail_after(60):
+            while not others <= set(newcomer.connected_peers()):
+                await trio.sleep(0.2)
+        assert newcomer.discovery is not None
+        assert others <= set(newcomer.discovery.candidates()) | set(newcomer._known)

@@ -53,7 +53,10 @@ def seed(name: str) -> bytes:
 
 
 def config(name: str, **kw: object) -> HostConfig:
+    """A test host's config: no peer discovery unless asked (`target_peers=N`), so the
+    topology a test builds (a line of hops, say) is the one it tests."""
     gossip = kw.pop("gossip", GossipConfig())
+    kw.setdefault("target_peers", 0)
     return HostConfig(seed=seed(name), gossip=gossip, **kw)  # type: ignore[arg-type]
 
 
