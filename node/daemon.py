@@ -171,6 +171,8 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 seed=key.seed,
                 listen=cfg.listen,
                 bootstrap=cfg.bootstrap + extra_bootstrap,
+                target_peers=cfg.target_peers,
+                max_connections=cfg.max_peers,
                 # A block's validation (model fetch, proofs, re-evaluation) may take as long as
                 # a verification job; the default 30 s would cut honest blocks off.
                 gossip=GossipConfig(validation_timeout_s=cfg.verify_timeout_s),

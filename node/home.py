@@ -39,6 +39,8 @@ class NodeConfig:
     name: str = "node"
     listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
     bootstrap: tuple[str, ...] = ()
+    target_peers: int = 16  # discovery dials peers until this many are connected (0: off)
+    max_peers: int = 64  # connections beyond this are refused
     api_host: str = DEFAULT_API_HOST
     api_port: int = DEFAULT_API_PORT
     data_file: str = ""  # a participant's training data; "" is data.npz in the home
@@ -53,7 +55,8 @@ class NodeConfig:
 
         return (
             f"[node]\nname = {_q(self.name)}\n\n"
-            f"[p2p]\nlisten = {strs(self.listen)}\nbootstrap = {strs(self.bootstrap)}\n\n"
+            f"[p2p]\nlisten = {strs(self.listen)}\nbootstrap = {strs(self.bootstrap)}\n"
+            f"target_peers = {self.target_peers}\nmax_peers = {self.max_peers}\n\n"
             f"[api]\nhost = {_q(self.api_host)}\nport = {self.api_port}\n\n"
             f"[data]\nfile = {_q(self.data_file)}\n\n"
             f"[prover]\nverify_workers = {self.verify_workers}\n"
@@ -76,6 +79,8 @@ class NodeConfig:
                 name=str(doc.get("node", {}).get("name", "node")),
                 listen=tuple(str(a) for a in p2p.get("listen", cls.listen)),
                 bootstrap=tuple(str(a) for a in p2p.get("bootstrap", ())),
+                target_peers=int(p2p.get("target_peers", cls.target_peers)),
+                max_peers=int(p2p.get("max_peers", cls.max_peers)),
                 api_host=api_host,
                 api_port=api_port,
                 data_file=str(data.get("file", "")),
@@ -87,6 +92,11 @@ class NodeConfig:
             raise HomeError(f"{where}: bad value: {exc}") from None
         if not 0 <= cfg.api_port <= 65535:
             raise HomeError(f"{where}: api.port {cfg.api_port} is not a TCP port")
+        if not 0 <= cfg.target_peers <= cfg.max_peers or cfg.max_peers < 1:
+            raise HomeError(
+                f"{where}: [p2p] needs 0 <= target_peers <= max_peers and max_peers >= 1 "
+                f"(got {cfg.target_peers} and {cfg.max_peers})"
+            )
         if not 1 <= cfg.verify_workers <= 16:
             raise HomeError(f"{where}: prover.verify_workers must be 1..16")
         return cfg
