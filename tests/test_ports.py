@@ -119,3 +119,13 @@ def test_node_init_refuses_a_taken_port_before_dialling(held: int, tmp_path: Pat
     assert code == 1
     assert f"the p2p port 127.0.0.1:{held} is taken" in err and "--listen" in err
     assert not (tmp_path / "new").exists()
+
+
+def test_the_connection_bounds_are_config_and_checked() -> None:
+    from node.home import NodeConfig
+
+    cfg = NodeConfig.from_toml("[p2p]\ntarget_peers = 4\nmax_peers = 8\n", "c.toml")
+    assert (cfg.target_peers, cfg.max_peers) == (4, 8)
+    assert NodeConfig.from_toml(cfg.to_toml(), "c.toml") == cfg
+    with pytest.raises(HomeError, match=r"target_peers <= max_peers .*got 9 and 8"):
+        NodeConfig.from_toml("[p2p]\ntarget_peers = 9\nmax_peers = 8\n", "c.toml")
