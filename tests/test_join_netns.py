@@ -87,6 +87,7 @@ def test_a_new_host_joins_with_node_init_and_follows(bed: tuple[NsNet, Lan, Path
     wrong = lan.cmd(NEWCOMER, *cli, "node", "init", "--home", str(root / "wrong"),
                     "--bootstrap", bootstrap, "--chain-id", "ab" * 32, check=False)  # fmt: skip
     assert wrong.returncode == 1 and "check --chain-id" in wrong.stderr, wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr  # no libp2p dump first
 
     net.start(NEWCOMER)
     target = max(net.head(i)[0] for i in RUNNING)

@@ -9,6 +9,7 @@ every check has passed, so a failed init leaves no half-made home behind.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -97,9 +98,28 @@ async def fetch_genesis(
 ) -> Genesis:
     """The genesis with hash `cid`, from the bootstrap peers (a throwaway identity asks)."""
     host = P2PHost(
-        HostConfig(seed=os.urandom(32), listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=bootstrap),
+        HostConfig(
+            seed=os.urandom(32),
+            listen=("/ip4/127.0.0.1/tcp/0",),
+            bootstrap=bootstrap,
+            target_peers=0,  # one question to the bootstrap peers: no discovery
+        ),
         cid,
     )
+    # A command, not a daemon: its failure is said below in one line, so py-libp2p's own
+    # dumps of a refused stream (7 lines for a wrong chain id) stay unsaid.
+    lib = logging.getLogger("libp2p")
+    level = lib.level
+    lib.setLevel(logging.CRITICAL)
+    try:
+        return await _ask_genesis(host, cid, bootstrap, connect_timeout_s)
+    finally:
+        lib.setLevel(level)
+
+
+async def _ask_genesis(
+    host: P2PHost, cid: bytes, bootstrap: tuple[str, ...], connect_timeout_s: float
+) -> Genesis:
     data: bytes | None = None
     failure = ""
     async with host.run():  # errors leave it as values: the host's nursery would wrap them
