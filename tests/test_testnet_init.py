@@ -111,3 +111,18 @@ def test_every_testnet_flag_says_what_it_does() -> None:
                 assert action.help, f"testnet {name} {action.option_strings[0]} has no help"
     up = testnet.choices["up"].parse_args(["DIR", "--blocks", "7"])
     assert up.blocks == 7
+
+
+def test_a_final_line_says_how_the_global_model_was_made() -> None:
+    from node.tools.testnet import _final_line
+    from support.chainfactory import make_chain
+
+    g = make_chain().genesis
+    blk = {
+        "round": 3, "proposer": "ab" * 32, "score": 9, "members": ["cd" * 32, "ef" * 32],
+        "proofs": [{"participant": "cd" * 32, "k": 7}, {"participant": "ef" * 32, "k": 5}],
+        "aggregate_hash": "01" * 32,
+    }  # fmt: skip
+    line = _final_line(4, blk, g, 0.5)
+    assert "momentum step from the mean of cdcdcdcd (k=7), efefefef (k=5)" in line
+    assert _final_line(4, {**blk, "aggregate_hash": ""}, g, 0.5).count("momentum") == 0

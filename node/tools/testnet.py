@@ -306,6 +306,8 @@ def _final_line(height: int, blk: dict[str, Any], genesis: Genesis, acc: float) 
     members = blk.get("members") or []
     if members:
         made = "mean of " + ", ".join(f"{m[:8]} (k={k_of.get(m, '?')})" for m in members)
+        if blk.get("aggregate_hash"):  # v6: the global model is the server step from it
+            made = "momentum step from the " + made
     elif genesis.rule.name == "winner":
         made = "the proposer's own model"
     else:
