@@ -34,8 +34,9 @@ test: lint typecheck browser
 	$(BIN)/pytest -q
 
 # A fresh 4-node network (a publisher that also observes, 3 participants) on a non-IID
-# (Dirichlet 0.5 label skew) split of digits, under protocol v2's best-share rule (each
-# round's global model is the private, exact mean of the best proven models),
+# (Dirichlet 0.5 label skew) split of digits, under the best-share rule (each round's
+# aggregate is the private, exact mean of the best proven models; protocol v6's server
+# momentum steps the global model from it),
 # run until 5 blocks are final on every node.
 TESTNET_DIR ?= .testnet
 # Seconds from init to round 0: init's own remaining work and the nodes' start (torch,
