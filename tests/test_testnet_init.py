@@ -126,3 +126,5 @@ def test_a_final_line_says_how_the_global_model_was_made() -> None:
     line = _final_line(4, blk, g, 0.5)
     assert "momentum step from the mean of cdcdcdcd (k=7), efefefef (k=5)" in line
     assert _final_line(4, {**blk, "aggregate_hash": ""}, g, 0.5).count("momentum") == 0
+    named = _final_line(4, blk, g, 0.5, {"ab" * 32: "node0", "cd" * 32: "node1"})
+    assert "by node0: momentum step from the mean of node1 (k=7), efefefef (k=5)" in named

@@ -300,12 +300,23 @@ def stop_nodes(procs: Iterable[subprocess.Popen[bytes]], grace_s: float = 20) ->
             p.wait()
 
 
-def _final_line(height: int, blk: dict[str, Any], genesis: Genesis, acc: float) -> str:
-    """One final block as make testnet prints it: who made the global model, and how good."""
+def _final_line(
+    height: int,
+    blk: dict[str, Any],
+    genesis: Genesis,
+    acc: float,
+    names: dict[str, str] | None = None,
+) -> str:
+    """One final block as make testnet prints it: who made the global model, and how good.
+    `names`: a testnet's node names by key (hex), so "node2", not a key, is printed."""
+
+    def who(key: str) -> str:
+        return (names or {}).get(key) or key[:8]
+
     k_of = {p["participant"]: p["k"] for p in blk.get("proofs", [])}
     members = blk.get("members") or []
     if members:
-        made = "mean of " + ", ".join(f"{m[:8]} (k={k_of.get(m, '?')})" for m in members)
+        made = "mean of " + ", ".join(f"{who(m)} (k={k_of.get(m, '?')})" for m in members)
         if blk.get("aggregate_hash"):  # v6: the global model is the server step from it
             made = "momentum step from the " + made
     elif genesis.rule.name == "winner":
@@ -314,7 +325,7 @@ def _final_line(height: int, blk: dict[str, Any], genesis: Genesis, acc: float) 
         made = "no aggregate this round, the parent's model kept"
     batch = genesis.eval_plan.batch_size
     return (
-        f"final block {height}: round {blk['round']} by {blk['proposer'][:8]}: {made}; "
+        f"final block {height}: round {blk['round']} by {who(blk['proposer'])}: {made}; "
         f"global model k={blk['score']}/{batch}, test accuracy {acc:.3f}"
     )
 
@@ -331,6 +342,7 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
     say = out or sys.stdout
     homes = _homes(directory)
     genesis = homes[0].load_genesis()
+    names = {h.load_key().public.hex(): h.path.name for h in homes}
     configs = [h.load_config() for h in homes]
     apis = [f"http://{c.api_host}:{c.api_port}" for c in configs]
     ds = load_dataset(genesis.task.dataset)
@@ -386,7 +398,8 @@ def up(directory: Path, rounds: int, *, timeout_s: float, out: Any = None) -> in
                     blk = client.get(f"{apis[0]}/blocks/{reported}").json()
                     model = client.get(f"{apis[0]}/models/{reported}").content
                     acc = evaluate_float(genesis.task.architecture, model, tx, ty)
-                    print(_final_line(reported, blk, genesis, acc), file=say, flush=True)
+                    line = _final_line(reported, blk, genesis, acc, names)
+                    print(line, file=say, flush=True)
                     curve.append((blk["round"], acc, blk["score"] / genesis.eval_plan.batch_size))
                 head = live[0]["head"]
                 line = (
