@@ -91,8 +91,9 @@ class HostConfig:
     ping_failures: int = 2
     gossip: GossipConfig = field(default_factory=GossipConfig)
     # discovery (p2p.discovery): dial peers the DHT finds until this many are connected
-    # (bootstrap peers are kept connected whatever the count); 0: no discovery
-    target_peers: int = 16
+    # (bootstrap peers are kept connected whatever the count); 0: no discovery (the
+    # default until a gossip stall seen once with it is understood: docs/architecture.md)
+    target_peers: int = 0
 
 
 class _Notifee(INotifee):

@@ -49,6 +49,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NsNet, Lan, 
         net = NsNet(root, spec, lan)
         place_on(lan, net, len(RUNNING))
         for i in RUNNING:
+            _discover(net.home(i).config_file)  # every node of this network opts in
             net.start(i)
         try:
             yield net, lan, root
@@ -89,6 +90,7 @@ def test_a_new_host_joins_with_node_init_and_follows(bed: tuple[NsNet, Lan, Path
     assert wrong.returncode == 1 and "check --chain-id" in wrong.stderr, wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr  # no libp2p dump first
 
+    _discover(Home(home).config_file)
     net.start(NEWCOMER)
     target = max(net.head(i)[0] for i in RUNNING)
     net.wait(
@@ -169,6 +171,13 @@ def test_a_new_host_joins_with_node_init_and_follows(bed: tuple[NsNet, Lan, Path
         ),
         timeout=420,
     )
+
+
+def _discover(config: Path) -> None:
+    """Peer discovery on (`[p2p] target_peers`, off by default for now)."""
+    text = config.read_text()
+    assert "target_peers = 0" in text, text
+    config.write_text(text.replace("target_peers = 0", "target_peers = 16"))
 
 
 def _cli(*argv: str) -> str:
