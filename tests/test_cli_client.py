@@ -20,6 +20,9 @@ from node.api import create_app, serve_api
 from node.home import Home
 from node.tools.cli import main
 from node.tools.client import DEFAULT_API, ClientError, api_url_from_home
+from node.tools.names import names_near
+from node.tools.tables import format_participants, format_peers
+from p2p.identity import peer_id_of_key
 from prover.models import build_model, model_from_bytes
 from support import free_port
 from support.apinode import ARCH, Node
@@ -220,6 +223,43 @@ def test_bad_api_address_in_home_says_what_to_fix(tmp_path: Path, api: str, mess
 
 
 # ---------------------------------------------------------------------- errors
+
+
+def test_a_testnet_s_nodes_are_named_where_their_keys_are_printed(
+    server: Server, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--home inside a testnet: the sibling homes' keys name the proposers, the
+    participants and the peers (node.tools.names); --json stays the API's."""
+    chain = server.node.chain
+    for name, key in (("node0", chain.participants[0]), ("node1", chain.participants[1])):
+        home = Home(tmp_path / name)
+        home.path.mkdir()
+        home.write_key(key)
+        (home.path / "config.toml").write_text(f'[api]\nhost = "127.0.0.1"\nport = {server.port}\n')
+    (tmp_path / "notes").mkdir()  # not a home: skipped
+    home0 = str(tmp_path / "node0")
+    code, out, _ = _run(capsys, "chain", "blocks", "--home", home0)
+    assert code == 0
+    proposers = {row.split()[3] for row in out.splitlines()[1:] if not row.startswith("0 ")}
+    assert proposers == {"node0"}  # it wins every round
+    code, out, _ = _run(capsys, "chain", "round", "6", "--home", home0)
+    assert code == 0 and "winner" in out and "node0" in out
+    code, out, _ = _run(capsys, "chain", "blocks", "--home", home0, "--json")
+    assert code == 0 and "node0" not in out
+    names = names_near(home0)
+    peer = str(peer_id_of_key(chain.participants[1].public))
+    table = format_peers({"peers": [{"peer_id": peer, "role": "participant"}]}, names)
+    assert table.splitlines()[1].split() == ["node1", peer, "participant"]
+    key1 = chain.participants[1].public.hex()
+    tenure = {"key": key1, "joined": 0, "left": None, "active": True}
+    listing = {
+        "round": 3,
+        "publisher": "ab",
+        "participants": [tenure],
+        "pending": [],
+        "requests": [],
+    }
+    assert f"node1 {key1}" in format_participants(listing, names)
 
 
 def test_not_found_and_malformed(server: Server, capsys: pytest.CaptureFixture[str]) -> None:

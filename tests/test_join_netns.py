@@ -134,8 +134,10 @@ def test_a_new_host_joins_with_node_init_and_follows(bed: tuple[NsNet, Lan, Path
         lambda: key in {r["key"] for r in net.get(0, "/participants")["requests"]},
         timeout=60,
     )
-    admitted = _cli(*cli, "participant", "admit", key, "--home", str(net.home(0).path), "--json")
-    assert json.loads(admitted)["result"].startswith("accepted"), admitted
+    admitted = json.loads(
+        _cli(*cli, "participant", "admit", key, "--home", str(net.home(0).path), "--json")
+    )
+    assert admitted["result"].startswith("accepted"), admitted
     net.wait(
         "a block carries the admission",
         lambda: any(t["key"] == key for t in net.get(0, "/participants")["participants"]),
@@ -143,6 +145,7 @@ def test_a_new_host_joins_with_node_init_and_follows(bed: tuple[NsNet, Lan, Path
     )
     joined = next(t for t in net.get(0, "/participants")["participants"] if t["key"] == key)
     since = joined["joined"]
+    assert since == admitted["from_round"], (joined, admitted)  # the round admit printed
     listing = _cli(*cli, "chain", "participants", "--home", str(net.home(0).path))
     assert key in listing, listing
     # from that round on, its proofs compete and are counted in blocks

@@ -25,6 +25,7 @@ import httpx
 
 from node.apispec import ARCH_HEADER, DEFAULT_API_HOST, DEFAULT_API_PORT, MODEL_HASH_HEADER
 from node.home import Home, HomeError
+from node.tools.names import Names, names_near
 from node.tools.tables import (
     format_block,
     format_blocks,
@@ -161,19 +162,26 @@ def _emit(args: argparse.Namespace, data: Any, fmt: Callable[[Any], str]) -> Non
     print(json.dumps(data) if args.json else fmt(data))
 
 
+def _emit_named(
+    args: argparse.Namespace, data: Any, fmt: Callable[[Any, Names | None], str]
+) -> None:
+    """As `_emit`, naming keys and peer ids after the testnet homes beside --home."""
+    print(json.dumps(data) if args.json else fmt(data, names_near(args.home)))
+
+
 def _cmd_status(args: argparse.Namespace) -> None:
     _emit(args, _client(args).get_json("/status"), format_status)
 
 
 def _cmd_head(args: argparse.Namespace) -> None:
-    _emit(args, _client(args).get_json("/blocks/head"), format_block)
+    _emit_named(args, _client(args).get_json("/blocks/head"), format_block)
 
 
 def _cmd_block(args: argparse.Namespace) -> None:
     ref = args.ref.strip()
     if not ref or "/" in ref or "?" in ref:
         raise ClientError(f"malformed block reference {args.ref!r}: give a height or a hash", 2)
-    _emit(args, _client(args).get_json(f"/blocks/{ref}"), format_block)
+    _emit_named(args, _client(args).get_json(f"/blocks/{ref}"), format_block)
 
 
 def _cmd_blocks(args: argparse.Namespace) -> None:
@@ -188,19 +196,20 @@ def _cmd_blocks(args: argparse.Namespace) -> None:
     while page.get("next_from") is not None:  # the API caps a page; fetch the rest
         page = client.get_json("/blocks", {**params, "from": page["next_from"]})
         blocks += page["blocks"]
-    _emit(args, {**page, "from": params.get("from", page["from"]), "blocks": blocks}, format_blocks)
+    whole = {**page, "from": params.get("from", page["from"]), "blocks": blocks}
+    _emit_named(args, whole, format_blocks)
 
 
 def _cmd_round(args: argparse.Namespace) -> None:
-    _emit(args, _client(args).get_json(f"/rounds/{args.round}"), format_round)
+    _emit_named(args, _client(args).get_json(f"/rounds/{args.round}"), format_round)
 
 
 def _cmd_participants(args: argparse.Namespace) -> None:
-    _emit(args, _client(args).get_json("/participants"), format_participants)
+    _emit_named(args, _client(args).get_json("/participants"), format_participants)
 
 
 def _cmd_peers(args: argparse.Namespace) -> None:
-    _emit(args, _client(args).get_json("/peers"), format_peers)
+    _emit_named(args, _client(args).get_json("/peers"), format_peers)
 
 
 def _export_format(args: argparse.Namespace) -> str:

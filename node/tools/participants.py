@@ -54,9 +54,11 @@ def _from_round(args: argparse.Namespace, client: ApiClient) -> int:
 
 
 def _send(args: argparse.Namespace, client: ApiClient, item: JoinRequest | Membership) -> None:
+    """Submit; with --json print the node's answer (and a change's `from_round`)."""
     answer = client.post("/membership", item.encode())
     if args.json:
-        print(json.dumps(answer))
+        extra = {"from_round": item.from_round} if isinstance(item, Membership) else {}
+        print(json.dumps({**answer, **extra}))
         return
     print(f"{item.NAME} {answer['hash'][:16]}…: {answer['result']}")
 

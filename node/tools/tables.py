@@ -5,8 +5,10 @@ Hex ids are shortened in tables; `--json` and the detail views keep them whole.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+Names = Mapping[str, str]  # key hex or peer id -> a testnet node's name (node.tools.names)
 
 
 def short(value: object, n: int = 16) -> str:
@@ -15,6 +17,13 @@ def short(value: object, n: int = 16) -> str:
         return "-"
     text = str(value)
     return text if len(text) <= n else text[:n]
+
+
+def who(value: object, names: Names | None, n: int = 16) -> str:
+    """A key or peer id as its testnet node's name when known, else shortened."""
+    if names and isinstance(value, str) and value in names:
+        return names[value]
+    return short(value, n)
 
 
 def _cell(value: object) -> str:
@@ -91,7 +100,7 @@ def _duration(seconds: float) -> str:
     )
 
 
-def format_block(b: dict[str, Any]) -> str:
+def format_block(b: dict[str, Any], names: Names | None = None) -> str:
     items: list[tuple[str, object]] = [
         ("height", b["height"]),
         ("hash", b["hash"]),
@@ -104,7 +113,7 @@ def format_block(b: dict[str, Any]) -> str:
     items += [
         ("round", b["round"]),
         ("status", status),
-        ("proposer", f"{b['proposer']} (rank {b['rank']})"),
+        ("proposer", f"{_named(b['proposer'], names)} (rank {b['rank']})"),
         ("score", f"{_cell(b['score'])} (cumulative {b['cumulative_score']})"),
         ("batch", b["batch_index"]),
         ("model", b["model_hash"]),
@@ -118,7 +127,7 @@ def format_block(b: dict[str, Any]) -> str:
             [
                 [
                     short(c["id"]),
-                    short(c["participant"]),
+                    who(c["participant"], names),
                     proofs.get(c["id"]),
                     "yes" if c["participant"] in members else "",
                 ]
@@ -129,13 +138,13 @@ def format_block(b: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def format_blocks(page: dict[str, Any]) -> str:
+def format_blocks(page: dict[str, Any], names: Names | None = None) -> str:
     rows = [
         [
             b["height"],
             b["round"],
             short(b["hash"]),
-            short(b["proposer"]),
+            who(b["proposer"], names),
             b["rank"],
             len(b.get("members") or []),
             b["score"],
@@ -148,7 +157,7 @@ def format_blocks(page: dict[str, Any]) -> str:
     return table(headers, rows) if rows else "(no blocks in that range)"
 
 
-def format_round(r: dict[str, Any]) -> str:
+def format_round(r: dict[str, Any], names: Names | None = None) -> str:
     reveal = r["reveal"]
     winner = r.get("winner") or {}
     block = r.get("block")
@@ -157,7 +166,7 @@ def format_round(r: dict[str, Any]) -> str:
         ("observed", r["observed"]),
         ("revealed", f"batch {reveal['batch_index']}" if reveal["revealed"] else "no"),
         ("sealed commits", len(reveal["sealed"])),
-        ("winner", winner.get("proposer")),
+        ("winner", _named(winner.get("proposer"), names)),
         ("winner block", winner.get("block")),
         (
             "canonical block",
@@ -172,8 +181,8 @@ def format_round(r: dict[str, Any]) -> str:
         rows = []
         for c in r["commits"]:
             p = proofs.pop(c["id"], None)
-            rows.append(_proof_row(c["id"], c["participant"], p, rank))
-        rows += [_proof_row(cid, p["participant"], p, rank) for cid, p in proofs.items()]
+            rows.append(_proof_row(c["id"], c["participant"], p, rank, names))
+        rows += [_proof_row(cid, p["participant"], p, rank, names) for cid, p in proofs.items()]
         out += ["", table(["commit", "participant", "k", "valid", "rank", "reason"], rows)]
     for note in r.get("notes", []):
         out.append(f"note: {note}")
@@ -181,18 +190,21 @@ def format_round(r: dict[str, Any]) -> str:
 
 
 def _proof_row(
-    cid: str, participant: str, p: dict[str, Any] | None, rank: dict[str, int]
+    cid: str, participant: str, p: dict[str, Any] | None, rank: dict[str, int], names: Names | None
 ) -> list[object]:
+    name = who(participant, names)
     if p is None:
-        return [short(cid), short(participant), "no proof", None, None, None]
+        return [short(cid), name, "no proof", None, None, None]
     valid = {True: "valid", False: "INVALID", None: "pending"}[p["valid"]]
-    return [short(cid), short(participant), p["k"], valid, rank.get(participant), p["reason"]]
+    return [short(cid), name, p["k"], valid, rank.get(participant), p["reason"]]
 
 
-def format_peers(p: dict[str, Any]) -> str:
+def format_peers(p: dict[str, Any], names: Names | None = None) -> str:
     peers: list[dict[str, Any]] = p["peers"]
     if not peers:
         return "(no peers connected)"
+    if names:
+        peers = [{"name": names.get(str(peer.get("peer_id")), "-"), **peer} for peer in peers]
     headers: list[str] = []
     for peer in peers:
         headers += [k for k in peer if k not in headers]
@@ -211,18 +223,26 @@ def _tenure_now(t: dict[str, Any], rnd: int) -> str:
     return f"left in round {t['left']}"
 
 
-def format_participants(p: dict[str, Any]) -> str:
+def format_participants(p: dict[str, Any], names: Names | None = None) -> str:
+    """Keys stay whole (`participant admit KEY` takes one); a testnet's names go beside."""
     rows = [
-        (t["key"], t["joined"], _cell(t["left"]), _tenure_now(t, p["round"]))
+        (_named(t["key"], names), t["joined"], _cell(t["left"]), _tenure_now(t, p["round"]))
         for t in p["participants"]
     ]
-    out = [f"round {p['round']}; publisher {p['publisher']}", ""]
+    out = [f"round {p['round']}; publisher {_named(p['publisher'], names)}", ""]
     out.append(table(("key", "joined", "left", "now"), rows))
     if p["pending"]:
         out += ["", "pending changes (waiting for a block):"]
-        changes = [(c["kind"], c["key"], c["from_round"]) for c in p["pending"]]
+        changes = [(c["kind"], _named(c["key"], names), c["from_round"]) for c in p["pending"]]
         out.append(table(("kind", "key", "from round"), changes))
     if p["requests"]:
         out += ["", "join requests (the publisher admits one with `zkpot participant admit KEY`):"]
-        out += [f"  {r['key']}" for r in p["requests"]]
+        out += [f"  {_named(r['key'], names)}" for r in p["requests"]]
     return "\n".join(out)
+
+
+def _named(key: object, names: Names | None) -> object:
+    """A whole key, with its testnet node's name in front when known."""
+    if names and isinstance(key, str) and key in names:
+        return f"{names[key]} {key}"
+    return key
