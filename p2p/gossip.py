@@ -97,6 +97,7 @@ class GossipConfig:
     # takes longer gets IGNORE, so a slow block never holds py-libp2p's validation slots.
     block_validation_budget_s: float = 1.0
     max_concurrent_validations: int = 32
+    resubscribe_s: float = 5.0  # re-announce our subscriptions (p2p.hardening, patch 8)
     publish_wait_s: float = 10.0  # backpressure: wait this long for peer queues to drain
     queue_high_water: int = 256  # of hardening.OUTBOUND_QUEUE_SIZE
     inbox_size: int = 10_000
@@ -160,6 +161,9 @@ class Gossip:
             self.pubsub.set_topic_validator(name, self._make_validator(kind), True)
             sub = await self.pubsub.subscribe(name)
             nursery.start_soon(self._drain, kind, sub)
+        nursery.start_soon(
+            hardening.reannounce_subscriptions, self.pubsub, self.config.resubscribe_s
+        )
 
     def _make_validator(self, kind: TopicKind) -> Callable[[ID, Any], Awaitable[bool]]:
         async def validate(forwarder: ID, msg: Any) -> bool:

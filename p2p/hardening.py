@@ -38,6 +38,14 @@ tests/test_p2p_refusal.py):
    earliest point where the peer id is known: a banned identity is dropped there,
    before the muxer, the notifees and any stream; `on_secured(peer, ip)` records the
    address each peer authenticated from (bans mark it).
+8. `reannounce_subscriptions`: every peer is told our subscriptions again every few
+   seconds. Trap: when our outbound pubsub stream to a peer dies while a connection to
+   it stays (a duplicate connection closed, a stream reset), pubsub forgets the peer's
+   subscriptions and opens a new stream, but the peer, whose own stream to us never
+   broke, never announces them again: we stop sending it anything, for good, while its
+   messages still reach us. Seen as a publisher whose reveals reached no participant for
+   20 rounds after one peer was killed, while their commits kept reaching it (reproduced
+   by resetting one stream: tests/test_p2p.py). A repeated hello is idempotent.
 """
 
 from __future__ import annotations
@@ -150,6 +158,18 @@ class _LargerRpcQueue(_rpc_queue_mod.RpcQueue):
         max_message_size: int = _rpc_queue_mod.DefaultMaxMessageSize,
     ) -> None:
         super().__init__(max(max_size, OUTBOUND_QUEUE_SIZE), max_message_size)
+
+
+async def reannounce_subscriptions(pubsub: Any, interval_s: float) -> None:
+    """Patch 8: queue our hello (subscriptions and signed record) to every peer, ahead of
+    other traffic, every `interval_s`; runs until cancelled."""
+    while True:
+        await trio.sleep(interval_s)
+        if not pubsub.topic_ids:
+            continue
+        hello = pubsub.get_hello_packet()
+        for queue in list(pubsub.peer_queues.values()):
+            queue.push(hello, priority=True)  # a full queue drops it: the next round comes
 
 
 def install_queue_size() -> None:

@@ -33,6 +33,7 @@ from p2p.framing import FrameError, FrameReader, encode_frame
 from storage import BlockMeta, ChainStore
 from support.chainfactory import make_chain
 from support.p2p_util import (
+    TIMEOUT,
     absent,
     build_store,
     config,
@@ -120,6 +121,32 @@ async def test_validator_verdicts_ignore_and_raise_never_relay_and_raise_penalis
         assert hosts[1].gossip.stats[Verdict.IGNORE] >= 1
         assert hosts[1].gossip.stats[Verdict.REJECT] >= 1
         assert hosts[1].penalty_score(hosts[0].peer_id) > before  # only the raise penalised
+
+
+async def test_gossip_reaches_a_peer_again_after_our_stream_to_it_died() -> None:
+    """py-libp2p trap (p2p.hardening, patch 8): A's outbound pubsub stream to B dies while
+    their connection stays. A opens a new stream but has forgotten B's subscriptions,
+    and B never announces them again: without the re-announcement, nothing A publishes
+    reaches B any more (a publisher's reveals stopped reaching every participant)."""
+    hosts = [P2PHost(config(f"restream{i}"), CHAIN.cid) for i in range(2)]
+    async with running(hosts):
+        a, b = hosts
+        await connect_line(hosts)
+        before = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, b"before")
+        await a.gossip.publish(before)
+        await receive(b, lambda d: d.item == before)
+        connections = a.libp2p.get_network().get_connections(b.peer_id)
+        await a.gossip.pubsub.peers[b.peer_id].reset()
+        await trio.sleep(1)  # A notices on its next write, and re-opens a stream
+        after = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, b"after")
+        with trio.fail_after(TIMEOUT):
+            while True:  # published again until it arrives: the repair takes a few seconds
+                await a.gossip.publish(after)
+                if not await absent(b, lambda d, want=after: d.item == want, 1.0):
+                    break
+                after = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, after.binding)
+        # the same connection carries it: no reconnect was needed
+        assert a.libp2p.get_network().get_connections(b.peer_id) == connections
 
 
 async def test_large_block_is_announced_and_fetched_by_hash_over_sync(tmp_path: Path) -> None:
