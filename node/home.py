@@ -39,7 +39,7 @@ class NodeConfig:
     name: str = "node"
     listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
     bootstrap: tuple[str, ...] = ()
-    target_peers: int = 0  # discovery dials peers until this many are connected (0: off)
+    target_peers: int = 16  # discovery dials peers until this many are connected (0: off)
     max_peers: int = 64  # connections beyond this are refused
     api_host: str = DEFAULT_API_HOST
     api_port: int = DEFAULT_API_PORT

@@ -1,16 +1,19 @@
 """A stranger joins a running chain from scratch, on its own host.
 
-Three real node processes (node0 publishes, node1..2 participate; the e2e tests' tiny
-circuit) run on hosts 0..2 of a Lan (support.netns: a network namespace and IP each,
-one bridge). Host 3 knows only node0's address and the chain id: `zkpot node init`
+Six real node processes (node0 publishes, node1..3 participate, node4..5 observe; the
+e2e tests' tiny circuit; the best-share rule) run on hosts 0..5 of a Lan (support.netns:
+a network namespace and IP each, one bridge). Host 6 knows only node0's address and the
+chain id: `zkpot node init`
 fetches the genesis from node0 over the bridge and `zkpot node start` fetches the
 circuit artifacts and the initial model by their pinned hashes, re-verifies every
 block it syncs, and then follows the chain live as an observer. `zkpot status`
-through its API shows the role and sync progress.
+through its API shows the role and sync progress. Peer discovery (the DHT) connects it
+to all six nodes within a minute.
 
 Then it asks to join (`zkpot participant request`), the publisher admits it
 (`zkpot participant admit KEY --home node0`), and from the stated round on its
-commits and proofs compete and are counted in blocks, trained on its own data file;
+commits and proofs compete and it is a member of the private aggregates (every fresh
+proof is kept: keep 100%), trained on its own data file;
 later it leaves (`zkpot participant leave`) and the network goes on without it.
 """
 
@@ -35,21 +38,28 @@ from support.nsnet import API_PORT, P2P_PORT, NsNet, addr_of, place_on
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "")]
 
-RUNNING = [0, 1, 2]
-NEWCOMER = 3
-ROUND_S = 30
+RUNNING = [0, 1, 2, 3, 4, 5]
+NEWCOMER = 6
+ROUND_S = 40  # four provers and seven nodes on two busy cores
 
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NsNet, Lan, Path]]:
     root = tmp_path_factory.mktemp("join") / "net"
-    spec = dataclasses.replace(small_net(3), participants=2, rule="winner", round_seconds=ROUND_S)
-    with Lan(4) as lan:
+    spec = dataclasses.replace(
+        small_net(len(RUNNING)),
+        participants=3,
+        rule="best-share",
+        keep_percent=100,  # every fresh proof is a member: the newcomer's too
+        guard_members=0,
+        round_seconds=ROUND_S,
+    )
+    with Lan(len(RUNNING) + 1) as lan:
         init(root, spec)
         net = NsNet(root, spec, lan)
         place_on(lan, net, len(RUNNING))
         for i in RUNNING:
-            _discover(net.home(i).config_file)  # every node of this network opts in
+            _discover(net.home(i).config_file)  # discovery is on in every node
             net.start(i)
         try:
             yield net, lan, root
@@ -100,7 +110,7 @@ def test_a_new_host_joins_with_node_init_and_follows(bed: tuple[NsNet, Lan, Path
     )
     st = net.status(NEWCOMER)
     assert st is not None and st["role"] == "observer" and st["sync"]["peer_height"] >= target
-    # it was given node0's address only; the DHT finds node1 and node2 (issue 22: a
+    # it was given node0's address only; the DHT finds the five others (issue 22: a
     # stranger's node stayed at one peer for life), each listed with a dialable address
     ids = {str(peer_id_from_seed(net.home(i).load_key().seed)) for i in RUNNING}
     net.wait(
@@ -148,11 +158,11 @@ def test_a_new_host_joins_with_node_init_and_follows(bed: tuple[NsNet, Lan, Path
     assert since == admitted["from_round"], (joined, admitted)  # the round admit printed
     listing = _cli(*cli, "chain", "participants", "--home", str(net.home(0).path))
     assert key in listing, listing
-    # from that round on, its proofs compete and are counted in blocks
+    # from that round on, its proofs compete and it is a member of the aggregates
     net.wait(
-        f"a block of round >= {since} counts the newcomer's proof",
-        lambda: any(key in _provers(net, h) for h in _heights(net, since)),
-        timeout=420,
+        f"a block of round >= {since} aggregates the newcomer's model",
+        lambda: any(key in _members(net, h) for h in _heights(net, since)),
+        timeout=480,
     )
     # leaving: the network goes on without it
     left = _cli(*cli, "participant", "leave", "--home", str(home), "--json")
@@ -177,10 +187,8 @@ def test_a_new_host_joins_with_node_init_and_follows(bed: tuple[NsNet, Lan, Path
 
 
 def _discover(config: Path) -> None:
-    """Peer discovery on (`[p2p] target_peers`, off by default for now)."""
-    text = config.read_text()
-    assert "target_peers = 0" in text, text
-    config.write_text(text.replace("target_peers = 0", "target_peers = 16"))
+    """Peer discovery is on by default (`[p2p] target_peers = 16`): the test relies on it."""
+    assert "target_peers = 16" in config.read_text()
 
 
 def _cli(*argv: str) -> str:
@@ -193,6 +201,10 @@ def _heights(net: NsNet, from_round: int) -> list[int]:
     """Canonical heights on node0 of blocks from `from_round` on."""
     blocks = net.get(0, "/blocks")["blocks"]
     return [b["height"] for b in blocks if not b["genesis"] and b["round"] >= from_round]
+
+
+def _members(net: NsNet, height: int) -> set[str]:
+    return set(net.get(0, f"/blocks/{height}")["members"])
 
 
 def _provers(net: NsNet, height: int) -> set[str]:
