@@ -149,7 +149,7 @@ def test_mnist_tasks_grow_the_circuit_and_refuse_an_aggregate_too_big_to_gossip(
 @pytest.mark.slow
 def test_a_testnet_on_the_built_in_mnist_needs_no_files(tmp_path: Path) -> None:
     """`--task mnist-mlp`: the built-in 5,000 MNIST images, split and partitioned as digits
-    are (about 100 s on 2 cores: a 2^15-row circuit and its self-test proof)."""
+    are (about 60 s on 2 cores: a 2^15-row circuit and its self-test proof)."""
     out = tmp_path / "net"
     args = ["testnet", "init", "--out", str(out), "--nodes", "3", "--participants", "2"]
     args += ["--task", "mnist-mlp", "--rule", "winner", "--eval-batch", "2", "--rounds", "5"]
