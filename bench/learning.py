@@ -31,6 +31,9 @@ bench/results/learning.json.
     .venv/bin/python bench/learning.py                 # the full grid (about 20 min on 2 cores)
     .venv/bin/python bench/learning.py --quick         # 3 seeds, 10 rounds
     .venv/bin/python bench/learning.py --server        # the server-optimizer grid, 40 rounds
+    .venv/bin/python bench/learning.py --task mnist-mlp --settings iid:8 dir0.5:8 \
+        --batches 16 --rules "best-share(50%)+guard+momentum" fedavg central
+                            # the built-in 5,000 MNIST images; writes learning-mnist-mlp.json
 """
 
 from __future__ import annotations
@@ -66,12 +69,12 @@ from consensus.selection import (
     select_winner,
 )
 from prover.data import Dataset, load_dataset, partition, split
-from prover.models import build_model, model_from_bytes, model_to_bytes
+from prover.models import build_model, get_arch, model_from_bytes, model_to_bytes
 from prover.quant import FixedPoint, accuracy_count, mlp_logits, quantise_inputs, quantise_params
 from prover.train import train_local
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ARCH = "digits-mlp"
+TASKS = ("digits-mlp", "mnist-mlp")  # --task: MLPs only, as the exact evaluator (mlp_logits)
 EPOCHS, TRAIN_BATCH, LR = 2, 16, 0.1  # the testnet's hyper-parameters
 
 Selector = Callable[[Sequence[Candidate], RoundFacts], tuple[Contribution, ...]]
@@ -116,6 +119,7 @@ class Case:
     rounds: int
     batch: int
     adversary: str = ""  # "" | flip | freerider | freerider-noisy
+    task: str = "digits-mlp"  # the architecture, hence the dataset (mnist: the built-in 5k)
 
 
 def _flippers(case: Case) -> int:
@@ -133,12 +137,12 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
-def _q(weights: bytes, fp: FixedPoint) -> list[np.ndarray[Any, Any]]:
-    return quantise_params(list(model_from_bytes(ARCH, weights).parameters()), fp.param_scale)
+def _q(weights: bytes, fp: FixedPoint, arch: str) -> list[np.ndarray[Any, Any]]:
+    return quantise_params(list(model_from_bytes(arch, weights).parameters()), fp.param_scale)
 
 
-def _from_q(q: list[np.ndarray[Any, Any]], fp: FixedPoint) -> bytes:
-    model = build_model(ARCH, 0)
+def _from_q(q: list[np.ndarray[Any, Any]], fp: FixedPoint, arch: str) -> bytes:
+    model = build_model(arch, 0)
     with torch.no_grad():
         for p, v in zip(model.parameters(), q, strict=True):
             p.copy_(torch.from_numpy(v.astype(np.float64) / (1 << fp.param_scale)))
@@ -153,10 +157,10 @@ def _k(
 
 
 def _test_acc(
-    weights: bytes, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], fp: FixedPoint
+    weights: bytes, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], fp: FixedPoint, arch: str
 ) -> float:
     """Test accuracy of a float model as the chain measures it: quantised, exact evaluator."""
-    return _k(_q(weights, fp), quantise_inputs(x, fp.input_scale), y, fp) / len(y)
+    return _k(_q(weights, fp, arch), quantise_inputs(x, fp.input_scale), y, fp) / len(y)
 
 
 def _fedavg(
@@ -176,8 +180,8 @@ def _fedavg(
     velocity: list[torch.Tensor] | None = None
     accs: list[float] = []
     for r in range(case.rounds):
-        locals_ = [model_from_bytes(ARCH, train(w, i, r)) for i in who]
-        avg = build_model(ARCH, 0)
+        locals_ = [model_from_bytes(case.task, train(w, i, r)) for i in who]
+        avg = build_model(case.task, 0)
         with torch.no_grad():
             for j, p in enumerate(avg.parameters()):
                 p.copy_(
@@ -188,7 +192,7 @@ def _fedavg(
                     / sizes.sum()
                 )
             if case.rule == "fedavgm":
-                g = list(model_from_bytes(ARCH, w).parameters())
+                g = list(model_from_bytes(case.task, w).parameters())
                 deltas = [a - b for a, b in zip(avg.parameters(), g, strict=True)]
                 velocity = (
                     deltas
@@ -198,7 +202,7 @@ def _fedavg(
                 for p, b, v in zip(avg.parameters(), g, velocity, strict=True):
                     p.copy_(b + v)
         w = model_to_bytes(avg)
-        accs.append(_test_acc(w, test_x, test_y, fp))
+        accs.append(_test_acc(w, test_x, test_y, fp, case.task))
     return {"final": accs[-1], "curve": accs}
 
 
@@ -220,7 +224,7 @@ def _free_ride(
 def run(case: Case) -> dict[str, Any]:
     torch.set_num_threads(1)
     fp = FixedPoint()
-    ds: Dataset = load_dataset("digits")
+    ds: Dataset = load_dataset(get_arch(case.task).dataset)
     sp = split(
         ds,
         seed=case.seed,
@@ -235,12 +239,12 @@ def run(case: Case) -> dict[str, Any]:
         data[i] = (data[i][0], 9 - data[i][1])
     test_x, test_y = sp.test_x.reshape(len(sp.test_y), -1), sp.test_y
     test_xq = quantise_inputs(test_x, fp.input_scale)
-    genesis = model_to_bytes(build_model(ARCH, case.seed))
+    genesis = model_to_bytes(build_model(case.task, case.seed))
 
     def train(weights: bytes, i: int, r: int) -> bytes:
         x, y = data[i]
         return train_local(
-            ARCH,
+            case.task,
             weights,
             x,
             y,
@@ -256,13 +260,14 @@ def run(case: Case) -> dict[str, Any]:
         for r in range(case.rounds):
             models = [train(models[i], i, r) for i in range(case.n)]
         honest = range(_flippers(case), case.n)
-        return {"final": statistics.mean(_test_acc(models[i], test_x, test_y, fp) for i in honest)}
+        accs = [_test_acc(models[i], test_x, test_y, fp, case.task) for i in honest]
+        return {"final": statistics.mean(accs)}
     if case.rule == "central":
         x, y = sp.pool_x.reshape(len(sp.pool_y), -1), sp.pool_y
         w = genesis
         for r in range(case.rounds):
             w = train_local(
-                ARCH,
+                case.task,
                 w,
                 x,
                 y,
@@ -271,7 +276,7 @@ def run(case: Case) -> dict[str, Any]:
                 lr=LR,
                 seed=_seed(case.seed, r),
             )
-            accs.append(_test_acc(w, test_x, test_y, fp))
+            accs.append(_test_acc(w, test_x, test_y, fp, case.task))
         return {"final": accs[-1], "curve": accs}
     if case.rule in ("fedavg", "oracle", "fedavgm"):
         return _fedavg(case, data, genesis, train, test_x, test_y, fp)
@@ -279,15 +284,15 @@ def run(case: Case) -> dict[str, Any]:
     mods = set(case.rule.split("+")[1:])
     keys = [bytes([i]) * 32 for i in range(case.n + 1)]
     free = case.n if case.adversary.startswith("freerider") else None
-    q_global = _q(genesis, fp)
-    w_global = _from_q(q_global, fp)
+    q_global = _q(genesis, fp, case.task)
+    w_global = _from_q(q_global, fp, case.task)
     velocity = [0] * sum(v.size for v in q_global)
     worse = members = free_sel = 0
     prev = _k(q_global, test_xq, test_y, fp)
     for r in range(case.rounds):
         bx, by = sp.eval_batches[r]
         bxq = quantise_inputs(bx.reshape(len(by), -1), fp.input_scale)
-        qs = [_q(train(w_global, i, r), fp) for i in range(case.n)]
+        qs = [_q(train(w_global, i, r), fp, case.task) for i in range(case.n)]
         if free is not None:
             qs.append(_free_ride(case, q_global, r))
         commit = [hashlib.sha256(b"".join(v.tobytes() for v in q)).digest() for q in qs]
@@ -317,7 +322,7 @@ def run(case: Case) -> dict[str, Any]:
                 out.append(arr[at : at + v.size].reshape(v.shape))
                 at += v.size
             q_global = out
-            w_global = _from_q(q_global, fp)
+            w_global = _from_q(q_global, fp, case.task)
         acc = _k(q_global, test_xq, test_y, fp)
         worse += acc < prev
         prev = acc
@@ -370,6 +375,7 @@ def _grid(
     batches: Sequence[int],
     settings: Sequence[tuple[str, int, str]],
     only: Sequence[str] = (),
+    task: str = "digits-mlp",
 ) -> list[Case]:
     """Every setting at the base batch; the two deciding settings at the other batches
     (the pool shrinks as B grows: each round's batch is fresh, taken from the dataset)."""
@@ -387,7 +393,7 @@ def _grid(
                 if only and rule not in only:
                     continue
                 for s in range(seeds):
-                    cases.append(Case(setting, n, s, rule, rounds, b, adv))
+                    cases.append(Case(setting, n, s, rule, rounds, b, adv, task))
     return cases
 
 
@@ -405,6 +411,21 @@ def _at(rs: Sequence[dict[str, Any]], rnd: int) -> tuple[float | None, float]:
     return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
+def _setting(text: str) -> tuple[str, int, str]:
+    """SETTING:N[:ADVERSARY], e.g. `dir0.5:8` or `dir0.5:8:flip`."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not (parts[0] == "iid" or parts[0].startswith("dir")):
+        raise argparse.ArgumentTypeError(
+            f"expected SETTING:N[:ADVERSARY], e.g. iid:8, not {text!r}"
+        )
+    try:
+        _alpha(parts[0])
+        n = int(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SETTING:N[:ADVERSARY], not {text!r}") from None
+    return parts[0], n, parts[2] if len(parts) == 3 else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -418,15 +439,28 @@ def main() -> None:
     ap.add_argument("--rules", nargs="*", default=[], help="only these rows (names as printed)")
     ap.add_argument("--server", action="store_true", help="the server-optimizer grid, 40 rounds")
     ap.add_argument("--at", type=int, nargs="*", default=[], help="also report these rounds")
+    ap.add_argument(
+        "--task",
+        choices=TASKS,
+        default="digits-mlp",
+        help="the model and its dataset (mnist-mlp: the built-in 5,000 MNIST images)",
+    )
+    ap.add_argument(
+        "--settings",
+        nargs="*",
+        type=_setting,
+        default=[],
+        help="only these settings, as SETTING:N[:ADVERSARY] (e.g. iid:8 dir0.5:8)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.rounds, args.batches = 3, 10, [16]
-    settings = FOCUS if args.focus else SETTINGS
+    settings = args.settings or (FOCUS if args.focus else SETTINGS)
     if args.server:
         settings, args.batches = SERVER, [16]
         args.rules = args.rules or SERVER_ROWS
         args.rounds, args.at = max(args.rounds, 40), args.at or [20, 40]
-    cases = _grid(args.seeds, args.rounds, args.batches, settings, args.rules)
+    cases = _grid(args.seeds, args.rounds, args.batches, settings, args.rules, args.task)
     started = time.perf_counter()
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(run, cases, chunksize=1)
@@ -471,13 +505,15 @@ def main() -> None:
         )
     RESULTS.mkdir(exist_ok=True)
     out = {
+        "task": args.task,
         "rounds": args.rounds,
         "seeds": args.seeds,
         "seconds": time.perf_counter() - started,
         "rows": table,
     }
-    (RESULTS / "learning.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'learning.json'} ({out['seconds']:.0f} s)")
+    name = "learning.json" if args.task == "digits-mlp" else f"learning-{args.task}.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {RESULTS / name} ({out['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

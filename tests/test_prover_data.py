@@ -43,7 +43,7 @@ def test_unknown_dataset_and_missing_path_are_clear_errors(tmp_path: Path) -> No
     with pytest.raises(DatasetError, match="unknown dataset 'imagenet'"):
         load_dataset("imagenet")
     with pytest.raises(DatasetError, match="needs a directory"):
-        load_dataset("mnist")
+        load_dataset("cifar10")  # mnist without one is the built-in 5k (test_builtin_data)
     with pytest.raises(DatasetError, match="not a directory"):
         load_dataset("cifar10", str(tmp_path / "nope"))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ from consensus.crypto import SigningKey, sha256
 from consensus.errors import InvalidError
 from consensus.merkle import merkle_root
 from consensus.rules import check_genesis, check_server
+from consensus.secagg import MAX_VECTOR_LEN
 from consensus.types import (
     AggregationSpec,
     EvalPlan,
@@ -56,7 +58,7 @@ from prover import circuit, trainfile
 from prover.client import BuildCircuit, DeriveAggregation
 from prover.data import load_dataset, partition, split
 from prover.jobs import make_eval_batch
-from prover.models import get_arch
+from prover.models import get_arch, param_shapes
 from prover.train import fresh_seed
 from prover.worker import run_once
 
@@ -88,6 +90,12 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
         except InvalidError as exc:
             raise ValueError(str(exc)) from None
     arch = get_arch(spec.task)
+    if spec.rule != "winner" and _parameters(spec.task) > MAX_VECTOR_LEN:
+        raise ValueError(
+            f"--rule {spec.rule} cannot carry {spec.task}: its {_parameters(spec.task)} "
+            f"parameters exceed the {MAX_VECTOR_LEN} a masked vector holds (one gossip "
+            "message); use --rule winner"
+        )
     out.mkdir(parents=True, exist_ok=True)
     keys = [SigningKey.generate() for _ in range(spec.nodes)]
     publisher, participants = keys[0], keys[1 : 1 + spec.participants]
@@ -110,6 +118,7 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
     )
     shared = out / "_circuit"
 
+    spec = dataclasses.replace(spec, logrows=max(spec.logrows, least_logrows(spec.task)))
     built = run_once(
         BuildCircuit(spec.task, spec.eval_batch, str(shared), 0, spec.logrows, None),
         timeout=3600,
@@ -199,12 +208,25 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
         "nodes": spec.nodes,
         "participants": spec.participants,
         "task": spec.task,
+        "logrows": spec.logrows,
         "round_seconds": spec.round_seconds,
         "genesis_ms": genesis.timing.genesis_ms,
         "api_ports": [spec.api_base_port + i for i in range(spec.nodes)],
     }
     (out / "testnet.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def least_logrows(task: str) -> int:
+    """The fewest rows, as a power of two, that hold every parameter of the task's model in
+    one committed column (and halo2's blinding rows): aggregation commits one column, and a
+    smaller circuit spreads the weights over several (mnist-mlp's 25,450 at 2^13 failed the
+    build's self-test). 2^11 for digits-mlp, 2^15 for mnist-mlp."""
+    return (_parameters(task) + UNUSABLE_ROWS - 1).bit_length()
+
+
+def _parameters(task: str) -> int:
+    return sum(math.prod(shape) for _, shape in param_shapes(task))
 
 
 VELOCITY_SCALE = 256  # V's resolution: 1/256 of a parameter quantum (bench/learning.py)
