@@ -67,11 +67,12 @@ from consensus.selection import (
 )
 from prover.data import Dataset, load_dataset, partition, split
 from prover.models import build_model, model_from_bytes, model_to_bytes
-from prover.quant import FixedPoint, accuracy_count, mlp_logits, quantise_inputs, quantise_params
+from prover.quant import FixedPoint, accuracy_count, logits, quantise_inputs, quantise_params
 from prover.train import train_local
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCH = "digits-mlp"
+_STRUCTURE = build_model(ARCH, 0)  # the evaluator reads only its layers, not its weights
 EPOCHS, TRAIN_BATCH, LR = 2, 16, 0.1  # the testnet's hyper-parameters
 
 Selector = Callable[[Sequence[Candidate], RoundFacts], tuple[Contribution, ...]]
@@ -148,8 +149,8 @@ def _from_q(q: list[np.ndarray[Any, Any]], fp: FixedPoint) -> bytes:
 def _k(
     q: list[np.ndarray[Any, Any]], xq: np.ndarray[Any, Any], y: np.ndarray[Any, Any], fp: FixedPoint
 ) -> int:
-    logits, scale = mlp_logits(q, xq, fp)
-    return accuracy_count(logits, scale, y, fp)
+    out, scale = logits(_STRUCTURE, q, xq, fp)
+    return accuracy_count(out, scale, y, fp)
 
 
 def _test_acc(
