@@ -36,6 +36,8 @@ GRID = [
     ("digits-mlp", 32, 4096, 3, 15),
     ("digits-mlp", 64, 4096, 3, 16),
     ("mnist-mlp", 16, 4096, 3, 16),
+    ("digits-cnn", 16, 1024, 4, 15),  # 26,064 rows: a conv costs ~a row per multiply
+    ("mnist-cnn", 16, 1024, 4, 17),  # 116,848 rows
 ]
 
 

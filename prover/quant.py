@@ -154,7 +154,9 @@ def logits(
                     raise QuantError(f"layer {i}: Linear {w.shape} does not fit input {h.shape}")
                 h = h @ w.T + (b << scale)
             else:
-                h = conv2d(h, w, b << scale, tuple(m.stride), tuple(m.padding))  # type: ignore[arg-type]
+                pad = m.padding
+                assert not isinstance(pad, str)  # check_layers refused string paddings
+                h = conv2d(h, w, b << scale, (m.stride[0], m.stride[1]), (pad[0], pad[1]))
             scale += fp.param_scale
             _check_range(h, fp, f"layer {i}")  # before ReLU too: the circuit range-checks it
         elif isinstance(m, nn.ReLU):
