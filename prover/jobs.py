@@ -69,7 +69,9 @@ def build_circuit(
     spec = get_arch(arch)
     # A dry run of the evaluator refuses what it cannot mirror (e.g. a Conv2d fed flat
     # inputs) before the export does, with a QuantError that says why.
-    logits(net, q, np.zeros((1, math.prod(spec.input_shape)), dtype=np.int64), fp)
+    dry, _ = logits(net, q, np.zeros((1, math.prod(spec.input_shape)), dtype=np.int64), fp)
+    if dry.shape[1] != spec.num_classes:
+        raise QuantError(f"{arch} outputs {dry.shape[1]} logits for {spec.num_classes} classes")
     manifest, test = circuit.build(
         arch,
         net,

@@ -4,7 +4,7 @@ every layer option it does not mirror."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,7 +104,7 @@ def test_unsupported_layer_options_are_refused(layer: nn.Module, match: str) -> 
         jobs._provable(net)
 
 
-def test_a_conv_fed_flat_inputs_is_refused_before_ezkl(tmp_path: Any) -> None:
+def test_a_conv_fed_flat_inputs_is_refused_before_ezkl(tmp_path: Path) -> None:
     """cifar-cnn's first layer is a Conv2d, but eval batches travel flattened."""
     with pytest.raises(QuantError, match="Reshape"):
         jobs.build_circuit("cifar-cnn", 2, str(tmp_path), 0, 13, None)
