@@ -48,6 +48,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +71,11 @@ from consensus.selection import (
 )
 from prover.data import Dataset, load_dataset, partition, split
 from prover.models import build_model, get_arch, model_from_bytes, model_to_bytes
-from prover.quant import FixedPoint, accuracy_count, mlp_logits, quantise_inputs, quantise_params
+from prover.quant import FixedPoint, accuracy_count, logits, quantise_inputs, quantise_params
 from prover.train import train_local
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TASKS = ("digits-mlp", "mnist-mlp")  # --task: MLPs only, as the exact evaluator (mlp_logits)
+TASKS = ("digits-mlp", "digits-cnn", "mnist-mlp", "mnist-cnn")  # --task: provable ones
 EPOCHS, TRAIN_BATCH, LR = 2, 16, 0.1  # the testnet's hyper-parameters
 
 Selector = Callable[[Sequence[Candidate], RoundFacts], tuple[Contribution, ...]]
@@ -149,18 +150,28 @@ def _from_q(q: list[np.ndarray[Any, Any]], fp: FixedPoint, arch: str) -> bytes:
     return model_to_bytes(model)
 
 
+@cache
+def _structure(arch: str) -> torch.nn.Module:
+    """The evaluator reads only the layers, not the weights."""
+    return build_model(arch, 0)
+
+
 def _k(
-    q: list[np.ndarray[Any, Any]], xq: np.ndarray[Any, Any], y: np.ndarray[Any, Any], fp: FixedPoint
+    q: list[np.ndarray[Any, Any]],
+    xq: np.ndarray[Any, Any],
+    y: np.ndarray[Any, Any],
+    fp: FixedPoint,
+    arch: str,
 ) -> int:
-    logits, scale = mlp_logits(q, xq, fp)
-    return accuracy_count(logits, scale, y, fp)
+    out, scale = logits(_structure(arch), q, xq, fp)
+    return accuracy_count(out, scale, y, fp)
 
 
 def _test_acc(
     weights: bytes, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], fp: FixedPoint, arch: str
 ) -> float:
     """Test accuracy of a float model as the chain measures it: quantised, exact evaluator."""
-    return _k(_q(weights, fp, arch), quantise_inputs(x, fp.input_scale), y, fp) / len(y)
+    return _k(_q(weights, fp, arch), quantise_inputs(x, fp.input_scale), y, fp, arch) / len(y)
 
 
 def _fedavg(
@@ -288,7 +299,7 @@ def run(case: Case) -> dict[str, Any]:
     w_global = _from_q(q_global, fp, case.task)
     velocity = [0] * sum(v.size for v in q_global)
     worse = members = free_sel = 0
-    prev = _k(q_global, test_xq, test_y, fp)
+    prev = _k(q_global, test_xq, test_y, fp, case.task)
     for r in range(case.rounds):
         bx, by = sp.eval_batches[r]
         bxq = quantise_inputs(bx.reshape(len(by), -1), fp.input_scale)
@@ -296,12 +307,14 @@ def run(case: Case) -> dict[str, Any]:
         if free is not None:
             qs.append(_free_ride(case, q_global, r))
         commit = [hashlib.sha256(b"".join(v.tobytes() for v in q)).digest() for q in qs]
-        cands = [Candidate(keys[i], _k(q, bxq, by, fp), commit[i]) for i, q in enumerate(qs)]
+        cands = [
+            Candidate(keys[i], _k(q, bxq, by, fp, case.task), commit[i]) for i, q in enumerate(qs)
+        ]
         parent_commit = hashlib.sha256(b"".join(v.tobytes() for v in q_global)).digest()
         facts = RoundFacts(
             hashlib.sha256(bxq.tobytes()).digest(),
             case.batch,
-            _k(q_global, bxq, by, fp),
+            _k(q_global, bxq, by, fp, case.task),
             parent_commit,
         )
         chosen = select(cands, facts)
@@ -323,7 +336,7 @@ def run(case: Case) -> dict[str, Any]:
                 at += v.size
             q_global = out
             w_global = _from_q(q_global, fp, case.task)
-        acc = _k(q_global, test_xq, test_y, fp)
+        acc = _k(q_global, test_xq, test_y, fp, case.task)
         worse += acc < prev
         prev = acc
         accs.append(acc / len(test_y))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import resource
 import sys
@@ -35,6 +36,8 @@ GRID = [
     ("digits-mlp", 32, 4096, 3, 15),
     ("digits-mlp", 64, 4096, 3, 16),
     ("mnist-mlp", 16, 4096, 3, 16),
+    ("digits-cnn", 16, 1024, 4, 15),  # 26,064 rows: a conv costs ~a row per multiply
+    ("mnist-cnn", 16, 1024, 4, 17),  # 116,848 rows
 ]
 
 
@@ -44,22 +47,22 @@ def _peak_mb() -> float:
 
 def _build(cfg: tuple[str, int, int, int, int], out: str) -> dict[str, Any]:
     from prover import circuit
-    from prover.models import build_model
+    from prover.models import build_model, get_arch
     from prover.quant import FixedPoint, quantise_params
 
     arch, batch, base, legs, logrows = cfg
     net = build_model(arch, 0)
     fp = FixedPoint(decomp_base=base, decomp_legs=legs)
     q = quantise_params(list(net.parameters()), fp.param_scale)
-    linears = [m for m in net.modules() if hasattr(m, "in_features")]
+    spec = get_arch(arch)
     t = time.perf_counter()
     m, _ = circuit.build(
         arch,
         net,
         q,
         batch_size=batch,
-        input_dim=linears[0].in_features,
-        num_classes=linears[-1].out_features,
+        input_dim=math.prod(spec.input_shape),  # eval batches travel flattened
+        num_classes=spec.num_classes,
         out=Path(out),
         fp=fp,
         logrows=logrows,

@@ -1,9 +1,10 @@
 """The weight commitment as a formula: C(q) = sum q_j * B_j + K, from the chain's SRS.
 
 ezkl (23.0.5, `polycommit` parameters) commits to one column holding the parameters
-in state-dict order, each layer's weight row-major then its bias lifted to the
-layer's input scale (biases of layer l are multiplied by 2^(input_scale + l *
-param_scale)), on rows 0.. of a 2^logrows domain, with the last `unusable_rows`
+in state-dict order, each layer's weight row-major (a Linear's [out, in], a Conv2d's
+[out, in, kh, kw]: ezkl keeps the kernel's own order) then its bias lifted to the
+layer's input scale (biases of parameterised layer l, Linear or Conv2d alike, are
+multiplied by 2^(input_scale + l * param_scale)), on rows 0.. of a 2^logrows domain, with the last `unusable_rows`
 rows (halo2's blinding rows) set to 1. So with Lag_i the SRS's Lagrange-basis points:
 B_j = Lag_j * (1 for a weight, 2^s for a bias at scale s) and K = sum of the last
 `unusable_rows` Lag_i. Every node derives the basis from the pinned SRS file in
@@ -68,8 +69,8 @@ def lagrange_points(srs: bytes, rows: Sequence[int]) -> list[bn254.Point]:
 
 def scales(shapes: Sequence[tuple[int, ...]], input_scale: int, param_scale: int) -> list[int]:
     """Each parameter's factor in the committed column: 1 for a weight, 2^(input_scale +
-    l*param_scale) for a bias of layer l (shapes: weight (out, in), bias (out,) alternating,
-    as in the state dict). B_j = scale_j * Lag_j."""
+    l*param_scale) for a bias of layer l (shapes: a Linear or Conv2d weight, then its bias
+    (out,), alternating as in the state dict). B_j = scale_j * Lag_j."""
     if len(shapes) % 2 or not shapes:
         raise InvalidError("commitment basis: expected weight/bias shape pairs")
     out: list[int] = []
@@ -88,7 +89,7 @@ def basis(
     param_scale: int,
     unusable_rows: int,
 ) -> tuple[list[bn254.Point], bn254.Point]:
-    """(B, K) for an MLP whose parameters have these shapes."""
+    """(B, K) for a net whose parameters have these shapes (Linear and Conv2d layers)."""
     factors = scales(shapes, input_scale, param_scale)
     n = 1 << srs_logrows(srs)
     if len(factors) + unusable_rows > n:

@@ -38,7 +38,7 @@ from prover.quant import (
     QuantError,
     accuracy_count,
     dequantise_params,
-    mlp_logits,
+    logits,
     to_felt_hex,
 )
 
@@ -458,8 +458,8 @@ def prove(
     """Prove the committed model's k on (xq, labels); returns (k, raw proof bytes)."""
     manifest = Manifest.load(directory)
     fp = manifest.fixed_point
-    logits, scale = mlp_logits(qparams, xq, fp)  # refuses out-of-range models before ezkl sees them
-    expected = accuracy_count(logits, scale, labels, fp)
+    out, scale = logits(net, qparams, xq, fp)  # refuses out-of-range models before ezkl sees them
+    expected = accuracy_count(out, scale, labels, fp)
     with tempfile.TemporaryDirectory(prefix="zkpot-prove-") as tmp:
         work = Path(tmp)
         _compile_model(directory, manifest, net, qparams, work)

@@ -8,6 +8,7 @@ torch or ezkl objects. The node imports `prover.client`, never this module.
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from prover.quant import (
     IntArray,
     QuantError,
     accuracy_count,
-    mlp_logits,
+    check_layers,
+    logits,
     quantise_inputs,
     quantise_params,
 )
@@ -35,12 +37,10 @@ from prover.train import evaluate_float, train_local
 
 
 def _provable(net: nn.Module) -> None:
-    """The exact evaluator covers Linear/ReLU stacks: refuse anything else before ezkl sees it."""
-    for m in net.modules():
-        if not isinstance(m, nn.Sequential | nn.Linear | nn.ReLU | nn.Flatten):
-            raise QuantError(
-                f"layer {type(m).__name__} is not supported by the accuracy circuit yet"
-            )
+    """Refuse, before ezkl sees it, any layer the exact evaluator cannot mirror bit for bit
+    (prover.quant.check_layers: Linear, Conv2d with groups 1 and dilation 1, ReLU,
+    Flatten, Reshape)."""
+    check_layers(net)
 
 
 def make_eval_batch(
@@ -66,15 +66,19 @@ def build_circuit(
     _provable(net)
     fp = FixedPoint()
     q = quantise_params(list(net.parameters()), fp.param_scale)
-    first = next(m for m in net.modules() if isinstance(m, nn.Linear))
-    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    spec = get_arch(arch)
+    # A dry run of the evaluator refuses what it cannot mirror (e.g. a Conv2d fed flat
+    # inputs) before the export does, with a QuantError that says why.
+    dry, _ = logits(net, q, np.zeros((1, math.prod(spec.input_shape)), dtype=np.int64), fp)
+    if dry.shape[1] != spec.num_classes:
+        raise QuantError(f"{arch} outputs {dry.shape[1]} logits for {spec.num_classes} classes")
     manifest, test = circuit.build(
         arch,
         net,
         q,
         batch_size=batch_size,
-        input_dim=first.in_features,
-        num_classes=last.out_features,
+        input_dim=math.prod(spec.input_shape),  # eval batches travel flattened
+        num_classes=spec.num_classes,
         out=Path(out),
         fp=fp,
         logrows=logrows,
@@ -126,8 +130,8 @@ def evaluate(artifacts: str, arch: str, weights: bytes, batch: bytes) -> int:
     fp = manifest.fixed_point
     q = quantise_params(list(net.parameters()), fp.param_scale)
     xq, labels = decode_batch(EvalBatch.decode(batch), manifest.input_dim)
-    logits, scale = mlp_logits(q, xq, fp)
-    return accuracy_count(logits, scale, labels, fp)
+    out, scale = logits(net, q, xq, fp)
+    return accuracy_count(out, scale, labels, fp)
 
 
 @cache
@@ -177,8 +181,7 @@ def regenerate_pk(artifacts: str) -> None:
 def warm(arch: str, data_file: str | None) -> None:
     """Touch what the first real job would load: torch's kernels, the training data."""
     net = build_model("digits-mlp-tiny", 0)
-    first = next(m for m in net.modules() if isinstance(m, nn.Linear))
-    net(torch.zeros(1, first.in_features))
+    net(torch.zeros(1, math.prod(get_arch("digits-mlp-tiny").input_shape)))
     if data_file is not None:
         _load(arch, data_file)
 

