@@ -10,3 +10,5 @@ DEFAULT_API_PORT = 8645
 # Headers of a model download (`/models/{height}`): its architecture and sha256 (hex).
 ARCH_HEADER = "X-Zkpot-Architecture"
 MODEL_HASH_HEADER = "X-Zkpot-Model-Hash"
+# What a block without an aggregate (under an aggregating rule) made, wherever it is shown.
+KEEP_PARENT = "no aggregate: the parent's model kept"

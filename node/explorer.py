@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from node.accuracy import AccuracyBoard
+from node.apispec import KEEP_PARENT
 from node.explorer_page import PAGE, SCRIPT
 from node.view import NodeView
 
@@ -31,9 +32,6 @@ def _e(value: object) -> str:
 
 def _short(h: str | None) -> str:
     return "—" if not h else h[:12] + "…"
-
-
-KEEP_PARENT = "no aggregate: the parent's model kept"
 
 
 def who(b: dict[str, Any], aggregates: bool) -> str:
@@ -81,6 +79,7 @@ def render(status: dict[str, Any], blocks: list[dict[str, Any]], peers: dict[str
         peers=_e(len(peers.get("peers", []))),
         addrs=_e(" ".join(status.get("addrs") or []) or "—"),
         aggregates="1" if aggregates else "0",
+        keep_parent=html.escape(KEEP_PARENT),
         rows=rows,
         peer_items=peer_items,
         refresh=REFRESH_MS,

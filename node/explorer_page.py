@@ -23,7 +23,7 @@ tr[data-round] {{ cursor: pointer; }} tr[data-round]:hover {{ background: #f3f6f
 #round h3 {{ font-size: 1em; margin: .8em 0 .3em; }}
 .bad {{ color: #b3261e; }} .good {{ color: #1a7f37; }}
 </style></head>
-<body data-refresh="{refresh}" data-aggregates="{aggregates}">
+<body data-refresh="{refresh}" data-aggregates="{aggregates}" data-keep-parent="{keep_parent}">
 <div id="offline" role="alert"></div>
 <h1>zkpot explorer · <span id="chain">{chain}</span></h1>
 <div class="facts"><span>chain id <code id="chain-id">{chain_id}</code></span>
@@ -67,7 +67,7 @@ SCRIPT = r"""
 const $ = (id) => document.getElementById(id);
 const short = (h) => (h ? h.slice(0, 12) + "\u2026" : "\u2014");
 const text = (v) => (v === null || v === undefined ? "\u2014" : String(v));
-const KEEP_PARENT = "no aggregate: the parent's model kept";
+const KEEP_PARENT = document.body.dataset.keepParent;
 const aggregates = document.body.dataset.aggregates === "1";
 let points = [];
 let blocks = [];

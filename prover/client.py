@@ -327,12 +327,13 @@ class BuildCircuit(Job[Built]):
     seed: int
     logrows: int
     srs: str | None
+    grow: bool = False  # logrows is a floor (prover.circuit.fold_logrows): testnet init
 
     def execute(self) -> Built:
         from prover import jobs
 
         return jobs.build_circuit(
-            self.arch, self.batch_size, self.out, self.seed, self.logrows, self.srs
+            self.arch, self.batch_size, self.out, self.seed, self.logrows, self.srs, self.grow
         )
 
 

@@ -60,7 +60,13 @@ def decode_batch(batch: EvalBatch, input_dim: int) -> tuple[IntArray, np.ndarray
 
 
 def build_circuit(
-    arch: str, batch_size: int, out: str, seed: int, logrows: int, srs: str | None
+    arch: str,
+    batch_size: int,
+    out: str,
+    seed: int,
+    logrows: int,
+    srs: str | None,
+    grow: bool = False,
 ) -> Built:
     net = build_model(arch, seed)
     _provable(net)
@@ -83,6 +89,7 @@ def build_circuit(
         fp=fp,
         logrows=logrows,
         srs=Path(srs) if srs else None,
+        grow=grow,
     )
     return Built(dataclasses.asdict(manifest), model_to_bytes(net), test.prove_ms, test.verify_ms)
 

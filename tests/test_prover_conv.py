@@ -117,3 +117,18 @@ def test_ezkl_s_conv_logits_are_the_evaluators_with_stride_and_padding(tmp_path:
     want, scale = logits(net, q, xq, FP)
     assert scale == 7 + 3 * 7
     assert np.array_equal(got, want)
+
+
+def test_fold_logrows_sizes_a_circuit_to_a_few_columns() -> None:
+    assert circuit.fold_logrows(26_064, 13) == 13  # digits-cnn B=16: 4 columns of 2^13
+    assert circuit.fold_logrows(116_848, 13) == 15  # mnist-cnn B=16: 15 columns failed setup
+    assert circuit.fold_logrows(116_848, 17) == 17  # a floor, never lowered
+    assert circuit.fold_logrows(0, 13) == 13
+
+
+def test_a_circuit_too_tall_for_its_logrows_grows_when_asked(tmp_path: Path) -> None:
+    """testnet init (grow): digits-cnn at B=32 has 52,128 rows, more than four columns of
+    2^13, so the circuit is built at 2^14; given exactly (circuit build), 2^13 stays."""
+    built = jobs.build_circuit(ARCH, 32, str(tmp_path / "grown"), 1, 13, None, grow=True)
+    assert built.manifest["logrows"] == 14
+    assert circuit.Manifest.load(tmp_path / "grown").logrows == 14

@@ -30,7 +30,9 @@ class TestnetSpec:
     round_seconds: int = AUTO
     eval_batch: int = 16
     rounds: int = 40
-    logrows: int = 13  # at least: init grows it to fit the task's model (testnet.least_logrows)
+    # at least: init grows it to hold the model's weights in one column (testnet.least_logrows)
+    # and the circuit's rows in a few (prover.circuit.fold_logrows)
+    logrows: int = 13
     start_delay_s: int = 45
     # 2, not 1: two proposers of one round (a fallback rank whose clock opened the round
     # earlier) can each see their own block first; with depth 1 each would finalize its
@@ -197,7 +199,8 @@ def add_network_args(p: argparse.ArgumentParser, defaults: TestnetSpec) -> None:
         type=int,
         default=defaults.logrows,
         help="the circuit's least size, 2^logrows rows (larger: slower proofs, more room); "
-        "init grows it to hold the model's parameters in one column (mnist-mlp: 15)",
+        "init grows it to hold the model's parameters in one column (mnist-mlp: 15) and its "
+        "rows in four (mnist-cnn at B=16: 15)",
     )
     p.add_argument(
         "--start-delay",

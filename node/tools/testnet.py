@@ -43,6 +43,7 @@ from consensus.types import (
     Timing,
     chain_id,
 )
+from node.apispec import KEEP_PARENT
 from node.home import Home, NodeConfig
 from node.tools.netspec import (
     AUTO,
@@ -120,10 +121,11 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
 
     spec = dataclasses.replace(spec, logrows=max(spec.logrows, least_logrows(spec.task)))
     built = run_once(
-        BuildCircuit(spec.task, spec.eval_batch, str(shared), 0, spec.logrows, None),
+        BuildCircuit(spec.task, spec.eval_batch, str(shared), 0, spec.logrows, None, grow=True),
         timeout=3600,
         name="init",
     )
+    spec = dataclasses.replace(spec, logrows=int(built.manifest["logrows"]))  # as grown
     shortest = shortest_round_seconds(spec, built.prove_ms, built.verify_ms)
     if spec.round_seconds == AUTO:  # the shortest this machine meets, with a floor
         spec = dataclasses.replace(spec, round_seconds=max(MIN_AUTO_ROUND_S, shortest))
@@ -344,7 +346,7 @@ def _final_line(
     elif genesis.rule.name == "winner":
         made = "the proposer's own model"
     else:
-        made = "no aggregate this round, the parent's model kept"
+        made = KEEP_PARENT
     batch = genesis.eval_plan.batch_size
     return (
         f"final block {height}: round {blk['round']} by {who(blk['proposer'])}: {made}; "
