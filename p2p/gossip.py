@@ -147,6 +147,7 @@ class Gossip:
             allowed_topics=set(self.topics.values()),
         )
         hardening.guard_pubsub(self.pubsub, host.misbehaved)
+        hardening.serialise_pubsub(self.pubsub)
         send, self.inbox = trio.open_memory_channel[Delivered](config.inbox_size)
         self._inbox_send = send
         self._slow: set[ID] = set()  # peers whose outbound queue stayed full

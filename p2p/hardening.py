@@ -46,12 +46,23 @@ tests/test_p2p_refusal.py):
    messages still reach us. Seen as a publisher whose reveals reached no participant for
    20 rounds after one peer was killed, while their commits kept reaching it (reproduced
    by resetting one stream: tests/test_p2p.py). A repeated hello is idempotent.
+9. `serialise_pubsub`: one writer at a time per pubsub stream. Trap: besides each peer's
+   sending task, pubsub writes to the same stream from other tasks (recent messages
+   replayed, and queued ones flushed, to a peer that just subscribed), and a message
+   larger than a muxer frame goes out in several writes: two writers interleave their
+   frames, the peer cannot parse the stream and penalises us, an honest node. Seen as
+   a 4-node mnist-cnn testnet (50 KB reveals) whose publisher banned a participant in
+   its first round.
+10. `serialise_pubsub` also makes blacklist teardown idempotent. Trap: two teardowns of
+   one peer (a ban while its stream dies) both find its stream, and the second `del`
+   raises KeyError in a pubsub service task, which ends the node (seen in the same run).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -149,6 +160,30 @@ def guard_pubsub(pubsub: Any, on_misbehaviour: Misbehaviour) -> None:
             on_misbehaviour(forwarder, f"undecodable gossip message ({type(exc).__name__})")
 
     pubsub.push_msg = push_msg
+
+
+def serialise_pubsub(pubsub: Any) -> None:
+    """Patches 9 and 10, on one `Pubsub` instance (set before the service starts)."""
+    locks: weakref.WeakKeyDictionary[Any, trio.Lock] = weakref.WeakKeyDictionary()
+    inner_write: Callable[[Any, Any], Awaitable[bool]] = pubsub.write_msg
+
+    async def write_msg(stream: Any, rpc: Any) -> bool:
+        lock = locks.get(stream)
+        if lock is None:
+            lock = locks[stream] = trio.Lock()
+        async with lock:
+            return await inner_write(stream, rpc)
+
+    async def teardown_if_connected(peer: Any) -> None:
+        stream = pubsub.peers.get(peer)
+        if stream is not None:
+            await _reset_quietly(stream)
+            if pubsub.peers.get(peer) is stream:
+                del pubsub.peers[peer]
+        pubsub._forget_all_subscriptions(peer)
+
+    pubsub.write_msg = write_msg
+    pubsub._teardown_if_connected = teardown_if_connected
 
 
 class _LargerRpcQueue(_rpc_queue_mod.RpcQueue):

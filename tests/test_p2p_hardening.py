@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -237,3 +238,39 @@ async def test_sync_survives_garbage_slow_readers_and_stream_floods(tmp_path: An
                         await s.reset()
     finally:
         store.close()
+
+
+async def test_concurrent_writes_to_one_pubsub_stream_do_not_interleave() -> None:
+    """Patch 9: pubsub writes to a peer's stream from several tasks (its sending task,
+    replays to a new subscriber); four 400 KB messages written at once went out in
+    interleaved frames, and the peer penalised us for an unparsable stream."""
+    async with honest_line() as hosts:
+        a, b = hosts[0], hosts[1]
+        stream = a.gossip.pubsub.peers[b.peer_id]
+        topic = a.gossip.topics[TopicKind.ROUND]
+
+        def big(fill: int) -> Any:
+            msg = rpc_pb2.Message(
+                data=bytes([fill]) * 400_000, topicIDs=[topic], from_id=a.peer_id.to_bytes()
+            )
+            return rpc_pb2.RPC(publish=[msg])
+
+        async with trio.open_nursery() as nursery:
+            for fill in range(4):
+                nursery.start_soon(a.gossip.pubsub.write_msg, stream, big(fill))
+        await trio.sleep(1)
+        assert b.standing.score(a.peer_id, time.monotonic()) == 0  # nothing unparsable
+        await still_gossiping(hosts)
+
+
+async def test_two_teardowns_of_one_blacklisted_peer_leave_pubsub_running() -> None:
+    """Patch 10: the second of two teardowns of one peer raised KeyError in a pubsub
+    service task, which ended the node."""
+    async with honest_line() as hosts:
+        b, c = hosts[1], hosts[2]
+        pubsub = b.gossip.pubsub
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pubsub._teardown_if_connected, c.peer_id)
+            nursery.start_soon(pubsub._teardown_if_connected, c.peer_id)
+        assert c.peer_id not in pubsub.peers
+        assert pubsub.manager.is_running
