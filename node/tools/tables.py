@@ -203,7 +203,7 @@ def format_peers(p: dict[str, Any], names: Names | None = None) -> str:
     peers: list[dict[str, Any]] = p["peers"]
     if not peers:
         return "(no peers connected)"
-    if names:
+    if names and any(str(peer.get("peer_id")) in names for peer in peers):
         peers = [{"name": names.get(str(peer.get("peer_id")), "-"), **peer} for peer in peers]
     headers: list[str] = []
     for peer in peers:
