@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from node.explorer import KEEP_PARENT, render
+from node.apispec import KEEP_PARENT
+from node.explorer import render
 from node.tools.testnet import init
 from support.e2e_util import Net, small_net
 
@@ -129,5 +130,8 @@ def test_a_round_without_an_aggregate_is_labelled_as_such() -> None:
     }  # fmt: skip
     agg = {**kept, "height": 2, "round": 1, "members": ["a" * 64, "b" * 64], "hash": "h2"}
     html = render(status, [kept, agg], {"peers": []})
-    assert html.count(html_escape(KEEP_PARENT)) == 1
+    # once in the kept block's row, once in data-keep-parent (the script's copy): the
+    # aggregate's row has none
+    assert html.count(html_escape(KEEP_PARENT)) == 2
+    assert f'data-keep-parent="{html_escape(KEEP_PARENT)}"' in html
     assert "contributors aaaaaaaaaaaa…, bbbbbbbbbbbb…" in html
