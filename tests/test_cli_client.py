@@ -237,6 +237,7 @@ def test_a_testnet_s_nodes_are_named_where_their_keys_are_printed(
         home.write_key(key)
         (home.path / "config.toml").write_text(f'[api]\nhost = "127.0.0.1"\nport = {server.port}\n')
     (tmp_path / "notes").mkdir()  # not a home: skipped
+    (tmp_path / "testnet.json").write_text("{}")  # a testnet's directory: names apply
     home0 = str(tmp_path / "node0")
     code, out, _ = _run(capsys, "chain", "blocks", "--home", home0)
     assert code == 0
@@ -247,6 +248,8 @@ def test_a_testnet_s_nodes_are_named_where_their_keys_are_printed(
     code, out, _ = _run(capsys, "chain", "blocks", "--home", home0, "--json")
     assert code == 0 and "node0" not in out
     names = names_near(home0)
+    (tmp_path / "testnet.json").unlink()  # any other directory is not scanned
+    assert names_near(home0) == {}
     peer = str(peer_id_of_key(chain.participants[1].public))
     table = format_peers({"peers": [{"peer_id": peer, "role": "participant"}]}, names)
     assert table.splitlines()[1].split() == ["node1", peer, "participant"]

@@ -45,6 +45,7 @@ from consensus.types import (
 )
 from node.apispec import KEEP_PARENT
 from node.home import Home, NodeConfig
+from node.tools.names import TESTNET_FILE
 from node.tools.netspec import (
     AUTO,
     COMMIT_PERCENT,
@@ -215,7 +216,7 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
         "genesis_ms": genesis.timing.genesis_ms,
         "api_ports": [spec.api_base_port + i for i in range(spec.nodes)],
     }
-    (out / "testnet.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / TESTNET_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
