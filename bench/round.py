@@ -19,8 +19,8 @@ Reported per size (medians over the measured rounds):
 and the peak RSS of each node process (the prover workers are separate processes).
 
 Then the private aggregation's own cost (protocol v4, best-share) per member count
-(`--members`, default 3 8 16), measured in-process on a freshly built digits-mlp
-circuit with the worker's real functions (prover.aggregation) and canonical encodings:
+(`--members`, default 3 8 16), measured in-process on a freshly built circuit of each
+`--agg-tasks` architecture (default digits-mlp) with the worker's real functions (prover.aggregation) and canonical encodings:
   msgs                messages one member sends (MaskedUpdate, Unmask) and the
                       aggregator's own (Selection, Complete)
   member_kb           bytes one member gossips; round_kb: every message of the round
@@ -38,6 +38,7 @@ the sharing adds to each update), share_s (dealing them), dropout_msgs / dropout
 Prints the tables and writes bench/results/round.json.
 
     .venv/bin/python bench/round.py [--sizes 2 4 8] [--blocks 3] [--members 3 8 16]
+        [--agg-tasks digits-mlp mnist-mlp mnist-cnn]   (--sizes with no value: no testnet)
 """
 
 from __future__ import annotations
@@ -205,18 +206,19 @@ def _breakdown(
 GOSSIP_HOP_S = 0.1
 
 
-def aggregation_cost(members: list[int]) -> list[dict[str, Any]]:
-    """The aggregation's messages, bytes and seconds per member count (see the docstring)."""
+def aggregation_cost(members: list[int], arch: str = "digits-mlp") -> list[dict[str, Any]]:
+    """The aggregation's messages, bytes and seconds per member count (see the docstring);
+    a vector above one message goes in parts (v7): `parts` messages per update."""
     import os
 
     from consensus import masking, secagg
     from consensus.secagg import Complete, Selection, Unmask
+    from node.tools.testnet import least_logrows
     from prover import aggregation, jobs
     from prover.models import build_model, model_to_bytes
 
-    arch = "digits-mlp"
     artifacts = tempfile.mkdtemp(prefix="zkpot-agg-")
-    jobs.build_circuit(arch, 16, artifacts, 1, 14, None)
+    jobs.build_circuit(arch, 1, artifacts, 1, max(14, least_logrows(arch)), None, grow=True)
     out = []
     for n in members:
         keys = sorted(os.urandom(32) for _ in range(n))
@@ -230,15 +232,16 @@ def aggregation_cost(members: list[int]) -> list[dict[str, Any]]:
         for k in keys:
             others = tuple((o, publics[o]) for o in keys if o != k)
             t = time.perf_counter()
-            upd = aggregation.mask_update(
+            whole = aggregation.mask_update(
                 artifacts, arch, weights[k], 1, secrets[k], k, others, h, secagg.threshold(3, n)
             )
+            upd, rest = secagg.split_update(whole)
             mask_s.append(time.perf_counter() - t)
-            updates.append(upd)
+            updates.append((upd, rest))
         t = time.perf_counter()
-        for k, upd in zip(keys, updates, strict=True):
+        for k, (upd, rest) in zip(keys, updates, strict=True):
             signs = tuple(masking.pair_sign(k, o) for o in keys if o != k)
-            assert aggregation.check_update(artifacts, arch, commits[k], 1, upd, signs)
+            assert aggregation.check_update(artifacts, arch, commits[k], 1, upd, signs, rest)
         check_s = time.perf_counter() - t
         seeds = [masking.self_seed(secrets[k].to_bytes(32, "big"), h) for k in keys]
         t = time.perf_counter()
@@ -246,24 +249,30 @@ def aggregation_cost(members: list[int]) -> list[dict[str, Any]]:
             artifacts,
             arch,
             keys,
-            [u.vector for u in updates],
+            [secagg.whole_vector(u, r) for u, r in updates],
             seeds,
-            [u.self_commitment for u in updates],
+            [u.self_commitment for u, _ in updates],
             n,
         )
         aggregation.commit_aggregate(artifacts, arch, blob, rest, n)
         aggregate_s = time.perf_counter() - t
-        recovery = _recovery_cost(keys, secrets, publics, updates, sel)
-        comp = Complete(h, tuple(u.hash() for u in updates), bytes(64))
+        heads = [u for u, _ in updates]
+        recovery = _recovery_cost(keys, secrets, publics, heads, sel)
+        comp = Complete(h, tuple(u.hash() for u in heads), bytes(64))
         unmask = Unmask(h, keys[0], seeds[0], bytes(64))
-        member_b = len(updates[0].encode()) + len(unmask.encode())
+        first, first_rest = updates[0]
+        sent = [first, *secagg.vector_parts(first, first_rest), unmask]
+        member_b = sum(len(m.encode()) for m in sent)
         round_b = n * member_b + len(sel.encode()) + len(comp.encode())
         mask = statistics.median(mask_s)
         added = mask + check_s / 2 + aggregate_s + 3 * GOSSIP_HOP_S
         out.append(
             {
+                "arch": arch,
+                "parameters": len(secagg.whole_vector(first, first_rest)) // secagg.FIELD_BYTES,
                 "members": n,
-                "msgs": "2 each + 2",
+                "msgs": f"{len(sent)} each + 2",
+                "max_msg_kb": round(max(len(m.encode()) for m in sent) / 1024, 1),
                 "member_kb": round(member_b / 1024, 1),
                 "round_kb": round(round_b / 1024, 1),
                 "mask_s": round(mask, 3),
@@ -357,6 +366,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[2, 4, 8])
     parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--members", type=int, nargs="*", default=[3, 8, 16])
+    parser.add_argument(
+        "--agg-tasks",
+        nargs="*",
+        default=["digits-mlp"],
+        help="architectures whose aggregation cost to measure (mnist-mlp's vector is 2 parts)",
+    )
     args = parser.parse_args()
     results = [run_size(p, args.blocks) for p in args.sizes]
     cols = [
@@ -376,17 +391,20 @@ def main() -> None:
         "peak_rss_mb_per_node",
     ]
     _table(results, cols)
-    agg = aggregation_cost(args.members)
+    agg = [row for arch in args.agg_tasks for row in aggregation_cost(args.members, arch)]
     critical = {r["participants"]: r["critical_s"] for r in results if r.get("critical_s")}
     for a in agg:
-        c = critical.get(a["members"])
+        c = critical.get(a["members"]) if a["arch"] == "digits-mlp" else None
         a["share"] = None if c is None else round(a["added_s"] / (c + a["added_s"]), 3)
     print()
     _table(
         agg,
         [
+            "arch",
+            "parameters",
             "members",
             "msgs",
+            "max_msg_kb",
             "member_kb",
             "round_kb",
             "mask_s",
@@ -400,6 +418,7 @@ def main() -> None:
     _table(
         agg,
         [
+            "arch",
             "members",
             "t",
             "share_b",

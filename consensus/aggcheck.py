@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from consensus import bn254, rules, secagg
+from consensus.crypto import sha256
 from consensus.errors import InvalidError
 from consensus.secagg import (
     FIELD_BYTES,
@@ -22,6 +23,7 @@ from consensus.secagg import (
     SeedShare,
     Selection,
     Unmask,
+    VectorPart,
 )
 from consensus.types import Genesis
 
@@ -55,9 +57,15 @@ def proposer_sealed(
 def check_update(genesis: Genesis, cid: bytes, sel: Selection, upd: MaskedUpdate) -> None:
     if upd.member not in sel.members:
         raise InvalidError("MaskedUpdate: the sender is not a member of the selection")
-    want = FIELD_BYTES * genesis.aggregation.parameters
+    n = genesis.aggregation.parameters
+    want = secagg.part_bytes(n, 0)
     if len(upd.vector) != want:
         raise InvalidError(f"MaskedUpdate: the vector is {len(upd.vector)} bytes, not {want}")
+    if len(upd.parts) != secagg.part_count(n) - 1:
+        raise InvalidError(
+            f"MaskedUpdate: {len(upd.parts)} further parts, a vector of {n} elements has "
+            f"{secagg.part_count(n) - 1}"
+        )
     if len(upd.pair_commitments) != len(sel.members) - 1:
         raise InvalidError("MaskedUpdate: one pairwise-mask commitment per other member")
     t = secagg.threshold(genesis.rule.min_members, len(sel.members))
@@ -67,8 +75,23 @@ def check_update(genesis: Genesis, cid: bytes, sel: Selection, upd: MaskedUpdate
         raise InvalidError("MaskedUpdate: one seed share per other member")
     for c in (*upd.seed_commitments, *upd.pair_commitments, upd.self_commitment):
         bn254.decompress(c)  # not a point: no check of it could hold, nor name its member
-    secagg.decode_vector(upd.vector, genesis.aggregation.parameters)  # elements below R
+    secagg.decode_vector(upd.vector, len(upd.vector) // FIELD_BYTES)  # elements below R
     rules.check_signature(upd, upd.member, cid)
+
+
+def check_part(genesis: Genesis, upd: MaskedUpdate, part: VectorPart) -> None:
+    """A later part of a vector (v7) against its member's checked update: the data whose
+    hash the update signed, of its size, elements below R."""
+    if part.update != upd.hash() or part.selection != upd.selection:
+        raise InvalidError("VectorPart: not a part of this update")
+    if part.index > len(upd.parts):
+        raise InvalidError(f"VectorPart: index {part.index}, the update has {len(upd.parts)}")
+    want = secagg.part_bytes(genesis.aggregation.parameters, part.index)
+    if len(part.data) != want:
+        raise InvalidError(f"VectorPart: {len(part.data)} bytes, part {part.index} has {want}")
+    if sha256(part.data) != upd.parts[part.index - 1]:
+        raise InvalidError("VectorPart: its data is not the part the member's update signed")
+    secagg.decode_vector(part.data, len(part.data) // FIELD_BYTES)
 
 
 def check_complete(cid: bytes, sel: Selection, comp: Complete) -> None:

@@ -60,6 +60,7 @@ class UpdateHolds:
     weight: int
     update: bytes  # the encoded MaskedUpdate
     signs: tuple[int, ...]  # its pairwise masks' signs, in its update's order
+    parts: tuple[bytes, ...] = ()  # v7: the data of its later vector parts, checked against it
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ Three kinds are proven by an expensive check (a multi-scalar multiplication over
 circuit's basis) that `offence` names and the shell answers, as a block's other checks
 (consensus.checks); the offence stands only if the answer is not the innocent one:
 - BAD_UPDATE: a Selection, the member's CommitTx (listed in it), its weight commitment C
-  (raw: it opens the commit's binding) and its MaskedUpdate, whose vector is not C's
-  model plus the masks it committed (`UpdateHolds` answers False).
+  (raw: it opens the commit's binding), its MaskedUpdate and (v7) the data of the
+  update's later vector parts in order, whose whole vector is not C's model plus the
+  masks it committed (`UpdateHolds` answers False).
 - BAD_SELF_MASK: a Selection, a member's MaskedUpdate and a seed (raw 32 bytes) that its
   sharing commits to (seed G = F_0: unmasked or recovered, so public), whose mask is not
   the self-mask commitment (`MaskOf(seed)` differs from it).
@@ -49,7 +50,7 @@ from consensus.checks import Answer, Answers, Check, MaskOf, UpdateHolds
 from consensus.encoding import Signed
 from consensus.errors import ConsensusError, InvalidError
 from consensus.membership import Roster
-from consensus.secagg import MaskedUpdate, PairReveal, SeedShare, Selection, Unmask
+from consensus.secagg import MaskedUpdate, PairReveal, SeedShare, Selection, Unmask, VectorPart
 from consensus.types import (
     BAD_MASK_KEY,
     BAD_SELF_MASK,
@@ -156,21 +157,29 @@ def _offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
 
 def _checked_offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
     m = ev.messages
-    _count(m, {BAD_UPDATE: 4, BAD_SELF_MASK: 3, FALSE_PAIR: 5}[ev.kind])
+    head = {BAD_UPDATE: 4, BAD_SELF_MASK: 3, FALSE_PAIR: 5}[ev.kind]
+    if len(m) < head:
+        _count(m, head)
     sel = Selection.decode(m[0])
     upd = MaskedUpdate.decode(m[1] if ev.kind != BAD_UPDATE else m[3])
     if upd.selection != sel.hash():
         raise InvalidError("the update is not for the selection")
     aggcheck.check_update(genesis, cid, sel, upd)  # well formed, a member's, signed
+    # v7: BAD_UPDATE quotes the later parts of the vector too, in order
+    _count(m, head + (len(upd.parts) if ev.kind == BAD_UPDATE else 0))
     if ev.kind == BAD_UPDATE:
         commit, c = CommitTx.decode(m[1]), m[2]
+        rest = m[head:]
+        for i, data in enumerate(rest, start=1):  # each the part the update signed
+            aggcheck.check_part(genesis, upd, VectorPart(upd.selection, upd.hash(), i, data))
         _listed(cid, sel, commit, upd.member)
         if rules.commit_binding(cid, commit.participant, commit.round, commit.parent, c) != (
             commit.binding
         ):
             raise InvalidError("the commitment does not open the commit's binding")
         signs = secagg.pair_signs(sel.members, upd.member)
-        return Offence(upd.member, sel.round, UpdateHolds(c, 1, upd.encode(), signs), True)
+        check = UpdateHolds(c, 1, upd.encode(), signs, tuple(rest))
+        return Offence(upd.member, sel.round, check, True)
     if ev.kind == BAD_SELF_MASK:
         seed = m[2]
         if len(seed) != secagg.FIELD_BYTES or not aggcheck.seed_opens(upd, seed):
@@ -292,8 +301,15 @@ def bad_mask_key(commit: CommitTx) -> Evidence:
     return Evidence(BAD_MASK_KEY, (commit.encode(),))
 
 
-def bad_update(sel: Selection, commit: CommitTx, commitment: bytes, upd: MaskedUpdate) -> Evidence:
-    return Evidence(BAD_UPDATE, (sel.encode(), commit.encode(), commitment, upd.encode()))
+def bad_update(
+    sel: Selection,
+    commit: CommitTx,
+    commitment: bytes,
+    upd: MaskedUpdate,
+    rest: Sequence[bytes] = (),
+) -> Evidence:
+    """`rest`: the data of the update's later parts (v7), in order."""
+    return Evidence(BAD_UPDATE, (sel.encode(), commit.encode(), commitment, upd.encode(), *rest))
 
 
 def bad_self_mask(sel: Selection, upd: MaskedUpdate, seed: bytes) -> Evidence:

@@ -24,7 +24,6 @@ from consensus.encoding import Signed
 from consensus.errors import InvalidError
 from consensus.merkle import depth_for, verify_merkle_proof
 from consensus.schedule import check_timing, round_exists
-from consensus.secagg import MAX_VECTOR_LEN
 from consensus.selection import rank_key
 from consensus.strategy import RULES
 from consensus.types import (
@@ -136,11 +135,6 @@ def check_aggregation(genesis: Genesis) -> None:
         raise InvalidError("aggregation: the circuit must commit its parameters in one column")
     if len(agg.basis_hash) != 32 or len(agg.constant) != POINT_LEN or agg.parameters < 1:
         raise InvalidError("aggregation: an averaging rule needs the basis hash, K and the size")
-    if agg.parameters > MAX_VECTOR_LEN:
-        raise InvalidError(
-            f"aggregation: {agg.parameters} parameters; a masked vector carries at most "
-            f"{MAX_VECTOR_LEN}"
-        )
 
 
 def check_server(rule: RuleSpec) -> None:

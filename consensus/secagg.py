@@ -16,26 +16,33 @@ Version 5 (dropout recovery, §14): each MaskedUpdate also deals Feldman-verifie
 shares of the member's self seed to the others (consensus.shamir), sealed to each; a
 member silent after Complete has its seed recovered from t revealed `SeedShare`s.
 
+Version 7 (models above one gossip message): a vector of more than PART_LEN elements
+travels in parts of PART_LEN. The MaskedUpdate carries part 0 in `vector` and signs the
+sha256 of every later part in `parts`; each later part is a `VectorPart` that anyone can
+check against that signed list, so a part binds to its member's update as the vector
+itself did, and Complete (which lists update hashes) binds every part.
+
 Vectors are `FIELD_BYTES` little-endian field elements each, below R.
-docs/protocol.md §10 and §14 specify every byte. (Past 300 lines on purpose: the
+docs/protocol.md §10, §14 and §15 specify every byte. (Past 300 lines on purpose: the
 messages and the arithmetic that gives their fields meaning are one spec section.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from consensus import bn254, masking, shamir
 from consensus.crypto import HASH_LEN, PUBKEY_LEN, SIG_LEN, sha256
-from consensus.encoding import Bytes, ListOf, Signed, UInt, wire
+from consensus.encoding import Bytes, ListOf, Signed, UInt, Wire, wire
 from consensus.errors import InvalidError
-from consensus.types import MAX_NUM_BATCHES, MAX_PARTICIPANTS, POINT_LEN
+from consensus.types import MAX_NUM_BATCHES, MAX_PARTICIPANTS, MAX_REMAINDER, POINT_LEN
 
 FIELD_BYTES = 32
 MAX_ATTEMPTS = 8  # a round gives up aggregating after this many attempts
-MAX_VECTOR_BYTES = 600 * 1024  # fits one gossip message (p2p.topics.MAX_GOSSIP_PAYLOAD)
-MAX_VECTOR_LEN = MAX_VECTOR_BYTES // FIELD_BYTES
+MAX_VECTOR_BYTES = 600 * 1024  # one part fits one gossip message (p2p.topics.MAX_GOSSIP_PAYLOAD)
+PART_LEN = MAX_VECTOR_BYTES // FIELD_BYTES  # elements per part (v7): 19,200
+MAX_PARTS = -(-MAX_REMAINDER // PART_LEN)  # 4: the largest model an averaging rule carries
 SHARE_PAD_DOMAIN = b"zkpot/share-pad/v5"
 
 _HASH = Bytes(HASH_LEN, HASH_LEN)
@@ -73,7 +80,9 @@ class MaskedUpdate(Signed):
 
     TAG = 8
     NAME = "MaskedUpdate"
-    MAX_BYTES = MAX_VECTOR_BYTES + 3 * MAX_PARTICIPANTS * (POINT_LEN + 4) + 512
+    MAX_BYTES = (
+        MAX_VECTOR_BYTES + 3 * MAX_PARTICIPANTS * (POINT_LEN + 4) + MAX_PARTS * (HASH_LEN + 4) + 512
+    )
 
     selection: bytes = wire(_HASH)
     member: bytes = wire(_KEY)
@@ -84,7 +93,24 @@ class MaskedUpdate(Signed):
     seed_shares: tuple[bytes, ...] = wire(
         ListOf(Bytes(FIELD_BYTES, FIELD_BYTES), MAX_PARTICIPANTS - 1)
     )
+    # v7: sha256 of each later part of the vector (`vector` is part 0)
+    parts: tuple[bytes, ...] = wire(ListOf(_HASH, MAX_PARTS - 1), since=7, default=())
     signature: bytes = wire(_SIG)
+
+
+@dataclass(frozen=True)
+class VectorPart(Wire):
+    """Version 7: part `index` (1-based past part 0) of a member's masked vector. Not
+    signed: its hash is in the member's signed update, which `update` names."""
+
+    TAG = 24
+    NAME = "VectorPart"
+    MAX_BYTES = MAX_VECTOR_BYTES + 128
+
+    selection: bytes = wire(_HASH)
+    update: bytes = wire(_HASH)
+    index: int = wire(UInt(1, MAX_PARTS - 1))
+    data: bytes = wire(Bytes(FIELD_BYTES, MAX_VECTOR_BYTES))
 
 
 @dataclass(frozen=True)
@@ -167,7 +193,9 @@ class SeedShare(Signed):
     signature: bytes = wire(_SIG)
 
 
-AggMessage = Selection | MaskedUpdate | Complete | Unmask | Dispute | PairReveal | SeedShare
+AggMessage = (
+    Selection | MaskedUpdate | VectorPart | Complete | Unmask | Dispute | PairReveal | SeedShare
+)
 
 
 # --------------------------------------------------------------------------- vectors
@@ -190,6 +218,41 @@ def decode_vector(data: bytes, length: int) -> list[int]:
     if any(v >= bn254.R for v in out):
         raise InvalidError("a masked vector element is not below the field modulus")
     return out
+
+
+def part_count(length: int) -> int:
+    """How many parts a vector of `length` elements travels in (v7; 1 up to PART_LEN)."""
+    return max(1, -(-length // PART_LEN))
+
+
+def part_bytes(length: int, index: int) -> int:
+    """The size of part `index` of a vector of `length` elements."""
+    return FIELD_BYTES * (min(length, PART_LEN * (index + 1)) - PART_LEN * index)
+
+
+def split_update(unsigned: MaskedUpdate) -> tuple[MaskedUpdate, tuple[bytes, ...]]:
+    """A whole-vector update as it travels: part 0 in `vector`, the hashes of the later
+    parts in `parts` (sign it after this), and those parts' data."""
+    step = FIELD_BYTES * PART_LEN
+    chunks = [unsigned.vector[i : i + step] for i in range(0, len(unsigned.vector), step)]
+    rest = tuple(chunks[1:])
+    return replace(unsigned, vector=chunks[0], parts=tuple(sha256(c) for c in rest)), rest
+
+
+def vector_parts(upd: MaskedUpdate, rest: Sequence[bytes]) -> tuple[VectorPart, ...]:
+    """The VectorParts of a signed update (`rest`: split_update's data)."""
+    h = upd.hash()
+    return tuple(VectorPart(upd.selection, h, i, d) for i, d in enumerate(rest, start=1))
+
+
+def whole_vector(upd: MaskedUpdate, rest: Sequence[bytes]) -> bytes:
+    """The member's whole vector from its update and the data of its later parts, in
+    order; InvalidError unless each is the part the update signed."""
+    if len(rest) != len(upd.parts) or any(
+        sha256(d) != h for d, h in zip(rest, upd.parts, strict=True)
+    ):
+        raise InvalidError("the vector's parts are not the ones its update signed")
+    return upd.vector + b"".join(rest)
 
 
 def mask_secret(seed: bytes) -> int:
@@ -273,7 +336,7 @@ def unsigned_update(
         self_commitment,
         masks.seed_commitments,
         masks.seed_shares,
-        bytes(SIG_LEN),
+        signature=bytes(SIG_LEN),
     )
 
 

@@ -286,10 +286,12 @@ MAX_MEMBERSHIP_PER_BLOCK = 16
 # protocol v5: evidence of misbehaviour a block may carry (consensus.evidence)
 EQUIVOCATION, FALSE_SHARE, BAD_UNMASK, BAD_MASK_KEY = 1, 2, 3, 4
 BAD_UPDATE, BAD_SELF_MASK, FALSE_PAIR = 5, 6, 7  # proven by an expensive check (checks.py)
-MAX_EVIDENCE_MESSAGES = 5
+# v7: BAD_UPDATE of a vector in 4 parts quotes 7 (Selection, CommitTx, C, the update,
+# its 3 later parts), up to 2.4 MB: too big to gossip, its finder's block carries it
+MAX_EVIDENCE_MESSAGES = 7
 MAX_EVIDENCE_PER_BLOCK = 4
-MAX_EVIDENCE_MESSAGE = 643 * 1024  # the largest signed message evidence quotes (MaskedUpdate)
-MAX_EVIDENCE_BYTES = 1 << 20  # all the evidence of one block, encoded
+MAX_EVIDENCE_MESSAGE = 643 * 1024  # the largest message evidence quotes (a MaskedUpdate)
+MAX_EVIDENCE_BYTES = 3 << 20  # all the evidence of one block, encoded
 
 
 @dataclass(frozen=True)

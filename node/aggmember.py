@@ -212,11 +212,22 @@ class Member:
                 "round %d: masking for selection %s failed: %s", sel.round, h.hex()[:8], exc
             )
             return
-        upd = sign(unsigned, self.key, self.cid)
+        header, rest = secagg.split_update(unsigned)  # v7: a large vector goes in parts
+        upd = sign(header, self.key, self.cid)
+        parts = secagg.vector_parts(upd, rest)
         st.agg.add_update(upd)
+        for part in parts:
+            st.agg.add_part(part)
         st.touch()
         await self.publish(upd)
-        log.info("round %d: sent our masked vector to selection %s", sel.round, h.hex()[:8])
+        for part in parts:
+            await self.publish(part)
+        log.info(
+            "round %d: sent our masked vector to selection %s (%d messages)",
+            sel.round,
+            h.hex()[:8],
+            1 + len(parts),
+        )
 
     async def _maybe_reveal(self, st: RoundState, mine: Mine) -> None:
         """Show our shared point with each partner a Dispute names us with whose own

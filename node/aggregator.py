@@ -44,6 +44,11 @@ def _holds(table: Mapping[bytes, Mapping[bytes, object]], h: bytes, members: lis
     return set(members) <= set(table.get(h, {}))
 
 
+def _all_whole(st: RoundState, h: bytes, members: list[bytes]) -> bool:
+    """Every member's update for selection `h` is in, with all its parts (v7)."""
+    return set(members) <= set(st.agg.whole(h))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The global model a block of this round carries: an aggregate, or the parent's."""
@@ -126,10 +131,11 @@ class Aggregation(Member):
                 len(members),
             )
             due = min(self.clock() + wait_ms, deadline_ms)
-            await st.wait_until(partial(_holds, st.agg.updates, h, members), due, self.clock)
-            got = dict(st.agg.updates.get(h, {}))
+            await st.wait_until(partial(_all_whole, st, h, members), due, self.clock)
+            whole = st.agg.whole(h)  # v7: an update counts once its every part is here
+            got = {m: upd for m, (upd, _) in whole.items()}
             missing = [m for m in members if m not in got]
-            wrong = await self._wrong_updates(st, sel, got, by_key)
+            wrong = await self._wrong_updates(st, sel, whole, by_key)
             disputed = [] if missing or wrong else secagg.disputed_pairs(got, sel.members)
             if disputed:
                 due = min(self.clock() + wait_ms, deadline_ms)
@@ -159,7 +165,7 @@ class Aggregation(Member):
                 self.artifacts,
                 self.arch,
                 tuple(members),
-                tuple(got[m].vector for m in members),
+                tuple(secagg.whole_vector(*whole[m]) for m in members),
                 tuple(seeds[m] for m in members),
                 tuple(got[m].self_commitment for m in members),
                 len(members),
@@ -319,7 +325,7 @@ class Aggregation(Member):
         self,
         st: RoundState,
         sel: Selection,
-        got: dict[bytes, MaskedUpdate],
+        whole: dict[bytes, tuple[MaskedUpdate, tuple[bytes, ...]]],
         by_key: dict[bytes, ProofTx],
     ) -> list[bytes]:
         """Members whose vector is not their committed model plus their committed masks
@@ -327,10 +333,12 @@ class Aggregation(Member):
         a vector proven wrong is evidence against its member."""
         wrong: list[bytes] = []
 
-        async def one(member: bytes, upd: MaskedUpdate) -> None:
+        async def one(member: bytes, upd: MaskedUpdate, rest: tuple[bytes, ...]) -> None:
             signs = secagg.pair_signs(sel.members, member)
             proof = by_key[member]
-            job = CheckUpdate(self.artifacts, self.arch, proof.commitment, 1, upd.encode(), signs)
+            job = CheckUpdate(
+                self.artifacts, self.arch, proof.commitment, 1, upd.encode(), signs, rest
+            )
             try:
                 ok = await self.prover.run(job, timeout=self.timeout_s)
             except WorkerError:
@@ -340,9 +348,9 @@ class Aggregation(Member):
                 wrong.append(member)
                 commit = st.commits.get(proof.commit_id)
                 if commit is not None:
-                    self.found(evidence.bad_update(sel, commit, proof.commitment, upd))
+                    self.found(evidence.bad_update(sel, commit, proof.commitment, upd, rest))
 
         async with trio.open_nursery() as nursery:
-            for member, upd in got.items():
-                nursery.start_soon(one, member, upd)
+            for member, (upd, rest) in whole.items():
+                nursery.start_soon(one, member, upd, rest)
         return wrong

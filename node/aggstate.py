@@ -2,7 +2,8 @@
 which messages are valid, consensus.aggpolicy what an honest node does with them).
 
 Every message is bounded per round: one selection per proposer and attempt (at most
-secagg.MAX_ATTEMPTS per proposer), one update and one unmask per member and selection, one
+secagg.MAX_ATTEMPTS per proposer), one update (and, v7, each of the parts it signed) and
+one unmask per member and selection, one
 Complete and one Dispute per selection, one PairReveal per disputed pair, one SeedShare
 per revealer, owner and selection. Anything that
 refers to a selection this node has not seen is ignored, not rejected (gossip may
@@ -23,6 +24,7 @@ from consensus.secagg import (
     SeedShare,
     Selection,
     Unmask,
+    VectorPart,
 )
 from p2p import Verdict
 
@@ -31,6 +33,10 @@ from p2p import Verdict
 class AggState:
     selections: dict[bytes, Selection] = field(default_factory=dict)  # by hash
     updates: dict[bytes, dict[bytes, MaskedUpdate]] = field(default_factory=dict)  # sel -> member
+    update_ids: dict[bytes, MaskedUpdate] = field(default_factory=dict)  # the held ones by hash
+    parts: dict[bytes, dict[int, bytes]] = field(
+        default_factory=dict
+    )  # v7: update -> index -> data
     completes: dict[bytes, Complete] = field(default_factory=dict)  # by selection
     unmasks: dict[bytes, dict[bytes, Unmask]] = field(default_factory=dict)  # sel -> member
     disputes: dict[bytes, Dispute] = field(default_factory=dict)  # by selection
@@ -96,7 +102,30 @@ class AggState:
         return out
 
     def add_update(self, upd: MaskedUpdate) -> bool:
-        return _first(self.updates, upd.selection, upd.member, upd)
+        added = _first(self.updates, upd.selection, upd.member, upd)
+        if added:
+            self.update_ids[upd.hash()] = upd
+        return added
+
+    def add_part(self, part: VectorPart) -> bool:
+        """A part of a held update (checked against it by consensus.aggcheck.check_part)."""
+        held = self.parts.setdefault(part.update, {})
+        if part.index in held:
+            return False
+        held[part.index] = part.data
+        return True
+
+    def whole(self, selection: bytes) -> dict[bytes, tuple[MaskedUpdate, tuple[bytes, ...]]]:
+        """Each member's update for a selection whose every part (v7) is held, with the
+        data of its later parts in order: the vectors that can be checked and summed."""
+        out = {}
+        for h, upd in self.update_ids.items():
+            if upd.selection != selection:
+                continue
+            held = self.parts.get(h, {})
+            if len(held) == len(upd.parts):
+                out[upd.member] = (upd, tuple(held[i] for i in range(1, len(upd.parts) + 1)))
+        return out
 
     def add_complete(self, comp: Complete, now_ms: int) -> bool:
         if comp.selection in self.completes:

@@ -87,7 +87,13 @@ class Checker:
         """The worker job that answers a model or evidence check."""
         if isinstance(check, UpdateHolds):
             return CheckUpdate(
-                self.artifacts, self.arch, check.commitment, check.weight, check.update, check.signs
+                self.artifacts,
+                self.arch,
+                check.commitment,
+                check.weight,
+                check.update,
+                check.signs,
+                check.parts,
             )
         if isinstance(check, MaskOf):
             return MaskCommitment(self.artifacts, self.arch, check.seed)
@@ -142,7 +148,10 @@ class Checker:
                 job = self._job(check, blobs)
                 if isinstance(check, UpdateHolds):  # keyed by digest: the check holds a vector
                     key = sha256(
-                        check.update + check.commitment + repr((check.weight, check.signs)).encode()
+                        check.update
+                        + b"".join(check.parts)
+                        + check.commitment
+                        + repr((check.weight, check.signs)).encode()
                     )
                     answers[check] = await self._updates.get(key, lambda: self._run(job))
                     return

@@ -42,6 +42,7 @@ from node.roundlog import RoundLog
 from node.roundpool import RoundPool
 from node.syncer import Syncer, Wakeup
 from p2p import GossipItem, TopicKind, Verdict
+from p2p.topics import MAX_GOSSIP_PAYLOAD
 
 log = logging.getLogger("zkpot.node")
 
@@ -238,7 +239,8 @@ class Engine:
             verdict = self.evidence.add(ev)
         except InvalidError:
             return  # the messages prove nothing after all (e.g. a forged signature)
-        if verdict is Verdict.ACCEPT:
+        if verdict is Verdict.ACCEPT and len(ev.encode()) <= MAX_GOSSIP_PAYLOAD:
+            # (a wrong vector in parts, v7, is quoted whole: only our own blocks carry it)
             with contextlib.suppress(trio.WouldBlock):  # else kept for our own blocks only
                 self._evidence_out.send_nowait(ev)
 

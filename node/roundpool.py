@@ -31,6 +31,7 @@ from consensus.secagg import (
     SeedShare,
     Selection,
     Unmask,
+    VectorPart,
 )
 from consensus.strategy import rule_for
 from consensus.types import Block, CommitTx, Evidence, Genesis, ProofTx, Reveal
@@ -246,10 +247,7 @@ class RoundPool:
                 return self._on_gossip_reveal(item)
             if isinstance(item, ProofTx):
                 return await self._on_proof(item)
-            if isinstance(
-                item,
-                Selection | MaskedUpdate | Complete | Unmask | Dispute | PairReveal | SeedShare,
-            ):
+            if isinstance(item, AggMessage):
                 return self._counted(item)
             return Verdict.REJECT
         except InvalidError as exc:
@@ -309,6 +307,12 @@ class RoundPool:
                 del st.agg.unmasks[item.selection][item.member]
                 self.on_evidence(evidence.bad_unmask(sel, item, um))
             return self._touched(st, added)
+        if isinstance(item, VectorPart):
+            upd = st.agg.update_ids.get(item.update)
+            if upd is None:
+                return Verdict.IGNORE  # its update is not here (yet): gossip may reorder
+            aggcheck.check_part(self.genesis, upd, item)
+            return self._touched(st, st.agg.add_part(item))
         if isinstance(item, Complete):
             aggcheck.check_complete(self.cid, sel, item)
             return self._touched(st, st.agg.add_complete(item, self.clock()))

@@ -25,6 +25,7 @@ from consensus.secagg import (
     SeedShare,
     Selection,
     Unmask,
+    VectorPart,
 )
 from consensus.types import Block, CommitTx, Evidence, JoinRequest, Membership, ProofTx, Reveal
 
@@ -80,6 +81,7 @@ ROUND_TYPES: dict[int, type[Wire]] = {
     Dispute.TAG: Dispute,
     PairReveal.TAG: PairReveal,
     SeedShare.TAG: SeedShare,
+    VectorPart.TAG: VectorPart,  # v7: the later parts of a large masked vector
     # protocol v5: proven misbehaviour (consensus.evidence)
     Evidence.TAG: Evidence,
 }

@@ -133,10 +133,12 @@ def check_update(
     weight: int,
     update: secagg.MaskedUpdate,
     signs: Sequence[int],
+    rest: Sequence[bytes] = (),
 ) -> bool:
-    """L(y) == a*(C - K) + sum s*L(u) + L(p): the member's vector is its committed model."""
+    """L(y) == a*(C - K) + sum s*L(u) + L(p): the member's vector (its update's part 0
+    and the `rest`, v7) is its committed model."""
     n = len(_scales(artifacts, arch))
-    y = secagg.decode_vector(update.vector, n)
+    y = secagg.decode_vector(secagg.whole_vector(update, rest), n)
     k_point = constant(artifacts, arch)
     weighted = bn254.mul(bn254.sub(bn254.decompress(model_commitment), k_point), weight)
     want = secagg.expected_update(

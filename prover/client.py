@@ -184,6 +184,7 @@ class CheckUpdate(Job[bool]):
     weight: int
     update: bytes  # an encoded MaskedUpdate
     signs: tuple[int, ...]
+    parts: tuple[bytes, ...] = ()  # v7: the data of its later vector parts, in order
 
     def execute(self) -> bool:
         from prover import aggregation
@@ -195,6 +196,7 @@ class CheckUpdate(Job[bool]):
             self.weight,
             MaskedUpdate.decode(self.update),
             self.signs,
+            self.parts,
         )
 
 

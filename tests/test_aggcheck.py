@@ -6,10 +6,11 @@ keys the members published in their commits."""
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
-from consensus import aggcheck, secagg
+from consensus import aggcheck, bn254, secagg
 from consensus.crypto import SigningKey
 from consensus.errors import InvalidError
 from consensus.rules import sign
@@ -23,6 +24,7 @@ from consensus.secagg import (
     Unmask,
 )
 from node.aggstate import AggState
+from p2p.topics import MAX_GOSSIP_PAYLOAD, TopicKind, decode_gossip
 from support.chainfactory import Chain, make_chain
 
 
@@ -274,3 +276,76 @@ def test_a_seed_share_must_open_the_owners_commitments(chain: Chain) -> None:
     state = AggState()
     assert state.add_share(share(value)) and not state.add_share(share(value))
     assert state.recovering(owner) == {sel.hash()}
+
+
+def _big_update(chain: Chain, sel: Selection, n: int) -> tuple[MaskedUpdate, bytes]:
+    """A member's signed update for an n-element vector, and the whole vector."""
+    m = sel.members[0]
+    rng = random.Random(n)
+    whole = secagg.encode_vector([rng.randrange(bn254.R) for _ in range(n)])
+    updates, _ = _real_updates(chain, sel)
+    pairs = (secagg.mask_public(5),) * 2
+    unsigned = dataclasses.replace(updates[m], vector=whole, pair_commitments=pairs)
+    header, rest = secagg.split_update(unsigned)
+    assert secagg.whole_vector(header, rest) == whole
+    return sign(header, _signer(chain, m), chain.cid), whole
+
+
+def test_a_vector_above_one_message_travels_in_parts_its_signed_update_binds(
+    chain: Chain,
+) -> None:
+    """v7: a 38,405-element vector is part 0 in the update and two VectorParts whose
+    hashes the update signs; each part is checked against them (size, hash, index), the
+    state counts the update whole only once every part is in, and an update of a small
+    model keeps its version-1 bytes."""
+    n = 2 * secagg.PART_LEN + 5
+    g = dataclasses.replace(
+        chain.genesis,
+        rule=dataclasses.replace(chain.genesis.rule, name="best-share", min_members=3),
+        aggregation=dataclasses.replace(chain.genesis.aggregation, parameters=n),
+    )
+    sel = _selection(chain)
+    upd, whole = _big_update(chain, sel, n)
+    assert len(upd.vector) == 32 * secagg.PART_LEN and len(upd.parts) == 2
+    assert upd.version() == 7 and len(upd.encode()) <= MAX_GOSSIP_PAYLOAD
+    aggcheck.check_update(g, chain.cid, sel, upd)
+    parts = secagg.vector_parts(
+        upd, [whole[32 * secagg.PART_LEN * i :][: 32 * secagg.PART_LEN] for i in (1, 2)]
+    )
+    assert [len(p.data) for p in parts] == [32 * secagg.PART_LEN, 32 * 5]
+    for p in parts:
+        assert len(p.encode()) <= MAX_GOSSIP_PAYLOAD
+        assert decode_gossip(TopicKind.ROUND, p.encode()) == p
+        aggcheck.check_part(g, upd, p)
+    st = AggState()
+    st.add_update(upd)
+    assert st.whole(sel.hash()) == {}  # no part yet: the member's vector is not in
+    assert st.add_part(parts[1]) and not st.add_part(parts[1])  # out of order; once
+    assert st.whole(sel.hash()) == {}
+    assert st.add_part(parts[0])
+    ((got, rest),) = st.whole(sel.hash()).values()
+    assert got == upd and secagg.whole_vector(got, rest) == whole
+
+    tampered = dataclasses.replace(parts[0], data=b"\x01" + parts[0].data[1:])
+    with pytest.raises(InvalidError, match="not the part the member's update signed"):
+        aggcheck.check_part(g, upd, tampered)
+    with pytest.raises(InvalidError, match="index 3, the update has 2"):
+        aggcheck.check_part(g, upd, dataclasses.replace(parts[0], index=3))
+    with pytest.raises(InvalidError, match="bytes, part 2 has 160"):
+        aggcheck.check_part(g, upd, dataclasses.replace(parts[1], data=parts[0].data))
+    with pytest.raises(InvalidError, match="not a part of this update"):
+        aggcheck.check_part(g, upd, dataclasses.replace(parts[0], update=bytes(32)))
+    with pytest.raises(InvalidError, match="the vector's parts are not the ones"):
+        secagg.whole_vector(upd, [parts[1].data, parts[0].data])
+    # an update that does not split as the model's size says is refused whole
+    m = sel.members[0]
+    for bad, why in (
+        (dataclasses.replace(upd, parts=upd.parts[:1]), "1 further parts"),
+        (dataclasses.replace(upd, vector=upd.vector[:-32]), "bytes, not"),
+    ):
+        with pytest.raises(InvalidError, match=why):
+            aggcheck.check_update(g, chain.cid, sel, sign(bad, _signer(chain, m), chain.cid))
+    # a model that fits one message: no parts, the update's bytes are version 1's
+    small, _ = _real_updates(chain, sel)
+    header, rest = secagg.split_update(small[m])
+    assert rest == () and header == small[m] and header.version() == 1

@@ -18,6 +18,7 @@ from consensus.rules import sign
 from consensus.secagg import MaskedUpdate, SeedShare, Selection, Unmask
 from consensus.strategy import BestShare
 from consensus.types import BAD_UNMASK, CommitTx, Evidence, ProofTx
+from p2p.topics import MAX_GOSSIP_PAYLOAD
 from prover.client import CheckUpdate, MaskCommitment, MaskVector
 from support.chainfactory import Chain, make_chain
 from support.fakes import (
@@ -270,7 +271,9 @@ def _answer(c: UpdateHolds | MaskOf) -> object:
     """The fake prover's arithmetic, as the checker's worker jobs would answer."""
     prover = FakeProver(aggregating=True)
     if isinstance(c, UpdateHolds):
-        return prover.answer(CheckUpdate("", "", c.commitment, c.weight, c.update, c.signs))
+        return prover.answer(
+            CheckUpdate("", "", c.commitment, c.weight, c.update, c.signs, c.parts)
+        )
     return prover.answer(MaskCommitment("", "", c.seed))
 
 
@@ -376,3 +379,37 @@ def test_a_block_whose_evidence_its_check_refutes_is_invalid(chain: Chain) -> No
     answers[off.check] = _answer(off.check)  # type: ignore[assignment]
     with pytest.raises(InvalidError, match="kept the rule"):
         blocks.conclude(pending, answers)
+
+
+def test_a_wrong_vector_in_parts_is_quoted_whole_and_checked_whole(chain: Chain) -> None:
+    """v7: evidence of a wrong vector sent in parts quotes the update and each later part
+    in order; its check receives them all. A missing, extra or swapped part proves
+    nothing. Such evidence is above one gossip message: its finder's block carries it."""
+    r = _round(chain)
+    m = r.sel.members[1]
+    n = secagg.PART_LEN + 4000  # about mnist-mlp's: two parts
+    g = dataclasses.replace(
+        chain.genesis, aggregation=dataclasses.replace(chain.genesis.aggregation, parameters=n)
+    )
+    whole = secagg.encode_vector(list(range(n)))
+    header, rest = secagg.split_update(dataclasses.replace(r.updates[m], vector=whole))
+    upd = sign(header, chain.key_of(m), chain.cid)
+    ev = evidence.bad_update(r.sel, r.commits[m], r.commitment[m], upd, rest)
+    assert Evidence.decode(ev.encode()) == ev and len(ev.encode()) > MAX_GOSSIP_PAYLOAD
+    off = evidence.offence(g, chain.cid, ev)
+    assert (off.key, off.round) == (m, 3)
+    assert isinstance(off.check, UpdateHolds) and off.check.parts == rest
+    assert secagg.whole_vector(MaskedUpdate.decode(off.check.update), off.check.parts) == whole
+    for bad, why in (
+        (evidence.bad_update(r.sel, r.commits[m], r.commitment[m], upd), "quotes 4 messages"),
+        (
+            evidence.bad_update(r.sel, r.commits[m], r.commitment[m], upd, (*rest, rest[0])),
+            "quotes 6 messages",
+        ),
+        (
+            evidence.bad_update(r.sel, r.commits[m], r.commitment[m], upd, (rest[0][::-1],)),
+            "not the part the member's update signed",
+        ),
+    ):
+        with pytest.raises(InvalidError, match=why):
+            evidence.offence(g, chain.cid, bad)

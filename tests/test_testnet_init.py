@@ -130,19 +130,22 @@ def test_a_final_line_says_how_the_global_model_was_made() -> None:
     assert "by node0: momentum step from the mean of node1 (k=7), efefefef (k=5)" in named
 
 
-def test_mnist_tasks_grow_the_circuit_and_refuse_an_aggregate_too_big_to_gossip(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_mnist_tasks_grow_the_circuit_and_only_a_model_past_the_remainder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """mnist-mlp's 25,450 weights need 2^15 rows in one column, and a masked vector of
-    them is above one gossip message: best-share is refused before any work."""
+    """mnist-mlp's 25,450 weights need 2^15 rows in one column; its masked vector goes in
+    two parts (v7), so best-share carries it. Only a model past the 65,536 parameters a
+    block's remainder holds is refused, before any work."""
+    from node.tools import testnet
     from node.tools.testnet import least_logrows
 
     assert least_logrows("digits-mlp") <= TestnetSpec().logrows  # make testnet: as before
     assert least_logrows("mnist-mlp") == 15
+    monkeypatch.setattr(testnet, "_parameters", lambda task: 70_000)
     out = tmp_path / "net"
     assert main(["testnet", "init", "--out", str(out), "--task", "mnist-mlp"]) == 1
     err = capsys.readouterr().err
-    assert "--rule best-share cannot carry mnist-mlp: its 25450 parameters" in err
+    assert "--rule best-share cannot carry mnist-mlp: its 70000 parameters" in err
     assert "use --rule winner" in err and not out.exists()
 
 
@@ -152,12 +155,14 @@ def test_a_testnet_on_the_built_in_mnist_needs_no_files(tmp_path: Path) -> None:
     are (about 60 s on 2 cores: a 2^15-row circuit and its self-test proof)."""
     out = tmp_path / "net"
     args = ["testnet", "init", "--out", str(out), "--nodes", "3", "--participants", "2"]
-    args += ["--task", "mnist-mlp", "--rule", "winner", "--eval-batch", "2", "--rounds", "5"]
+    args += ["--task", "mnist-mlp", "--eval-batch", "2", "--rounds", "5"]
     args += ["--partition", "dirichlet", "--alpha", "0.5"]
     assert main([*args, "--round-seconds", "1", "--allow-short-rounds"]) == 0
     publisher = Home(out / "node0")
     genesis = publisher.load_genesis()
     assert (genesis.task.dataset, genesis.task.architecture) == ("mnist", "mnist-mlp")
+    assert genesis.rule.name == "best-share"  # v7: its 25,450-element vector goes in 2 parts
+    assert genesis.aggregation.parameters == 25450
     assert genesis.eval_plan.input_shape == (784,) and genesis.eval_plan.num_batches == 5
     test_index = np.frombuffer(publisher.test_index_file.read_bytes(), dtype="<i8")
     assert len(test_index) == 1000 and test_index.max() < 5000  # a fifth of the 5,000

@@ -33,8 +33,8 @@ from consensus.crypto import SigningKey, sha256
 from consensus.errors import InvalidError
 from consensus.merkle import merkle_root
 from consensus.rules import check_genesis, check_server
-from consensus.secagg import MAX_VECTOR_LEN
 from consensus.types import (
+    MAX_REMAINDER,
     AggregationSpec,
     EvalPlan,
     Genesis,
@@ -92,11 +92,11 @@ def init(out: Path, spec: TestnetSpec) -> dict[str, Any]:
         except InvalidError as exc:
             raise ValueError(str(exc)) from None
     arch = get_arch(spec.task)
-    if spec.rule != "winner" and _parameters(spec.task) > MAX_VECTOR_LEN:
+    if spec.rule != "winner" and _parameters(spec.task) > MAX_REMAINDER:
         raise ValueError(
             f"--rule {spec.rule} cannot carry {spec.task}: its {_parameters(spec.task)} "
-            f"parameters exceed the {MAX_VECTOR_LEN} a masked vector holds (one gossip "
-            "message); use --rule winner"
+            f"parameters exceed the {MAX_REMAINDER} an averaging rule aggregates (the "
+            "block's remainder has one byte per parameter); use --rule winner"
         )
     out.mkdir(parents=True, exist_ok=True)
     keys = [SigningKey.generate() for _ in range(spec.nodes)]

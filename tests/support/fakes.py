@@ -113,7 +113,8 @@ def _fake_check(job: CheckUpdate) -> bool:
         job.signs,
         bn254.decompress(upd.self_commitment),
     )
-    return fake_linear(secagg.decode_vector(upd.vector, FAKE_PARAMS)) == want
+    whole = secagg.whole_vector(upd, job.parts)
+    return fake_linear(secagg.decode_vector(whole, FAKE_PARAMS)) == want
 
 
 def _fake_mask_commitment(seed: bytes) -> bytes:
