@@ -48,6 +48,10 @@ from p2p.gossip import GossipItem
 log = logging.getLogger("zkpot.node")
 
 MAX_HELD_COMMITS = 1024
+# v7: a VectorPart validated before its update (py-libp2p validates each message in its own
+# task, and trio may run them in either order) waits this long for it; at most this many wait
+PART_WAIT_MS = 2000
+MAX_WAITING_PARTS = 8
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class RoundPool:
         self.held: dict[tuple[bytes, int, bytes], tuple[CommitTx, int]] = {}
         # v5: misbehaviour this pool can prove goes here (node.evidencepool checks it)
         self.on_evidence: Callable[[Evidence], None] = lambda ev: None
+        self._waiting_parts = 0
 
     # ------------------------------------------------------------------ state
 
@@ -247,12 +252,29 @@ class RoundPool:
                 return self._on_gossip_reveal(item)
             if isinstance(item, ProofTx):
                 return await self._on_proof(item)
+            if isinstance(item, VectorPart):
+                await self._await_update(item)
             if isinstance(item, AggMessage):
                 return self._counted(item)
             return Verdict.REJECT
         except InvalidError as exc:
             log.info("rejected %s from %s: %s", type(item).__name__, forwarder, exc)
             return Verdict.REJECT
+
+    async def _await_update(self, part: VectorPart) -> None:
+        """Give a part's update, sent just before it, a moment to be validated: both
+        arrive together and run concurrently. Bounded, so junk parts cannot pile up."""
+        found = self._selection(part.selection)
+        if found is None or self._waiting_parts >= MAX_WAITING_PARTS:
+            return
+        st = found[0]
+        self._waiting_parts += 1
+        try:
+            await st.wait_until(
+                lambda: part.update in st.agg.update_ids, self.clock() + PART_WAIT_MS, self.clock
+            )
+        finally:
+            self._waiting_parts -= 1
 
     def _counted(self, item: AggMessage) -> Verdict:
         """on_agg, with the verdict counted in the round's record (`aggregation`)."""

@@ -76,8 +76,7 @@ def test_a_model_in_two_parts_per_vector_aggregates_to_the_exact_mean(net: Net) 
         members = [keys[m] for m in block["members"]]
         assert len(members) >= 3
         weights = [
-            Path(net.home(i).path / "test-weights" / f"round-{block['round']}.bin")
-            for i in members
+            Path(net.home(i).path / "test-weights" / f"round-{block['round']}.bin") for i in members
         ]
         qs = [aggregation.params_of(artifacts, arch, w.read_bytes()) for w in weights]
         mean, rest = weighted_mean(qs, [1] * len(qs))

@@ -25,11 +25,20 @@ import trio.testing
 from consensus import aggpolicy, bn254, evidence, masking, optimizer, secagg
 from consensus.crypto import sha256
 from consensus.rules import sign
-from consensus.secagg import Dispute, MaskedUpdate, PairReveal, SeedShare, Selection, Unmask
+from consensus.secagg import (
+    Dispute,
+    MaskedUpdate,
+    PairReveal,
+    SeedShare,
+    Selection,
+    Unmask,
+    VectorPart,
+)
 from consensus.types import BAD_UPDATE, Block, CommitTx, Evidence, ProofTx
 from node.participant import Participant
 from node.roundpool import Mine, RoundState
 from p2p import Verdict
+from p2p.identity import peer_id_of_key
 from prover.client import MaskVector, Prove, StepModel
 from support.chainfactory import Chain, make_chain
 from support.fakes import (
@@ -556,3 +565,70 @@ async def test_a_false_share_costs_at_most_one_aggregate_per_exclusion_period(
     for b in blocks:
         if first < b.round <= first + e:
             assert b.members and liar.key.public not in b.members, b.round
+
+
+def _big_update(chain: Chain, sel: Selection, n: int) -> tuple[MaskedUpdate, tuple[bytes, ...]]:
+    """A member's signed update of an n-element vector (v7: in parts), and its parts' data."""
+    m = sel.members[0]
+    secrets = {k: secagg.mask_secret(bytes([i + 1]) * 32) for i, k in enumerate(sel.members)}
+    others = [(o, secagg.mask_public(secrets[o])) for o in secagg.others_of(sel.members, m)]
+    t = secagg.threshold(3, len(sel.members))
+    masks = secagg.member_masks(secrets[m], m, others, sel.hash(), 4, t)
+    whole = secagg.encode_vector(list(range(n)))
+    pairs = (secagg.mask_public(5),) * len(others)
+    unsigned = secagg.unsigned_update(sel.hash(), m, whole, pairs, secagg.mask_public(6), masks)
+    header, rest = secagg.split_update(unsigned)
+    return sign(header, chain.key_of(m), chain.cid), rest
+
+
+async def test_a_vector_part_validated_before_its_update_waits_for_it(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """v7: py-libp2p validates each gossip message in a task of its own, and trio may run
+    a member's update and its part in either order. A part that comes first waits, a
+    bounded while, for its update and is then relayed; a part whose update never comes
+    is ignored (no penalty), and one that is not the part its update signed is refused."""
+    chain = _chain()
+    n = secagg.PART_LEN + 4
+    g = dataclasses.replace(
+        chain.genesis, aggregation=dataclasses.replace(chain.genesis.aggregation, parameters=n)
+    )
+    clock = clock_at(g.timing.genesis_ms)
+    async with trio.open_nursery() as nursery:
+        node = make_node(FakeNetwork(nursery), chain, chain.publisher, tmp_path, clock)
+        pool = node.engine.pool
+        pool.genesis = g  # a model of two parts; the rest of the chain is as it was
+        members = tuple(sorted(k.public for k in chain.participants[:3]))
+        proposer = chain.key_of(members[0])
+        sel = sign(
+            Selection(0, chain.cid, proposer.public, 0, (b"\x01" * 32,), members, bytes(64)),
+            proposer,
+            chain.cid,
+        )
+        st = pool.state(0)
+        assert st.agg.add_selection(sel, clock())
+        upd, rest = _big_update(chain, sel, n)
+        (part,) = secagg.vector_parts(upd, rest)
+        peer = peer_id_of_key(chain.participants[3].public)
+        verdicts: list[Verdict] = []
+
+        async def validate_part(p: VectorPart) -> None:
+            verdicts.append(await pool.validate(p, peer))
+
+        start = trio.current_time()
+        nursery.start_soon(validate_part, part)
+        await trio.sleep(0.5)
+        assert verdicts == []  # waiting for its update
+        assert await pool.validate(upd, peer) is Verdict.ACCEPT
+        await until(lambda: bool(verdicts), 5)
+        assert verdicts == [Verdict.ACCEPT] and trio.current_time() - start < 1
+        assert set(st.agg.whole(sel.hash())) == {upd.member}
+        # a part of an update that never comes: ignored once the wait is over
+        orphan = dataclasses.replace(part, update=bytes(32))
+        assert await pool.validate(orphan, peer) is Verdict.IGNORE
+        assert trio.current_time() - start >= 2
+        # data that is not the signed part: refused (its forwarder is penalised)
+        forged = dataclasses.replace(part, data=part.data[::-1])
+        assert await pool.validate(forged, peer) is Verdict.REJECT
+        nursery.cancel_scope.cancel()
+    node.chain.store.close()
