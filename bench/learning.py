@@ -105,6 +105,11 @@ def rules_for(batch: int) -> dict[str, Selector]:
         f"trimmed(spread={q},margin)": _trimmed(q, batch, margin=True),
         "beat-parent": _trimmed(batch, -1, lo=1),
         **{f"best-share(50%)+{mods}": best for mods in ("guard", "momentum", "guard+momentum")},
+        # every fresh model a member (the testnets' keep 100%), with the server step
+        **{
+            f"best-share(100%){mods}": lambda c, f: select_best_share(c, f, 100, 3, 64)
+            for mods in ("", "+momentum", "+guard+momentum")
+        },
     }
 
 
