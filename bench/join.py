@@ -155,17 +155,13 @@ def build_chain(mat: Material, store_dir: Path, blocks: int, per_block: int) -> 
         for i in who:
             c, _, _ = mat.proved[i]
             binding = rules.commit_binding(cid, mat.keys[i].public, r, parent, c)
-            commits[i] = sign(
-                CommitTx(r, parent, mat.keys[i].public, binding, bytes(64)), mat.keys[i], cid
-            )
+            commits[i] = sign(CommitTx(r, parent, mat.keys[i].public, binding), mat.keys[i], cid)
         sealed = tuple(sorted(c.hash() for c in commits.values()))
-        reveal = sign(
-            Reveal(r, batches[r], tuple(merkle_proof(leaves, r)), sealed, bytes(64)), publisher, cid
-        )
+        reveal = sign(Reveal(r, batches[r], tuple(merkle_proof(leaves, r)), sealed), publisher, cid)
         proofs = {}
         for i in who:
             c, k, proof = mat.proved[i]
-            tx = ProofTx(r, commits[i].hash(), mat.keys[i].public, c, k, proof, bytes(64))
+            tx = ProofTx(r, commits[i].hash(), mat.keys[i].public, c, k, proof)
             proofs[i] = sign(tx, mat.keys[i], cid)
         ranking = rules.rank_proofs(batches[r], proofs.values())
         best = next(i for i in who if mat.keys[i].public == ranking[0].participant)
@@ -180,7 +176,6 @@ def build_chain(mat: Material, store_dir: Path, blocks: int, per_block: int) -> 
             tuple(sorted(commits.values(), key=lambda c: c.hash())),
             tuple(sorted(proofs.values(), key=lambda p: p.commit_id)),
             sha256(model),
-            signature=bytes(64),
         )
         block = sign(block, mat.keys[best], cid)
         raw = block.encode()

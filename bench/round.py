@@ -226,7 +226,7 @@ def aggregation_cost(members: list[int], arch: str = "digits-mlp") -> list[dict[
         publics = {k: secagg.mask_public(s) for k, s in secrets.items()}
         weights = {k: model_to_bytes(build_model(arch, i + 1)) for i, k in enumerate(keys)}
         commits = {k: jobs.commit(artifacts, arch, w) for k, w in weights.items()}
-        sel = Selection(0, bytes(32), keys[0], 0, tuple(sorted(keys)), tuple(keys), bytes(64))
+        sel = Selection(0, bytes(32), keys[0], 0, tuple(sorted(keys)), tuple(keys))
         h = sel.hash()
         updates, mask_s = [], []
         for k in keys:
@@ -258,8 +258,8 @@ def aggregation_cost(members: list[int], arch: str = "digits-mlp") -> list[dict[
         aggregate_s = time.perf_counter() - t
         heads = [u for u, _ in updates]
         recovery = _recovery_cost(keys, secrets, publics, heads, sel)
-        comp = Complete(h, tuple(u.hash() for u in heads), bytes(64))
-        unmask = Unmask(h, keys[0], seeds[0], bytes(64))
+        comp = Complete(h, tuple(u.hash() for u in heads))
+        unmask = Unmask(h, keys[0], seeds[0])
         first, first_rest = updates[0]
         sent = [first, *secagg.vector_parts(first, first_rest), unmask]
         member_b = sum(len(m.encode()) for m in sent)
@@ -332,9 +332,7 @@ def _recovery_cost(
     got = secagg.recover_seed({secagg.share_x(keys, o): v for o, v in shares.items()})
     interp_s = time.perf_counter() - start
     assert got == masking.self_seed(secrets[dealer].to_bytes(32, "big"), h)
-    share_msg = secagg.SeedShare(
-        h, holder, dealer, upd.hash(), value.to_bytes(32, "big"), bytes(64)
-    )
+    share_msg = secagg.SeedShare(h, holder, dealer, upd.hash(), value.to_bytes(32, "big"))
     return {
         "t": t,
         "share_b": 32 * (t + n - 1),

@@ -28,7 +28,7 @@ from consensus.checks import (
     VerifyProof,
     verified,
 )
-from consensus.crypto import sha256
+from consensus.crypto import sha256, short
 from consensus.errors import InvalidError
 from consensus.membership import Roster, genesis_roster
 from consensus.rules import (
@@ -208,7 +208,7 @@ def answer_with(
             continue
         blob = blobs.get(c.model_hash)
         if blob is None:
-            raise InvalidError(f"Block: model blob {c.model_hash.hex()[:12]} is not available")
+            raise InvalidError(f"Block: model blob {short(c.model_hash, 12)} is not available")
         if isinstance(c, CommitModel):
             answers[c] = contained_call(commitment_of, blob)  # type: ignore[assignment]
         elif isinstance(c, EvaluateModel):

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
 HASH_LEN = 32
 PUBKEY_LEN = 32
 SIG_LEN = 64
+UNSIGNED = bytes(SIG_LEN)  # a Signed object's signature until consensus.rules.sign sets it
 ZERO_HASH = bytes(HASH_LEN)
 
 
@@ -61,3 +62,8 @@ def verify_signature(public: bytes, message: bytes, signature: bytes) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def short(data: bytes, width: int = 8) -> str:
+    """A key or hash as logs and messages name it: its first `width` hex digits."""
+    return data.hex()[:width]

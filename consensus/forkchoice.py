@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consensus.crypto import HASH_LEN, ZERO_HASH
+from consensus.crypto import HASH_LEN, ZERO_HASH, short
 from consensus.errors import ForkChoiceError
 
 
@@ -119,8 +119,8 @@ class ForkChoice:
         if not self.descends_from(parent, self.finalized):
             fin = self.nodes[self.finalized]
             raise ForkChoiceError(
-                f"block {block_hash.hex()[:16]}… does not descend from the finalized block "
-                f"{fin.hash.hex()[:16]}… at height {fin.height}; reorgs never cross finality"
+                f"block {short(block_hash, 16)}… does not descend from the finalized block "
+                f"{short(fin.hash, 16)}… at height {fin.height}; reorgs never cross finality"
             )
 
     def on_block(self, block_hash: bytes, parent: bytes, k: int) -> ChainNode:

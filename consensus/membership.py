@@ -15,6 +15,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from consensus.crypto import short
 from consensus.errors import InvalidError
 from consensus.rules import check_signature
 from consensus.types import (
@@ -86,7 +87,7 @@ def check_change(
     genesis: Genesis, chain_id: bytes, roster: Roster, block_round: int, tx: Membership
 ) -> None:
     """Whether a block of round `block_round` may carry `tx` on top of `roster`."""
-    what = f"Membership ({KIND_NAMES[tx.kind]} of {tx.key.hex()[:16]}…)"
+    what = f"Membership ({KIND_NAMES[tx.kind]} of {short(tx.key, 16)}…)"
     if not block_round < tx.from_round <= block_round + MAX_NOTICE:
         raise InvalidError(
             f"{what}: takes effect in round {tx.from_round}; a block of round {block_round} "

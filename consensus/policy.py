@@ -101,7 +101,6 @@ def build_block(
         tuple(commits[i] for i in ids),
         tuple(proofs[i] for i in ids),
         model_hash,
-        signature=bytes(64),
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from consensus import bn254, optimizer
 from consensus.checks import VerifyProof
-from consensus.crypto import SIG_LEN, SigningKey, sha256, verify_signature
+from consensus.crypto import UNSIGNED, SigningKey, sha256, short, verify_signature
 from consensus.encoding import Signed
 from consensus.errors import InvalidError
 from consensus.merkle import depth_for, verify_merkle_proof
@@ -65,14 +65,14 @@ S = TypeVar("S", bound=_SignedObject)
 
 def sign(obj: S, key: SigningKey, chain_id: bytes) -> S:
     """Return `obj` with its signature field set by `key` for this chain."""
-    unsigned = dataclasses.replace(obj, signature=bytes(SIG_LEN))
+    unsigned = dataclasses.replace(obj, signature=UNSIGNED)
     return dataclasses.replace(unsigned, signature=key.sign(unsigned.signing_bytes(chain_id)))
 
 
 def check_signature(obj: Signed, signer: bytes, chain_id: bytes) -> None:
     if not verify_signature(signer, obj.signing_bytes(chain_id), obj.signature):
         raise InvalidError(
-            f"{obj.NAME}: bad signature (not signed by {signer.hex()[:16]}… for this chain)"
+            f"{obj.NAME}: bad signature (not signed by {short(signer, 16)}… for this chain)"
         )
 
 
@@ -220,7 +220,7 @@ def check_commit(
     the caller trusts to filter spam."""
     if tx.participant not in participants:
         raise InvalidError(
-            f"CommitTx: {tx.participant.hex()[:16]}… is not a participant of round {tx.round}"
+            f"CommitTx: {short(tx.participant, 16)}… is not a participant of round {tx.round}"
         )
     if not round_exists(genesis, tx.round):
         raise InvalidError(f"CommitTx: round {tx.round} is beyond the evaluation plan")

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from consensus import bn254, masking, shamir
-from consensus.crypto import HASH_LEN, PUBKEY_LEN, SIG_LEN, sha256
+from consensus.crypto import HASH_LEN, PUBKEY_LEN, SIG_LEN, UNSIGNED, sha256
 from consensus.encoding import Bytes, ListOf, Signed, UInt, Wire, wire
 from consensus.errors import InvalidError
 from consensus.types import MAX_NUM_BATCHES, MAX_PARTICIPANTS, MAX_REMAINDER, POINT_LEN
@@ -66,7 +66,7 @@ class Selection(Signed):
     attempt: int = wire(UInt(0, MAX_ATTEMPTS - 1))
     proofs: tuple[bytes, ...] = wire(ListOf(_HASH, MAX_PARTICIPANTS, lo=1, strictly_sorted=True))
     members: tuple[bytes, ...] = wire(ListOf(_KEY, MAX_PARTICIPANTS, lo=1, strictly_sorted=True))
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class MaskedUpdate(Signed):
     )
     # v7: sha256 of each later part of the vector (`vector` is part 0)
     parts: tuple[bytes, ...] = wire(ListOf(_HASH, MAX_PARTS - 1), since=7, default=())
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Complete(Signed):
 
     selection: bytes = wire(_HASH)
     updates: tuple[bytes, ...] = wire(ListOf(_HASH, MAX_PARTICIPANTS, lo=1))
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class Unmask(Signed):
     selection: bytes = wire(_HASH)
     member: bytes = wire(_KEY)
     seed: bytes = wire(_HASH)
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class Dispute(Signed):
     pairs: tuple[bytes, ...] = wire(
         ListOf(Bytes(2 * PUBKEY_LEN, 2 * PUBKEY_LEN), MAX_PARTICIPANTS, lo=1, strictly_sorted=True)
     )
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class PairReveal(Signed):
     shared: bytes = wire(_POINT)
     challenge: bytes = wire(Bytes(FIELD_BYTES, FIELD_BYTES))  # big-endian, below R
     response: bytes = wire(Bytes(FIELD_BYTES, FIELD_BYTES))
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ class SeedShare(Signed):
     owner: bytes = wire(_KEY)
     update: bytes = wire(_HASH)  # the owner's MaskedUpdate the share was opened from
     share: bytes = wire(Bytes(FIELD_BYTES, FIELD_BYTES))  # big-endian, below R
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 AggMessage = (
@@ -336,7 +336,6 @@ def unsigned_update(
         self_commitment,
         masks.seed_commitments,
         masks.seed_shares,
-        signature=bytes(SIG_LEN),
     )
 
 
@@ -460,7 +459,6 @@ def reveal_pair(
         bn254.compress(shared),
         proof.challenge.to_bytes(FIELD_BYTES, "big"),
         proof.response.to_bytes(FIELD_BYTES, "big"),
-        bytes(SIG_LEN),
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consensus.crypto import HASH_LEN, PUBKEY_LEN, SIG_LEN
+from consensus.crypto import HASH_LEN, PUBKEY_LEN, SIG_LEN, UNSIGNED
 from consensus.encoding import Bytes, ListOf, Signed, Struct, Text, UInt, Wire, wire
 
 MAX_PARTICIPANTS = 256
@@ -210,7 +210,7 @@ class CommitTx(Signed):
     binding: bytes = wire(_HASH)
     # protocol v2: this round's Diffie-Hellman key for pairwise masks (consensus.masking)
     mask_key: bytes = wire(Bytes(0, POINT_LEN), since=2, default=b"")
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ class Reveal(Signed):
     batch: EvalBatch = wire(Struct(EvalBatch))
     merkle_proof: tuple[bytes, ...] = wire(ListOf(_HASH, MAX_MERKLE_DEPTH))
     sealed: tuple[bytes, ...] = wire(ListOf(_HASH, MAX_PARTICIPANTS, strictly_sorted=True))
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ class ProofTx(Signed):
     commitment: bytes = wire(Bytes(1, MAX_COMMITMENT_BYTES))
     k: int = wire(UInt(0, MAX_EVAL_BATCH))
     proof: bytes = wire(Bytes(1, MAX_PROOF_BYTES))
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ class JoinRequest(Signed):
     MAX_BYTES = 128
 
     key: bytes = wire(_KEY)
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 ADMIT, EXIT, REMOVE = 1, 2, 3  # Membership.kind
@@ -279,7 +279,7 @@ class Membership(Signed):
     key: bytes = wire(_KEY)
     from_round: int = wire(UInt(1, MAX_NUM_BATCHES - 1))
     request: bytes = wire(Bytes(0, SIG_LEN))  # ADMIT: the JoinRequest's signature; else empty
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 MAX_MEMBERSHIP_PER_BLOCK = 16
@@ -354,7 +354,7 @@ class Block(Signed):
     # optimizer, or, for V', still zero)
     aggregate_hash: bytes = wire(Bytes(0, HASH_LEN), since=6, default=b"")
     velocity_hash: bytes = wire(Bytes(0, HASH_LEN), since=6, default=b"")
-    signature: bytes = wire(_SIG)
+    signature: bytes = wire(_SIG, default=UNSIGNED)
 
 
 def chain_id(genesis: Genesis) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from consensus.crypto import short
 from node.interfaces import Prover
 from node.memo import Memo
 from prover.client import TestAccuracy
@@ -34,6 +35,6 @@ class AccuracyBoard:
         try:
             ppm = await self._ppm.get(model_hash, lambda: self.pool.run(job, timeout=60))
         except WorkerError as exc:
-            log.info("no test accuracy for model %s: %s", model_hash.hex()[:12], exc)
+            log.info("no test accuracy for model %s: %s", short(model_hash, 12), exc)
             return None
         return ppm / 1_000_000

@@ -21,7 +21,7 @@ from pathlib import Path
 import trio
 
 from consensus import aggpolicy, masking, rules, schedule, secagg
-from consensus.crypto import SigningKey
+from consensus.crypto import SigningKey, short
 from consensus.rules import sign
 from consensus.secagg import SeedShare, Selection, Unmask
 from consensus.strategy import Rule
@@ -79,7 +79,7 @@ class Member:
         try:
             return await self._parent_c.get(parent, compute)
         except (LookupError, WorkerError) as exc:
-            log.warning("no commitment of parent %s: %s", parent.hex()[:8], exc)
+            log.warning("no commitment of parent %s: %s", short(parent), exc)
             return b""
 
     async def parent_facts(self, parent: bytes, batch: EvalBatch) -> tuple[bytes, int] | None:
@@ -99,7 +99,7 @@ class Member:
         try:
             return parent_c, await self._parent_k.get((parent, batch.hash()), evaluate)
         except (LookupError, WorkerError) as exc:
-            log.warning("no k of parent %s: %s", parent.hex()[:8], exc)
+            log.warning("no k of parent %s: %s", short(parent), exc)
             return None
 
     async def serve(self, st: RoundState, mine: Mine, opened: int) -> None:
@@ -121,8 +121,8 @@ class Member:
                     log.warning(
                         "round %d: not answering selection %s of %s: %s",
                         sel.round,
-                        h.hex()[:8],
-                        sel.proposer.hex()[:8],
+                        short(h),
+                        short(sel.proposer),
                         decision.reason,
                     )
                 elif decision.until_ms is not None:
@@ -208,9 +208,7 @@ class Member:
         try:
             unsigned = await self.prover.run(job, timeout=self.timeout_s)
         except WorkerError as exc:
-            log.warning(
-                "round %d: masking for selection %s failed: %s", sel.round, h.hex()[:8], exc
-            )
+            log.warning("round %d: masking for selection %s failed: %s", sel.round, short(h), exc)
             return
         header, rest = secagg.split_update(unsigned)  # v7: a large vector goes in parts
         upd = sign(header, self.key, self.cid)
@@ -225,7 +223,7 @@ class Member:
         log.info(
             "round %d: sent our masked vector to selection %s (%d messages)",
             sel.round,
-            h.hex()[:8],
+            short(h),
             1 + len(parts),
         )
 
@@ -259,8 +257,8 @@ class Member:
                 log.info(
                     "round %d: revealed our shared mask point with %s for disputed selection %s",
                     sel.round,
-                    partner.hex()[:8],
-                    h.hex()[:8],
+                    short(partner),
+                    short(h),
                 )
 
     async def _maybe_unmask(self, st: RoundState, mine: Mine) -> None:
@@ -286,11 +284,11 @@ class Member:
         st.agg.unmasked = h  # never a second one this round
         secret = faults.mask_secret_used(mine.mask_secret)
         seed = masking.self_seed(secret.to_bytes(32, "big"), h)
-        um = sign(Unmask(h, me, seed, bytes(64)), self.key, self.cid)
+        um = sign(Unmask(h, me, seed), self.key, self.cid)
         st.agg.add_unmask(um)
         st.touch()
         await self.publish(um)
-        log.info("round %d: unmasked for selection %s", st.agg.selections[h].round, h.hex()[:8])
+        log.info("round %d: unmasked for selection %s", st.agg.selections[h].round, short(h))
 
     async def _maybe_share(self, st: RoundState, mine: Mine) -> int | None:
         """Dropout recovery (version 5): reveal our share of the self seed of each member
@@ -331,11 +329,11 @@ class Member:
                 log.warning(
                     "round %d: %s dealt us a share of its seed that does not open its commitments",
                     sel.round,
-                    owner.hex()[:8],
+                    short(owner),
                 )
                 continue
             share = sign(
-                SeedShare(h, me, owner, upd.hash(), value.to_bytes(32, "big"), bytes(64)),
+                SeedShare(h, me, owner, upd.hash(), value.to_bytes(32, "big")),
                 self.key,
                 self.cid,
             )
@@ -345,7 +343,7 @@ class Member:
             log.info(
                 "round %d: revealed our share of %s's seed for selection %s (it did not unmask)",
                 sel.round,
-                owner.hex()[:8],
-                h.hex()[:8],
+                short(owner),
+                short(h),
             )
         return decision.until_ms

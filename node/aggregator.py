@@ -26,6 +26,7 @@ from functools import partial
 import trio
 
 from consensus import aggpolicy, evidence, optimizer, policy, secagg
+from consensus.crypto import short
 from consensus.rules import sign
 from consensus.secagg import Complete, Dispute, MaskedUpdate, Selection
 from consensus.strategy import rests_on_enough
@@ -109,16 +110,13 @@ class Aggregation(Member):
                 return keep
             by_key = {p.participant: p for p in kept}
             proof_ids = tuple(sorted(p.commit_id for p in kept))
-            sel = Selection(
-                st.reveal.round,
-                parent,
-                self.key.public,
-                attempt,
-                proof_ids,
-                tuple(members),
-                bytes(64),
+            sel = sign(
+                Selection(
+                    st.reveal.round, parent, self.key.public, attempt, proof_ids, tuple(members)
+                ),
+                self.key,
+                self.cid,
             )
-            sel = sign(sel, self.key, self.cid)
             h = sel.hash()
             st.agg.add_selection(sel, self.clock())
             st.touch()
@@ -126,7 +124,7 @@ class Aggregation(Member):
             log.info(
                 "round %d: selection %s (attempt %d): %d members",
                 sel.round,
-                h.hex()[:8],
+                short(h),
                 attempt,
                 len(members),
             )
@@ -144,15 +142,13 @@ class Aggregation(Member):
                 log.warning(
                     "round %d: selection %s: %d silent, %d wrong; retrying without them",
                     sel.round,
-                    h.hex()[:8],
+                    short(h),
                     len(missing),
                     len(wrong),
                 )
                 excluded.update(missing, wrong)
                 continue
-            comp = sign(
-                Complete(h, tuple(got[m].hash() for m in members), bytes(64)), self.key, self.cid
-            )
+            comp = sign(Complete(h, tuple(got[m].hash() for m in members)), self.key, self.cid)
             st.agg.add_complete(comp, self.clock())
             st.touch()
             await self.publish(comp)
@@ -230,7 +226,7 @@ class Aggregation(Member):
             log.warning(
                 "round %d: selection %s: %d did not unmask: their seeds recovered from shares",
                 sel.round,
-                h.hex()[:8],
+                short(h),
                 len(recovered),
             )
         return {m: got[m] for m in members}
@@ -267,14 +263,14 @@ class Aggregation(Member):
         member whose commitment is not the pair's true mask (from a revealed shared
         point); a pair that nobody settles in time loses both its members."""
         h = sel.hash()
-        dispute = sign(Dispute(h, tuple(pairs), bytes(64)), self.key, self.cid)
+        dispute = sign(Dispute(h, tuple(pairs)), self.key, self.cid)
         st.agg.add_dispute(dispute)
         st.touch()
         await self.publish(dispute)
         log.warning(
             "round %d: selection %s: %d pairs disagree on their shared mask: disputed",
             sel.round,
-            h.hex()[:8],
+            short(h),
             len(pairs),
         )
 
@@ -296,8 +292,8 @@ class Aggregation(Member):
             log.warning(
                 "round %d: selection %s: %s %s",
                 sel.round,
-                h.hex()[:8],
-                who.hex()[:8],
+                short(h),
+                short(who),
                 "committed a wrong mask for its pair" if who in liars else "left a pair unsettled",
             )
         return wrong

@@ -27,7 +27,7 @@ import trio
 from libp2p.peer.id import ID
 
 from consensus import blocks
-from consensus.crypto import sha256
+from consensus.crypto import sha256, short
 from consensus.errors import InvalidError
 from consensus.types import Block, Genesis
 from node.checker import CheckIncomplete
@@ -91,9 +91,7 @@ class BlockRelay:
         key = (item.proposer, item.round)
         if key in self.relayed:
             if self.relayed[key] != h:
-                log.info(
-                    "round %d: a second block by %s, not relayed", item.round, key[0].hex()[:8]
-                )
+                log.info("round %d: a second block by %s, not relayed", item.round, short(key[0]))
             return Verdict.IGNORE
         parent = imp.parent_for_gossip(item, h)
         if parent is None:
@@ -103,7 +101,7 @@ class BlockRelay:
             blocks.on_block(self.genesis, self.cid, pinfo, item)
         except InvalidError as exc:
             imp.refuse(h, str(exc))
-            log.info("rejected block %s from %s: %s", h.hex()[:12], forwarder, exc)
+            log.info("rejected block %s from %s: %s", short(h, 12), forwarder, exc)
             return Verdict.REJECT
         self.relayed[key] = h
         while len(self.relayed) > MAX_REFUSED:
@@ -122,20 +120,20 @@ class BlockRelay:
             try:
                 await self.importer.fly(flight, raw, h, sources, after)
             except InvalidError as exc:
-                log.info("relayed block %s failed full validation: %s", h.hex()[:12], exc)
+                log.info("relayed block %s failed full validation: %s", short(h, 12), exc)
                 self.net.penalise(
                     peer_id_of_key(block.proposer),
                     penalties.INVALID,
                     f"signed an invalid block: {exc}",
                 )
             except SyncError as exc:
-                log.debug("block %s: model not available: %s", h.hex()[:12], exc)
+                log.debug("block %s: model not available: %s", short(h, 12), exc)
             except CheckIncomplete as exc:  # no verdict: a later copy or sync tries again
-                log.info("block %s: not checked: %s", h.hex()[:12], exc)
+                log.info("block %s: not checked: %s", short(h, 12), exc)
             except Exception:  # a bug here must never end the node
-                log.exception("importing block %s failed unexpectedly", h.hex()[:12])
+                log.exception("importing block %s failed unexpectedly", short(h, 12))
         if scope.cancelled_caught:
-            log.info("block %s: not validated within %.0f s", h.hex()[:12], self.full_validation_s)
+            log.info("block %s: not validated within %.0f s", short(h, 12), self.full_validation_s)
 
     def _peers_with_pubkey(self, pub: bytes) -> list[ID]:
         return [p for p in self.net.connected_peers() if public_key_of(p) == pub]

@@ -14,7 +14,7 @@ import trio
 
 from consensus import blocks
 from consensus.blocks import ParentInfo
-from consensus.crypto import sha256
+from consensus.crypto import sha256, short
 from consensus.errors import ForkChoiceError, InvalidError
 from consensus.forkchoice import ChainNode, ForkChoice
 from consensus.membership import Roster, genesis_roster
@@ -50,13 +50,13 @@ class Chain:
             try:
                 self.forks.on_block(h, meta.parent, meta.score - parent.score)
             except ForkChoiceError as exc:
-                log.info("stored block %s stays off fork choice: %s", h.hex()[:16], exc)
+                log.info("stored block %s stays off fork choice: %s", short(h, 16), exc)
         # Finality is irreversible: the persisted decision wins over what replay gives.
         self.forks.restore_finalized(store.finalized())
         if self.forks.head != store.head():
             log.warning(
                 "fork choice head differs from the stored head after replay; adopting %s",
-                self.forks.head.hex()[:16],
+                short(self.forks.head, 16),
             )
             store.set_head(self.forks.head)
         self._lock = trio.Lock()

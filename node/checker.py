@@ -29,7 +29,7 @@ from consensus.checks import (
     UpdateHolds,
     VerifyProof,
 )
-from consensus.crypto import sha256
+from consensus.crypto import sha256, short
 from consensus.errors import InvalidError
 from consensus.optimizer import Momentum
 from node.interfaces import Prover
@@ -133,7 +133,7 @@ class Checker:
             named: tuple[bytes, ...] = (c.model_hash,) if isinstance(c, ModelCheck) else ()
             for h in c.blobs() if isinstance(c, ServerStep) else named:
                 if h not in at_hand:
-                    raise InvalidError(f"Block: blob {h.hex()[:12]} is not at hand")
+                    raise InvalidError(f"Block: blob {short(h, 12)} is not at hand")
         answers: dict[Check, Answer] = {}
         failures: list[str] = []  # the inputs made the job fail: a verdict
         incomplete: list[str] = []  # no verdict (timeout, crash)

@@ -17,7 +17,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from consensus import rules
-from consensus.crypto import sha256
+from consensus.crypto import sha256, short
 from consensus.errors import InvalidError
 from consensus.roles import roles_of
 from consensus.strategy import rule_for
@@ -135,8 +135,8 @@ async def check_aggregation_spec(home: Home, genesis: Genesis, pool: Prover) -> 
     if derived != pinned:
         raise HomeError(
             f"{home.genesis_file}: the genesis pins an aggregation basis (K "
-            f"{pinned.constant.hex()[:16]}…, {pinned.parameters} parameters) that the circuit's "
-            f"SRS does not give (K {derived.constant.hex()[:16]}…, {derived.parameters}): "
+            f"{short(pinned.constant, 16)}…, {pinned.parameters} parameters) that the circuit's "
+            f"SRS does not give (K {short(derived.constant, 16)}…, {derived.parameters}): "
             "this genesis was not made for these circuit artifacts"
         )
 

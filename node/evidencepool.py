@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 
 from consensus import evidence
+from consensus.crypto import short
 from consensus.errors import InvalidError
 from consensus.types import MAX_EVIDENCE_BYTES, MAX_EVIDENCE_PER_BLOCK, Evidence, Genesis
 from node.chain import Chain
@@ -52,7 +53,7 @@ class EvidencePool:
         log.warning(
             "evidence of %s by %s (round %d)",
             evidence.KIND_NAMES[ev.kind],
-            key.hex()[:8],
+            short(key),
             rnd,
         )
         return Verdict.ACCEPT

@@ -20,7 +20,7 @@ from libp2p.peer.id import ID
 
 from consensus import blocks
 from consensus.blocks import ParentInfo
-from consensus.crypto import sha256
+from consensus.crypto import sha256, short
 from consensus.errors import ForkChoiceError, InvalidError
 from consensus.types import Block, Genesis
 from node.chain import Applied, Chain
@@ -214,9 +214,9 @@ class BlockImporter:
         log.info(
             "round %d: block %s at height %d by %s (k=%d)%s",
             block.round,
-            applied.block_hash.hex()[:12],
+            short(applied.block_hash, 12),
             applied.height,
-            block.proposer.hex()[:8],
+            short(block.proposer),
             score,
             " -> new head" if applied.head_changed else "",
         )

@@ -17,6 +17,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from consensus import membership, rules
+from consensus.crypto import short
 from consensus.errors import InvalidError
 from consensus.types import Genesis, JoinRequest, Membership
 from node.chain import Chain
@@ -52,13 +53,13 @@ class MembershipPool:
             if rnd != self._brought_round:
                 self._brought, self._brought_round = Counter(), rnd
             if self._brought[forwarder] >= REQUESTS_PER_PEER:
-                log.info("join request of %s ignored: its peer's quota is spent", req.key.hex()[:8])
+                log.info("join request of %s ignored: its peer's quota is spent", short(req.key))
                 return Verdict.IGNORE
             self._brought[forwarder] += 1
         self.requests[req.key] = req
         while len(self.requests) > MAX_REQUESTS:
             self.requests.popitem(last=False)
-        log.info("join request from %s", req.key.hex()[:8])
+        log.info("join request from %s", short(req.key))
         return Verdict.ACCEPT
 
     def on_change(self, tx: Membership) -> Verdict:
@@ -78,7 +79,7 @@ class MembershipPool:
         log.info(
             "pending %s of %s from round %d",
             membership.KIND_NAMES[tx.kind],
-            tx.key.hex()[:8],
+            short(tx.key),
             tx.from_round,
         )
         return Verdict.ACCEPT

@@ -17,7 +17,7 @@ from pathlib import Path
 import trio
 
 from consensus import aggpolicy, policy, rules, schedule, secagg
-from consensus.crypto import SigningKey, sha256
+from consensus.crypto import SigningKey, sha256, short
 from consensus.forkchoice import ChainNode
 from consensus.rules import sign
 from consensus.strategy import Rule, rests_on_enough
@@ -150,9 +150,7 @@ class Participant:
         binding = rules.commit_binding(self.cid, self.key.public, rnd, parent, c)
         secret = secagg.mask_secret(os.urandom(32)) if self.rule.aggregates else 0
         mask_key = secagg.mask_public(secret) if secret else b""
-        unsigned = CommitTx(
-            rnd, parent, self.key.public, binding, mask_key=mask_key, signature=bytes(64)
-        )
+        unsigned = CommitTx(rnd, parent, self.key.public, binding, mask_key=mask_key)
         commit = sign(unsigned, self.key, self.cid)
         mine = Mine(weights, commit, c, secret)
         keep_dir = faults.keep_weights_dir()
@@ -164,7 +162,7 @@ class Participant:
         self.pool.mark(rnd, "committed")
         await self.publish(commit)
         log.info(
-            "round %d: committed %s on parent %s", rnd, commit.hash().hex()[:12], parent.hex()[:12]
+            "round %d: committed %s on parent %s", rnd, short(commit.hash(), 12), short(parent, 12)
         )
         return mine
 
@@ -185,7 +183,7 @@ class Participant:
             log.warning("round %d: proving failed or missed the deadline: the round ended", rnd)
             raise
         cid = mine.commit.hash()
-        tx = ProofTx(rnd, cid, self.key.public, mine.commitment, proved.k, proved.proof, bytes(64))
+        tx = ProofTx(rnd, cid, self.key.public, mine.commitment, proved.k, proved.proof)
         tx = sign(tx, self.key, self.cid)
         self.pool.mark(rnd, "proved")
         st.add_proof(tx, self.clock())
@@ -319,7 +317,7 @@ class Participant:
         log.info(
             "round %d: proposed block %s at height %d (rank %d)",
             rnd,
-            applied.block_hash.hex()[:12],
+            short(applied.block_hash, 12),
             applied.height,
             block.rank,
         )

@@ -58,9 +58,7 @@ class Publisher:
             self.clock,
         )
         sealed = policy.seal(st.arrivals(), min(deadline, self.clock()))
-        reveal = Reveal(
-            rnd, self.batches[rnd], tuple(merkle_proof(self.leaves, rnd)), sealed, bytes(64)
-        )
+        reveal = Reveal(rnd, self.batches[rnd], tuple(merkle_proof(self.leaves, rnd)), sealed)
         reveal = sign(reveal, self.key, self.cid)
         self.pool.on_reveal(reveal)
         await self.publish(reveal)

@@ -20,6 +20,7 @@ import trio
 from libp2p.peer.id import ID
 
 from consensus import aggcheck, aggpolicy, evidence, policy, rules
+from consensus.crypto import short
 from consensus.errors import InvalidError
 from consensus.forkchoice import ChainNode
 from consensus.secagg import (
@@ -441,7 +442,7 @@ class RoundPool:
         try:
             ok, reason = await self.checker.verify(check)
         except CheckIncomplete as exc:  # no verdict here now; the block will carry it
-            log.info("proof of %s not checked: %s", tx.participant.hex()[:8], exc)
+            log.info("proof of %s not checked: %s", short(tx.participant), exc)
             return Verdict.IGNORE
         if not ok:
             seen.valid, seen.reason = False, reason
@@ -449,5 +450,5 @@ class RoundPool:
         st.add_proof(tx, self.clock())
         st.touch()
         seen.valid = True
-        self.mark(tx.round, f"proof_verified:{tx.participant.hex()[:8]}")
+        self.mark(tx.round, f"proof_verified:{short(tx.participant)}")
         return Verdict.ACCEPT

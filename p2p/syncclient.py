@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from libp2p.peer.id import ID
 
+from consensus.crypto import short
 from consensus.encoding import Wire
 from consensus.errors import DecodeError
 from p2p import penalties
@@ -124,7 +125,7 @@ class SyncSession:
         if not isinstance(response, Status):
             raise self._lied(f"answered status with {response.NAME}")
         if response.genesis_hash != self._client.host.chain_id:
-            exc = self._lied(f"follows another chain ({response.genesis_hash.hex()[:16]})")
+            exc = self._lied(f"follows another chain ({short(response.genesis_hash, 16)})")
             raise WrongChainError(str(exc))
         return response
 

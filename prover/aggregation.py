@@ -20,6 +20,7 @@ import torch
 
 from consensus import bn254, commitment, optimizer, secagg
 from consensus.aggregate import split_mean
+from consensus.crypto import short
 from consensus.errors import InvalidError
 from consensus.masking import expand, masked
 from consensus.types import AggregationSpec
@@ -177,7 +178,7 @@ def aggregate(
     for member, seed, committed in zip(members, seeds, self_commitments, strict=True):
         if not self_seed_matches(artifacts, arch, committed, seed):
             raise InvalidError(
-                f"member {member.hex()[:16]}'s self seed does not open its self-mask commitment"
+                f"member {short(member, 16)}'s self seed does not open its self-mask commitment"
             )
     n = len(_scales(artifacts, arch))
     total = secagg.unmasked_sum([secagg.decode_vector(v, n) for v in vectors], seeds)

@@ -13,7 +13,7 @@ import functools
 import json
 from pathlib import Path
 
-from consensus.crypto import SigningKey
+from consensus.crypto import SigningKey, short
 from consensus.rules import sign
 from consensus.types import ADMIT, EXIT, REMOVE, Genesis, JoinRequest, Membership
 from node.home import Home, HomeError
@@ -66,7 +66,7 @@ def _send(args: argparse.Namespace, client: ApiClient, item: JoinRequest | Membe
 def _cmd_request(args: argparse.Namespace) -> None:
     _, key, genesis = _home(args)
     client = _client(args)
-    req = sign(JoinRequest(key.public, bytes(64)), key, genesis.hash())
+    req = sign(JoinRequest(key.public), key, genesis.hash())
     _send(args, client, req)
     if not args.json:
         print(f"your key: {key.public.hex()}  (give it to the publisher to admit)")
@@ -83,16 +83,16 @@ def _change(args: argparse.Namespace, kind: int) -> None:
         requests = {r["key"]: r["signature"] for r in client.get_json("/participants")["requests"]}
         if target.hex() not in requests:
             raise ClientError(
-                f"no join request from {target.hex()[:16]}… has reached this node; ask its "
+                f"no join request from {short(target, 16)}… has reached this node; ask its "
                 "owner to run `zkpot participant request --home THEIR_HOME`"
             )
         request = bytes.fromhex(requests[target.hex()])
-    tx = Membership(kind, target, _from_round(args, client), request, bytes(64))
+    tx = Membership(kind, target, _from_round(args, client), request)
     _send(args, client, sign(tx, key, genesis.hash()))
     if not args.json:
         effect = {ADMIT: "participates", EXIT: "leaves"}.get(kind, "is removed")
         print(
-            f"{target.hex()[:16]}… {effect} from round {tx.from_round}, once a block of an "
+            f"{short(target, 16)}… {effect} from round {tx.from_round}, once a block of an "
             f"earlier round carries the change (`zkpot chain participants` shows it then)"
         )
 
