@@ -11,36 +11,22 @@ model must be is the chain's rule's business (consensus.strategy).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from consensus import evidence, membership
 from consensus.checks import (
-    Answer,
     Answers,
     Check,
-    CommitAggregate,
-    CommitModel,
-    EvaluateModel,
-    MaskOf,
-    ServerStep,
-    UpdateHolds,
     VerifyProof,
     verified,
 )
-from consensus.crypto import sha256, short
 from consensus.errors import InvalidError
 from consensus.membership import Roster, genesis_roster
 from consensus.rules import (
     PROOF_FAILS,
-    AggregateCommitmentFn,
-    CommitmentFn,
-    Evaluator,
-    ProofVerifier,
     check_commit,
     check_reveal,
     check_signature,
-    contained_call,
     is_sealed,
     proof_check,
     rank_proofs,
@@ -179,62 +165,3 @@ def conclude(pending: PendingBlock, answers: Answers) -> int:
     return pending.rule.conclude(
         pending.block, answers, pending.parent_model, pending.excluded, pending.parent_velocity
     )
-
-
-def answer_with(
-    checks: Sequence[Check],
-    blobs: Mapping[bytes, bytes],
-    verify: ProofVerifier,
-    commitment_of: CommitmentFn,
-    evaluate: Evaluator,
-    commit_aggregate: AggregateCommitmentFn | None = None,
-    evidence_check: Callable[[UpdateHolds | MaskOf], Answer] | None = None,
-    server_step: Callable[[ServerStep, Mapping[bytes, bytes]], bool] | None = None,
-) -> dict[Check, Answer]:
-    """Answers from plain functions (tests, tools); a raising function is an InvalidError.
-    `blobs` holds the model blobs the checks name, by hash."""
-    answers: dict[Check, Answer] = {}
-    for c in checks:
-        if isinstance(c, ServerStep):
-            if server_step is not None:
-                answers[c] = bool(contained_call(server_step, c, blobs))
-            continue
-        if isinstance(c, VerifyProof):
-            answers[c] = bool(contained_call(verify, c.proof, c.batch, c.commitment, c.k))
-            continue
-        if isinstance(c, UpdateHolds | MaskOf):
-            if evidence_check is not None:
-                answers[c] = contained_call(evidence_check, c)  # type: ignore[assignment]
-            continue
-        blob = blobs.get(c.model_hash)
-        if blob is None:
-            raise InvalidError(f"Block: model blob {short(c.model_hash, 12)} is not available")
-        if isinstance(c, CommitModel):
-            answers[c] = contained_call(commitment_of, blob)  # type: ignore[assignment]
-        elif isinstance(c, EvaluateModel):
-            answers[c] = contained_call(evaluate, blob, c.batch)  # type: ignore[assignment]
-        elif isinstance(c, CommitAggregate) and commit_aggregate is not None:
-            answers[c] = contained_call(commit_aggregate, blob, c.remainder, c.weight_sum)  # type: ignore[assignment]
-    return answers
-
-
-def check_block(
-    genesis: Genesis,
-    chain_id: bytes,
-    parent: ParentInfo,
-    block: Block,
-    model_blob: bytes,
-    verify: ProofVerifier,
-    commitment_of: CommitmentFn,
-    evaluate: Evaluator,
-    *,
-    parent_model: bytes = b"",
-    commit_aggregate: AggregateCommitmentFn | None = None,
-) -> int:
-    """`on_block`, answered by plain functions, then `conclude`: the block's score."""
-    pending = on_block(genesis, chain_id, parent, block)
-    if sha256(model_blob) != block.model_hash:
-        raise InvalidError("Block: the model blob does not match model_hash")
-    blobs = {block.model_hash: model_blob, parent.model_hash: parent_model}
-    answers = answer_with(pending.checks, blobs, verify, commitment_of, evaluate, commit_aggregate)
-    return conclude(pending, answers)

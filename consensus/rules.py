@@ -1,19 +1,17 @@
 """Validity rules, as pure functions over values.
 
-Expensive or environment-bound checks are passed in as functions, so this module
-stays pure and every rule can be replayed in a test:
-- `ProofVerifier(proof, batch, commitment, k) -> bool`: the zk verification;
-- `CommitmentFn(model_blob) -> bytes`: the weight commitment of a revealed model;
-- `Evaluator(model_blob, batch) -> int`: the plain quantised re-evaluation of k;
-- `AggregateCommitmentFn(model_blob, remainder, weight_sum) -> bytes`: C(S*M + R).
-Each `check_*` returns None or raises `InvalidError` whose message says which rule broke.
+Expensive or environment-bound checks are not run here: a rule names them as values
+(consensus.checks: the zk verification, a model's commitment, its re-evaluation) for the
+shell to answer, so this module stays pure and every rule can be replayed in a test
+(tests/support/plaincheck.py answers them with plain functions). Each `check_*` returns
+None or raises `InvalidError` whose message says which rule broke.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -38,11 +36,6 @@ from consensus.types import (
     Reveal,
     RuleSpec,
 )
-
-ProofVerifier = Callable[[bytes, EvalBatch, bytes, int], bool]
-CommitmentFn = Callable[[bytes], bytes]
-Evaluator = Callable[[bytes, EvalBatch], int]
-AggregateCommitmentFn = Callable[[bytes, bytes, int], bytes]  # (M blob, R, S) -> C(S*M + R)
 
 PARTITIONS = ("iid", "dirichlet")
 COMMITMENT_MODES = ("polycommit",)
@@ -288,28 +281,6 @@ def proof_check(
 
 
 PROOF_FAILS = "ProofTx: the zk proof does not verify for this batch, commitment and k"
-
-
-def check_proof_tx(
-    genesis: Genesis,
-    chain_id: bytes,
-    reveal: Reveal,
-    commit: CommitTx,
-    tx: ProofTx,
-    verify: ProofVerifier,
-) -> None:
-    """`proof_check`, then the verification answered by a plain function (tests, tools)."""
-    check = proof_check(genesis, chain_id, reveal, commit, tx)
-    if not contained_call(verify, check.proof, check.batch, check.commitment, check.k):
-        raise InvalidError(PROOF_FAILS)
-
-
-def contained_call(fn: Callable[..., object], *args: object) -> object:
-    """Injected functions (prover, evaluator) are outside consensus: any failure is a verdict."""
-    try:
-        return fn(*args)
-    except Exception as exc:
-        raise InvalidError(f"check failed: {type(exc).__name__}: {exc}") from None
 
 
 # --- ranking -------------------------------------------------------------------

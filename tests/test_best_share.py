@@ -20,6 +20,7 @@ from consensus.errors import InvalidError
 from consensus.rules import sign
 from consensus.strategy import KEEP_PARENT_SCORE
 from consensus.types import AggregationSpec, Block, CommitTx, ProofTx, RuleSpec
+from support import plaincheck
 from support.chainfactory import Chain, hash_proof, hash_verify, make_chain, mask_key_for
 
 BASIS = [bn254.mul(bn254.G, j + 2) for j in range(4)]
@@ -127,7 +128,7 @@ def _block(
 
 def _check(chain: Chain, block: Block, model: bytes) -> int:
     parent = ParentInfo(chain.cid, -1, 0, sha256(PARENT))
-    return blocks.check_block(
+    return plaincheck.check_block(
         chain.genesis,
         chain.cid,
         parent,
@@ -272,7 +273,7 @@ def _check_v6(chain: Chain, block: Block, own: list[bytes], parent_v: bytes = PA
     parent = ParentInfo(chain.cid, -1, 0, sha256(PARENT), velocity_hash=sha256(parent_v))
     pending = blocks.on_block(chain.genesis, chain.cid, parent, block)
     found = {sha256(b): b for b in [*own, PARENT, parent_v]}
-    answers = blocks.answer_with(
+    answers = plaincheck.answer_with(
         pending.checks,
         found,
         hash_verify,

@@ -24,6 +24,7 @@ from consensus.types import (
     JoinRequest,
     Membership,
 )
+from support import plaincheck
 from support.chainfactory import Chain, hash_verify, make_chain, model_commitment, model_score
 
 NEWCOMER = SigningKey(sha256(b"newcomer"))
@@ -158,7 +159,7 @@ def test_the_honest_proposer_picks_what_is_still_valid(chain: Chain) -> None:
 
 
 def _on(chain: Chain, parent: ParentInfo, block: Block, model: bytes) -> int:
-    return blocks.check_block(
+    return plaincheck.check_block(
         chain.genesis, chain.cid, parent, block, model, hash_verify, model_commitment, model_score
     )
 

@@ -22,6 +22,7 @@ from consensus.rules import Ranked, sign
 from consensus.selection import Contribution
 from consensus.strategy import RULES, Winner, rule_for
 from consensus.types import CommitTx
+from support import plaincheck
 from support.chainfactory import (
     Chain,
     hash_verify,
@@ -107,7 +108,7 @@ def test_built_block_is_the_block_validity_expects(chain: Chain) -> None:
     assert built == block
     model = models[chain.participants.index(chain.key_of(me))]
     assert (
-        blocks.check_block(
+        plaincheck.check_block(
             chain.genesis,
             chain.cid,
             ParentInfo(chain.cid, -1, 0),
@@ -147,7 +148,7 @@ def test_conclude_reads_every_answer(chain: Chain) -> None:
     model = models[chain.participants.index(chain.key_of(block.proposer))]
     pending = blocks.on_block(chain.genesis, chain.cid, ParentInfo(chain.cid, -1, 0), block)
     blobs = {block.model_hash: model}
-    good = blocks.answer_with(pending.checks, blobs, hash_verify, model_commitment, model_score)
+    good = plaincheck.answer_with(pending.checks, blobs, hash_verify, model_commitment, model_score)
     assert blocks.conclude(pending, good) == 3
     for check in pending.checks:  # every answer matters: a missing or wrong one is a verdict
         missing = {c: a for c, a in good.items() if c != check}

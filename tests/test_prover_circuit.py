@@ -13,7 +13,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from consensus import blocks, rules
+from consensus import rules
 from consensus.blocks import ParentInfo
 from consensus.crypto import SigningKey, sha256
 from consensus.errors import InvalidError
@@ -37,6 +37,7 @@ from prover.models import build_model, model_from_bytes, model_to_bytes
 from prover.quant import FixedPoint, QuantError, quantise_params
 from prover.train import train_local
 from prover.worker import worker_pool
+from support import plaincheck
 
 ARCH = "digits-mlp-tiny"
 B = 4
@@ -339,10 +340,10 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
 
     parent = ParentInfo(cid, -1, 0)
     with pytest.raises(InvalidError, match="does not open the commit's binding"):
-        rules.check_proof_tx(genesis, cid, reveal, c_copy, p_copy, verify)
+        plaincheck.check_proof_tx(genesis, cid, reveal, c_copy, p_copy, verify)
     # Even reusing the winner's own model blob, the copier's block carries its bad proof.
     with pytest.raises(InvalidError, match="does not open the commit's binding"):
-        blocks.check_block(
+        plaincheck.check_block(
             genesis,
             cid,
             parent,
@@ -354,12 +355,12 @@ def test_copier_of_commitment_and_proof_cannot_make_a_valid_block_but_the_owner_
         )
     own = model_to_bytes(build_model(ARCH, 42))
     with pytest.raises(InvalidError, match="does not match the proposer's commitment"):
-        blocks.check_block(
+        plaincheck.check_block(
             genesis, cid, parent, block_by(honest, own, False), own, verify, commitment_of, evaluate
         )
     good = block_by(honest, trained, False)
     assert (
-        blocks.check_block(genesis, cid, parent, good, trained, verify, commitment_of, evaluate)
+        plaincheck.check_block(genesis, cid, parent, good, trained, verify, commitment_of, evaluate)
         == k
     )
 

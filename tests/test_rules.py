@@ -9,13 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consensus import blocks, rules, secagg, selection
+from consensus import rules, secagg, selection
 from consensus.blocks import ParentInfo
 from consensus.crypto import SigningKey, sha256
 from consensus.errors import InvalidError
 from consensus.merkle import merkle_proof, merkle_root, verify_merkle_proof
 from consensus.rules import sign
 from consensus.types import WINNER_RULE, Block, Genesis, RuleSpec, Timing, chain_id
+from support import plaincheck
 from support.chainfactory import (
     Chain,
     hash_verify,
@@ -36,7 +37,7 @@ GENESIS_PARENT = ParentInfo(hash=b"", round=-1, height=0)
 
 def _check(chain: Chain, block: Block, model: bytes, parent: ParentInfo | None = None) -> int:
     p = parent or ParentInfo(chain.cid, -1, 0)
-    return blocks.check_block(
+    return plaincheck.check_block(
         chain.genesis, chain.cid, p, block, model, hash_verify, model_commitment, model_score
     )
 
@@ -247,14 +248,14 @@ def _round(chain: Chain, sealed_ids: list[int] | None = None):  # type: ignore[n
 def test_valid_proof_passes(chain: Chain) -> None:
     commits, reveal = _round(chain)
     tx = chain.proof(chain.participants[1], commits[1], reveal.batch, 3, MODELS[1])
-    rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
+    plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
 
 
 def test_proof_for_an_unsealed_commit_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain, sealed_ids=[0, 2])
     tx = chain.proof(chain.participants[1], commits[1], reveal.batch, 3, MODELS[1])
     with pytest.raises(InvalidError, match="not in the reveal's sealed set"):
-        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
+        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
 
 
 def test_proof_claiming_another_k_is_rejected(chain: Chain) -> None:
@@ -262,14 +263,16 @@ def test_proof_claiming_another_k_is_rejected(chain: Chain) -> None:
     tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
     inflated = sign(dataclasses.replace(tx, k=4), chain.participants[0], chain.cid)
     with pytest.raises(InvalidError, match="does not verify"):
-        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], inflated, hash_verify)
+        plaincheck.check_proof_tx(
+            chain.genesis, chain.cid, reveal, commits[0], inflated, hash_verify
+        )
 
 
 def test_proof_against_another_participants_commit_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain)
     tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
     with pytest.raises(InvalidError, match="commit_id"):
-        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
+        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
 
 
 def test_copier_resigning_someone_elses_proof_is_rejected(chain: Chain) -> None:
@@ -281,14 +284,14 @@ def test_copier_resigning_someone_elses_proof_is_rejected(chain: Chain) -> None:
         chain.cid,
     )
     with pytest.raises(InvalidError, match="someone other"):
-        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], stolen, hash_verify)
+        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], stolen, hash_verify)
 
 
 def test_proof_with_k_above_batch_size_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain)
     tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 5, MODELS[0])
     with pytest.raises(InvalidError, match="exceeds the batch size"):
-        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], tx, hash_verify)
+        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], tx, hash_verify)
 
 
 def test_proof_with_tampered_signature_is_rejected(chain: Chain) -> None:
@@ -296,7 +299,7 @@ def test_proof_with_tampered_signature_is_rejected(chain: Chain) -> None:
     tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
     bad = dataclasses.replace(tx, signature=_flip(tx.signature, 63))
     with pytest.raises(InvalidError, match="bad signature"):
-        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], bad, hash_verify)
+        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], bad, hash_verify)
 
 
 # --- ranking -----------------------------------------------------------------------------
@@ -383,9 +386,9 @@ def test_copier_of_a_commit_cannot_open_it_under_its_own_key(chain: Chain) -> No
         copier,
         chain.cid,
     )
-    rules.check_proof_tx(chain.genesis, chain.cid, reveal, c_honest, p_honest, hash_verify)
+    plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, c_honest, p_honest, hash_verify)
     with pytest.raises(InvalidError, match="does not open the commit's binding"):
-        rules.check_proof_tx(chain.genesis, chain.cid, reveal, c_copy, p_copy, hash_verify)
+        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, c_copy, p_copy, hash_verify)
 
 
 def test_copier_cannot_propose_with_a_model_that_does_not_match_its_commitment(
@@ -410,7 +413,7 @@ def test_proof_of_another_length_is_rejected(chain: Chain) -> None:
         dataclasses.replace(tx, proof=tx.proof + b"\x00"), chain.participants[0], chain.cid
     )
     with pytest.raises(InvalidError, match="proofs are 32"):
-        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], padded, hash_verify)
+        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], padded, hash_verify)
 
 
 def test_a_verifier_that_raises_is_a_rejection_not_a_crash(chain: Chain) -> None:
@@ -421,7 +424,7 @@ def test_a_verifier_that_raises_is_a_rejection_not_a_crash(chain: Chain) -> None
         raise IndexError("label out of range")
 
     with pytest.raises(InvalidError, match="IndexError"):
-        rules.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], tx, broken)
+        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], tx, broken)
 
 
 def test_block_whose_model_scores_differently_in_the_clear_is_rejected(chain: Chain) -> None:
@@ -429,7 +432,7 @@ def test_block_whose_model_scores_differently_in_the_clear_is_rejected(chain: Ch
     model = _proposer_model(chain, block, models)
     # Same commitment function input can't change, so swap the evaluator instead.
     with pytest.raises(InvalidError, match="in the clear"):
-        blocks.check_block(
+        plaincheck.check_block(
             chain.genesis,
             chain.cid,
             ParentInfo(chain.cid, -1, 0),
