@@ -26,11 +26,11 @@ from consensus.rules import sign
 from consensus.secagg import SeedShare, Selection, Unmask
 from consensus.strategy import Rule
 from consensus.types import EvalBatch, Evidence, Genesis
+from node.behaviour import HONEST, Behaviour
 from node.chain import Chain
 from node.interfaces import Clock, Prover, Publish
 from node.memo import Memo
 from node.roundpool import Mine, RoundState
-from prover import faults
 from prover.client import Commit, Evaluate, MaskVector
 from prover.worker import WorkerError
 
@@ -51,6 +51,7 @@ class Member:
         artifacts: Path,
         timeout_s: float,
         clock: Clock,
+        behaviour: Behaviour = HONEST,
     ) -> None:
         self.key = key
         self.genesis = genesis
@@ -63,6 +64,7 @@ class Member:
         self.arch = genesis.task.architecture
         self.timeout_s = timeout_s
         self.clock = clock
+        self.behaviour = behaviour  # test behaviours (node.behaviour); honest by default
         self.found: Callable[[Evidence], None] = lambda ev: None  # misbehaviour we proved (v5)
         self._parent_c: Memo[bytes, bytes] = Memo(64)
         self._parent_k: Memo[tuple[bytes, bytes], int] = Memo(64)
@@ -199,7 +201,7 @@ class Member:
             self.arch,
             mine.weights,
             1,
-            faults.mask_secret_used(mine.mask_secret),
+            self.behaviour.mask_secret(mine.mask_secret),
             me,
             tuple((m, keys[m]) for m in others),
             h,
@@ -282,7 +284,7 @@ class Member:
         if h is None:
             return
         st.agg.unmasked = h  # never a second one this round
-        secret = faults.mask_secret_used(mine.mask_secret)
+        secret = self.behaviour.mask_secret(mine.mask_secret)
         seed = masking.self_seed(secret.to_bytes(32, "big"), h)
         um = sign(Unmask(h, me, seed), self.key, self.cid)
         st.agg.add_unmask(um)
@@ -319,7 +321,7 @@ class Member:
             self.genesis.timing.fallback_ms // 2,
         )
         keys = st.mask_keys(sel.proofs)
-        secret = faults.mask_secret_used(mine.mask_secret)
+        secret = self.behaviour.mask_secret(mine.mask_secret)
         for owner in decision.owners:
             upd = updates[owner]
             sealed = upd.seed_shares[secagg.others_of(sel.members, owner).index(me)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from consensus.strategy import rule_for
 from consensus.types import AggregationSpec, Genesis, chain_id
 from node.accuracy import AccuracyBoard
 from node.api import create_app, serve_api
+from node.behaviour import HONEST, Behaviour
 from node.chain import Chain
 from node.engine import Engine
 from node.home import Home, HomeError
@@ -184,6 +186,9 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
         for kind in TopicKind:  # until the engine's validators are in: relay nothing
             host.gossip.set_validator(kind, _not_ready)
         roundlog = RoundLog()
+        behaviour = Behaviour.from_env(os.environ)  # read once: tests make a node deviate
+        if behaviour != HONEST:
+            log.warning("test behaviour on (this node deviates from the protocol): %s", behaviour)
         async with (
             worker_pool(
                 1,
@@ -212,6 +217,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                 batches=batches,
                 verify_timeout_s=cfg.verify_timeout_s,
                 prove_timeout_s=cfg.prove_timeout_s,
+                behaviour=behaviour,
             )
             if data_file is not None and not (home.artifacts / circuit.PK).exists():
                 log.info("regenerating the proving key from the pinned circuit and SRS")

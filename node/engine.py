@@ -28,6 +28,7 @@ from consensus.roles import Roles, roles_of
 from consensus.strategy import rule_for
 from consensus.types import EvalBatch, Evidence, JoinRequest, Membership
 from node.aggregator import Aggregation
+from node.behaviour import HONEST, Behaviour
 from node.blockrelay import BlockRelay
 from node.chain import Chain
 from node.checker import Checker
@@ -64,6 +65,7 @@ class Engine:
         verify_timeout_s: float,
         prove_timeout_s: float,
         clock: Clock = now_ms,
+        behaviour: Behaviour = HONEST,
     ) -> None:
         g = self.genesis = chain.genesis
         self.chain = chain
@@ -103,6 +105,7 @@ class Engine:
                     artifacts=artifacts,
                     timeout_s=prove_timeout_s,
                     clock=clock,
+                    behaviour=behaviour,
                 )
                 aggregation.found = self._found
             self.participant = Participant(
@@ -122,6 +125,7 @@ class Engine:
                 aggregation=aggregation,
                 members=self.members,
                 evidence=self.evidence,
+                behaviour=behaviour,
             )
         if key.public == g.publisher:
             self.publisher = Publisher(

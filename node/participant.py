@@ -23,6 +23,7 @@ from consensus.rules import sign
 from consensus.strategy import Rule, rests_on_enough
 from consensus.types import Block, CommitTx, Genesis, ProofTx
 from node.aggregator import Aggregation, Outcome, keep_parent
+from node.behaviour import HONEST, Behaviour
 from node.chain import Chain
 from node.evidencepool import EvidencePool
 from node.importer import BlockImporter
@@ -30,7 +31,6 @@ from node.interfaces import Clock, Prover, Publish, sleep_until
 from node.membershippool import MembershipPool
 from node.roundlog import ProofSeen
 from node.roundpool import Mine, RoundPool, RoundState
-from prover import faults
 from prover.client import Commit, Prove, Train
 from prover.train import fresh_seed
 from prover.worker import WorkerError
@@ -58,6 +58,7 @@ class Participant:
         aggregation: Aggregation | None = None,
         members: MembershipPool | None = None,
         evidence: EvidencePool | None = None,
+        behaviour: Behaviour = HONEST,
     ) -> None:
         self.key = key
         self.genesis = genesis
@@ -75,6 +76,7 @@ class Participant:
         self.aggregation = aggregation  # None: the chain's rule publishes the winner's model
         self.members = members  # pending changes of the participant set our blocks carry
         self.evidence = evidence  # proven misbehaviour our blocks carry (v5)
+        self.behaviour = behaviour  # test behaviours (node.behaviour); honest by default
 
     def _budget_s(self, deadline_ms: int) -> float:
         return max(0.0, (deadline_ms - self.clock()) / 1000)
@@ -134,7 +136,7 @@ class Participant:
         try:
             with trio.fail_after(self._budget_s(schedule.commit_deadline(g, opened))):
                 weights = await self.prover.run(train, timeout=self.prove_timeout_s)
-                if faults.free_rides():
+                if self.behaviour.free_ride:
                     weights = global_model
                 self.pool.mark(rnd, "trained")
                 commit_job = Commit(self.artifacts, t.architecture, weights)
@@ -153,7 +155,7 @@ class Participant:
         unsigned = CommitTx(rnd, parent, self.key.public, binding, mask_key=mask_key)
         commit = sign(unsigned, self.key, self.cid)
         mine = Mine(weights, commit, c, secret)
-        keep_dir = faults.keep_weights_dir()
+        keep_dir = self.behaviour.keep_weights
         if keep_dir is not None:
             await trio.Path(keep_dir).mkdir(parents=True, exist_ok=True)
             await trio.Path(keep_dir / f"round-{rnd}.bin").write_bytes(weights)

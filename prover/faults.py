@@ -1,5 +1,5 @@
-"""Fault injection for tests: stall chosen jobs, to show a missed deadline costs one round;
-make a participant a free-rider or a pair-mask liar; keep a participant's weights for a test to check.
+"""Fault injection for tests: stall chosen jobs, to show a missed deadline costs one round
+(a node's other test behaviours are node.behaviour's).
 
 `ZKPOT_FAULTS` is a comma-separated list of `JOB:N:SECONDS` entries: the N-th job of
 class JOB (1-based) that this node's pools run sleeps SECONDS in its worker before it
@@ -12,35 +12,8 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from consensus.bn254 import R
 
 ENV = "ZKPOT_FAULTS"
-FREE_RIDE_ENV = "ZKPOT_TEST_FREE_RIDE"  # "1": resubmit the global model, untrained
-KEEP_WEIGHTS_ENV = "ZKPOT_TEST_KEEP_WEIGHTS"  # a directory: write each round's weights there
-WRONG_MASK_KEY_ENV = "ZKPOT_TEST_WRONG_MASK_KEY"  # "1": mask with a key other than the committed
-
-
-def free_rides() -> bool:
-    """Test hook: this participant is a free-rider (it commits the parent model unchanged)."""
-    return os.environ.get(FREE_RIDE_ENV) == "1"
-
-
-def keep_weights_dir() -> Path | None:
-    """Test hook: where this participant writes its trained weights (round-R.bin), so a
-    test can recompute an aggregate from the members' own models. Off unless set."""
-    value = os.environ.get(KEEP_WEIGHTS_ENV)
-    return Path(value) if value else None
-
-
-def mask_secret_used(secret: int) -> int:
-    """Test hook: the mask key secret a member masks with. A liar (the hook on) masks
-    with another key than the one its commit published, consistently, so its vector
-    passes its own check and only its partners' commitments disagree (a pair dispute)."""
-    if os.environ.get(WRONG_MASK_KEY_ENV) != "1":
-        return secret
-    return secret + 1 if secret + 1 < R else 1
 
 
 @dataclass

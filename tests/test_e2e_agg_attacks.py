@@ -27,11 +27,11 @@ import pytest
 from consensus import secagg
 from consensus.secagg import MaskedUpdate, Selection, Unmask
 from consensus.types import CommitTx
+from node.behaviour import KEEP_WEIGHTS_ENV
 from node.tools.testnet import init
 from p2p import TopicKind
 from p2p.topics import decode_gossip
 from prover import aggregation
-from prover.faults import KEEP_WEIGHTS_ENV
 from support.aggsim import recover
 from support.e2e_util import Net, small_net
 

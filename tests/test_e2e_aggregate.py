@@ -2,7 +2,7 @@
 
 Network: node0 publishes; node1..node3 are honest participants; node4 is a free-rider
 that commits the parent model unchanged. Every participant's node writes its trained
-weights into its own home (prover.faults' test hook), so the test can recompute each
+weights into its own home (node.behaviour's test hook), so the test can recompute each
 block's aggregate from the members' own models: the block's aggregate must be their
 exact integer mean and its remainder the rest, its model the server step (v6, FedAvgM
 in integers) from the parent's with that aggregate, no individual model may appear on the chain,
@@ -29,10 +29,10 @@ import pytest
 
 from consensus import optimizer
 from consensus.aggregate import weighted_mean
+from node.behaviour import FREE_RIDE_ENV, KEEP_WEIGHTS_ENV
 from node.tools.testnet import init
 from prover import aggregation
 from prover.data import load_dataset
-from prover.faults import FREE_RIDE_ENV, KEEP_WEIGHTS_ENV
 from prover.train import evaluate_float
 from support.e2e_util import Net, small_net
 

@@ -1,7 +1,7 @@
 """End to end, protocol v2: a member that lies about a pairwise mask is named alone.
 
 Network: node0 publishes; node1..node4 participate; node4 masks with another key than
-the one its commit published (prover.faults' test hook), consistently, so its own
+the one its commit published (node.behaviour's test hook), consistently, so its own
 vector passes its check and only its partners' pair commitments disagree with it. When
 the rule selects it, the aggregator disputes the selection, a partner reveals the
 pair's shared point with its proof, the liar alone is dropped (and, version 5, named by
@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from node.behaviour import WRONG_MASK_KEY_ENV
 from node.tools.testnet import init
-from prover.faults import WRONG_MASK_KEY_ENV
 from support.e2e_util import Net, small_net
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("busy_core")]

@@ -3,7 +3,7 @@
 mnist-mlp on the built-in MNIST (25,450 parameters: a masked vector of 814 KB, sent as
 its update and one VectorPart) under the default best-share rule, on real node
 processes: node0 publishes and observes, node1..3 participate. Each participant writes
-its trained weights into its own home (prover.faults' test hook) so the test can
+its trained weights into its own home (node.behaviour's test hook) so the test can
 recompute a block's aggregate from the members' own models: it must be their exact
 integer mean, which the aggregator can only have summed from every member's whole
 vector; the observer's round record counts the parts it received and relayed.
@@ -21,9 +21,9 @@ import pytest
 
 from consensus import secagg
 from consensus.aggregate import weighted_mean
+from node.behaviour import KEEP_WEIGHTS_ENV
 from node.tools.testnet import init
 from prover import aggregation
-from prover.faults import KEEP_WEIGHTS_ENV
 from support.e2e_util import Net, small_net
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("busy_core")]
