@@ -148,6 +148,7 @@ class Gossip:
         )
         hardening.guard_pubsub(self.pubsub, host.misbehaved)
         hardening.serialise_pubsub(self.pubsub)
+        hardening.report_floods(self.pubsub, host.misbehaved)
         send, self.inbox = trio.open_memory_channel[Delivered](config.inbox_size)
         self._inbox_send = send
         self._slow: set[ID] = set()  # peers whose outbound queue stayed full

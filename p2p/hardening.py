@@ -56,17 +56,25 @@ tests/test_p2p_refusal.py):
 10. `serialise_pubsub` also makes blacklist teardown idempotent. Trap: two teardowns of
    one peer (a ban while its stream dies) both find its stream, and the second `del`
    raises KeyError in a pubsub service task, which ends the node (seen in the same run).
+11. `report_floods`: gossipsub's own rate limits (IHAVE, IWANT, GRAFT) drop a flood
+   silently, and a stream whose protocol negotiation
+   fails (garbage, a wrong multistream header) is reset without a word: the sender kept
+   its standing and could go on at no cost. Each now reports it as a stream error (2
+   points), at most once a second per peer and kind, so a burst from an honest peer
+   decays away while a sustained flood ends in a ban.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from libp2p.protocol_muxer.exceptions import MultiselectError
 from libp2p.pubsub import pubsub as _pubsub_mod
 from libp2p.pubsub import rpc_queue as _rpc_queue_mod
 from libp2p.transport.exceptions import SecurityUpgradeFailure
@@ -95,9 +103,22 @@ async def _reset_quietly(stream: Any) -> None:
 
 
 def guard_stream_handlers(host: Any, on_misbehaviour: Misbehaviour) -> None:
-    """Patch 1: no exception from negotiation or a protocol handler reaches the swarm."""
+    """Patch 1: no exception from negotiation or a protocol handler reaches the swarm
+    (and patch 11: a failed inbound negotiation is reported)."""
     network = host.get_network()
     inner: Callable[[Any], Awaitable[None]] = host._swarm_stream_handler
+    report = _Throttled(on_misbehaviour)
+    negotiate: Callable[..., Awaitable[Any]] = host.multiselect.negotiate
+
+    async def negotiate_reported(communicator: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await negotiate(communicator, *args, **kwargs)
+        except MultiselectError as exc:
+            peer = _peer_of(getattr(communicator, "read_writer", None))
+            report(peer, f"stream error: protocol negotiation failed ({exc or 'malformed'})")
+            raise
+
+    host.multiselect.negotiate = negotiate_reported
 
     async def guarded(stream: Any) -> None:
         try:
@@ -184,6 +205,47 @@ def serialise_pubsub(pubsub: Any) -> None:
 
     pubsub.write_msg = write_msg
     pubsub._teardown_if_connected = teardown_if_connected
+
+
+class _Throttled:
+    """Reports of one kind, at most one per peer a second (patch 11)."""
+
+    def __init__(self, on_misbehaviour: Misbehaviour, every_s: float = 1.0) -> None:
+        self.on_misbehaviour = on_misbehaviour
+        self.every_s = every_s
+        self.last: dict[Any, float] = {}
+
+    def __call__(self, peer: Any, reason: str) -> None:
+        now = time.monotonic()
+        if peer is None or now - self.last.get(peer, -self.every_s) < self.every_s:
+            return
+        if len(self.last) > 4096:  # peers come and go; forget the old ones
+            self.last = {p: t for p, t in self.last.items() if now - t < self.every_s}
+        self.last[peer] = now
+        self.on_misbehaviour(peer, reason)
+
+
+def report_floods(pubsub: Any, on_misbehaviour: Misbehaviour) -> None:
+    """Patch 11, on one `Pubsub` instance's gossipsub router."""
+    router = pubsub.router
+    for name, what in (
+        ("_check_ihave_rate_limit", "IHAVE"),
+        ("_check_iwant_rate_limit", "IWANT"),
+        ("_check_graft_flood_protection", "GRAFT"),
+    ):
+        check = getattr(router, name, None)
+        if check is not None:
+            setattr(router, name, _reporting(check, what, _Throttled(on_misbehaviour)))
+
+
+def _reporting(check: Callable[..., bool], what: str, report: _Throttled) -> Callable[..., bool]:
+    def reported(peer: Any, *args: Any) -> bool:
+        ok = check(peer, *args)
+        if not ok:
+            report(peer, f"stream error: {what} flood over gossipsub's limit")
+        return ok
+
+    return reported
 
 
 class _LargerRpcQueue(_rpc_queue_mod.RpcQueue):
