@@ -2,11 +2,14 @@
 
 Topics carry the chain id in hex, so two chains never share a mesh:
 
-- `/zkpot/<chain-id-hex>/round/1`: CommitTx, Reveal and ProofTx, canonical encodings;
+- `/zkpot/<chain-id-hex>/round/1`: every round message, canonical encodings (the types
+  are p2p.topics.ROUND_TYPES): CommitTx, Reveal and ProofTx; JoinRequest and Membership
+  (v3); the aggregation's Selection, MaskedUpdate, VectorPart (v7), Complete, Unmask,
+  Dispute, PairReveal and SeedShare; Evidence (v5);
 - `/zkpot/<chain-id-hex>/blocks/1`: a Block when its encoding is at most
   `GossipConfig.block_inline_max` bytes, otherwise a `BlockAnnounce` (hash, parent,
-  height, round, size): receivers fetch the block by content hash over the sync
-  protocol (p2p.sync), in chunks, from the peer that forwarded the announce.
+  height, round, size). The node ignores announces: a larger block reaches it by sync
+  (p2p.sync, in chunks by content hash), which follows the heads peers report.
 
 Every incoming message passes `_validate` before it is relayed or delivered: size
 limit, then the canonical decode (both free of the node's state), then the node's
