@@ -30,8 +30,9 @@ browser:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 		>/dev/null; } || echo "note: no chromium; the explorer's browser test will be skipped"
 
+# Everything, as CI runs it (the slowest 40 tests are listed at the end).
 test: lint typecheck browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=40
 
 # A fresh 4-node network (a publisher that also observes, 3 participants) on a non-IID
 # (Dirichlet 0.5 label skew) split of digits, under the best-share rule (each round's
