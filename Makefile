@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test testnet lint typecheck install clean browser docker-test
+.PHONY: test test-fast testnet lint typecheck install clean browser docker-test
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ browser:
 # Everything, as CI runs it (the slowest 40 tests are listed at the end).
 test: lint typecheck browser
 	$(BIN)/pytest -q --durations=40
+
+# The fast tier, for every edit: unit, property and virtual-time tests and in-process
+# libp2p hosts; no ezkl circuit, no process, no namespace, no Docker (those are marked
+# `slow`). The slowest 15 are listed, so a test that creeps up is seen.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow" --durations=15
 
 # A fresh 4-node network (a publisher that also observes, 3 participants) on a non-IID
 # (Dirichlet 0.5 label skew) split of digits, under the best-share rule (each round's

@@ -25,6 +25,8 @@ from prover.models import build_model, model_to_bytes, param_shapes
 from prover.quant import quantise_params
 from support.chainfactory import make_chain
 
+pytestmark = pytest.mark.slow  # real ezkl circuits and commitments: not in the fast tier
+
 ARCH = "digits-mlp"
 
 

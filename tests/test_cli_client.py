@@ -288,6 +288,7 @@ def test_no_node_answering(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert f"start it with `zkpot node start --home {tmp_path}`" in err
 
 
+@pytest.mark.slow  # the installed console script, as a process
 def test_console_script(server: Server) -> None:
     """The installed entry point, as a user runs it."""
     cmd = [sys.executable, "-m", "node.tools.cli", "chain", "block", "99", "--api", server.url]

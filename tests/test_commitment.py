@@ -16,6 +16,8 @@ from prover import circuit, jobs
 from prover.models import build_model, param_shapes
 from prover.quant import quantise_params
 
+pytestmark = pytest.mark.slow  # ezkl's own commitments: not in the fast tier
+
 # every architecture the circuit proves (prover.jobs._provable), at a batch and logrows that
 # build quickly (mnist-mlp: 25,450 parameters in one column of 2^15 rows, ~17 s; mnist-cnn
 # at B=1: 7,709 rows); the CNNs check the formula's order and bias scales for conv kernels

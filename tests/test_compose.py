@@ -27,6 +27,10 @@ from node.tools import cli, compose
 from p2p import peer_id_from_seed
 from support.clilines import dockerfile, fake_testnet, parse, zkpot_commands
 
+pytestmark = (
+    pytest.mark.slow
+)  # docker-compose and image builds as subprocesses: not in the fast tier
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
 CHECKED_IN = DOCKER / "compose.yml"

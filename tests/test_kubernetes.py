@@ -22,6 +22,8 @@ from node.home import Home
 from node.tools import cli, compose
 from support.clilines import dockerfile, fake_testnet, parse, zkpot_commands
 
+pytestmark = pytest.mark.slow  # kubectl and shell subprocesses: not in the fast tier
+
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO / "kubernetes" / "testnet.yaml"
 OLDEST = "1.30.0"  # the pod-index label the pods read is there from 1.28 on

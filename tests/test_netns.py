@@ -13,7 +13,10 @@ import pytest
 
 from support.netns import Lan, unavailable
 
-pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "")
+pytestmark = [
+    pytest.mark.slow,  # real namespaces and processes: not in the fast tier
+    pytest.mark.skipif(bool(unavailable()), reason=unavailable() or ""),
+]
 
 PORT = 9999
 

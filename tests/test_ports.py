@@ -20,6 +20,8 @@ import pytest
 from node.home import HomeError
 from node.ports import check_free, check_ports, tcp_listen_ports
 
+pytestmark = pytest.mark.slow  # node processes: not in the fast tier
+
 
 @pytest.fixture
 def held() -> Iterator[int]:

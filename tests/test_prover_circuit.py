@@ -39,6 +39,8 @@ from prover.train import train_local
 from prover.worker import worker_pool
 from support import plaincheck
 
+pytestmark = pytest.mark.slow  # real ezkl proofs: not in the fast tier
+
 ARCH = "digits-mlp-tiny"
 B = 4
 FP = FixedPoint()

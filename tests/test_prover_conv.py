@@ -23,6 +23,8 @@ from prover.models import Reshape, build_model, model_from_bytes, model_to_bytes
 from prover.quant import FIELD_MODULUS, FixedPoint, logits, quantise_params
 from prover.train import train_local
 
+pytestmark = pytest.mark.slow  # real ezkl proofs of CNNs: not in the fast tier
+
 ARCH = "digits-cnn"
 B = 4
 FP = FixedPoint()

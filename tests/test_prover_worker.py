@@ -13,6 +13,8 @@ from prover.faults import ENV, Faults
 from prover.worker import JobFailed, JobTimeout, Worker, WorkerCrashed, WorkerPool, worker_pool
 from support.worker_jobs import Crash, Echo, Fail, Sleep, Unloadable, Whoami
 
+pytestmark = pytest.mark.slow  # worker processes: not in the fast tier
+
 
 async def test_job_result_comes_back() -> None:
     async with worker_pool(1) as pool:

@@ -104,6 +104,7 @@ def test_unsupported_layer_options_are_refused(layer: nn.Module, match: str) -> 
         jobs._provable(net)
 
 
+@pytest.mark.slow  # builds a circuit
 def test_a_conv_fed_flat_inputs_is_refused_before_ezkl(tmp_path: Path) -> None:
     """cifar-cnn's first layer is a Conv2d, but eval batches travel flattened."""
     with pytest.raises(QuantError, match="Reshape"):

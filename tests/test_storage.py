@@ -452,6 +452,7 @@ def test_reopen_after_close_keeps_everything(store_path: Path) -> None:
         assert s.check_consistency() == []
 
 
+@pytest.mark.slow  # a second process holds the store
 def test_store_held_by_another_process_raises_locked_naming_directory(store_path: Path) -> None:
     holder = (
         "import sys\n"

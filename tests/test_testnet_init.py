@@ -27,6 +27,7 @@ def test_shortest_round_holds_every_proof_and_verification() -> None:
     assert bigger > seconds
 
 
+@pytest.mark.slow  # testnet init as a process, with a measured proof
 def test_init_refuses_a_round_too_short_and_names_one_that_works(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
