@@ -92,8 +92,8 @@ def run_size(participants: int, blocks: int) -> dict[str, Any]:
         eval_batch=16,
         rounds=blocks + 10,
         start_delay_s=40 + 3 * participants,
-        p2p_base_port=free_base(participants + 1),
-        api_base_port=free_base(participants + 1),
+        p2p_base_port=(base := free_base(2 * (participants + 1))),
+        api_base_port=base + participants + 1,
     )
     init(root, spec)
     net = Net(root, spec)

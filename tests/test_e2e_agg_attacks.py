@@ -72,7 +72,21 @@ def test_one_malicious_node_neither_stops_nor_preempts_the_aggregates(net: Net) 
     net.wait_finalized([0, 1, 2, 3], FINAL, timeout=900)
     actions = [json.loads(line) for line in (net.root / "actions.jsonl").read_text().splitlines()]
     delivered = {a["action"] for a in actions} - {"secret", "seen"}
-    assert delivered == {"bad-mask-key", "keep-parent", "baseless-dispute"}, delivered
+    expected = {"bad-mask-key", "keep-parent"}
+    # a baseless Dispute copies another proposer's Selection: in a round where the
+    # attacker ranked first, its own selection aggregated and there was none to copy
+    attacker_key = net.home(ATTACKER).load_key().public
+    others = [
+        m
+        for a in actions
+        if a["action"] == "seen"
+        and isinstance(m := decode_gossip(TopicKind.ROUND, bytes.fromhex(a["hex"])), Selection)
+        and m.proposer != attacker_key
+        and m.round % 3 == 2
+    ]
+    if others:
+        expected.add("baseless-dispute")
+    assert delivered == expected, (delivered, len(others))
     bad_commits = {a["commit"] for a in actions if a["action"] == "bad-mask-key"}
     keep_blocks = {a["block"] for a in actions if a["action"] == "keep-parent"}
 
