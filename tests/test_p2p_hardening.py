@@ -113,7 +113,9 @@ async def test_garbage_on_raw_tcp_before_the_handshake() -> None:
         for junk in (os.urandom(5000), b"\x13/multistream/1.0.0\n" + os.urandom(300), b"\x00" * 64):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(junk)  # delivered, or this raises
-                # no identity to penalise before the handshake: B closes the socket
+                # no identity to penalise before the handshake: B closes the socket once
+                # the junk ends (a junk length prefix may ask it to wait for more bytes)
+                s.shutdown(socket.SHUT_WR)
                 await trio.to_thread.run_sync(_closed_by_peer, s)
         await still_gossiping(hosts)
 
