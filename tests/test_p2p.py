@@ -373,15 +373,10 @@ async def test_a_newcomer_given_one_address_meets_every_node() -> None:
         newcomer = hosts[4]
         await newcomer.connect(hosts[3].addrs[0])
         others = {h.peer_id for h in hosts[:4]}
-        discovery = newcomer.discovery
-        assert discovery is not None
-
-        def met() -> bool:
-            # connected, and in the routing table (filled a moment after the connection,
-            # which a busy machine makes visible) or dialled by address
-            known = set(discovery.candidates()) | set(newcomer._known)
-            return others <= set(newcomer.connected_peers()) and others <= known
-
+        assert newcomer.discovery is not None
+        # (the DHT's routing table is not asserted: it fills after the connections and may
+        # drop a peer again, so on a loaded machine it lagged or missed one; the claim is
+        # the connections)
         with trio.fail_after(60):
-            while not met():
+            while not others <= set(newcomer.connected_peers()):
                 await trio.sleep(0.2)
