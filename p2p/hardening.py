@@ -19,7 +19,8 @@ tests/test_p2p_refusal.py):
    record or control message raises from inside the loop: either kills pubsub.
 3. `guard_pubsub` also wraps `push_msg` for remote messages. Trap: `push_msg` runs as
    a pubsub service task; an undecodable `from`, key or signature raises there and
-   the service manager cancels pubsub.
+   the service manager cancels pubsub. Likewise gossipsub's `on_peer_subscribed` (mesh
+   first-fill), which raised OSError reading a listener closed at shutdown.
 4. `install_queue_size`: the per-peer outbound RPC queue grows from 32 to
    `OUTBOUND_QUEUE_SIZE`. Trap: bursts above 32 RPCs per peer are silently dropped.
    The gossip publish path adds backpressure on top (p2p.gossip).
@@ -181,6 +182,24 @@ def guard_pubsub(pubsub: Any, on_misbehaviour: Misbehaviour) -> None:
             on_misbehaviour(forwarder, f"undecodable gossip message ({type(exc).__name__})")
 
     pubsub.push_msg = push_msg
+
+    # Also a pubsub service task: gossipsub's mesh first-fill on a peer's subscription
+    # reads our listen addresses, and a listener closed under it (shutdown) raised
+    # OSError there, which ended pubsub (seen failing a test's teardown in CI).
+    router = pubsub.router
+    inner_subscribed: Callable[[Any, str], Awaitable[None]] | None = getattr(
+        router, "on_peer_subscribed", None
+    )
+    if inner_subscribed is not None:
+        subscribed = inner_subscribed
+
+        async def on_peer_subscribed(peer: Any, topic: str) -> None:
+            try:
+                await subscribed(peer, topic)
+            except Exception as exc:
+                log.debug("mesh fill for %s failed: %s: %s", peer, type(exc).__name__, exc)
+
+        router.on_peer_subscribed = on_peer_subscribed
 
 
 def serialise_pubsub(pubsub: Any) -> None:
