@@ -9,8 +9,9 @@ model blob is the winner's model with one float weight moved by less than a
 quantisation step, so its hash, hence its commitment and evaluation checks, are its
 own while its quantised weights — what C and k depend on — are the winner's). The
 chain is stored in a serving node's LevelDB store; a fresh node then catches up through
-the node's own code: `node.syncer.Syncer` pulls the blocks (support.fakes' FakeSync
-answers from the serving store, so no sockets: this measures validation, not transfer) and `node.importer` validates each like a gossiped
+the node's own code: `node.syncer.Syncer` pulls the blocks over a real libp2p
+connection on loopback from a host serving that store (transfer costs little
+there: this measures validation) and `node.importer` validates each like a gossiped
 one (cheap rules, every proof verified in a pool of real worker processes, the
 winner's model committed and re-evaluated) and applies it.
 
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import torch
 import trio
@@ -56,6 +56,9 @@ from consensus.types import (
 from node.chain import Chain
 from node.engine import Engine
 from node.roundlog import RoundLog
+from p2p import HostConfig, P2PHost
+from p2p.syncclient import SyncClient
+from p2p.syncserver import SyncServer
 from prover import circuit, jobs
 from prover.client import Warmup
 from prover.data import load_dataset
@@ -63,7 +66,6 @@ from prover.models import build_model, model_from_bytes, model_to_bytes
 from prover.quant import quantise_params
 from prover.worker import worker_pool
 from storage import ChainStore
-from support.fakes import FakeNetwork, FakeSync
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCH, BATCH, LOGROWS = "digits-mlp-tiny", 4, 13
@@ -142,27 +144,31 @@ def build_chain(mat: Material, store_dir: Path, blocks: int, per_block: int) -> 
     ]
     leaves = [b.hash() for b in batches]
     genesis = genesis_for(mat, blocks, batches)
-    cid = genesis.hash()
+    chain_id = genesis.hash()
     publisher = SigningKey(sha256(b"bench-join-publisher"))
     store = ChainStore.open(store_dir)
     chain = Chain(store, genesis, mat.initial)
     for m in mat.models:
         store.put_blob(m)
-    parent = cid
+    parent = chain_id
     who = list(range(per_block))
     for r in range(blocks):
         commits: dict[int, CommitTx] = {}
         for i in who:
             c, _, _ = mat.proved[i]
-            binding = rules.commit_binding(cid, mat.keys[i].public, r, parent, c)
-            commits[i] = sign(CommitTx(r, parent, mat.keys[i].public, binding), mat.keys[i], cid)
+            binding = rules.commit_binding(chain_id, mat.keys[i].public, r, parent, c)
+            commits[i] = sign(
+                CommitTx(r, parent, mat.keys[i].public, binding), mat.keys[i], chain_id
+            )
         sealed = tuple(sorted(c.hash() for c in commits.values()))
-        reveal = sign(Reveal(r, batches[r], tuple(merkle_proof(leaves, r)), sealed), publisher, cid)
+        reveal = sign(
+            Reveal(r, batches[r], tuple(merkle_proof(leaves, r)), sealed), publisher, chain_id
+        )
         proofs = {}
         for i in who:
             c, k, proof = mat.proved[i]
             tx = ProofTx(r, commits[i].hash(), mat.keys[i].public, c, k, proof)
-            proofs[i] = sign(tx, mat.keys[i], cid)
+            proofs[i] = sign(tx, mat.keys[i], chain_id)
         ranking = rules.rank_proofs(batches[r], proofs.values())
         best = next(i for i in who if mat.keys[i].public == ranking[0].participant)
         model = variant(mat.models[best], r, mat.manifest.param_scale)
@@ -177,7 +183,7 @@ def build_chain(mat: Material, store_dir: Path, blocks: int, per_block: int) -> 
             tuple(sorted(proofs.values(), key=lambda p: p.commit_id)),
             sha256(model),
         )
-        block = sign(block, mat.keys[best], cid)
+        block = sign(block, mat.keys[best], chain_id)
         raw = block.encode()
         trio.run(chain.apply, block, raw, model, max(1, ranking[0].k))
         parent = sha256(raw)
@@ -185,35 +191,31 @@ def build_chain(mat: Material, store_dir: Path, blocks: int, per_block: int) -> 
     return genesis, len(raw)
 
 
-class _Serving:
-    """A node as FakeSync sees it: only its chain (its store)."""
-
-    def __init__(self, chain: Chain) -> None:
-        self.chain = chain
-
-
 async def catch_up(
     mat: Material, genesis: Genesis, served: Path, fresh: Path, workers: int
 ) -> float:
     """Seconds for a fresh node to sync and re-verify the served chain, through the
-    node's own Syncer and BlockImporter with real worker processes."""
+    node's own Syncer and BlockImporter with real worker processes, over a real
+    libp2p connection on loopback to a host serving the chain (p2p.syncserver)."""
     server_chain = Chain(ChainStore.open(served), genesis, mat.initial)
     chain = Chain(ChainStore.open(fresh), genesis, mat.initial)
     target = server_chain.head_height()
+    server = P2PHost(HostConfig(seed=os.urandom(32)), chain.chain_id)
+    SyncServer(server, server_chain.store)
+    me = P2PHost(HostConfig(seed=os.urandom(32)), chain.chain_id)
     try:
         async with (
-            trio.open_nursery() as nursery,
+            server.run(),
+            me.run(),
             worker_pool(1, "bench-prover", warmup=Warmup()) as prover,
             worker_pool(workers, "bench-verify", warmup=Warmup()) as verifier,
         ):
-            network = FakeNetwork(nursery)
-            network.add(os.urandom(32)).node = _Serving(server_chain)  # type: ignore[assignment]
-            net = network.add(os.urandom(32))
+            await me.connect(server.addrs[0])
             engine = Engine(
                 key=SigningKey(os.urandom(32)),
                 chain=chain,
-                net=net,  # type: ignore[arg-type]
-                sync=FakeSync(network),
+                net=me,
+                sync=SyncClient(me),
                 prover=prover,
                 verifier=verifier,
                 artifacts=mat.artifacts,
@@ -228,7 +230,6 @@ async def catch_up(
             while chain.head_height() < target:
                 await engine.syncer.sync_once()
             took = time.perf_counter() - start
-            nursery.cancel_scope.cancel()
     finally:
         server_chain.store.close()
         chain.store.close()

@@ -52,16 +52,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Run as a script: import this checkout, and the test helpers in tests/support (not an
-# installed package; pytest finds it through its `pythonpath` option).
+# Run as a script: import this checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import psutil
 
+from node.tools.localnet import LocalNet, free_base
 from node.tools.netspec import TestnetSpec
 from node.tools.testnet import init
-from support.e2e_util import Net, free_base
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -96,7 +94,7 @@ def run_size(participants: int, blocks: int) -> dict[str, Any]:
         api_base_port=base + participants + 1,
     )
     init(root, spec)
-    net = Net(root, spec)
+    net = LocalNet(root, spec)
     nodes = list(range(spec.nodes))
     peaks = dict.fromkeys(nodes, 0.0)
     for i in nodes:

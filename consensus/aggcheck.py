@@ -29,7 +29,7 @@ from consensus.types import Genesis
 
 
 def check_selection(
-    genesis: Genesis, cid: bytes, sel: Selection, participants: Collection[bytes]
+    genesis: Genesis, chain_id: bytes, sel: Selection, participants: Collection[bytes]
 ) -> None:
     """`participants`: the set of the selection's round on top of its parent."""
     if sel.proposer not in participants:
@@ -40,7 +40,7 @@ def check_selection(
         raise InvalidError(
             f"Selection: {len(sel.members)} members, the rule needs {genesis.rule.min_members}"
         )
-    rules.check_signature(sel, sel.proposer, cid)
+    rules.check_signature(sel, sel.proposer, chain_id)
 
 
 def proposer_sealed(
@@ -54,7 +54,7 @@ def proposer_sealed(
     return any(c in sealed and committer.get(c) == sel.proposer for c in sel.proofs)
 
 
-def check_update(genesis: Genesis, cid: bytes, sel: Selection, upd: MaskedUpdate) -> None:
+def check_update(genesis: Genesis, chain_id: bytes, sel: Selection, upd: MaskedUpdate) -> None:
     if upd.member not in sel.members:
         raise InvalidError("MaskedUpdate: the sender is not a member of the selection")
     n = genesis.aggregation.parameters
@@ -76,7 +76,7 @@ def check_update(genesis: Genesis, cid: bytes, sel: Selection, upd: MaskedUpdate
     for c in (*upd.seed_commitments, *upd.pair_commitments, upd.self_commitment):
         bn254.decompress(c)  # not a point: no check of it could hold, nor name its member
     secagg.decode_vector(upd.vector, len(upd.vector) // FIELD_BYTES)  # elements below R
-    rules.check_signature(upd, upd.member, cid)
+    rules.check_signature(upd, upd.member, chain_id)
 
 
 def check_part(genesis: Genesis, upd: MaskedUpdate, part: VectorPart) -> None:
@@ -94,19 +94,19 @@ def check_part(genesis: Genesis, upd: MaskedUpdate, part: VectorPart) -> None:
     secagg.decode_vector(part.data, len(part.data) // FIELD_BYTES)
 
 
-def check_complete(cid: bytes, sel: Selection, comp: Complete) -> None:
+def check_complete(chain_id: bytes, sel: Selection, comp: Complete) -> None:
     if len(comp.updates) != len(sel.members):
         raise InvalidError("Complete: one update hash per member")
-    rules.check_signature(comp, sel.proposer, cid)
+    rules.check_signature(comp, sel.proposer, chain_id)
 
 
-def check_unmask(cid: bytes, sel: Selection, um: Unmask, upd: MaskedUpdate | None) -> None:
+def check_unmask(chain_id: bytes, sel: Selection, um: Unmask, upd: MaskedUpdate | None) -> None:
     """`upd`: the member's update for the selection, if held. Version 5: its seed must be
     the secret its update's seed sharing commits to (seed G = F_0), else a member could
     spoil the sum with a wrong seed that the others' shares would have replaced."""
     if um.member not in sel.members:
         raise InvalidError("Unmask: the sender is not a member of the selection")
-    rules.check_signature(um, um.member, cid)
+    rules.check_signature(um, um.member, chain_id)
     if upd is not None and not unmask_opens(upd, um):
         raise InvalidError("Unmask: the seed is not the one its update's sharing commits to")
 
@@ -129,7 +129,7 @@ def seed_opens(upd: MaskedUpdate, raw: bytes) -> bool:
 
 
 def check_seed_share(
-    cid: bytes, sel: Selection, comp: Complete, owner_update: MaskedUpdate, s: SeedShare
+    chain_id: bytes, sel: Selection, comp: Complete, owner_update: MaskedUpdate, s: SeedShare
 ) -> None:
     """A share of the self seed of a member whose update the selection's Complete lists
     (`owner_update`), from another member, that opens against the owner's commitments.
@@ -141,14 +141,14 @@ def check_seed_share(
         raise InvalidError("SeedShare: the owner's update is not in the selection's Complete")
     if s.update != owner_update.hash():
         raise InvalidError("SeedShare: opened from another update than the Complete lists")
-    rules.check_signature(s, s.member, cid)
+    rules.check_signature(s, s.member, chain_id)
     value = int.from_bytes(s.share, "big")
     if not secagg.share_holds(owner_update, sel.members, s.member, value):
         raise InvalidError("SeedShare: the share does not open the owner's seed commitments")
 
 
 def check_dispute(
-    cid: bytes, sel: Selection, d: Dispute, updates: Mapping[bytes, MaskedUpdate]
+    chain_id: bytes, sel: Selection, d: Dispute, updates: Mapping[bytes, MaskedUpdate]
 ) -> bool:
     """A Dispute may name only pairs whose two members' updates commit different points
     for their shared mask (`updates`: the selection's updates held, by member). False:
@@ -158,7 +158,7 @@ def check_dispute(
         a, b = secagg.pair_of(pid)
         if not (a < b and a in sel.members and b in sel.members):
             raise InvalidError("Dispute: a pair is not two members of the selection, in order")
-    rules.check_signature(d, sel.proposer, cid)
+    rules.check_signature(d, sel.proposer, chain_id)
     for pid in d.pairs:
         a, b = secagg.pair_of(pid)
         if a not in updates or b not in updates:
@@ -170,10 +170,12 @@ def check_dispute(
     return True
 
 
-def check_reveal(cid: bytes, d: Dispute, r: PairReveal, mask_keys: Mapping[bytes, bytes]) -> None:
+def check_reveal(
+    chain_id: bytes, d: Dispute, r: PairReveal, mask_keys: Mapping[bytes, bytes]
+) -> None:
     """`mask_keys`: the members' mask public keys from their commits."""
     if secagg.pair_id(r.member, r.partner) not in d.pairs:
         raise InvalidError("PairReveal: the dispute names no such pair")
-    rules.check_signature(r, r.member, cid)
+    rules.check_signature(r, r.member, chain_id)
     if not secagg.reveal_holds(r, mask_keys[r.member], mask_keys[r.partner]):
         raise InvalidError("PairReveal: the shared point's proof does not hold")

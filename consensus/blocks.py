@@ -103,10 +103,10 @@ def on_block(genesis: Genesis, chain_id: bytes, parent: ParentInfo, block: Block
     commits = dict(zip(commit_ids, block.commits, strict=True))
     if len({c.participant for c in block.commits}) != len(block.commits):
         raise InvalidError("Block: two commits by the same participant")
-    for cid, c in commits.items():
+    for commit_id, c in commits.items():
         if c.parent != block.parent or c.round != block.round:
             raise InvalidError("Block: a commit is for another parent or round")
-        if not is_sealed(block.reveal, cid):
+        if not is_sealed(block.reveal, commit_id):
             raise InvalidError("Block: a commit is not in the reveal's sealed set")
         check_commit(genesis, chain_id, c, participants)
     proof_ids = [p.commit_id for p in block.proofs]

@@ -87,11 +87,11 @@ class Offence:
     innocent: Answer | None = None
 
 
-def offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
+def offence(genesis: Genesis, chain_id: bytes, ev: Evidence) -> Offence:
     """What the evidence proves, up to its expensive check; InvalidError if the messages
     prove nothing (malformed, unsigned, or consistent)."""
     try:
-        return _offence(genesis, cid, ev)
+        return _offence(genesis, chain_id, ev)
     except ConsensusError as exc:
         raise InvalidError(f"Evidence ({KIND_NAMES.get(ev.kind, ev.kind)}): {exc}") from None
 
@@ -107,14 +107,14 @@ def confirm(off: Offence, answers: Answers) -> None:
         raise InvalidError("Evidence: its check shows the accused kept the rule")
 
 
-def _offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
+def _offence(genesis: Genesis, chain_id: bytes, ev: Evidence) -> Offence:
     m = ev.messages
     if ev.kind in (BAD_UPDATE, BAD_SELF_MASK, FALSE_PAIR):
-        return _checked_offence(genesis, cid, ev)
+        return _checked_offence(genesis, chain_id, ev)
     if ev.kind == BAD_MASK_KEY:
         _count(m, 1)
         commit = CommitTx.decode(m[0])
-        rules.check_signature(commit, commit.participant, cid)
+        rules.check_signature(commit, commit.participant, chain_id)
         try:
             rules.check_mask_key(genesis, commit)
         except InvalidError:
@@ -124,13 +124,13 @@ def _offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
         a, b = Selection.decode(m[0]), Selection.decode(m[1])
         if (a.round, a.proposer, a.attempt) != (b.round, b.proposer, b.attempt) or a == b:
             raise InvalidError("not two different Selections of one proposer and attempt")
-        _signed_by(cid, a.proposer, a, b)
+        _signed_by(chain_id, a.proposer, a, b)
         return Offence(a.proposer, a.round)
     _count(m, 3)
     sel = Selection.decode(m[0])
     h = sel.hash()
     if ev.kind == EQUIVOCATION:
-        return _equivocation(cid, sel, m[1], m[2])
+        return _equivocation(chain_id, sel, m[1], m[2])
     if ev.kind == FALSE_SHARE:
         upd, share = MaskedUpdate.decode(m[1]), SeedShare.decode(m[2])
         if upd.selection != h or share.selection != h or share.update != upd.hash():
@@ -139,8 +139,8 @@ def _offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
             raise InvalidError("the share is not of the update's member, or is its own")
         if share.member not in sel.members or share.owner not in sel.members:
             raise InvalidError("the revealer and the owner are not members of the selection")
-        _signed_by(cid, upd.member, upd)
-        _signed_by(cid, share.member, share)
+        _signed_by(chain_id, upd.member, upd)
+        _signed_by(chain_id, share.member, share)
         if secagg.share_holds(upd, sel.members, share.member, int.from_bytes(share.share, "big")):
             raise InvalidError("the share opens the owner's commitments")
         return Offence(share.member, sel.round)
@@ -148,14 +148,14 @@ def _offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
         upd, um = MaskedUpdate.decode(m[1]), Unmask.decode(m[2])
         if upd.selection != h or um.selection != h or um.member != upd.member:
             raise InvalidError("the update and the Unmask are not one member's for one selection")
-        _signed_by(cid, upd.member, upd, um)
+        _signed_by(chain_id, upd.member, upd, um)
         if aggcheck.unmask_opens(upd, um):
             raise InvalidError("the seed is the one the sharing commits to")
         return Offence(um.member, sel.round)
     raise InvalidError(f"unknown kind {ev.kind}")
 
 
-def _checked_offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
+def _checked_offence(genesis: Genesis, chain_id: bytes, ev: Evidence) -> Offence:
     m = ev.messages
     head = {BAD_UPDATE: 4, BAD_SELF_MASK: 3, FALSE_PAIR: 5}[ev.kind]
     if len(m) < head:
@@ -164,7 +164,7 @@ def _checked_offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
     upd = MaskedUpdate.decode(m[1] if ev.kind != BAD_UPDATE else m[3])
     if upd.selection != sel.hash():
         raise InvalidError("the update is not for the selection")
-    aggcheck.check_update(genesis, cid, sel, upd)  # well formed, a member's, signed
+    aggcheck.check_update(genesis, chain_id, sel, upd)  # well formed, a member's, signed
     # v7: BAD_UPDATE quotes the later parts of the vector too, in order
     _count(m, head + (len(upd.parts) if ev.kind == BAD_UPDATE else 0))
     if ev.kind == BAD_UPDATE:
@@ -172,8 +172,8 @@ def _checked_offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
         rest = m[head:]
         for i, data in enumerate(rest, start=1):  # each the part the update signed
             aggcheck.check_part(genesis, upd, VectorPart(upd.selection, upd.hash(), i, data))
-        _listed(cid, sel, commit, upd.member)
-        if rules.commit_binding(cid, commit.participant, commit.round, commit.parent, c) != (
+        _listed(chain_id, sel, commit, upd.member)
+        if rules.commit_binding(chain_id, commit.participant, commit.round, commit.parent, c) != (
             commit.binding
         ):
             raise InvalidError("the commitment does not open the commit's binding")
@@ -189,13 +189,13 @@ def _checked_offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
     pair = {reveal.member, reveal.partner}
     if reveal.selection != sel.hash() or upd.member not in pair or not pair <= set(sel.members):
         raise InvalidError("the reveal is not of the accused member's pair in the selection")
-    rules.check_signature(reveal, reveal.member, cid)
+    rules.check_signature(reveal, reveal.member, chain_id)
     keys = {}
     for raw in m[3:]:
         commit = CommitTx.decode(raw)
         if commit.participant not in pair:
             raise InvalidError("a commit is not of the pair's members")
-        _listed(cid, sel, commit, commit.participant)
+        _listed(chain_id, sel, commit, commit.participant)
         keys[commit.participant] = commit.mask_key
     if len(keys) != 2:
         raise InvalidError("quotes the commits of the pair's two members")
@@ -206,16 +206,16 @@ def _checked_offence(genesis: Genesis, cid: bytes, ev: Evidence) -> Offence:
     return Offence(upd.member, sel.round, MaskOf(secagg.true_pair_seed(reveal)), committed)
 
 
-def _listed(cid: bytes, sel: Selection, commit: CommitTx, member: bytes) -> None:
+def _listed(chain_id: bytes, sel: Selection, commit: CommitTx, member: bytes) -> None:
     """`commit` is the member's commit the selection lists, for its round and parent."""
     if commit.participant != member or commit.hash() not in sel.proofs:
         raise InvalidError("a quoted commit is not the member's commit the selection lists")
     if (commit.round, commit.parent) != (sel.round, sel.parent):
         raise InvalidError("a quoted commit is of another round or parent")
-    rules.check_signature(commit, member, cid)
+    rules.check_signature(commit, member, chain_id)
 
 
-def _equivocation(cid: bytes, sel: Selection, x: bytes, y: bytes) -> Offence:
+def _equivocation(chain_id: bytes, sel: Selection, x: bytes, y: bytes) -> Offence:
     h = sel.hash()
     a: Unmask | SeedShare
     b: Unmask | SeedShare
@@ -230,7 +230,7 @@ def _equivocation(cid: bytes, sel: Selection, x: bytes, y: bytes) -> Offence:
         slot_b = (b.selection, b.member, b.owner)
     if slot_a != slot_b or a.selection != h or a == b:
         raise InvalidError("not two different messages of one member for one selection")
-    _signed_by(cid, a.member, a, b)
+    _signed_by(chain_id, a.member, a, b)
     return Offence(a.member, sel.round)
 
 
@@ -239,13 +239,17 @@ def _count(messages: Sequence[bytes], n: int) -> None:
         raise InvalidError(f"quotes {len(messages)} messages, this kind quotes {n}")
 
 
-def _signed_by(cid: bytes, key: bytes, *msgs: Signed) -> None:
+def _signed_by(chain_id: bytes, key: bytes, *msgs: Signed) -> None:
     for msg in msgs:
-        rules.check_signature(msg, key, cid)
+        rules.check_signature(msg, key, chain_id)
 
 
 def apply(
-    genesis: Genesis, cid: bytes, roster: Roster, block_round: int, evidence: Sequence[Evidence]
+    genesis: Genesis,
+    chain_id: bytes,
+    roster: Roster,
+    block_round: int,
+    evidence: Sequence[Evidence],
 ) -> Roster:
     """The roster after a block of round `block_round` that carries `evidence`: each
     offender excluded from selection for rounds block_round+1 .. block_round+E. Evidence
@@ -265,7 +269,7 @@ def apply(
     known = {t.key for t in roster.tenures}
     excluded = {k: until for k, until in roster.excluded if until > block_round + 1}
     for ev in evidence:
-        off = offence(genesis, cid, ev)  # its expensive check is the block's (on_block)
+        off = offence(genesis, chain_id, ev)  # its expensive check is the block's (on_block)
         key, rnd = off.key, off.round
         if key not in known:
             raise InvalidError("Block: evidence names a key that was never a participant")

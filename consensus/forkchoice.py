@@ -15,6 +15,8 @@ another order would not (finality is irreversible by design).
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Container
 from dataclasses import dataclass
 
 from consensus.crypto import HASH_LEN, ZERO_HASH, short
@@ -38,6 +40,46 @@ def preference(score: int, block_hash: bytes) -> tuple[int, bytes]:
 def is_better(a: ChainNode, b: ChainNode) -> bool:
     """True iff `a` should be head rather than `b`."""
     return preference(a.score, a.hash) < preference(b.score, b.hash)
+
+
+class Placement(enum.Enum):
+    """Where a block received stands with this node, before any of its rules is checked."""
+
+    NEW = "new"  # its parent is applied and above finality: validate it now
+    AFTER_PARENT = "after its parent"  # its parent is being validated: validate it after
+    KNOWN = "known"  # applied already
+    IN_FLIGHT = "in flight"  # being validated right now: wait for that verdict
+    REFUSED = "refused"  # refused before (invalid, or fork choice could not take it)
+    ORPHAN = "parent unknown"  # fetch the parent first (sync)
+    BELOW_FINALITY = "conflicts with finality"  # can never be placed: refuse it
+
+    @property
+    def importable(self) -> bool:
+        return self in (Placement.NEW, Placement.AFTER_PARENT)
+
+
+def placement(
+    forks: ForkChoice,
+    block_hash: bytes,
+    parent: bytes,
+    refused: Container[bytes],
+    in_flight: Container[bytes],
+) -> Placement:
+    """The one answer to "can this block be placed now", for gossip, sync and our own
+    blocks alike; what to do about a refusal is the caller's (node.importer.admit)."""
+    if block_hash in forks:
+        return Placement.KNOWN
+    if block_hash in refused:
+        return Placement.REFUSED
+    if block_hash in in_flight:
+        return Placement.IN_FLIGHT
+    if parent in in_flight:
+        return Placement.AFTER_PARENT
+    if parent not in forks:
+        return Placement.ORPHAN
+    if not forks.descends_from(parent, forks.finalized):
+        return Placement.BELOW_FINALITY
+    return Placement.NEW
 
 
 class ForkChoice:

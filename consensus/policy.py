@@ -49,7 +49,7 @@ def commits_complete(participants: Iterable[bytes], arrivals: Iterable[Arrival])
 
 def proofs_complete(reveal: Reveal, proofs: Mapping[bytes, ProofTx]) -> bool:
     """Every sealed commit has a verified proof: the rank-1 proposer need not wait longer."""
-    return all(cid in proofs for cid in reveal.sealed)
+    return all(commit_id in proofs for commit_id in reveal.sealed)
 
 
 def admits_commit(held: Iterable[CommitTx], commit: CommitTx) -> bool:
@@ -75,7 +75,11 @@ def ranking_for(
     parent: bytes,
 ) -> list[Ranked]:
     """The rank order of the valid proofs whose commits trained from `parent`."""
-    mine = [p for cid, p in proofs.items() if cid in commits and commits[cid].parent == parent]
+    mine = [
+        p
+        for commit_id, p in proofs.items()
+        if commit_id in commits and commits[commit_id].parent == parent
+    ]
     return rank_proofs(reveal.batch, mine)
 
 

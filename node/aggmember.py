@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import trio
 
 from consensus import aggpolicy, masking, rules, schedule, secagg
-from consensus.crypto import SigningKey, short
+from consensus.crypto import short
 from consensus.rules import sign
 from consensus.secagg import SeedShare, Selection, Unmask
-from consensus.strategy import Rule
-from consensus.types import EvalBatch, Evidence, Genesis
-from node.behaviour import HONEST, Behaviour
-from node.chain import Chain
-from node.interfaces import Clock, Prover, Publish
+from consensus.types import EvalBatch, Evidence
+from node.context import NodeContext, Role
 from node.memo import Memo
 from node.roundpool import Mine, RoundState
 from prover.client import Commit, Evaluate, MaskVector
@@ -37,34 +33,11 @@ from prover.worker import WorkerError
 log = logging.getLogger("zkpot.node")
 
 
-class Member:
-    def __init__(
-        self,
-        *,
-        key: SigningKey,
-        genesis: Genesis,
-        cid: bytes,
-        rule: Rule,
-        chain: Chain,
-        prover: Prover,
-        publish: Publish,
-        artifacts: Path,
-        timeout_s: float,
-        clock: Clock,
-        behaviour: Behaviour = HONEST,
-    ) -> None:
-        self.key = key
-        self.genesis = genesis
-        self.cid = cid
-        self.rule = rule
-        self.chain = chain
-        self.prover = prover
-        self.publish = publish
-        self.artifacts = str(artifacts)
-        self.arch = genesis.task.architecture
+class Member(Role):
+    def __init__(self, ctx: NodeContext, *, timeout_s: float) -> None:
+        super().__init__(ctx)
+        self.arch = self.genesis.task.architecture
         self.timeout_s = timeout_s
-        self.clock = clock
-        self.behaviour = behaviour  # test behaviours (node.behaviour); honest by default
         self.found: Callable[[Evidence], None] = lambda ev: None  # misbehaviour we proved (v5)
         self._parent_c: Memo[bytes, bytes] = Memo(64)
         self._parent_k: Memo[tuple[bytes, bytes], int] = Memo(64)
@@ -213,7 +186,7 @@ class Member:
             log.warning("round %d: masking for selection %s failed: %s", sel.round, short(h), exc)
             return
         header, rest = secagg.split_update(unsigned)  # v7: a large vector goes in parts
-        upd = sign(header, self.key, self.cid)
+        upd = sign(header, self.key, self.chain_id)
         parts = secagg.vector_parts(upd, rest)
         st.agg.add_update(upd)
         for part in parts:
@@ -252,7 +225,7 @@ class Member:
                 if not keys.get(partner):
                     continue
                 unsigned = secagg.reveal_pair(mine.mask_secret, me, partner, keys[partner], h)
-                reveal = sign(unsigned, self.key, self.cid)
+                reveal = sign(unsigned, self.key, self.chain_id)
                 st.agg.add_reveal(reveal)
                 st.touch()
                 await self.publish(reveal)
@@ -286,7 +259,7 @@ class Member:
         st.agg.unmasked = h  # never a second one this round
         secret = self.behaviour.mask_secret(mine.mask_secret)
         seed = masking.self_seed(secret.to_bytes(32, "big"), h)
-        um = sign(Unmask(h, me, seed), self.key, self.cid)
+        um = sign(Unmask(h, me, seed), self.key, self.chain_id)
         st.agg.add_unmask(um)
         st.touch()
         await self.publish(um)
@@ -337,7 +310,7 @@ class Member:
             share = sign(
                 SeedShare(h, me, owner, upd.hash(), value.to_bytes(32, "big")),
                 self.key,
-                self.cid,
+                self.chain_id,
             )
             st.agg.add_share(share)
             st.touch()

@@ -115,7 +115,7 @@ class Aggregation(Member):
                     st.reveal.round, parent, self.key.public, attempt, proof_ids, tuple(members)
                 ),
                 self.key,
-                self.cid,
+                self.chain_id,
             )
             h = sel.hash()
             st.agg.add_selection(sel, self.clock())
@@ -148,7 +148,7 @@ class Aggregation(Member):
                 )
                 excluded.update(missing, wrong)
                 continue
-            comp = sign(Complete(h, tuple(got[m].hash() for m in members)), self.key, self.cid)
+            comp = sign(Complete(h, tuple(got[m].hash() for m in members)), self.key, self.chain_id)
             st.agg.add_complete(comp, self.clock())
             st.touch()
             await self.publish(comp)
@@ -263,7 +263,7 @@ class Aggregation(Member):
         member whose commitment is not the pair's true mask (from a revealed shared
         point); a pair that nobody settles in time loses both its members."""
         h = sel.hash()
-        dispute = sign(Dispute(h, tuple(pairs)), self.key, self.cid)
+        dispute = sign(Dispute(h, tuple(pairs)), self.key, self.chain_id)
         st.agg.add_dispute(dispute)
         st.touch()
         await self.publish(dispute)

@@ -35,15 +35,15 @@ class Chain:
     def __init__(self, store: ChainStore, genesis: Genesis, initial_model: bytes) -> None:
         self.store = store
         self.genesis = genesis
-        self.cid = chain_id(genesis)
+        self.chain_id = chain_id(genesis)
         if sha256(initial_model) != genesis.initial_model_hash:
             raise ValueError("initial model does not match the genesis initial_model_hash")
-        store.init_genesis(self.cid, genesis.encode())
+        store.init_genesis(self.chain_id, genesis.encode())
         store.put_blob(initial_model)
-        self.forks = ForkChoice(self.cid, genesis.finality_depth)
+        self.forks = ForkChoice(self.chain_id, genesis.finality_depth)
         metas = sorted(store.iter_blocks(), key=lambda hm: hm[1].height)
         for h, meta in metas:
-            if h == self.cid:
+            if h == self.chain_id:
                 continue
             parent = store.get_meta(meta.parent)
             assert parent is not None
@@ -60,7 +60,7 @@ class Chain:
             )
             store.set_head(self.forks.head)
         self._lock = trio.Lock()
-        self._rosters: dict[bytes, Roster] = {self.cid: genesis_roster(genesis)}
+        self._rosters: dict[bytes, Roster] = {self.chain_id: genesis_roster(genesis)}
 
     # ---------------------------------------------------------------- reading
 
@@ -79,14 +79,14 @@ class Chain:
 
     def block(self, block_hash: bytes) -> Block | None:
         raw = self.store.get_block(block_hash)
-        if raw is None or block_hash == self.cid:
+        if raw is None or block_hash == self.chain_id:
             return None
         return Block.decode(raw)
 
     def parent_info(self, block_hash: bytes) -> ParentInfo | None:
-        if block_hash == self.cid:
+        if block_hash == self.chain_id:
             return ParentInfo(
-                self.cid, -1, 0, self.genesis.initial_model_hash, self.roster(self.cid)
+                self.chain_id, -1, 0, self.genesis.initial_model_hash, self.roster(self.chain_id)
             )
         b = self.block(block_hash)
         meta = self.store.get_meta(block_hash)
@@ -109,7 +109,7 @@ class Chain:
             h = b.parent
         roster = self._rosters[h]
         for h, b in reversed(path):
-            roster = blocks.roster_after(self.genesis, self.cid, roster, b)
+            roster = blocks.roster_after(self.genesis, self.chain_id, roster, b)
             self._rosters[h] = roster
         return roster
 
@@ -118,7 +118,7 @@ class Chain:
         its changes are not valid on it)."""
         try:
             parent = self.roster(block.parent)
-            return blocks.roster_after(self.genesis, self.cid, parent, block)
+            return blocks.roster_after(self.genesis, self.chain_id, parent, block)
         except (LookupError, InvalidError):
             return None
 
@@ -146,7 +146,7 @@ class Chain:
 
     def model_of(self, block_hash: bytes) -> bytes:
         """The global model a block carries (the genesis's initial model for the genesis)."""
-        if block_hash == self.cid:
+        if block_hash == self.chain_id:
             want = self.genesis.initial_model_hash
         else:
             block = self.block(block_hash)
@@ -160,7 +160,7 @@ class Chain:
 
     def velocity_of(self, block_hash: bytes) -> bytes:
         """The server optimizer's velocity blob after a block (v6; b"": zero)."""
-        block = None if block_hash == self.cid else self.block(block_hash)
+        block = None if block_hash == self.chain_id else self.block(block_hash)
         if block is None or not block.velocity_hash:
             return b""
         blob = self.store.get_blob(block.velocity_hash)

@@ -257,7 +257,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
                         "role": engine.roles.name,
                         "peer_id": str(host.peer_id),
                         "addrs": host.addrs,
-                        "chain_id": chain.cid.hex(),
+                        "chain_id": chain.chain_id.hex(),
                         "api": f"http://{cfg.api_host}:{api_port}",
                     }
                 ),
@@ -272,7 +272,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
         log.info("store closed")
 
 
-async def _not_ready(item: object, forwarder: object) -> Verdict:
+async def _not_ready(item: object, raw: bytes, forwarder: object) -> Verdict:
     await trio.lowlevel.checkpoint()
     return Verdict.IGNORE
 

@@ -32,6 +32,7 @@ from node.behaviour import HONEST, Behaviour
 from node.blockrelay import BlockRelay
 from node.chain import Chain
 from node.checker import Checker
+from node.context import NodeContext
 from node.evidencepool import EvidencePool
 from node.importer import BlockImporter
 from node.interfaces import Clock, Net, Outgoing, Prover, Sync, now_ms, sleep_until
@@ -75,72 +76,49 @@ class Engine:
         checker = Checker(verifier, artifacts, g.task.architecture, verify_timeout_s)
         self.checker = checker
         self.rounds = RoundClock(g, clock)
-        self.pool = RoundPool(
-            g, chain.cid, chain, checker, roundlog, clock, self.rounds, net.peer_id
-        )
+        self.pool = RoundPool(chain, checker, roundlog, clock, self.rounds, net.peer_id)
         wakeup = Wakeup()
         self.importer = BlockImporter(
-            g, chain.cid, chain, checker, self.pool, net, sync, wakeup.set
+            chain,
+            checker,
+            net,
+            sync,
+            want_sync=wakeup.set,
+            on_received=self.pool.on_block_received,
+            on_applied=self.pool.on_block_applied,
         )
-        self.relay = BlockRelay(g, chain.cid, self.importer, net)
+        self.relay = BlockRelay(self.importer, net)
         self.syncer = Syncer(chain, self.importer, net, sync, wakeup)
-        self.members = MembershipPool(g, chain.cid, chain, lambda: self.current_round() or 0)
-        self.evidence = EvidencePool(g, chain.cid, chain, lambda: self.current_round() or 0)
+        self.membership = MembershipPool(chain, lambda: self.current_round() or 0)
+        self.evidence = EvidencePool(chain, lambda: self.current_round() or 0)
         self._evidence_out, self._evidence_in = trio.open_memory_channel[Evidence](64)
         self.pool.on_evidence = self._found
         self.participant: Participant | None = None
         self.publisher: Publisher | None = None
+        ctx = NodeContext(
+            key, chain, rule_for(g), prover, self.publish, artifacts, clock, behaviour
+        )
         if data_file is not None:  # a participant, now or once admitted (it plays when it is)
-            rule = rule_for(g)
             aggregation = None
-            if rule.aggregates:
-                aggregation = Aggregation(
-                    key=key,
-                    genesis=g,
-                    cid=chain.cid,
-                    rule=rule,
-                    chain=chain,
-                    prover=prover,
-                    publish=self.publish,
-                    artifacts=artifacts,
-                    timeout_s=prove_timeout_s,
-                    clock=clock,
-                    behaviour=behaviour,
-                )
+            if ctx.rule.aggregates:
+                aggregation = Aggregation(ctx, timeout_s=prove_timeout_s)
                 aggregation.found = self._found
             self.participant = Participant(
-                key=key,
-                genesis=g,
-                cid=chain.cid,
-                rule=rule,
-                chain=chain,
+                ctx,
                 pool=self.pool,
                 importer=self.importer,
-                prover=prover,
-                publish=self.publish,
-                artifacts=artifacts,
                 data_file=data_file,
                 prove_timeout_s=prove_timeout_s,
-                clock=clock,
                 aggregation=aggregation,
-                members=self.members,
+                membership=self.membership,
                 evidence=self.evidence,
-                behaviour=behaviour,
             )
         if key.public == g.publisher:
-            self.publisher = Publisher(
-                key=key,
-                genesis=g,
-                cid=chain.cid,
-                pool=self.pool,
-                batches=batches or [],
-                publish=self.publish,
-                clock=clock,
-            )
+            self.publisher = Publisher(ctx, pool=self.pool, batches=batches or [])
         net.gossip.set_validator(TopicKind.ROUND, self._validate_round)
         net.gossip.set_validator(TopicKind.BLOCKS, self.relay.validate)
 
-    async def _validate_round(self, item: GossipItem, forwarder: ID) -> Verdict:
+    async def _validate_round(self, item: GossipItem, raw: bytes, forwarder: ID) -> Verdict:
         """The round topic: changes of the participant set go to their pool, the rest to
         the round-message pool."""
         if isinstance(item, Evidence):
@@ -157,16 +135,16 @@ class Engine:
             return Verdict.ACCEPT  # our own publish: `submit` checked it
         try:
             if isinstance(item, JoinRequest):
-                return self.members.on_request(item, str(forwarder))
-            return self.members.on_change(item)
+                return self.membership.on_request(item, str(forwarder))
+            return self.membership.on_change(item)
         except InvalidError as exc:
             log.info("rejected %s from %s: %s", item.NAME, forwarder, exc)
             return Verdict.REJECT
 
     def _membership_verdict(self, item: JoinRequest | Membership) -> Verdict:
         if isinstance(item, JoinRequest):
-            return self.members.on_request(item)
-        return self.members.on_change(item)
+            return self.membership.on_request(item)
+        return self.membership.on_change(item)
 
     async def submit(self, item: JoinRequest | Membership) -> str:
         """From this node's API: checked as if it came by gossip, then gossiped. Returns
@@ -181,7 +159,7 @@ class Engine:
         """The participant set on our head, with the pending requests and changes (API):
         pruned first, so what blocks carried is no longer listed as pending."""
         rnd = self.current_round() or 0
-        self.members.prune(rnd)
+        self.membership.prune(rnd)
         roster = self.chain.roster(self.chain.head)
         return {
             "round": rnd,
@@ -204,7 +182,7 @@ class Engine:
             ],
             "requests": [
                 {"key": k.hex(), "signature": r.signature.hex()}
-                for k, r in self.members.requests.items()
+                for k, r in self.membership.requests.items()
             ],
             "pending": [
                 {
@@ -213,7 +191,7 @@ class Engine:
                     "from_round": tx.from_round,
                     "hash": h.hex(),
                 }
-                for h, tx in self.members.pending.items()
+                for h, tx in self.membership.pending.items()
             ],
         }
 
@@ -255,16 +233,10 @@ class Engine:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.relay.run)
-            nursery.start_soon(self._drain_inbox)
             nursery.start_soon(self._publish_evidence)
             nursery.start_soon(self.syncer.run)
             await self._round_loop()
             nursery.cancel_scope.cancel()
-
-    async def _drain_inbox(self) -> None:
-        # Validators already acted on every accepted message; the inbox only needs draining.
-        async for _ in self.net.gossip.inbox:
-            pass
 
     async def _round_loop(self) -> None:
         g = self.genesis

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from consensus import evidence
 from consensus.crypto import short
 from consensus.errors import InvalidError
-from consensus.types import MAX_EVIDENCE_BYTES, MAX_EVIDENCE_PER_BLOCK, Evidence, Genesis
+from consensus.types import MAX_EVIDENCE_BYTES, MAX_EVIDENCE_PER_BLOCK, Evidence
 from node.chain import Chain
 from node.checker import Checker, CheckIncomplete
 from p2p import Verdict
@@ -30,11 +30,9 @@ MAX_REFUTED = 4096
 
 
 class EvidencePool:
-    def __init__(
-        self, genesis: Genesis, cid: bytes, chain: Chain, current_round: Callable[[], int]
-    ) -> None:
-        self.genesis = genesis
-        self.cid = cid
+    def __init__(self, chain: Chain, current_round: Callable[[], int]) -> None:
+        self.genesis = chain.genesis
+        self.chain_id = chain.chain_id
         self.chain = chain
         self.current_round = current_round
         self.pending: dict[bytes, tuple[Evidence, int]] = {}  # offender -> (evidence, round)
@@ -45,7 +43,7 @@ class EvidencePool:
         nothing (the sender lied), IGNORE if it is known, stale or of no use here."""
         if self.genesis.rule.exclusion_rounds == 0:
             return Verdict.IGNORE
-        off = evidence.offence(self.genesis, self.cid, ev)
+        off = evidence.offence(self.genesis, self.chain_id, ev)
         if not self.wants(off):
             return Verdict.IGNORE
         key, rnd = off.key, off.round
@@ -65,7 +63,7 @@ class EvidencePool:
         h = ev.hash()
         if h in self.refuted:
             raise InvalidError("Evidence: its check refuted it here before")
-        off = evidence.offence(self.genesis, self.cid, ev)
+        off = evidence.offence(self.genesis, self.chain_id, ev)
         if off.check is not None:
             if not self.wants(off):
                 return Verdict.IGNORE
@@ -113,7 +111,7 @@ class EvidencePool:
             if len(chosen) == MAX_EVIDENCE_PER_BLOCK or size + n > MAX_EVIDENCE_BYTES:
                 break
             try:
-                roster = evidence.apply(self.genesis, self.cid, roster, block_round, [ev])
+                roster = evidence.apply(self.genesis, self.chain_id, roster, block_round, [ev])
             except InvalidError:
                 continue  # not applicable on this parent (carried already, or too old)
             chosen.append(ev)

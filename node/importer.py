@@ -1,11 +1,14 @@
-"""Block import, one path for gossip, sync and our own blocks: validate, then apply.
+"""Block import, one path for gossip, sync and our own blocks: admit, then complete.
 
-`consensus.blocks.on_block` runs every cheap rule before anything is fetched or
-verified; the model is fetched by hash; the checker answers the expensive checks
-in the worker pool; `conclude` gives the score; the chain stores the block and
-fork choice takes it. Blocks that fail are remembered (bounded) so no peer makes
-this node validate one twice. Gossip reaches this module through node.blockrelay,
-which decides relay on the cheap rules and runs the import here afterwards.
+`admit` is the one gate: where the block stands (`forkchoice.placement`, a pure
+question) and every cheap rule (`blocks.on_block`, run once), refusing in one
+place; it hands back a `CheckedBlock`. `complete` waits for a parent still in
+flight, fetches the model by hash, has the checker answer the expensive checks in
+the worker pool, takes the score from `conclude`, and applies: the chain stores
+the block, fork choice takes it, and `on_applied` tells the round pool. Blocks
+that fail are remembered (bounded) so no peer makes this node validate one twice.
+Gossip reaches this module through node.blockrelay (relay on `admit`, `complete`
+in the background), sync through `import_block`, our own blocks through `import_own`.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from consensus import blocks
 from consensus.blocks import ParentInfo
 from consensus.crypto import sha256, short
 from consensus.errors import ForkChoiceError, InvalidError
-from consensus.types import Block, Genesis
+from consensus.forkchoice import ChainNode, Placement, placement
+from consensus.types import Block
 from node.chain import Applied, Chain
 from node.checker import Checker, CheckIncomplete
 from node.interfaces import Net, Sync
-from node.roundpool import RoundPool
 
 log = logging.getLogger("zkpot.node")
 
@@ -43,29 +46,47 @@ class Flight:
     invalid: InvalidError | None = None
 
 
+@dataclass(frozen=True)
+class CheckedBlock:
+    """A block admitted for import: it passed every cheap rule against its parent (applied,
+    or `after`: in flight) and its flight is registered; `complete` must follow."""
+
+    block: Block
+    raw: bytes
+    hash: bytes
+    parent: ParentInfo
+    pending: blocks.PendingBlock
+    flight: Flight
+    after: Flight | None  # the parent's validation still running, to wait for
+
+
+BlockHandler = Callable[[Block], None]
+AppliedHandler = Callable[[Block, ChainNode, bool], None]
+
+
 class BlockImporter:
     def __init__(
         self,
-        genesis: Genesis,
-        cid: bytes,
         chain: Chain,
         checker: Checker,
-        pool: RoundPool,
         net: Net,
         sync: Sync,
         want_sync: Callable[[], None],
+        on_received: BlockHandler = lambda block: None,
+        on_applied: AppliedHandler = lambda block, node, head_changed: None,
     ) -> None:
-        self.genesis = genesis
-        self.cid = cid
+        self.genesis = chain.genesis
+        self.chain_id = chain.chain_id
         self.chain = chain
         self.checker = checker
-        self.pool = pool
         self.net = net
         self.sync = sync
         self.refused: OrderedDict[bytes, str] = OrderedDict()  # invalid or unplaceable blocks
         self.own: set[bytes] = set()  # our own publishes pass our validator
         self._inflight: dict[bytes, Flight] = {}  # blocks being validated right now
         self.want_sync = want_sync  # a block arrived whose parent we lack
+        self.on_received = on_received  # a block passed the cheap rules
+        self.on_applied = on_applied  # a block is stored (and maybe head)
         self.fetched: OrderedDict[bytes, bytes] = OrderedDict()  # model blobs not stored yet
 
     def refuse(self, block_hash: bytes, reason: str) -> None:
@@ -73,118 +94,109 @@ class BlockImporter:
         while len(self.refused) > MAX_REFUSED:
             self.refused.popitem(last=False)
 
-    def placeable(self, block: Block, block_hash: bytes) -> bool:
-        """Whether the block can be imported now: new, not refused, parent known, above finality."""
-        if self.chain.has(block_hash) or block_hash in self.refused:
-            return False
-        if not self.chain.has(block.parent):
-            self.want_sync()
-            return False
-        forks = self.chain.forks
-        if not forks.descends_from(block.parent, forks.finalized):
-            self.refuse(block_hash, "conflicts with finality")
-            return False
-        return True
-
-    async def import_block(self, block: Block, raw: bytes, sources: list[ID]) -> bool:
-        """Validate completely and apply. InvalidError: the block is bad (refused here);
-        SyncError: its model could not be fetched, CheckIncomplete: a worker could not
-        check it (both may be transient: not refused, nobody blamed).
-        False: a valid block fork choice cannot take.
-
-        The same block arriving again (several forwarders, gossip and sync at once) while
-        it is being validated waits for that one validation instead of repeating it.
-        """
+    def admit(self, block: Block, raw: bytes) -> CheckedBlock | Placement:
+        """The one gate of every block (gossip, sync, our own): where it stands
+        (forkchoice.placement) and every cheap rule (blocks.on_block). Refusal happens
+        here and only here: a block below finality or breaking a rule is remembered as
+        refused (InvalidError for the latter); an orphan wakes sync. An importable block
+        comes back checked, its flight registered; anything else, its placement."""
         h = sha256(raw)
-        busy = self._inflight.get(h)
-        if busy is not None:  # the same verdict as that validation, not a second one
-            await busy.done.wait()
-            if busy.invalid is not None:
-                raise busy.invalid
-            return self.chain.has(h)
-        return await self.fly(self.begin(h, block), raw, h, sources)
-
-    def flight(self, block_hash: bytes) -> Flight | None:
-        """The validation of this block in progress, if any."""
-        return self._inflight.get(block_hash)
-
-    def begin(self, block_hash: bytes, block: Block) -> Flight:
-        """Register a validation before it runs, so copies arriving meanwhile find it;
-        `fly` must follow (it ends the flight whatever happens)."""
-        flight = self._inflight[block_hash] = Flight(block)
-        return flight
-
-    async def fly(
-        self, flight: Flight, raw: bytes, h: bytes, sources: list[ID], after: Flight | None = None
-    ) -> bool:
-        """Run a begun validation: first wait for the parent's (`after`) if it is in flight."""
-        try:
-            if after is not None:
-                await after.done.wait()
-                if after.invalid is not None:  # no honest node builds on it: drop, no blame
-                    self.refuse(h, "its parent is invalid")
-                    return False
-            return await self._import(flight.block, raw, h, sources)
-        except InvalidError as exc:
-            flight.invalid = exc
-            raise
-        finally:
-            self._inflight.pop(h).done.set()
-
-    def parent_for_gossip(
-        self, block: Block, block_hash: bytes
-    ) -> tuple[ParentInfo, Flight | None] | None:
-        """The parent as the cheap rules need it: applied, or being validated right now
-        (then also its flight, to wait for). None: not importable now (see `placeable`)."""
+        where = placement(self.chain.forks, h, block.parent, self.refused, self._inflight)
+        if where is Placement.BELOW_FINALITY:
+            self.refuse(h, where.value)
+        elif where is Placement.ORPHAN:
+            self.want_sync()
+        if not where.importable:
+            return where
         after = self._inflight.get(block.parent)
-        if after is not None:
-            p = after.block
-            roster = self.chain.roster_after(p)
-            if roster is None:  # the parent's own changes do not hold: it will be refused
-                return None
-            return (
-                ParentInfo(block.parent, p.round, p.height, p.model_hash, roster, p.velocity_hash),
-                after,
-            )
-        if not self.placeable(block, block_hash):
-            return None
-        pinfo = self.chain.parent_info(block.parent)
-        return None if pinfo is None else (pinfo, None)
-
-    async def _import(self, block: Block, raw: bytes, h: bytes, sources: list[ID]) -> bool:
-        pinfo = self.chain.parent_info(block.parent)
-        if pinfo is None:
-            return False
+        pinfo = self._parent_info(block, after)
+        if pinfo is None:  # the in-flight parent's own changes do not hold: it fails
+            return Placement.AFTER_PARENT
         try:
-            pending = blocks.on_block(self.genesis, self.cid, pinfo, block)
-            if self.pool.in_window(block.round):
-                self.pool.mark(block.round, "block_received")
-            own = [await self.fetch_blob(b, sources) for b in blocks.block_blobs(block)]
-            answers = await self.checker.answer(pending.checks, self._blobs(pinfo, own))
-            score = blocks.conclude(pending, answers)
+            pending = blocks.on_block(self.genesis, self.chain_id, pinfo, block)
         except InvalidError as exc:
             self.refuse(h, str(exc))
             raise
-        return await self._apply(block, raw, own, score) is not None
+        self.on_received(block)
+        flight = self._inflight[h] = Flight(block)
+        return CheckedBlock(block, raw, h, pinfo, pending, flight, after)
+
+    def validating(self, block_hash: bytes) -> bool:
+        """Whether this block's validation is running now (admitted, not completed)."""
+        return block_hash in self._inflight
+
+    def _parent_info(self, block: Block, after: Flight | None) -> ParentInfo | None:
+        """The parent as the cheap rules need it: applied, or as it will be once applied."""
+        if after is None:
+            return self.chain.parent_info(block.parent)
+        p = after.block
+        roster = self.chain.roster_after(p)
+        if roster is None:
+            return None
+        return ParentInfo(block.parent, p.round, p.height, p.model_hash, roster, p.velocity_hash)
+
+    async def complete(
+        self, checked: CheckedBlock, sources: list[ID], own: Sequence[bytes] | None = None
+    ) -> Applied | None:
+        """The expensive checks of an admitted block, then apply it; ends its flight
+        whatever happens. `own`: the blobs of our own block (else fetched by hash).
+        InvalidError: the block is bad (refused); SyncError: its model could not be
+        fetched, CheckIncomplete: a worker could not check it (both may be transient:
+        not refused, nobody blamed). None: fork choice cannot take it, or its parent
+        failed."""
+        h, block = checked.hash, checked.block
+        try:
+            if checked.after is not None:
+                await checked.after.done.wait()
+                if checked.after.invalid is not None:  # no honest node builds on it: no blame
+                    self.refuse(h, "its parent is invalid")
+                    return None
+                if not self.chain.has(block.parent):  # fork choice did not take the parent
+                    return None
+            try:
+                if own is None:
+                    own = [await self.fetch_blob(b, sources) for b in blocks.block_blobs(block)]
+                answers = await self.checker.answer(
+                    checked.pending.checks, self._blobs(checked.parent, own)
+                )
+                score = blocks.conclude(checked.pending, answers)
+            except InvalidError as exc:
+                checked.flight.invalid = exc
+                self.refuse(h, str(exc))
+                raise
+            return await self._apply(block, checked.raw, own, score)
+        finally:
+            self._inflight.pop(h).done.set()
+
+    async def import_block(self, block: Block, raw: bytes, sources: list[ID]) -> bool:
+        """Admit and complete (sync, tests): True once the block is in the chain. A copy
+        of a block in flight waits for that validation's verdict instead of repeating it.
+        False: not placeable, or a valid block fork choice cannot take."""
+        checked = self.admit(block, raw)
+        if isinstance(checked, CheckedBlock):
+            return await self.complete(checked, sources) is not None
+        busy = self._inflight.get(sha256(raw))
+        if checked is Placement.IN_FLIGHT and busy is not None:
+            await busy.done.wait()
+            if busy.invalid is not None:
+                raise busy.invalid
+        return self.chain.has(sha256(raw))
 
     async def import_own(self, block: Block, own: Sequence[bytes]) -> Applied | None:
-        """Our own block passes the same validation as anyone's before it is applied;
+        """Our own block passes the same gate and checks as anyone's before it is applied;
         `own`: the blobs it names (blocks.block_blobs)."""
-        raw = block.encode()
-        pinfo = self.chain.parent_info(block.parent)
-        if pinfo is None:
-            return None
         try:
-            pending = blocks.on_block(self.genesis, self.cid, pinfo, block)
-            answers = await self.checker.answer(pending.checks, self._blobs(pinfo, own))
-            score = blocks.conclude(pending, answers)
+            checked = self.admit(block, block.encode())
+            if not isinstance(checked, CheckedBlock):
+                log.warning("round %d: our own block is %s", block.round, checked.value)
+                return None
+            applied = await self.complete(checked, [], own)
         except InvalidError as exc:
             log.error("round %d: our own block is invalid, not proposing: %s", block.round, exc)
             return None
         except CheckIncomplete as exc:
             log.warning("round %d: our own block could not be checked: %s", block.round, exc)
             return None
-        applied = await self._apply(block, raw, own, score)
         if applied is not None:
             self.own.add(applied.block_hash)
         return applied
@@ -210,7 +222,7 @@ class BlockImporter:
             self.refuse(sha256(raw), str(exc))
             log.info("block not taken by fork choice: %s", exc)
             return None
-        self.pool.on_block_applied(block, self.chain.node(applied.block_hash), applied.head_changed)
+        self.on_applied(block, self.chain.node(applied.block_hash), applied.head_changed)
         log.info(
             "round %d: block %s at height %d by %s (k=%d)%s",
             block.round,

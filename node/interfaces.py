@@ -8,8 +8,8 @@ small protocols, so the same code runs on the real libp2p host and worker pool
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 import trio
 from libp2p.peer.id import ID
@@ -45,9 +45,6 @@ class GossipLike(Protocol):
     def set_validator(self, kind: TopicKind, validator: Validator) -> None: ...
 
     async def publish(self, item: Outgoing) -> None: ...
-
-    @property
-    def inbox(self) -> AsyncIterator[Any]: ...
 
 
 class Net(Protocol):

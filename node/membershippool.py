@@ -19,7 +19,7 @@ from collections.abc import Callable
 from consensus import membership, rules
 from consensus.crypto import short
 from consensus.errors import InvalidError
-from consensus.types import Genesis, JoinRequest, Membership
+from consensus.types import JoinRequest, Membership
 from node.chain import Chain
 from p2p import Verdict
 
@@ -31,11 +31,9 @@ REQUESTS_PER_PEER = 4  # new join-request keys one forwarding peer may bring per
 
 
 class MembershipPool:
-    def __init__(
-        self, genesis: Genesis, cid: bytes, chain: Chain, current_round: Callable[[], int]
-    ) -> None:
-        self.genesis = genesis
-        self.cid = cid
+    def __init__(self, chain: Chain, current_round: Callable[[], int]) -> None:
+        self.genesis = chain.genesis
+        self.chain_id = chain.chain_id
         self.chain = chain
         self.current_round = current_round
         self.requests: OrderedDict[bytes, JoinRequest] = OrderedDict()  # by key
@@ -45,7 +43,7 @@ class MembershipPool:
 
     def on_request(self, req: JoinRequest, forwarder: str | None = None) -> Verdict:
         """`forwarder`: the gossip peer that brought it (None: this node's own API)."""
-        rules.check_signature(req, req.key, self.cid)
+        rules.check_signature(req, req.key, self.chain_id)
         if req.key in self.chain.roster(self.chain.head).eventual() or req.key in self.requests:
             return Verdict.IGNORE
         if forwarder is not None:
@@ -65,13 +63,13 @@ class MembershipPool:
     def on_change(self, tx: Membership) -> Verdict:
         """A signature that does not hold is a lie (REJECT); a change that is stale or
         not valid on our head now is only useless here (IGNORE: heads differ)."""
-        membership.check_signatures(self.genesis, self.cid, tx)
+        membership.check_signatures(self.genesis, self.chain_id, tx)
         h = tx.hash()
         if h in self.pending or len(self.pending) >= MAX_PENDING:
             return Verdict.IGNORE
         try:
             roster = self.chain.roster(self.chain.head)
-            membership.check_change(self.genesis, self.cid, roster, self.current_round(), tx)
+            membership.check_change(self.genesis, self.chain_id, roster, self.current_round(), tx)
         except InvalidError as exc:
             log.info("membership change not applicable on our head: %s", exc)
             return Verdict.IGNORE
@@ -92,7 +90,7 @@ class MembershipPool:
         except LookupError:
             return ()
         return membership.pick(
-            self.genesis, self.cid, roster, block_round, list(self.pending.values())
+            self.genesis, self.chain_id, roster, block_round, list(self.pending.values())
         )
 
     def prune(self, rnd: int) -> None:
@@ -102,7 +100,7 @@ class MembershipPool:
         roster = self.chain.roster(self.chain.head)
         for h, tx in list(self.pending.items()):
             try:
-                membership.check_change(self.genesis, self.cid, roster, rnd, tx)
+                membership.check_change(self.genesis, self.chain_id, roster, rnd, tx)
             except InvalidError:
                 del self.pending[h]
         members = roster.eventual()

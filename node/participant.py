@@ -12,22 +12,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from pathlib import Path
 
 import trio
 
 from consensus import aggpolicy, policy, rules, schedule, secagg
-from consensus.crypto import SigningKey, sha256, short
+from consensus.crypto import sha256, short
+from consensus.errors import ForkChoiceError
 from consensus.forkchoice import ChainNode
 from consensus.rules import sign
-from consensus.strategy import Rule, rests_on_enough
-from consensus.types import Block, CommitTx, Genesis, ProofTx
+from consensus.strategy import rests_on_enough
+from consensus.types import Block, CommitTx, ProofTx
 from node.aggregator import Aggregation, Outcome, keep_parent
-from node.behaviour import HONEST, Behaviour
-from node.chain import Chain
+from node.context import NodeContext, Role
 from node.evidencepool import EvidencePool
 from node.importer import BlockImporter
-from node.interfaces import Clock, Prover, Publish, sleep_until
+from node.interfaces import sleep_until
 from node.membershippool import MembershipPool
 from node.roundlog import ProofSeen
 from node.roundpool import Mine, RoundPool, RoundState
@@ -38,45 +37,27 @@ from prover.worker import WorkerError
 log = logging.getLogger("zkpot.node")
 
 
-class Participant:
+class Participant(Role):
     def __init__(
         self,
+        ctx: NodeContext,
         *,
-        key: SigningKey,
-        genesis: Genesis,
-        cid: bytes,
-        rule: Rule,
-        chain: Chain,
         pool: RoundPool,
         importer: BlockImporter,
-        prover: Prover,
-        publish: Publish,
-        artifacts: Path,
         data_file: str,
         prove_timeout_s: float,
-        clock: Clock,
         aggregation: Aggregation | None = None,
-        members: MembershipPool | None = None,
+        membership: MembershipPool | None = None,
         evidence: EvidencePool | None = None,
-        behaviour: Behaviour = HONEST,
     ) -> None:
-        self.key = key
-        self.genesis = genesis
-        self.cid = cid
-        self.rule = rule
-        self.chain = chain
+        super().__init__(ctx)
         self.pool = pool
         self.importer = importer
-        self.prover = prover
-        self.publish = publish
-        self.artifacts = str(artifacts)
         self.data_file = data_file
         self.prove_timeout_s = prove_timeout_s
-        self.clock = clock
         self.aggregation = aggregation  # None: the chain's rule publishes the winner's model
-        self.members = members  # pending changes of the participant set our blocks carry
+        self.membership = membership  # pending changes of the participant set our blocks carry
         self.evidence = evidence  # proven misbehaviour our blocks carry (v5)
-        self.behaviour = behaviour  # test behaviours (node.behaviour); honest by default
 
     def _budget_s(self, deadline_ms: int) -> float:
         return max(0.0, (deadline_ms - self.clock()) / 1000)
@@ -149,11 +130,11 @@ class Participant:
             rec.notes.append(f"training failed: {exc}")
             log.error("round %d: training failed: %s", rnd, exc)
             return None
-        binding = rules.commit_binding(self.cid, self.key.public, rnd, parent, c)
+        binding = rules.commit_binding(self.chain_id, self.key.public, rnd, parent, c)
         secret = secagg.mask_secret(os.urandom(32)) if self.rule.aggregates else 0
         mask_key = secagg.mask_public(secret) if secret else b""
         unsigned = CommitTx(rnd, parent, self.key.public, binding, mask_key=mask_key)
-        commit = sign(unsigned, self.key, self.cid)
+        commit = sign(unsigned, self.key, self.chain_id)
         mine = Mine(weights, commit, c, secret)
         keep_dir = self.behaviour.keep_weights
         if keep_dir is not None:
@@ -184,12 +165,14 @@ class Participant:
             self.pool.roundlog.record(rnd).notes.append("the round ended before our proof")
             log.warning("round %d: proving failed or missed the deadline: the round ended", rnd)
             raise
-        cid = mine.commit.hash()
-        tx = ProofTx(rnd, cid, self.key.public, mine.commitment, proved.k, proved.proof)
-        tx = sign(tx, self.key, self.cid)
+        commit_id = mine.commit.hash()
+        tx = ProofTx(rnd, commit_id, self.key.public, mine.commitment, proved.k, proved.proof)
+        tx = sign(tx, self.key, self.chain_id)
         self.pool.mark(rnd, "proved")
         st.add_proof(tx, self.clock())
-        self.pool.roundlog.record(rnd).proofs[cid] = ProofSeen(self.key.public, cid, proved.k, True)
+        self.pool.roundlog.record(rnd).proofs[commit_id] = ProofSeen(
+            self.key.public, commit_id, proved.k, True
+        )
         await self.publish(tx)
         log.info("round %d: proved k=%d", rnd, proved.k)
         return True
@@ -210,7 +193,9 @@ class Participant:
         block = policy.build_block(
             pinfo, me, st.reveal, ranking, st.commits, st.proofs, sha256(outcome.model)
         )
-        changes = () if self.members is None else self.members.for_block(pinfo.hash, block.round)
+        changes = (
+            () if self.membership is None else self.membership.for_block(pinfo.hash, block.round)
+        )
         proven = () if self.evidence is None else self.evidence.for_block(pinfo.hash, block.round)
         full: Block = dataclasses.replace(
             block,
@@ -221,7 +206,7 @@ class Participant:
             aggregate_hash=sha256(outcome.aggregate) if outcome.aggregate else b"",
             velocity_hash=sha256(outcome.velocity) if outcome.velocity else b"",
         )
-        return sign(full, self.key, self.cid)
+        return sign(full, self.key, self.chain_id)
 
     def _blocking_sibling(self, st: RoundState, parent: bytes) -> ChainNode | None:
         return policy.blocking_sibling(
@@ -270,9 +255,8 @@ class Participant:
             if self.aggregation is None:  # winner: our block is cheap to build and score
                 block = self._candidate(st, mine, ranking, Outcome(mine.weights, (), b""))
                 if block is not None:
-                    p = self.chain.node(parent)
                     k = next(r.k for r in ranking if r.participant == self.key.public)
-                    candidate = ChainNode(sha256(block.encode()), parent, p.height + 1, p.score + k)
+                    candidate = self._preview(block, k)
             decision = policy.proposal_decision(
                 self.key.public,
                 ranking,
@@ -292,6 +276,13 @@ class Participant:
                 return
             await self._aggregate_and_propose(rnd, opened, st, mine, ranking)
             return
+
+    def _preview(self, block: Block, k: int) -> ChainNode | None:
+        """Fork choice's node for our block, were it applied (None: it cannot be)."""
+        try:
+            return self.chain.forks.preview(sha256(block.encode()), block.parent, k)[0]
+        except ForkChoiceError:
+            return None
 
     async def _aggregate_and_propose(
         self, rnd: int, opened: int, st: RoundState, mine: Mine, ranking: list[rules.Ranked]

@@ -11,38 +11,23 @@ from __future__ import annotations
 import logging
 
 from consensus import policy, schedule
-from consensus.crypto import SigningKey
 from consensus.merkle import merkle_proof
 from consensus.rules import sign
-from consensus.types import EvalBatch, Genesis, Reveal
-from node.interfaces import Clock, Publish
+from consensus.types import EvalBatch, Reveal
+from node.context import NodeContext, Role
 from node.roundpool import RoundPool
 
 log = logging.getLogger("zkpot.node")
 
 
-class Publisher:
-    def __init__(
-        self,
-        *,
-        key: SigningKey,
-        genesis: Genesis,
-        cid: bytes,
-        pool: RoundPool,
-        batches: list[EvalBatch],
-        publish: Publish,
-        clock: Clock,
-    ) -> None:
+class Publisher(Role):
+    def __init__(self, ctx: NodeContext, *, pool: RoundPool, batches: list[EvalBatch]) -> None:
         if not batches:
             raise ValueError("the publisher needs the held-out batches")
-        self.key = key
-        self.genesis = genesis
-        self.cid = cid
+        super().__init__(ctx)
         self.pool = pool
         self.batches = batches
         self.leaves = [b.hash() for b in batches]
-        self.publish = publish
-        self.clock = clock
 
     def _participants(self, rnd: int) -> frozenset[bytes]:
         """Whom to wait for: the round's participants on top of our head."""
@@ -59,7 +44,7 @@ class Publisher:
         )
         sealed = policy.seal(st.arrivals(), min(deadline, self.clock()))
         reveal = Reveal(rnd, self.batches[rnd], tuple(merkle_proof(self.leaves, rnd)), sealed)
-        reveal = sign(reveal, self.key, self.cid)
+        reveal = sign(reveal, self.key, self.chain_id)
         self.pool.on_reveal(reveal)
         await self.publish(reveal)
         log.info("round %d: revealed batch %d sealing %d commits", rnd, rnd, len(sealed))

@@ -62,13 +62,13 @@ class RoundRecord:
             },
             "proofs": [
                 {
-                    "commit_id": cid.hex(),
+                    "commit_id": commit_id.hex(),
                     "participant": p.participant.hex(),
                     "k": p.k,
                     "valid": p.valid,
                     "reason": p.reason,
                 }
-                for cid, p in rec.proofs.items()
+                for commit_id, p in rec.proofs.items()
             ],
             "ranking": ranking,
             "winner": winner,

@@ -35,7 +35,7 @@ from consensus.secagg import (
     VectorPart,
 )
 from consensus.strategy import rule_for
-from consensus.types import Block, CommitTx, Evidence, Genesis, ProofTx, Reveal
+from consensus.types import Block, CommitTx, Evidence, ProofTx, Reveal
 from node import aggstate
 from node.aggstate import AggState
 from node.chain import Chain
@@ -103,16 +103,14 @@ class RoundState:
 
     def arrivals(self) -> list[policy.Arrival]:
         return [
-            policy.Arrival(cid, c.participant, self.received_ms[cid])
-            for cid, c in self.commits.items()
+            policy.Arrival(chain_id, c.participant, self.received_ms[chain_id])
+            for chain_id, c in self.commits.items()
         ]
 
 
 class RoundPool:
     def __init__(
         self,
-        genesis: Genesis,
-        cid: bytes,
         chain: Chain,
         checker: Checker,
         roundlog: RoundLog,
@@ -120,8 +118,8 @@ class RoundPool:
         roundclock: RoundClock,
         own_peer: ID,
     ) -> None:
-        self.genesis = genesis
-        self.cid = cid
+        self.genesis = genesis = chain.genesis
+        self.chain_id = chain.chain_id
         self.chain = chain
         self.checker = checker
         self.roundlog = roundlog
@@ -170,11 +168,11 @@ class RoundPool:
 
     def record_commit(self, rnd: int, c: CommitTx, received_ms: int | None = None) -> None:
         st = self.state(rnd)
-        cid = c.hash()
-        if cid not in st.commits:
-            st.commits[cid] = c
-            st.received_ms[cid] = self.clock() if received_ms is None else received_ms
-            self.roundlog.record(rnd).commits[cid] = c.participant
+        chain_id = c.hash()
+        if chain_id not in st.commits:
+            st.commits[chain_id] = c
+            st.received_ms[chain_id] = self.clock() if received_ms is None else received_ms
+            self.roundlog.record(rnd).commits[chain_id] = c.participant
             st.touch()
 
     def hold_commit(self, c: CommitTx) -> None:
@@ -193,6 +191,11 @@ class RoundPool:
             st.revealed.set()
             self.roundclock.observe(revealed=reveal.round)
             st.touch()
+
+    def on_block_received(self, block: Block) -> None:
+        """A block of a round near ours passed the cheap rules (the round log's timing)."""
+        if self.in_window(block.round):
+            self.mark(block.round, "block_received")
 
     def on_block_applied(self, block: Block, node: ChainNode, head_changed: bool) -> None:
         """A valid block is in the store: release its children's commits, count its txs;
@@ -308,7 +311,7 @@ class RoundPool:
             members = self.chain.participants(item.parent, item.round)
             if members is None:
                 return Verdict.IGNORE  # its parent is not here (yet)
-            aggcheck.check_selection(self.genesis, self.cid, item, members)
+            aggcheck.check_selection(self.genesis, self.chain_id, item, members)
             st = self.state(item.round)
             committer = {c: commit.participant for c, commit in st.commits.items()}
             sealed = () if st.reveal is None else st.reveal.sealed
@@ -321,7 +324,7 @@ class RoundPool:
             return Verdict.IGNORE
         st, sel = found
         if isinstance(item, MaskedUpdate):
-            aggcheck.check_update(self.genesis, self.cid, sel, item)
+            aggcheck.check_update(self.genesis, self.chain_id, sel, item)
             added = st.agg.add_update(item)
             um = st.agg.unmasks.get(item.selection, {}).get(item.member)
             if added and um is not None and not aggcheck.unmask_opens(item, um):
@@ -337,7 +340,7 @@ class RoundPool:
             aggcheck.check_part(self.genesis, upd, item)
             return self._touched(st, st.agg.add_part(item))
         if isinstance(item, Complete):
-            aggcheck.check_complete(self.cid, sel, item)
+            aggcheck.check_complete(self.chain_id, sel, item)
             return self._touched(st, st.agg.add_complete(item, self.clock()))
         if isinstance(item, SeedShare):
             comp = st.agg.completes.get(item.selection)
@@ -345,14 +348,16 @@ class RoundPool:
             if comp is None or owner is None or owner.hash() != item.update:
                 return Verdict.IGNORE  # its context is not here (yet): gossip may reorder
             try:
-                aggcheck.check_seed_share(self.cid, sel, comp, owner, item)
+                aggcheck.check_seed_share(self.chain_id, sel, comp, owner, item)
             except InvalidError:
                 self.on_evidence(evidence.false_share(sel, owner, item))
                 raise
             self._equivocation(st, sel, item)
             return self._touched(st, st.agg.add_share(item))
         if isinstance(item, Dispute):
-            if not aggcheck.check_dispute(self.cid, sel, item, st.agg.updates.get(sel.hash(), {})):
+            if not aggcheck.check_dispute(
+                self.chain_id, sel, item, st.agg.updates.get(sel.hash(), {})
+            ):
                 return Verdict.IGNORE  # an update it names is not here (yet)
             return self._touched(st, st.agg.add_dispute(item))
         if isinstance(item, PairReveal):
@@ -360,11 +365,11 @@ class RoundPool:
             keys = st.mask_keys(sel.proofs)
             if dispute is None or not {item.member, item.partner} <= set(keys):
                 return Verdict.IGNORE  # its context is not here (yet): gossip may reorder
-            aggcheck.check_reveal(self.cid, dispute, item, keys)
+            aggcheck.check_reveal(self.chain_id, dispute, item, keys)
             return self._touched(st, st.agg.add_reveal(item))
         upd = st.agg.updates.get(item.selection, {}).get(item.member)
         try:
-            aggcheck.check_unmask(self.cid, sel, item, upd)
+            aggcheck.check_unmask(self.chain_id, sel, item, upd)
         except InvalidError:
             if upd is not None:
                 self.on_evidence(evidence.bad_unmask(sel, upd, item))
@@ -397,7 +402,7 @@ class RoundPool:
         if members is None:  # parent not here: filter by the head's roster until it is
             members = self.chain.known_participants(c.round)
         try:
-            rules.check_commit(self.genesis, self.cid, c, members)
+            rules.check_commit(self.genesis, self.chain_id, c, members)
         except InvalidError:
             self.on_evidence(evidence.bad_mask_key(c))  # the pool keeps it if it proves that
             raise
@@ -414,7 +419,7 @@ class RoundPool:
         return Verdict.ACCEPT
 
     def _on_gossip_reveal(self, reveal: Reveal) -> Verdict:
-        rules.check_reveal(self.genesis, self.cid, reveal)
+        rules.check_reveal(self.genesis, self.chain_id, reveal)
         if not self.in_window(reveal.round):
             return Verdict.IGNORE
         first = self.state(reveal.round).reveal
@@ -436,7 +441,7 @@ class RoundPool:
         commit = st.commits.get(tx.commit_id)
         if st.reveal is None or commit is None or tx.commit_id in st.proofs:
             return Verdict.IGNORE  # unknown context, or a valid proof is already held
-        check = rules.proof_check(self.genesis, self.cid, st.reveal, commit, tx)
+        check = rules.proof_check(self.genesis, self.chain_id, st.reveal, commit, tx)
         seen = ProofSeen(tx.participant, tx.commit_id, tx.k, None)
         self.roundlog.record(tx.round).proofs[tx.commit_id] = seen
         try:

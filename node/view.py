@@ -85,7 +85,7 @@ class NodeView:
     ) -> None:
         self.store = store
         self.genesis = genesis
-        self.cid = chain_id(genesis)
+        self.chain_id = chain_id(genesis)
         self.roundlog = roundlog
         self.peer_id = peer_id
         self._role = role if callable(role) else (lambda: role)  # roles change with the roster
@@ -178,7 +178,7 @@ class NodeView:
                 {"kind": KIND_NAMES[c.kind], "key": c.key.hex(), "from_round": c.from_round}
                 for c in block.membership
             ],
-            evidence=[_evidence_json(self.genesis, self.cid, ev) for ev in block.evidence],
+            evidence=[_evidence_json(self.genesis, self.chain_id, ev) for ev in block.evidence],
         )
         return out
 
@@ -385,7 +385,7 @@ class NodeView:
 MODEL_PARTS = ("model", "aggregate", "velocity")
 
 
-def _evidence_json(genesis: Genesis, cid: bytes, ev: Evidence) -> Json:
+def _evidence_json(genesis: Genesis, chain_id: bytes, ev: Evidence) -> Json:
     """What a block's evidence proves (it was checked when the block was applied)."""
-    off = evidence.offence(genesis, cid, ev)
+    off = evidence.offence(genesis, chain_id, ev)
     return {"kind": evidence.KIND_NAMES[ev.kind], "offender": off.key.hex(), "round": off.round}

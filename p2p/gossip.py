@@ -19,8 +19,10 @@ verification through the prover pool), `block_validation_budget_s` on the blocks
 returns ACCEPT, REJECT or IGNORE and never raises into libp2p: an exception or a
 REJECT penalises the forwarding peer; IGNORE (e.g. a proof whose reveal is not
 here yet) drops the message without penalty. Rejected and ignored messages are
-never relayed; one past its budget is IGNORE. Accepted messages arrive in order on
-`Gossip.inbox`. The topics' wire values (names, payload types, decoding) are p2p.topics.
+never relayed; one past its budget is IGNORE. The validators are where the node acts
+on a message; accepted messages are not delivered again, except to a `listen`er
+(tools and tests that watch the topics). The topics' wire values (names, payload
+types, decoding) are p2p.topics.
 """
 
 from __future__ import annotations
@@ -103,7 +105,6 @@ class GossipConfig:
     resubscribe_s: float = 5.0  # re-announce our subscriptions (p2p.hardening, patch 8)
     publish_wait_s: float = 10.0  # backpressure: wait this long for peer queues to drain
     queue_high_water: int = 256  # of hardening.OUTBOUND_QUEUE_SIZE
-    inbox_size: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -152,10 +153,9 @@ class Gossip:
         hardening.guard_pubsub(self.pubsub, host.misbehaved)
         hardening.serialise_pubsub(self.pubsub)
         hardening.report_floods(self.pubsub, host.misbehaved)
-        send, self.inbox = trio.open_memory_channel[Delivered](config.inbox_size)
-        self._inbox_send = send
+        self._listeners: list[trio.MemorySendChannel[Delivered]] = []
         self._slow: set[ID] = set()  # peers whose outbound queue stayed full
-        self.dropped = 0  # deliveries lost because the node did not drain the inbox
+        self.dropped = 0  # deliveries lost because a listener did not keep up
         self.stats = {v: 0 for v in Verdict}
 
     def set_validator(self, kind: TopicKind, validator: Validator) -> None:
@@ -195,7 +195,7 @@ class Gossip:
             budget = self.config.block_validation_budget_s
         with trio.move_on_after(budget):
             try:
-                verdict = await self._validators[kind](item, forwarder)
+                verdict = await self._validators[kind](item, data, forwarder)
             except Exception:
                 log.exception("gossip validator raised on %s from %s", item.NAME, forwarder)
                 verdict = Verdict.REJECT
@@ -208,21 +208,33 @@ class Gossip:
             self._host.merit.served(forwarder)  # first to bring us a valid block: slot priority
         return verdict
 
+    def listen(self, size: int = 10_000) -> trio.MemoryReceiveChannel[Delivered]:
+        """Every accepted message from now on, in order (tools and tests that watch the
+        topics; the node acts in its validators). A full channel drops, counted."""
+        send, receive = trio.open_memory_channel[Delivered](size)
+        self._listeners.append(send)
+        return receive
+
     async def _drain(self, kind: TopicKind, sub: Any) -> None:
         """Empty py-libp2p's 32-slot subscription queue continuously (a full one drops)."""
         while True:
             msg = await sub.get()
+            if not self._listeners:
+                continue
             try:
                 data = bytes(msg.data)
                 delivered = Delivered(kind, decode_gossip(kind, data), data, ID(msg.from_id))
             except Exception:  # validated already; a failure here is a bug, not input
                 log.exception("accepted gossip message failed to decode again")
                 continue
-            try:
-                self._inbox_send.send_nowait(delivered)
-            except trio.WouldBlock:
-                self.dropped += 1
-                log.warning("gossip inbox full; dropped a %s", delivered.item.NAME)
+            for listener in list(self._listeners):
+                try:
+                    listener.send_nowait(delivered)
+                except trio.WouldBlock:
+                    self.dropped += 1
+                    log.warning("gossip listener full; dropped a %s", delivered.item.NAME)
+                except trio.BrokenResourceError:
+                    self._listeners.remove(listener)
 
     # ------------------------------------------------------------------ publishing
 

@@ -95,10 +95,12 @@ class Verdict(enum.Enum):
 
 
 # The node's check of one decoded message; `forwarder` is the peer that sent it to us.
-Validator = Callable[[GossipItem, ID], Awaitable[Verdict]]
+# (the decoded item, its raw bytes as received, the forwarding peer): the bytes travel
+# with the item so no validator encodes it again to hash or store it
+Validator = Callable[[GossipItem, bytes, ID], Awaitable[Verdict]]
 
 
-async def accept_all(item: GossipItem, forwarder: ID) -> Verdict:
+async def accept_all(item: GossipItem, raw: bytes, forwarder: ID) -> Verdict:
     """Default validator: the canonical decode alone (the node installs the real one)."""
     return Verdict.ACCEPT
 

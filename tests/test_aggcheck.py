@@ -36,8 +36,10 @@ def chain() -> Chain:
 def _selection(chain: Chain, attempt: int = 0) -> Selection:
     members = tuple(sorted(p.public for p in chain.participants[:3]))
     proposer = chain.participants[0]
-    sel = Selection(0, chain.cid, proposer.public, attempt, (b"\x01" * 32,), members, bytes(64))
-    return sign(sel, proposer, chain.cid)
+    sel = Selection(
+        0, chain.chain_id, proposer.public, attempt, (b"\x01" * 32,), members, bytes(64)
+    )
+    return sign(sel, proposer, chain.chain_id)
 
 
 def _secrets(sel: Selection) -> dict[bytes, int]:
@@ -58,15 +60,17 @@ def test_a_selection_needs_participants_and_enough_members(chain: Chain) -> None
     )
     sel = _selection(chain)
     everyone = frozenset(g.participants)
-    aggcheck.check_selection(g, chain.cid, sel, everyone)
+    aggcheck.check_selection(g, chain.chain_id, sel, everyone)
     with pytest.raises(InvalidError, match="a member is not a participant"):
-        aggcheck.check_selection(g, chain.cid, sel, everyone - {sel.members[-1]})
-    few = sign(dataclasses.replace(sel, members=sel.members[:2]), chain.participants[0], chain.cid)
+        aggcheck.check_selection(g, chain.chain_id, sel, everyone - {sel.members[-1]})
+    few = sign(
+        dataclasses.replace(sel, members=sel.members[:2]), chain.participants[0], chain.chain_id
+    )
     with pytest.raises(InvalidError, match="2 members, the rule needs 3"):
-        aggcheck.check_selection(g, chain.cid, few, everyone)
+        aggcheck.check_selection(g, chain.chain_id, few, everyone)
     forged = dataclasses.replace(sel, attempt=1)
     with pytest.raises(InvalidError, match="bad signature"):
-        aggcheck.check_selection(g, chain.cid, forged, everyone)
+        aggcheck.check_selection(g, chain.chain_id, forged, everyone)
 
 
 def test_one_selection_per_proposer_and_attempt(chain: Chain) -> None:
@@ -76,7 +80,7 @@ def test_one_selection_per_proposer_and_attempt(chain: Chain) -> None:
     assert not st.add_selection(_selection(chain, 0), 0)  # a repeat
     # another list under an attempt number already used is an equivocation: ignored
     extra = dataclasses.replace(_selection(chain, 0), proofs=(b"\x02" * 32,))
-    assert not st.add_selection(sign(extra, chain.participants[0], chain.cid), 0)
+    assert not st.add_selection(sign(extra, chain.participants[0], chain.chain_id), 0)
 
 
 def test_a_selection_needs_its_proposers_sealed_commit(chain: Chain) -> None:
@@ -107,30 +111,32 @@ def test_a_dispute_is_the_proposers_and_names_pairs_that_disagree(chain: Chain) 
     a, b, c = sel.members
     proposer = chain.participants[0]
     lied = _updates(sel, lie=(b, a))
-    good = sign(Dispute(sel.hash(), (secagg.pair_id(a, b),), bytes(64)), proposer, chain.cid)
-    assert aggcheck.check_dispute(chain.cid, sel, good, lied)
+    good = sign(Dispute(sel.hash(), (secagg.pair_id(a, b),), bytes(64)), proposer, chain.chain_id)
+    assert aggcheck.check_dispute(chain.chain_id, sel, good, lied)
     # an update it names is not here yet: no verdict (gossip may reorder)
-    assert not aggcheck.check_dispute(chain.cid, sel, good, {a: lied[a]})
+    assert not aggcheck.check_dispute(chain.chain_id, sel, good, {a: lied[a]})
     # a pair whose two updates commit the same point: baseless, refused
     with pytest.raises(InvalidError, match="committed the same point"):
-        aggcheck.check_dispute(chain.cid, sel, good, _updates(sel))
-    baseless = sign(Dispute(sel.hash(), (secagg.pair_id(a, c),), bytes(64)), proposer, chain.cid)
+        aggcheck.check_dispute(chain.chain_id, sel, good, _updates(sel))
+    baseless = sign(
+        Dispute(sel.hash(), (secagg.pair_id(a, c),), bytes(64)), proposer, chain.chain_id
+    )
     with pytest.raises(InvalidError, match="committed the same point"):
-        aggcheck.check_dispute(chain.cid, sel, baseless, lied)
+        aggcheck.check_dispute(chain.chain_id, sel, baseless, lied)
     outsider = chain.participants[3].public
     stranger = sign(
-        Dispute(sel.hash(), (secagg.pair_id(a, outsider),), bytes(64)), proposer, chain.cid
+        Dispute(sel.hash(), (secagg.pair_id(a, outsider),), bytes(64)), proposer, chain.chain_id
     )
     with pytest.raises(InvalidError, match="not two members"):
-        aggcheck.check_dispute(chain.cid, sel, stranger, lied)
-    backwards = sign(Dispute(sel.hash(), (b + a,), bytes(64)), proposer, chain.cid)
+        aggcheck.check_dispute(chain.chain_id, sel, stranger, lied)
+    backwards = sign(Dispute(sel.hash(), (b + a,), bytes(64)), proposer, chain.chain_id)
     with pytest.raises(InvalidError, match="in order"):
-        aggcheck.check_dispute(chain.cid, sel, backwards, lied)
+        aggcheck.check_dispute(chain.chain_id, sel, backwards, lied)
     by_member = sign(
-        Dispute(sel.hash(), (secagg.pair_id(a, b),), bytes(64)), _signer(chain, c), chain.cid
+        Dispute(sel.hash(), (secagg.pair_id(a, b),), bytes(64)), _signer(chain, c), chain.chain_id
     )
     with pytest.raises(InvalidError, match="bad signature"):
-        aggcheck.check_dispute(chain.cid, sel, by_member, lied)
+        aggcheck.check_dispute(chain.chain_id, sel, by_member, lied)
     st = AggState()
     assert st.add_dispute(good) and not st.add_dispute(good)
 
@@ -141,35 +147,37 @@ def test_a_pair_reveal_must_prove_the_pairs_shared_point(chain: Chain) -> None:
     secrets = _secrets(sel)
     keys = _keys(secrets)
     proposer = chain.participants[0]
-    dispute = sign(Dispute(sel.hash(), (secagg.pair_id(a, b),), bytes(64)), proposer, chain.cid)
+    dispute = sign(
+        Dispute(sel.hash(), (secagg.pair_id(a, b),), bytes(64)), proposer, chain.chain_id
+    )
 
     def reveal(member: bytes, partner: bytes, secret: int) -> PairReveal:
         unsigned = secagg.reveal_pair(secret, member, partner, keys[partner], sel.hash())
-        return sign(unsigned, _signer(chain, member), chain.cid)
+        return sign(unsigned, _signer(chain, member), chain.chain_id)
 
     good = reveal(b, a, secrets[b])
-    aggcheck.check_reveal(chain.cid, dispute, good, keys)
+    aggcheck.check_reveal(chain.chain_id, dispute, good, keys)
     # the other member reveals the same point: either settles the pair, once
     other = reveal(a, b, secrets[a])
-    aggcheck.check_reveal(chain.cid, dispute, other, keys)
+    aggcheck.check_reveal(chain.chain_id, dispute, other, keys)
     assert other.shared == good.shared
     st = AggState()
     assert st.add_reveal(good) and not st.add_reveal(other)
     # a point from a key other than the published one does not prove
     with pytest.raises(InvalidError, match="proof does not hold"):
-        aggcheck.check_reveal(chain.cid, dispute, reveal(b, a, secrets[b] + 1), keys)
+        aggcheck.check_reveal(chain.chain_id, dispute, reveal(b, a, secrets[b] + 1), keys)
     tampered = sign(
         dataclasses.replace(good, shared=reveal(c, a, secrets[c]).shared),
         _signer(chain, b),
-        chain.cid,
+        chain.chain_id,
     )
     with pytest.raises(InvalidError, match="proof does not hold"):
-        aggcheck.check_reveal(chain.cid, dispute, tampered, keys)
+        aggcheck.check_reveal(chain.chain_id, dispute, tampered, keys)
     with pytest.raises(InvalidError, match="names no such pair"):
-        aggcheck.check_reveal(chain.cid, dispute, reveal(c, a, secrets[c]), keys)
+        aggcheck.check_reveal(chain.chain_id, dispute, reveal(c, a, secrets[c]), keys)
     with pytest.raises(InvalidError, match="bad signature"):
         aggcheck.check_reveal(
-            chain.cid, dispute, dataclasses.replace(good, member=a, partner=b), keys
+            chain.chain_id, dispute, dataclasses.replace(good, member=a, partner=b), keys
         )
     # and the wire form round-trips
     assert PairReveal.decode(good.encode()) == good
@@ -179,15 +187,17 @@ def test_a_pair_reveal_must_prove_the_pairs_shared_point(chain: Chain) -> None:
 def test_complete_and_unmask_come_from_whom_they_must(chain: Chain) -> None:
     sel = _selection(chain)
     proposer = chain.participants[0]
-    comp = sign(Complete(sel.hash(), (b"\x03" * 32,) * 3, bytes(64)), proposer, chain.cid)
-    aggcheck.check_complete(chain.cid, sel, comp)
-    short = sign(Complete(sel.hash(), (b"\x03" * 32,) * 2, bytes(64)), proposer, chain.cid)
+    comp = sign(Complete(sel.hash(), (b"\x03" * 32,) * 3, bytes(64)), proposer, chain.chain_id)
+    aggcheck.check_complete(chain.chain_id, sel, comp)
+    short = sign(Complete(sel.hash(), (b"\x03" * 32,) * 2, bytes(64)), proposer, chain.chain_id)
     with pytest.raises(InvalidError, match="one update hash per member"):
-        aggcheck.check_complete(chain.cid, sel, short)
+        aggcheck.check_complete(chain.chain_id, sel, short)
     outsider = chain.participants[3]
-    um = sign(Unmask(sel.hash(), outsider.public, b"\x04" * 32, bytes(64)), outsider, chain.cid)
+    um = sign(
+        Unmask(sel.hash(), outsider.public, b"\x04" * 32, bytes(64)), outsider, chain.chain_id
+    )
     with pytest.raises(InvalidError, match="not a member"):
-        aggcheck.check_unmask(chain.cid, sel, um, None)
+        aggcheck.check_unmask(chain.chain_id, sel, um, None)
 
 
 def _real_updates(
@@ -201,7 +211,7 @@ def _real_updates(
         others = [(o, keys[o]) for o in secagg.others_of(sel.members, m)]
         masks = secagg.member_masks(secrets[m], m, others, sel.hash(), 4, 2)
         unsigned = secagg.unsigned_update(sel.hash(), m, bytes(128), (), bytes(32), masks)
-        out[m] = sign(unsigned, _signer(chain, m), chain.cid)
+        out[m] = sign(unsigned, _signer(chain, m), chain.chain_id)
     return out, secrets
 
 
@@ -217,16 +227,18 @@ def test_an_update_carries_one_seed_share_per_other_member_and_t_commitments(
     updates, _ = _real_updates(chain, sel)
     m = sel.members[0]
     upd = dataclasses.replace(updates[m], pair_commitments=(secagg.mask_public(5),) * 2)
-    aggcheck.check_update(g, chain.cid, sel, sign(upd, _signer(chain, m), chain.cid))
+    aggcheck.check_update(g, chain.chain_id, sel, sign(upd, _signer(chain, m), chain.chain_id))
     few = dataclasses.replace(upd, seed_commitments=upd.seed_commitments[:1])
     with pytest.raises(InvalidError, match="1 seed commitments, not 2"):
-        aggcheck.check_update(g, chain.cid, sel, sign(few, _signer(chain, m), chain.cid))
+        aggcheck.check_update(g, chain.chain_id, sel, sign(few, _signer(chain, m), chain.chain_id))
     short = dataclasses.replace(upd, seed_shares=upd.seed_shares[:1])
     with pytest.raises(InvalidError, match="one seed share per other member"):
-        aggcheck.check_update(g, chain.cid, sel, sign(short, _signer(chain, m), chain.cid))
+        aggcheck.check_update(
+            g, chain.chain_id, sel, sign(short, _signer(chain, m), chain.chain_id)
+        )
     junk = dataclasses.replace(upd, seed_commitments=(b"\xff" * 32, upd.seed_commitments[1]))
     with pytest.raises(InvalidError, match="compressed point"):
-        aggcheck.check_update(g, chain.cid, sel, sign(junk, _signer(chain, m), chain.cid))
+        aggcheck.check_update(g, chain.chain_id, sel, sign(junk, _signer(chain, m), chain.chain_id))
     # a pair or self commitment that is no point, or a vector element not below R, could
     # never pass its check nor be evidence: refused at relay (the member counts as silent)
     for bad in (
@@ -234,10 +246,12 @@ def test_an_update_carries_one_seed_share_per_other_member_and_t_commitments(
         dataclasses.replace(upd, self_commitment=b"\xff" * 32),
     ):
         with pytest.raises(InvalidError, match="compressed point"):
-            aggcheck.check_update(g, chain.cid, sel, sign(bad, _signer(chain, m), chain.cid))
+            aggcheck.check_update(
+                g, chain.chain_id, sel, sign(bad, _signer(chain, m), chain.chain_id)
+            )
     huge = dataclasses.replace(upd, vector=b"\xff" * len(upd.vector))
     with pytest.raises(InvalidError, match="not below the field modulus"):
-        aggcheck.check_update(g, chain.cid, sel, sign(huge, _signer(chain, m), chain.cid))
+        aggcheck.check_update(g, chain.chain_id, sel, sign(huge, _signer(chain, m), chain.chain_id))
 
 
 def test_a_seed_share_must_open_the_owners_commitments(chain: Chain) -> None:
@@ -248,7 +262,7 @@ def test_a_seed_share_must_open_the_owners_commitments(chain: Chain) -> None:
     keys = _keys(secrets)
     proposer = chain.participants[0]
     comp = Complete(sel.hash(), tuple(updates[m].hash() for m in sel.members), bytes(64))
-    comp = sign(comp, proposer, chain.cid)
+    comp = sign(comp, proposer, chain.chain_id)
     owner, holder = sel.members[0], sel.members[1]
     upd = updates[owner]
     sealed = upd.seed_shares[secagg.others_of(sel.members, owner).index(holder)]
@@ -259,20 +273,20 @@ def test_a_seed_share_must_open_the_owners_commitments(chain: Chain) -> None:
         return sign(
             SeedShare(sel.hash(), member, own, upd.hash(), v.to_bytes(32, "big"), bytes(64)),
             signer,
-            chain.cid,
+            chain.chain_id,
         )
 
-    aggcheck.check_seed_share(chain.cid, sel, comp, upd, share(value))
+    aggcheck.check_seed_share(chain.chain_id, sel, comp, upd, share(value))
     with pytest.raises(InvalidError, match="does not open"):
-        aggcheck.check_seed_share(chain.cid, sel, comp, upd, share(value + 1))
+        aggcheck.check_seed_share(chain.chain_id, sel, comp, upd, share(value + 1))
     with pytest.raises(InvalidError, match="two members"):
-        aggcheck.check_seed_share(chain.cid, sel, comp, upd, share(value, owner, owner))
-    other = sign(Complete(sel.hash(), (b"\x03" * 32,) * 3, bytes(64)), proposer, chain.cid)
+        aggcheck.check_seed_share(chain.chain_id, sel, comp, upd, share(value, owner, owner))
+    other = sign(Complete(sel.hash(), (b"\x03" * 32,) * 3, bytes(64)), proposer, chain.chain_id)
     with pytest.raises(InvalidError, match="not in the selection's Complete"):
-        aggcheck.check_seed_share(chain.cid, sel, other, upd, share(value))
+        aggcheck.check_seed_share(chain.chain_id, sel, other, upd, share(value))
     forged = dataclasses.replace(share(value), member=sel.members[2])
     with pytest.raises(InvalidError, match="bad signature"):
-        aggcheck.check_seed_share(chain.cid, sel, comp, upd, forged)
+        aggcheck.check_seed_share(chain.chain_id, sel, comp, upd, forged)
     state = AggState()
     assert state.add_share(share(value)) and not state.add_share(share(value))
     assert state.recovering(owner) == {sel.hash()}
@@ -288,7 +302,7 @@ def _big_update(chain: Chain, sel: Selection, n: int) -> tuple[MaskedUpdate, byt
     unsigned = dataclasses.replace(updates[m], vector=whole, pair_commitments=pairs)
     header, rest = secagg.split_update(unsigned)
     assert secagg.whole_vector(header, rest) == whole
-    return sign(header, _signer(chain, m), chain.cid), whole
+    return sign(header, _signer(chain, m), chain.chain_id), whole
 
 
 def test_a_vector_above_one_message_travels_in_parts_its_signed_update_binds(
@@ -308,7 +322,7 @@ def test_a_vector_above_one_message_travels_in_parts_its_signed_update_binds(
     upd, whole = _big_update(chain, sel, n)
     assert len(upd.vector) == 32 * secagg.PART_LEN and len(upd.parts) == 2
     assert upd.version() == 7 and len(upd.encode()) <= MAX_GOSSIP_PAYLOAD
-    aggcheck.check_update(g, chain.cid, sel, upd)
+    aggcheck.check_update(g, chain.chain_id, sel, upd)
     parts = secagg.vector_parts(
         upd, [whole[32 * secagg.PART_LEN * i :][: 32 * secagg.PART_LEN] for i in (1, 2)]
     )
@@ -344,7 +358,9 @@ def test_a_vector_above_one_message_travels_in_parts_its_signed_update_binds(
         (dataclasses.replace(upd, vector=upd.vector[:-32]), "bytes, not"),
     ):
         with pytest.raises(InvalidError, match=why):
-            aggcheck.check_update(g, chain.cid, sel, sign(bad, _signer(chain, m), chain.cid))
+            aggcheck.check_update(
+                g, chain.chain_id, sel, sign(bad, _signer(chain, m), chain.chain_id)
+            )
     # a model that fits one message: no parts, the update's bytes are version 1's
     small, _ = _real_updates(chain, sel)
     header, rest = secagg.split_update(small[m])

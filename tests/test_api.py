@@ -41,7 +41,7 @@ async def _json(client: httpx.AsyncClient, path: str, status: int = 200) -> Any:
 
 async def test_status(api: httpx.AsyncClient, node: Node) -> None:
     s = await _json(api, "/status")
-    assert s["chain_id"] == node.chain.cid.hex()
+    assert s["chain_id"] == node.chain.chain_id.hex()
     assert s["chain_name"] == "test"
     assert (s["peer_id"], s["role"], s["peers"]) == ("12D3KooWSelf", "observer", 2)
     assert s["head"]["hash"] == node.hashes[-1].hex()
@@ -72,7 +72,7 @@ async def test_block_by_height_and_hash(api: httpx.AsyncClient, node: Node) -> N
 
 async def test_genesis_and_fork_blocks(api: httpx.AsyncClient, node: Node) -> None:
     g = await _json(api, "/blocks/0")
-    assert g["genesis"] is True and g["hash"] == node.chain.cid.hex()
+    assert g["genesis"] is True and g["hash"] == node.chain.chain_id.hex()
     assert g["round"] is None and g["final"] is True
     assert g["model_hash"] == node.chain.genesis.initial_model_hash.hex()
     f = await _json(api, f"/blocks/{node.fork.hex()}")

@@ -72,18 +72,18 @@ def _block(
     for i, m in enumerate(models):
         who = chain.participants[i]
         c = c_of(m)
-        binding = rules.commit_binding(chain.cid, who.public, 0, chain.cid, c)
+        binding = rules.commit_binding(chain.chain_id, who.public, 0, chain.chain_id, c)
         commits[i] = sign(
             CommitTx(
                 0,
-                chain.cid,
+                chain.chain_id,
                 who.public,
                 binding,
                 mask_key=mask_key_for(who.public, 0),
                 signature=bytes(64),
             ),
             who,
-            chain.cid,
+            chain.chain_id,
         )
     reveal = chain.reveal(0, [c.hash() for c in commits.values()])
     for i, m in enumerate(models):
@@ -98,7 +98,7 @@ def _block(
             hash_proof(reveal_batch, c, ks[i]),
             bytes(64),
         )
-        proofs[i] = sign(tx, who, chain.cid)
+        proofs[i] = sign(tx, who, chain.chain_id)
     ranking = rules.rank_proofs(reveal.batch, proofs.values())
     order = [next(i for i in proofs if proofs[i].participant == r.participant) for r in ranking]
     if members is None:
@@ -111,7 +111,7 @@ def _block(
     proposer = chain.participants[order[0]]
     block = Block(
         0,
-        chain.cid,
+        chain.chain_id,
         1,
         proposer.public,
         1,
@@ -123,14 +123,14 @@ def _block(
         remainder=bytes(rest),
         signature=bytes(64),
     )
-    return sign(block, proposer, chain.cid), model, keys
+    return sign(block, proposer, chain.chain_id), model, keys
 
 
 def _check(chain: Chain, block: Block, model: bytes) -> int:
-    parent = ParentInfo(chain.cid, -1, 0, sha256(PARENT))
+    parent = ParentInfo(chain.chain_id, -1, 0, sha256(PARENT))
     return plaincheck.check_block(
         chain.genesis,
-        chain.cid,
+        chain.chain_id,
         parent,
         block,
         model,
@@ -147,7 +147,7 @@ MODELS = [blob(k, [k + i, -k, 3 * k - i, 5]) for i, k in enumerate(KS)]
 
 
 def resign(chain: Chain, block: Block, **changes: object) -> Block:
-    return sign(dataclasses.replace(block, **changes), chain.key_of(block.proposer), chain.cid)
+    return sign(dataclasses.replace(block, **changes), chain.key_of(block.proposer), chain.chain_id)
 
 
 def test_a_valid_aggregate_scores_its_model_s_k(chain: Chain) -> None:
@@ -219,7 +219,9 @@ def test_an_aggregate_rests_on_at_least_half_the_sealed_commits(chain: Chain) ->
     mine = {p.participant for p in block.proofs if p.participant in members}
     carried = tuple(p for p in block.proofs if p.participant in mine)
     commits = tuple(c for c in block.commits if c.participant in mine)
-    extra = [chain.commit(chain.participants[i], 0, chain.cid, MODELS[i]).hash() for i in (3, 4)]
+    extra = [
+        chain.commit(chain.participants[i], 0, chain.chain_id, MODELS[i]).hash() for i in (3, 4)
+    ]
     sealed = [c.hash() for c in block.commits] + extra
     reveal = chain.reveal(0, sealed)  # 7 sealed, 3 carried
     thin = resign(chain, block, reveal=reveal, commits=commits, proofs=carried)
@@ -270,8 +272,8 @@ def _stepped(chain: Chain, block: Block, mean: bytes, k: int = 4) -> tuple[Block
 
 
 def _check_v6(chain: Chain, block: Block, own: list[bytes], parent_v: bytes = PARENT_V) -> int:
-    parent = ParentInfo(chain.cid, -1, 0, sha256(PARENT), velocity_hash=sha256(parent_v))
-    pending = blocks.on_block(chain.genesis, chain.cid, parent, block)
+    parent = ParentInfo(chain.chain_id, -1, 0, sha256(PARENT), velocity_hash=sha256(parent_v))
+    pending = blocks.on_block(chain.genesis, chain.chain_id, parent, block)
     found = {sha256(b): b for b in [*own, PARENT, parent_v]}
     answers = plaincheck.answer_with(
         pending.checks,

@@ -91,7 +91,7 @@ def test_status(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _run(capsys, "status", "--api", server.url)
     assert code == 0, err
     lines = dict(line.split(None, 1) for line in out.splitlines() if not line.startswith("head "))
-    assert lines["chain"] == f"test ({server.node.chain.cid.hex()})"
+    assert lines["chain"] == f"test ({server.node.chain.chain_id.hex()})"
     assert lines["node"] == "node7: 12D3KooWSelf (observer)"
     assert lines["addrs"] == "/ip4/127.0.0.1/tcp/27107/p2p/12D3KooWSelf"  # ready for --bootstrap
     assert lines["round"] == "7 of 8"

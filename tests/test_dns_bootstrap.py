@@ -28,21 +28,21 @@ def _port(host: P2PHost) -> int:
 
 
 async def test_node_bootstraps_by_dns_name_and_gossips_both_ways() -> None:
-    a = P2PHost(config("dns-a"), CHAIN.cid)
+    a = P2PHost(config("dns-a"), CHAIN.chain_id)
     async with running([a]):
         dns_addr = f"/dns4/localhost/tcp/{_port(a)}/p2p/{a.peer_id}"
         # an unresolvable peer next to the good one must not stop the bootstrap
-        ghost = f"/dns4/zkpot-no-such-host.invalid/tcp/1/p2p/{P2PHost(config('ghost'), CHAIN.cid).peer_id}"
+        ghost = f"/dns4/zkpot-no-such-host.invalid/tcp/1/p2p/{P2PHost(config('ghost'), CHAIN.chain_id).peer_id}"
         b = P2PHost(
-            config("dns-b", bootstrap=(ghost, dns_addr), reconnect_interval_s=0.2), CHAIN.cid
+            config("dns-b", bootstrap=(ghost, dns_addr), reconnect_interval_s=0.2), CHAIN.chain_id
         )
         async with running([b]):
             await wait_for(lambda: b.is_connected(a.peer_id))
             await wait_links([a, b])
-            commit = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, b"dns-model")
+            commit = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.chain_id, b"dns-model")
             await a.gossip.publish(commit)
             got = await receive(b, lambda d: d.item == commit)
             assert got.origin == a.peer_id
-            back = CHAIN.commit(CHAIN.participants[1], 0, CHAIN.cid, b"dns-back")
+            back = CHAIN.commit(CHAIN.participants[1], 0, CHAIN.chain_id, b"dns-back")
             await b.gossip.publish(back)
             assert (await receive(a, lambda d: d.item == back)).origin == b.peer_id

@@ -17,7 +17,7 @@ from consensus.types import Block, CommitTx, EvalBatch, Genesis, ProofTx, Reveal
 from support.chainfactory import make_chain
 
 CHAIN = make_chain()
-BLOCK, _ = CHAIN.round_block(0, CHAIN.cid, 1, {0: 3, 1: 2, 2: 1})
+BLOCK, _ = CHAIN.round_block(0, CHAIN.chain_id, 1, {0: 3, 1: 2, 2: 1})
 SAMPLES = [
     CHAIN.genesis,
     BLOCK,

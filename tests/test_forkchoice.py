@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from consensus.crypto import sha256
 from consensus.errors import ForkChoiceError
-from consensus.forkchoice import ForkChoice
+from consensus.forkchoice import ForkChoice, Placement, placement
 
 G = sha256(b"genesis")
 
@@ -125,6 +125,30 @@ def test_reorg_never_crosses_finality() -> None:
     fc.on_block(h("d3"), h("c2"), 50)
     assert fc.head == h("d3")
     assert fc.finalized == h("c2")
+
+
+def test_placement_answers_each_case_in_order_of_precedence() -> None:
+    fc = ForkChoice(G, finality_depth=2)
+    prev = G
+    for i in range(1, 5):
+        fc.on_block(h(f"c{i}"), prev, 1)
+        prev = h(f"c{i}")
+    refused, flying = {h("bad")}, {h("fly")}
+
+    def where(block: str, parent: bytes) -> Placement:
+        return placement(fc, h(block), parent, refused, flying)
+
+    assert where("c3", h("c2")) is Placement.KNOWN
+    assert where("bad", h("c4")) is Placement.REFUSED
+    assert where("fly", h("c4")) is Placement.IN_FLIGHT
+    assert where("kid", h("fly")) is Placement.AFTER_PARENT
+    assert where("kid", h("nowhere")) is Placement.ORPHAN
+    assert where("kid", h("c1")) is Placement.BELOW_FINALITY  # c2 is final
+    assert where("kid", h("c2")) is Placement.NEW  # on the final block itself
+    assert where("kid", h("c4")) is Placement.NEW
+    importable = {p for p in Placement if p.importable}
+    assert importable == {Placement.NEW, Placement.AFTER_PARENT}
+    assert fc.head == h("c4") and h("kid") not in fc, "a question: nothing changes"
 
 
 def test_unknown_parent_and_zero_score_are_refused_without_changing_state() -> None:

@@ -23,8 +23,8 @@ CHAIN = make_chain()
 
 async def _with_server(tmp_path: Path, body: object) -> None:
     store = ChainStore.open(tmp_path / "server-store")
-    store.init_genesis(CHAIN.cid, CHAIN.genesis.encode())
-    host = P2PHost(config("join-server"), CHAIN.cid)
+    store.init_genesis(CHAIN.chain_id, CHAIN.genesis.encode())
+    host = P2PHost(config("join-server"), CHAIN.chain_id)
     SyncServer(host, store)
     try:
         async with running([host]):
@@ -41,8 +41,8 @@ async def test_init_fetches_the_genesis_by_chain_id_and_writes_a_home(tmp_path: 
     home = tmp_path / "newcomer"
 
     async def body(addr: str) -> None:
-        out = await join_home(_spec(home, addr, chain_id=CHAIN.cid.hex()))
-        assert out["chain_id"] == CHAIN.cid.hex() and out["role"] == "observer"
+        out = await join_home(_spec(home, addr, chain_id=CHAIN.chain_id.hex()))
+        assert out["chain_id"] == CHAIN.chain_id.hex() and out["role"] == "observer"
 
     await _with_server(tmp_path, body)
     h = Home(home)
@@ -64,10 +64,10 @@ async def test_a_wrong_chain_id_is_refused_and_nothing_is_written(tmp_path: Path
 
 
 async def test_an_unreachable_bootstrap_peer_is_named(tmp_path: Path) -> None:
-    gone = P2PHost(config("join-gone"), CHAIN.cid)
+    gone = P2PHost(config("join-gone"), CHAIN.chain_id)
     async with running([gone]):
         addr = f"{gone.addrs[0]}"
-    spec = JoinSpec(tmp_path / "n", (addr,), chain_id=CHAIN.cid.hex(), connect_timeout_s=2)
+    spec = JoinSpec(tmp_path / "n", (addr,), chain_id=CHAIN.chain_id.hex(), connect_timeout_s=2)
     with pytest.raises(HomeError, match=r"cannot reach any bootstrap peer .*is the node running"):
         await join_home(spec)
 
@@ -113,7 +113,7 @@ async def test_a_genesis_file_must_be_the_chain_ids(tmp_path: Path) -> None:
         await join_home(JoinSpec(tmp_path / "n", (addr,), genesis_file=str(tmp_path / "junk.bin")))
     # the file alone (no network needed) makes a home
     out = await join_home(JoinSpec(tmp_path / "n", (addr,), genesis_file=str(gfile)))
-    assert out["chain_id"] == CHAIN.cid.hex()
+    assert out["chain_id"] == CHAIN.chain_id.hex()
 
 
 async def test_a_data_file_that_does_not_fit_the_task_is_named_at_init(tmp_path: Path) -> None:

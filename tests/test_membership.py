@@ -36,23 +36,23 @@ def chain() -> Chain:
 
 
 def request(chain: Chain, who: SigningKey = NEWCOMER) -> bytes:
-    return sign(JoinRequest(who.public, bytes(64)), who, chain.cid).signature
+    return sign(JoinRequest(who.public, bytes(64)), who, chain.chain_id).signature
 
 
 def admit(
     chain: Chain, who: SigningKey = NEWCOMER, from_round: int = 2, signer: SigningKey | None = None
 ) -> Membership:
     tx = Membership(ADMIT, who.public, from_round, request(chain, who), bytes(64))
-    return sign(tx, signer or chain.publisher, chain.cid)
+    return sign(tx, signer or chain.publisher, chain.chain_id)
 
 
 def change(chain: Chain, kind: int, who: bytes, from_round: int, signer: SigningKey) -> Membership:
-    return sign(Membership(kind, who, from_round, b"", bytes(64)), signer, chain.cid)
+    return sign(Membership(kind, who, from_round, b"", bytes(64)), signer, chain.chain_id)
 
 
 def apply(chain: Chain, roster: Roster, rnd: int, *txs: Membership) -> Roster:
     return membership.apply(
-        chain.genesis, chain.cid, roster, rnd, sorted(txs, key=lambda t: t.hash())
+        chain.genesis, chain.chain_id, roster, rnd, sorted(txs, key=lambda t: t.hash())
     )
 
 
@@ -73,7 +73,7 @@ def test_an_admission_takes_effect_from_its_round(chain: Chain) -> None:
             lambda c: sign(
                 Membership(ADMIT, NEWCOMER.public, 2, request(c, c.participants[0]), bytes(64)),
                 c.publisher,
-                c.cid,
+                c.chain_id,
             ),
             "JoinRequest: bad signature",
         ),
@@ -109,7 +109,7 @@ def test_a_participant_leaves_by_itself_or_is_removed_by_the_publisher(chain: Ch
         apply(chain, roster, 3, change(chain, EXIT, NEWCOMER.public, 5, NEWCOMER))
     with pytest.raises(InvalidError, match="only an admission carries a request"):
         tx = dataclasses.replace(change(chain, EXIT, a.public, 5, a), request=b"x" * 64)
-        apply(chain, roster, 3, sign(tx, a, chain.cid))
+        apply(chain, roster, 3, sign(tx, a, chain.chain_id))
 
 
 def test_the_last_participant_cannot_leave_and_one_may_come_back_later() -> None:
@@ -139,7 +139,7 @@ def test_a_block_carries_changes_sorted_and_one_per_key(chain: Chain) -> None:
         apply(chain, roster, 0, one, two)
     pair = sorted([admit(chain), change(chain, EXIT, a.public, 2, a)], key=lambda t: t.hash())
     with pytest.raises(InvalidError, match="sorted by hash"):
-        membership.apply(chain.genesis, chain.cid, roster, 0, list(reversed(pair)))
+        membership.apply(chain.genesis, chain.chain_id, roster, 0, list(reversed(pair)))
 
 
 def test_the_honest_proposer_picks_what_is_still_valid(chain: Chain) -> None:
@@ -148,36 +148,44 @@ def test_the_honest_proposer_picks_what_is_still_valid(chain: Chain) -> None:
     stale = admit(chain, from_round=1)  # valid for a block of round 0 only
     good = change(chain, EXIT, a.public, 4, a)
     forged = admit(chain, signer=a)
-    picked = membership.pick(chain.genesis, chain.cid, roster, 1, [stale, forged, good, good])
+    picked = membership.pick(chain.genesis, chain.chain_id, roster, 1, [stale, forged, good, good])
     assert picked == (good,)
     many = [
         admit(chain, SigningKey(sha256(bytes([i]))), 5) for i in range(MAX_MEMBERSHIP_PER_BLOCK + 3)
     ]
     assert (
-        len(membership.pick(chain.genesis, chain.cid, roster, 1, many)) == MAX_MEMBERSHIP_PER_BLOCK
+        len(membership.pick(chain.genesis, chain.chain_id, roster, 1, many))
+        == MAX_MEMBERSHIP_PER_BLOCK
     )
 
 
 def _on(chain: Chain, parent: ParentInfo, block: Block, model: bytes) -> int:
     return plaincheck.check_block(
-        chain.genesis, chain.cid, parent, block, model, hash_verify, model_commitment, model_score
+        chain.genesis,
+        chain.chain_id,
+        parent,
+        block,
+        model,
+        hash_verify,
+        model_commitment,
+        model_score,
     )
 
 
 def _signed(chain: Chain, block: Block, **changes: object) -> Block:
     body = dataclasses.replace(block, **changes)  # type: ignore[arg-type]
-    return sign(body, chain.key_of(block.proposer), chain.cid)
+    return sign(body, chain.key_of(block.proposer), chain.chain_id)
 
 
 def test_block_validity_reads_the_set_of_the_blocks_round_on_its_parent(chain: Chain) -> None:
     chain.participants.append(NEWCOMER)  # so the factory can sign for it (not in the genesis)
     newcomer = len(chain.participants) - 1
-    genesis_parent = ParentInfo(chain.cid, -1, 0)
+    genesis_parent = ParentInfo(chain.chain_id, -1, 0)
     # block 1 (round 0) admits the newcomer from round 2
-    b1, m1 = chain.round_block(0, chain.cid, 1, {0: 3, 1: 2, 2: 1})
+    b1, m1 = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 2, 2: 1})
     b1 = _signed(chain, b1, membership=(admit(chain, from_round=2),))
     _on(chain, genesis_parent, b1, m1[0])
-    r1 = blocks.on_block(chain.genesis, chain.cid, genesis_parent, b1).roster
+    r1 = blocks.on_block(chain.genesis, chain.chain_id, genesis_parent, b1).roster
     h1 = sha256(b1.encode())
     p1 = ParentInfo(h1, 0, 1, b1.model_hash, r1)
     # round 1: the newcomer is not a participant yet
@@ -191,16 +199,19 @@ def test_block_validity_reads_the_set_of_the_blocks_round_on_its_parent(chain: C
     # on a branch without the admission (a reorg), the same block is not valid
     with pytest.raises(InvalidError, match="not a participant of round 2"):
         _on(
-            chain, genesis_parent, dataclasses.replace(b3, height=1, parent=chain.cid), m3[newcomer]
+            chain,
+            genesis_parent,
+            dataclasses.replace(b3, height=1, parent=chain.chain_id),
+            m3[newcomer],
         )
 
 
 def test_a_removed_participant_cannot_propose_from_its_round(chain: Chain) -> None:
-    genesis_parent = ParentInfo(chain.cid, -1, 0)
-    b1, _ = chain.round_block(0, chain.cid, 1, {0: 3, 1: 2, 2: 1})
+    genesis_parent = ParentInfo(chain.chain_id, -1, 0)
+    b1, _ = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 2, 2: 1})
     gone = chain.participants[2]
     b1 = _signed(chain, b1, membership=(change(chain, REMOVE, gone.public, 1, chain.publisher),))
-    r1 = blocks.on_block(chain.genesis, chain.cid, genesis_parent, b1).roster
+    r1 = blocks.on_block(chain.genesis, chain.chain_id, genesis_parent, b1).roster
     p1 = ParentInfo(sha256(b1.encode()), 0, 1, b1.model_hash, r1)
     b2, m2 = chain.round_block(1, p1.hash, 2, {1: 1, 2: 3})
     assert b2.proposer == gone.public

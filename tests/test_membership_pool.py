@@ -27,16 +27,16 @@ NEWCOMER = SigningKey(sha256(b"newcomer"))
 def setup(tmp_path: Path) -> tuple[Chain, MembershipPool]:
     chain = make_chain()
     node_chain = NodeChain(ChainStore.open(tmp_path / "store"), chain.genesis, INITIAL_MODEL)
-    return chain, MembershipPool(chain.genesis, chain.cid, node_chain, lambda: 0)
+    return chain, MembershipPool(node_chain, lambda: 0)
 
 
 def _request(chain: Chain, who: SigningKey = NEWCOMER) -> JoinRequest:
-    return sign(JoinRequest(who.public, bytes(64)), who, chain.cid)
+    return sign(JoinRequest(who.public, bytes(64)), who, chain.chain_id)
 
 
 def _admit(chain: Chain, from_round: int = 3, signer: SigningKey | None = None) -> Membership:
     tx = Membership(ADMIT, NEWCOMER.public, from_round, _request(chain).signature, bytes(64))
-    return sign(tx, signer or chain.publisher, chain.cid)
+    return sign(tx, signer or chain.publisher, chain.chain_id)
 
 
 def test_a_join_request_is_kept_once_and_a_members_is_ignored(
@@ -57,7 +57,7 @@ def test_fresh_keys_from_one_peer_cannot_flush_the_request_pool(tmp_path: Path) 
     chain = make_chain()
     node_chain = NodeChain(ChainStore.open(tmp_path / "store"), chain.genesis, INITIAL_MODEL)
     rnd = [5]
-    pool = MembershipPool(chain.genesis, chain.cid, node_chain, lambda: rnd[0])
+    pool = MembershipPool(node_chain, lambda: rnd[0])
     assert pool.on_request(_request(chain), "honest-peer") is Verdict.ACCEPT
     flood = [SigningKey(sha256(b"sybil%d" % i)) for i in range(MAX_REQUESTS + 10)]
     verdicts = [pool.on_request(_request(chain, k), "flooder") for k in flood]
@@ -81,13 +81,13 @@ def test_changes_are_relayed_when_valid_on_the_head_and_carried_by_our_block(
     stale = _admit(chain, from_round=0)
     assert pool.on_change(stale) is Verdict.IGNORE  # signatures hold; not carriable now
     a = chain.participants[0]
-    leave = sign(Membership(EXIT, a.public, 2, b"", bytes(64)), a, chain.cid)
+    leave = sign(Membership(EXIT, a.public, 2, b"", bytes(64)), a, chain.chain_id)
     assert pool.on_change(leave) is Verdict.ACCEPT
-    carried = pool.for_block(chain.cid, 0)
+    carried = pool.for_block(chain.chain_id, 0)
     assert set(carried) == {admit, leave}
     assert [t.hash() for t in carried] == sorted(t.hash() for t in carried)
     # a block of round 2 can no longer carry the exit (it takes effect in round 2)
-    assert pool.for_block(chain.cid, 2) == (admit,)
+    assert pool.for_block(chain.chain_id, 2) == (admit,)
 
 
 async def test_a_change_a_block_carried_is_no_longer_pending_on_any_node(
@@ -99,9 +99,11 @@ async def test_a_change_a_block_carried_is_no_longer_pending_on_any_node(
     admit = _admit(chain)
     assert pool.on_request(_request(chain)) is Verdict.ACCEPT
     assert pool.on_change(admit) is Verdict.ACCEPT
-    block, models = chain.round_block(0, chain.cid, 1, {0: 3})
+    block, models = chain.round_block(0, chain.chain_id, 1, {0: 3})
     carried = sign(
-        dataclasses.replace(block, membership=(admit,)), chain.key_of(block.proposer), chain.cid
+        dataclasses.replace(block, membership=(admit,)),
+        chain.key_of(block.proposer),
+        chain.chain_id,
     )
     await pool.chain.apply(carried, carried.encode(), [models[0]], 3)
     assert pool.chain.head == sha256(carried.encode())

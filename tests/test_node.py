@@ -157,7 +157,7 @@ async def test_a_commit_waits_for_its_parent_block(
     async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
         observer = nodes[0]
         await nursery.start(observer.engine.relay.run)
-        block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 2, 2: 1})
+        block, models = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 2, 2: 1})
         idx = chain.participants.index(chain.key_of(block.proposer))
         observer.chain.store.put_blob(models[idx])
         await sleep_to(chain, 1, 500)
@@ -168,7 +168,7 @@ async def test_a_commit_waits_for_its_parent_block(
         assert child.hash() not in pool.state(1).commits
         arrived = observer.engine.clock()
         await trio.sleep(1)
-        assert await observer.engine.relay.validate(block, peer) is Verdict.ACCEPT
+        assert await observer.engine.relay.validate(block, block.encode(), peer) is Verdict.ACCEPT
         await until(lambda: observer.chain.has(block.hash()), 1)
         assert pool.state(1).commits[child.hash()] == child
         assert pool.state(1).received_ms[child.hash()] == arrived, (
@@ -214,14 +214,16 @@ async def test_copies_of_a_block_under_validation_wait_for_that_one_validation(
         observer = nodes[0]
         await nursery.start(observer.engine.relay.run)
         observer.prover.delay_s[Commit] = 1.0  # validation takes a while
-        block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 2, 2: 1})
+        block, models = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 2, 2: 1})
         idx = chain.participants.index(chain.key_of(block.proposer))
         observer.chain.store.put_blob(models[idx])
         verdicts: list[Verdict] = []
 
         async def deliver(src: FakeNode) -> None:
             item = Block.decode(block.encode())
-            verdicts.append(await observer.engine.relay.validate(item, src.net.peer_id))
+            verdicts.append(
+                await observer.engine.relay.validate(item, block.encode(), src.net.peer_id)
+            )
 
         async with trio.open_nursery() as inner:
             for src in nodes[1:]:  # three forwarders at once: relayed once
@@ -261,7 +263,7 @@ async def test_two_sides_of_an_equal_score_fork_converge_by_sync(
     chain = make_chain(n=3, num_batches=8, finality_depth=2)
     async with running_net(tmp_path, chain, start=False) as (_, nodes, _nursery):
         a, b = nodes[1], nodes[2]
-        forks = [chain.round_block(0, chain.cid, 1, {0: 2, 1: 2}, proposer=p) for p in (0, 1)]
+        forks = [chain.round_block(0, chain.chain_id, 1, {0: 2, 1: 2}, proposer=p) for p in (0, 1)]
         for side, (block, models) in zip((a, b), forks, strict=True):
             for m in models.values():
                 side.chain.store.put_blob(m)

@@ -309,7 +309,7 @@ def _unmask_with_a_wrong_seed(node: FakeNode) -> None:
         me = self.key.public
         for h in list(st.agg.completes):
             if h in st.agg.answered and me not in st.agg.unmasks.get(h, {}):
-                um = sign(Unmask(h, me, b"\x07" * 32, bytes(64)), self.key, self.cid)
+                um = sign(Unmask(h, me, b"\x07" * 32, bytes(64)), self.key, self.chain_id)
                 st.agg.add_unmask(um)
                 await self.publish(um)
 
@@ -385,14 +385,14 @@ def _unmask_before_update(node: FakeNode) -> None:
     async def early(item: Any) -> None:
         if isinstance(item, MaskedUpdate):
             um = Unmask(item.selection, item.member, b"\x07" * 32, bytes(64))
-            await publish(sign(um, agg.key, agg.cid))
+            await publish(sign(um, agg.key, agg.chain_id))
             await trio.sleep(0.2)  # every node holds the Unmask before the update
         await publish(item)
 
     async def never(self: Any, st: RoundState, mine: Mine) -> None:
         return None
 
-    agg.publish = early
+    agg.ctx = dataclasses.replace(agg.ctx, publish=early)  # this member's only
     agg._maybe_unmask = types.MethodType(never, agg)  # type: ignore[method-assign]
 
 
@@ -428,7 +428,7 @@ async def test_one_cheating_member_every_round_costs_at_most_one_aggregate(
     lost = [b.round for b in blocks[1:] if not b.members]
     assert len(lost) <= (1 if strategy == "wrong-self-mask" else 0), f"rounds {lost} lost"
     named = [
-        (b.round, evidence.offence(chain.genesis, chain.cid, ev).key)
+        (b.round, evidence.offence(chain.genesis, chain.chain_id, ev).key)
         for b in blocks
         for ev in b.evidence
     ]
@@ -470,13 +470,15 @@ async def test_gossiped_evidence_is_relayed_only_when_its_check_proves_it(
         )
         proof = next(m for m in sent if isinstance(m, ProofTx) and m.commit_id == commit.hash())
         forged = evidence.bad_update(sel, commit, proof.commitment, upd)
-        verdict = await nodes[3].engine._validate_round(forged, nodes[1].net.peer_id)
+        verdict = await nodes[3].engine._validate_round(
+            forged, forged.encode(), nodes[1].net.peer_id
+        )
         assert verdict is Verdict.REJECT
         pools = [n.engine.evidence.pending for n in nodes[1:]]
     assert all(honest not in pool for pool in pools)
     proven = [m for m in sent if isinstance(m, Evidence) and m.kind == BAD_UPDATE]
     assert proven and all(
-        evidence.offence(chain.genesis, chain.cid, ev).key == cheat.key.public for ev in proven
+        evidence.offence(chain.genesis, chain.chain_id, ev).key == cheat.key.public for ev in proven
     )
 
 
@@ -528,7 +530,7 @@ def _false_shares(node: FakeNode) -> None:
         for owner in decision.owners:
             upd = updates[owner]
             share = SeedShare(h, me, owner, upd.hash(), (12345).to_bytes(32, "big"), bytes(64))
-            share = sign(share, self.key, self.cid)
+            share = sign(share, self.key, self.chain_id)
             st.agg.add_share(share)
             await self.publish(share)
         return decision.until_ms
@@ -553,7 +555,7 @@ async def test_a_false_share_costs_at_most_one_aggregate_per_exclusion_period(
         blocks = canonical(nodes[3])[:6]
     e = chain.genesis.rule.exclusion_rounds
     named = [
-        (b.round, evidence.offence(chain.genesis, chain.cid, ev).key)
+        (b.round, evidence.offence(chain.genesis, chain.chain_id, ev).key)
         for b in blocks
         for ev in b.evidence
     ]
@@ -578,7 +580,7 @@ def _big_update(chain: Chain, sel: Selection, n: int) -> tuple[MaskedUpdate, tup
     pairs = (secagg.mask_public(5),) * len(others)
     unsigned = secagg.unsigned_update(sel.hash(), m, whole, pairs, secagg.mask_public(6), masks)
     header, rest = secagg.split_update(unsigned)
-    return sign(header, chain.key_of(m), chain.cid), rest
+    return sign(header, chain.key_of(m), chain.chain_id), rest
 
 
 async def test_a_vector_part_validated_before_its_update_waits_for_it(
@@ -601,9 +603,9 @@ async def test_a_vector_part_validated_before_its_update_waits_for_it(
         members = tuple(sorted(k.public for k in chain.participants[:3]))
         proposer = chain.key_of(members[0])
         sel = sign(
-            Selection(0, chain.cid, proposer.public, 0, (b"\x01" * 32,), members, bytes(64)),
+            Selection(0, chain.chain_id, proposer.public, 0, (b"\x01" * 32,), members, bytes(64)),
             proposer,
-            chain.cid,
+            chain.chain_id,
         )
         st = pool.state(0)
         assert st.agg.add_selection(sel, clock())

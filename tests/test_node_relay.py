@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
+from consensus import blocks as consensus_blocks
 from consensus.crypto import sha256
 from consensus.rules import sign
 from consensus.types import Block
@@ -43,13 +46,14 @@ async def observe(node: FakeNode, nursery: trio.Nursery, chain: Chain, *blocks: 
 def with_model(chain: Chain, block: Block, model: bytes) -> Block:
     """The same block naming another model, signed by its proposer: passes every cheap rule."""
     other = dataclasses.replace(block, model_hash=sha256(model))
-    return sign(other, chain.key_of(block.proposer), chain.cid)
+    return sign(other, chain.key_of(block.proposer), chain.chain_id)
 
 
 async def relay(node: FakeNode, block: Block, forwarder: FakeNode) -> Verdict:
     """One delivery to the validator, which must answer within the budget."""
     with trio.fail_after(BUDGET_S):
-        return await node.engine.relay.validate(Block.decode(block.encode()), forwarder.net.peer_id)
+        raw = block.encode()
+        return await node.engine.relay.validate(Block.decode(raw), raw, forwarder.net.peer_id)
 
 
 async def test_a_block_is_relayed_at_once_and_applied_after_its_slow_full_validation(
@@ -58,14 +62,43 @@ async def test_a_block_is_relayed_at_once_and_applied_after_its_slow_full_valida
     chain = make_chain(n=3)
     async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
         observer, forwarder = nodes[0], nodes[3]
-        block, _ = chain.round_block(0, chain.cid, 1, SCORES)
+        block, _ = chain.round_block(0, chain.chain_id, 1, SCORES)
         await observe(observer, nursery, chain, block)
         start = trio.current_time()
         assert await relay(observer, block, forwarder) is Verdict.ACCEPT
-        assert observer.chain.head == chain.cid, "not applied before its full validation"
+        assert observer.chain.head == chain.chain_id, "not applied before its full validation"
         await until(lambda: observer.chain.head == block.hash(), SLOW_S + 1)
         assert trio.current_time() - start >= SLOW_S
         assert observer.net.penalties == []
+
+
+async def test_the_cheap_rules_run_once_for_a_gossiped_block_and_its_copies(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One decode and one `on_block` per block: copies from other forwarders (and sync's
+    copy while the first validation runs) wait for its flight; nothing checks it again."""
+    chain = make_chain(n=3)
+    checked: list[bytes] = []
+    real = consensus_blocks.on_block
+
+    def counting(*args: Any) -> Any:
+        checked.append(args[-1].hash())
+        return real(*args)
+
+    monkeypatch.setattr(consensus_blocks, "on_block", counting)
+    async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
+        observer, fwd1, fwd2 = nodes[0], nodes[2], nodes[3]
+        block, _ = chain.round_block(0, chain.chain_id, 1, SCORES)
+        await observe(observer, nursery, chain, block)
+        assert await relay(observer, block, fwd1) is Verdict.ACCEPT
+        assert await relay(observer, block, fwd2) is Verdict.IGNORE
+        importer = observer.engine.importer
+        assert importer.validating(block.hash())
+        assert await importer.import_block(block, block.encode(), [fwd2.net.peer_id])
+        assert observer.chain.head == block.hash()
+        assert checked == [block.hash()]
+        assert await importer.import_block(block, block.encode(), []), "known: no check"
+        assert checked == [block.hash()]
 
 
 async def test_an_invalid_block_is_relayed_at_most_once_per_proposer_and_round_never_applied(
@@ -74,10 +107,10 @@ async def test_an_invalid_block_is_relayed_at_most_once_per_proposer_and_round_n
     chain = make_chain(n=3)
     async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
         observer, fwd1, fwd2 = nodes[0], nodes[2], nodes[3]
-        good, _ = chain.round_block(0, chain.cid, 1, SCORES)
+        good, _ = chain.round_block(0, chain.chain_id, 1, SCORES)
         bad = with_model(chain, good, b"\x03a model nobody committed to")
         bad2 = with_model(chain, good, b"\x03another one")
-        fallback, _ = chain.round_block(0, chain.cid, 1, SCORES, proposer=1)
+        fallback, _ = chain.round_block(0, chain.chain_id, 1, SCORES, proposer=1)
         await observe(observer, nursery, chain, good)
         observer.chain.store.put_blob(b"\x03a model nobody committed to")
         assert fwd1.key.public != bad.proposer and fwd2.key.public != bad.proposer
@@ -105,7 +138,7 @@ async def test_a_child_of_a_block_under_validation_is_relayed_and_applied_after_
     chain = make_chain(n=3)
     async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
         observer, forwarder = nodes[0], nodes[2]
-        parent, _ = chain.round_block(0, chain.cid, 1, SCORES)
+        parent, _ = chain.round_block(0, chain.chain_id, 1, SCORES)
         child, _ = chain.round_block(1, parent.hash(), 2, SCORES)
         await observe(observer, nursery, chain, parent, child)
         assert await relay(observer, parent, forwarder) is Verdict.ACCEPT
@@ -120,7 +153,7 @@ async def test_a_child_of_an_invalid_block_is_never_applied_and_its_proposer_not
     chain = make_chain(n=3)
     async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
         observer, forwarder = nodes[0], nodes[2]
-        good, _ = chain.round_block(0, chain.cid, 1, SCORES)
+        good, _ = chain.round_block(0, chain.chain_id, 1, SCORES)
         bad = with_model(chain, good, b"\x03uncommitted")
         child, _ = chain.round_block(1, bad.hash(), 2, SCORES, proposer=1)
         await observe(observer, nursery, chain, good, child)
@@ -128,7 +161,7 @@ async def test_a_child_of_an_invalid_block_is_never_applied_and_its_proposer_not
         assert await relay(observer, bad, forwarder) is Verdict.ACCEPT
         assert await relay(observer, child, forwarder) is Verdict.ACCEPT
         await until(lambda: child.hash() in observer.engine.importer.refused, 2 * SLOW_S)
-        assert observer.chain.head == chain.cid
+        assert observer.chain.head == chain.chain_id
         assert [p for p, _, _ in observer.net.penalties] == [peer_id_of_key(bad.proposer)]
 
 
@@ -137,7 +170,7 @@ async def test_the_relay_passes_nothing_before_it_runs(
 ) -> None:
     chain = make_chain(n=3)
     async with running_net(tmp_path, chain, start=False) as (_, nodes, _):
-        block, _ = chain.round_block(0, chain.cid, 1, SCORES)
+        block, _ = chain.round_block(0, chain.chain_id, 1, SCORES)
         assert await relay(nodes[0], block, nodes[2]) is Verdict.IGNORE
 
 
@@ -149,12 +182,12 @@ async def test_a_block_a_busy_worker_could_not_check_is_not_refused_and_imports_
     chain = make_chain(n=3)
     async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
         observer, forwarder = nodes[0], nodes[3]
-        block, _ = chain.round_block(0, chain.cid, 1, SCORES)
+        block, _ = chain.round_block(0, chain.chain_id, 1, SCORES)
         await observe(observer, nursery, chain, block)
         observer.prover.delay_s[Commit] = 1000.0  # past the checker's 30 s timeout
         assert await relay(observer, block, forwarder) is Verdict.ACCEPT
         importer = observer.engine.importer
-        await until(lambda: importer.flight(block.hash()) is None, 100)
+        await until(lambda: not importer.validating(block.hash()), 100)
         assert not observer.chain.has(block.hash())
         assert block.hash() not in importer.refused
         assert observer.net.penalties == []

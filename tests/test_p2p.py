@@ -57,15 +57,15 @@ def test_identity_is_the_node_signing_key() -> None:
 
 
 def test_topic_names_carry_the_chain_id() -> None:
-    assert topic_name(CHAIN.cid, TopicKind.ROUND) == f"/zkpot/{CHAIN.cid.hex()}/round/1"
-    assert topic_name(CHAIN.cid, TopicKind.BLOCKS) == f"/zkpot/{CHAIN.cid.hex()}/blocks/1"
+    assert topic_name(CHAIN.chain_id, TopicKind.ROUND) == f"/zkpot/{CHAIN.chain_id.hex()}/round/1"
+    assert topic_name(CHAIN.chain_id, TopicKind.BLOCKS) == f"/zkpot/{CHAIN.chain_id.hex()}/blocks/1"
 
 
 async def test_multi_hop_gossip_delivers_every_round_message_and_block() -> None:
-    hosts = [P2PHost(config(f"hop{i}"), CHAIN.cid) for i in range(4)]
+    hosts = [P2PHost(config(f"hop{i}"), CHAIN.chain_id) for i in range(4)]
     async with running(hosts):
         await connect_line(hosts)
-        block, _ = CHAIN.round_block(0, CHAIN.cid, 1, {0: 3, 1: 2})
+        block, _ = CHAIN.round_block(0, CHAIN.chain_id, 1, {0: 3, 1: 2})
         items = [*block.commits, block.reveal, *block.proofs, block]
         for item in items:
             await hosts[0].gossip.publish(item)
@@ -78,12 +78,12 @@ async def test_multi_hop_gossip_delivers_every_round_message_and_block() -> None
 
 
 async def test_validator_drops_invalid_messages_before_the_next_hop() -> None:
-    hosts = [P2PHost(config(f"val{i}"), CHAIN.cid) for i in range(3)]
-    hosts[1].gossip.set_validator(TopicKind.ROUND, consensus_validator(CHAIN))  # type: ignore[arg-type]
+    hosts = [P2PHost(config(f"val{i}"), CHAIN.chain_id) for i in range(3)]
+    hosts[1].gossip.set_validator(TopicKind.ROUND, consensus_validator(CHAIN))
     async with running(hosts):
         await connect_line(hosts)
         bad = forged_commit(CHAIN, 0, b"bad")
-        good = CHAIN.commit(CHAIN.participants[1], 0, CHAIN.cid, b"good model")
+        good = CHAIN.commit(CHAIN.participants[1], 0, CHAIN.chain_id, b"good model")
         await hosts[0].gossip.publish(bad)
         await hosts[0].gossip.publish(good)
         d = await receive(hosts[2], lambda d: isinstance(d.item, CommitTx))
@@ -96,7 +96,7 @@ async def test_validator_drops_invalid_messages_before_the_next_hop() -> None:
 async def test_validator_verdicts_ignore_and_raise_never_relay_and_raise_penalises() -> None:
     calls: list[str] = []
 
-    async def picky(item: object, forwarder: object) -> Verdict:
+    async def picky(item: object, raw: bytes, forwarder: object) -> Verdict:
         assert isinstance(item, CommitTx)
         calls.append(item.binding.hex())
         if item.round == 1:
@@ -105,13 +105,13 @@ async def test_validator_verdicts_ignore_and_raise_never_relay_and_raise_penalis
             raise RuntimeError("validator bug")
         return Verdict.ACCEPT
 
-    hosts = [P2PHost(config(f"vd{i}"), CHAIN.cid) for i in range(3)]
+    hosts = [P2PHost(config(f"vd{i}"), CHAIN.chain_id) for i in range(3)]
     hosts[1].gossip.set_validator(TopicKind.ROUND, picky)  # type: ignore[arg-type]
     async with running(hosts):
         await connect_line(hosts)
-        ignored = CHAIN.commit(CHAIN.participants[0], 1, CHAIN.cid, b"m1")
-        raising = CHAIN.commit(CHAIN.participants[0], 2, CHAIN.cid, b"m2")
-        fine = CHAIN.commit(CHAIN.participants[0], 3, CHAIN.cid, b"m3")
+        ignored = CHAIN.commit(CHAIN.participants[0], 1, CHAIN.chain_id, b"m1")
+        raising = CHAIN.commit(CHAIN.participants[0], 2, CHAIN.chain_id, b"m2")
+        fine = CHAIN.commit(CHAIN.participants[0], 3, CHAIN.chain_id, b"m3")
         before = hosts[1].penalty_score(hosts[0].peer_id)
         for tx in (ignored, raising, fine):
             await hosts[0].gossip.publish(tx)
@@ -128,23 +128,23 @@ async def test_gossip_reaches_a_peer_again_after_our_stream_to_it_died() -> None
     their connection stays. A opens a new stream but has forgotten B's subscriptions,
     and B never announces them again: without the re-announcement, nothing A publishes
     reaches B any more (a publisher's reveals stopped reaching every participant)."""
-    hosts = [P2PHost(config(f"restream{i}"), CHAIN.cid) for i in range(2)]
+    hosts = [P2PHost(config(f"restream{i}"), CHAIN.chain_id) for i in range(2)]
     async with running(hosts):
         a, b = hosts
         await connect_line(hosts)
-        before = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, b"before")
+        before = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.chain_id, b"before")
         await a.gossip.publish(before)
         await receive(b, lambda d: d.item == before)
         connections = a.libp2p.get_network().get_connections(b.peer_id)
         await a.gossip.pubsub.peers[b.peer_id].reset()
         await trio.sleep(1)  # A notices on its next write, and re-opens a stream
-        after = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, b"after")
+        after = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.chain_id, b"after")
         with trio.fail_after(TIMEOUT):
             while True:  # published again until it arrives: the repair takes a few seconds
                 await a.gossip.publish(after)
                 if not await absent(b, lambda d, want=after: d.item == want, 1.0):
                     break
-                after = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, after.binding)
+                after = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.chain_id, after.binding)
         # the same connection carries it: no reconnect was needed
         assert a.libp2p.get_network().get_connections(b.peer_id) == connections
 
@@ -153,7 +153,7 @@ async def test_large_block_is_announced_and_fetched_by_hash_over_sync(tmp_path: 
     store, blocks = build_store(tmp_path / "a", CHAIN, 1)
     block = blocks[0]
     small = GossipConfig(block_inline_max=1024)  # every real block is "large" here
-    hosts = [P2PHost(config(f"ann{i}", gossip=small), CHAIN.cid) for i in range(2)]
+    hosts = [P2PHost(config(f"ann{i}", gossip=small), CHAIN.chain_id) for i in range(2)]
     SyncServer(hosts[0], store)
     try:
         async with running(hosts):
@@ -171,7 +171,7 @@ async def test_large_block_is_announced_and_fetched_by_hash_over_sync(tmp_path: 
 def test_gossip_decode_rejects_wrong_topic_oversize_and_garbage() -> None:
     from consensus.errors import DecodeError
 
-    block, _ = CHAIN.round_block(0, CHAIN.cid, 1, {0: 3})
+    block, _ = CHAIN.round_block(0, CHAIN.chain_id, 1, {0: 3})
     with pytest.raises(DecodeError):
         decode_gossip(TopicKind.ROUND, block.encode())  # blocks belong on the blocks topic
     with pytest.raises(DecodeError):
@@ -184,10 +184,12 @@ def test_gossip_decode_rejects_wrong_topic_oversize_and_garbage() -> None:
 
 
 async def test_publish_applies_backpressure_and_loses_nothing_in_a_burst() -> None:
-    hosts = [P2PHost(config(f"burst{i}"), CHAIN.cid) for i in range(3)]
+    hosts = [P2PHost(config(f"burst{i}"), CHAIN.chain_id) for i in range(3)]
     async with running(hosts):
         await connect_line(hosts)
-        txs = [CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, b"b%d" % i) for i in range(600)]
+        txs = [
+            CHAIN.commit(CHAIN.participants[0], 0, CHAIN.chain_id, b"b%d" % i) for i in range(600)
+        ]
         for tx in txs:
             await hosts[0].gossip.publish(tx)
         got = {(await receive(hosts[2], lambda d: True)).item for _ in txs}
@@ -199,14 +201,14 @@ async def test_sync_status_block_range_and_20mb_blob_from_leveldb(tmp_path: Path
     store, blocks = build_store(tmp_path / "src", CHAIN, 5)
     blob = os.urandom(20 * 1024 * 1024)
     blob_hash = store.put_blob(blob)
-    hosts = [P2PHost(config(f"sync{i}"), CHAIN.cid) for i in range(2)]
+    hosts = [P2PHost(config(f"sync{i}"), CHAIN.chain_id) for i in range(2)]
     SyncServer(hosts[0], store)
     client = SyncClient(hosts[1])
     try:
         async with running(hosts):
             await hosts[1].connect(hosts[0].addrs[0])
             status = await client.status(hosts[0].peer_id)
-            assert status.genesis_hash == CHAIN.cid
+            assert status.genesis_hash == CHAIN.chain_id
             assert status.head == blocks[-1].hash() and status.height == 5
             assert status.score == sum(rule_for(CHAIN.genesis).score(b) for b in blocks)
             entries = await client.blocks(hosts[0].peer_id, 1, 64)
@@ -226,8 +228,8 @@ async def test_sync_status_block_range_and_20mb_blob_from_leveldb(tmp_path: Path
 async def test_late_peer_catches_up_by_sync_into_its_own_store(tmp_path: Path) -> None:
     src, blocks = build_store(tmp_path / "src", CHAIN, 6)
     late = ChainStore.open(tmp_path / "late")
-    late.init_genesis(CHAIN.cid, CHAIN.genesis.encode())
-    hosts = [P2PHost(config(f"late{i}"), CHAIN.cid) for i in range(2)]
+    late.init_genesis(CHAIN.chain_id, CHAIN.genesis.encode())
+    hosts = [P2PHost(config(f"late{i}"), CHAIN.chain_id) for i in range(2)]
     SyncServer(hosts[0], src)
     try:
         async with running(hosts):
@@ -235,14 +237,14 @@ async def test_late_peer_catches_up_by_sync_into_its_own_store(tmp_path: Path) -
             client = SyncClient(hosts[1])
             async with client.session(hosts[0].peer_id) as s:
                 status = await s.status()
-                height, parent = 0, CHAIN.cid
-                parent_info = ParentInfo(CHAIN.cid, -1, 0)
+                height, parent = 0, CHAIN.chain_id
+                parent_info = ParentInfo(CHAIN.chain_id, -1, 0)
                 score = 0
                 while height < status.height:
                     for e in await s.blocks(height + 1, 2):  # small pages: several requests
                         raw = e.raw or await s.content(e.block_hash)
                         block = Block.decode(raw)
-                        check_block_header(CHAIN.genesis, CHAIN.cid, parent_info, block)
+                        check_block_header(CHAIN.genesis, CHAIN.chain_id, parent_info, block)
                         score += rule_for(CHAIN.genesis).score(block)
                         late.put_block(
                             e.block_hash, raw, BlockMeta(parent, e.height, score), new_head=True
@@ -260,8 +262,8 @@ async def test_peer_on_another_chain_is_refused_and_penalised(tmp_path: Path) ->
     other = make_chain(num_batches=9)
     store, _ = build_store(tmp_path / "o", other, 1)
     # the liar serves another chain's store under our chain's protocol id
-    liar = P2PHost(config("liar"), CHAIN.cid)
-    me = P2PHost(config("me"), CHAIN.cid)
+    liar = P2PHost(config("liar"), CHAIN.chain_id)
+    me = P2PHost(config("me"), CHAIN.chain_id)
     SyncServer(liar, store)
     try:
         async with running([liar, me]):
@@ -277,8 +279,8 @@ async def test_content_that_does_not_match_its_hash_is_refused_and_penalised() -
     from p2p.framing import write_frame
     from p2p.sync import Chunk, ContentRequest, decode_request, sync_protocol
 
-    liar = P2PHost(config("liar2"), CHAIN.cid)
-    me = P2PHost(config("me2"), CHAIN.cid)
+    liar = P2PHost(config("liar2"), CHAIN.chain_id)
+    me = P2PHost(config("me2"), CHAIN.chain_id)
     wanted = hashlib.sha256(b"the real model").digest()
 
     async def lying_server(stream: object) -> None:
@@ -289,7 +291,7 @@ async def test_content_that_does_not_match_its_hash_is_refused_and_penalised() -
             fake = b"a fake model!!"[req.offset : req.offset + req.length]
             await write_frame(stream, Chunk(req.content_hash, req.offset, 14, fake).encode(), 10)  # type: ignore[arg-type]
 
-    liar.set_stream_handler(sync_protocol(CHAIN.cid), lying_server)
+    liar.set_stream_handler(sync_protocol(CHAIN.chain_id), lying_server)
     async with running([liar, me]):
         await me.connect(liar.addrs[0])
         with pytest.raises(PeerLiedError):
@@ -298,7 +300,7 @@ async def test_content_that_does_not_match_its_hash_is_refused_and_penalised() -
 
 
 async def test_shutdown_closes_the_listening_socket() -> None:
-    host = P2PHost(config("closer"), CHAIN.cid)
+    host = P2PHost(config("closer"), CHAIN.chain_id)
     async with running([host]):
         port = int(host.addrs[0].split("/")[4])
         with socket.create_connection(("127.0.0.1", port), timeout=5):
@@ -308,8 +310,8 @@ async def test_shutdown_closes_the_listening_socket() -> None:
 
 
 async def test_invalid_gossip_past_threshold_bans_and_disconnects_the_sender() -> None:
-    hosts = [P2PHost(config(f"ban{i}"), CHAIN.cid) for i in range(2)]
-    hosts[1].gossip.set_validator(TopicKind.ROUND, consensus_validator(CHAIN))  # type: ignore[arg-type]
+    hosts = [P2PHost(config(f"ban{i}"), CHAIN.chain_id) for i in range(2)]
+    hosts[1].gossip.set_validator(TopicKind.ROUND, consensus_validator(CHAIN))
     async with running(hosts):
         await connect_line(hosts)
         for i in range(15):
@@ -351,7 +353,7 @@ async def test_frame_reader_limits_and_truncation() -> None:
 async def test_a_peer_is_listed_with_its_full_dialable_address() -> None:
     """What an operator copies from `zkpot peers` to bootstrap another node (issue 22):
     the peer's listen address with its /p2p/ id, for the dialled and the dialling side."""
-    hosts = [P2PHost(config(f"addr{i}"), CHAIN.cid) for i in range(2)]
+    hosts = [P2PHost(config(f"addr{i}"), CHAIN.chain_id) for i in range(2)]
     async with running(hosts):
         await connect_line(hosts)
         a, b = hosts
@@ -366,7 +368,7 @@ async def test_a_newcomer_given_one_address_meets_every_node() -> None:
     Four hosts in a star around host 0; the newcomer knows only host 3's address and
     ends connected to all four (the DHT's walk on each new connection finds them in
     under a second on loopback; the bound here is for a busy CI machine)."""
-    hosts = [P2PHost(config(f"disc{i}", target_peers=16), CHAIN.cid) for i in range(5)]
+    hosts = [P2PHost(config(f"disc{i}", target_peers=16), CHAIN.chain_id) for i in range(5)]
     async with running(hosts):
         for h in hosts[1:4]:
             await h.connect(hosts[0].addrs[0])

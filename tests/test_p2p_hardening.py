@@ -39,7 +39,7 @@ _counter = [0]
 
 @asynccontextmanager
 async def honest_line() -> AsyncIterator[list[P2PHost]]:
-    hosts = [P2PHost(config(f"h{name}"), CHAIN.cid) for name in "ABC"]
+    hosts = [P2PHost(config(f"h{name}"), CHAIN.chain_id) for name in "ABC"]
     async with running(hosts):
         await connect_line(hosts)
         yield hosts
@@ -48,7 +48,7 @@ async def honest_line() -> AsyncIterator[list[P2PHost]]:
 async def still_gossiping(hosts: list[P2PHost]) -> None:
     """B is alive and relays a fresh message from A to C."""
     _counter[0] += 1
-    tx = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, b"alive %d" % _counter[0])
+    tx = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.chain_id, b"alive %d" % _counter[0])
     await hosts[0].gossip.publish(tx)
     d = await receive(hosts[2], lambda d: isinstance(d.item, CommitTx) and d.item == tx)
     assert d.item == tx
@@ -237,9 +237,9 @@ async def test_raising_stream_handler_resets_only_its_stream() -> None:
 @pytest.mark.slow
 async def test_sync_survives_garbage_slow_readers_and_stream_floods(tmp_path: Any) -> None:
     store = ChainStore.open(tmp_path / "s")
-    store.init_genesis(CHAIN.cid, CHAIN.genesis.encode())
+    store.init_genesis(CHAIN.chain_id, CHAIN.genesis.encode())
     blob_hash = store.put_blob(os.urandom(8 * 1024 * 1024))
-    proto = TProtocol(sync_protocol(CHAIN.cid))
+    proto = TProtocol(sync_protocol(CHAIN.chain_id))
     try:
         async with honest_line() as hosts, attacker() as x:
             limits = SyncLimits(request_timeout_s=2, write_timeout_s=2, max_streams_per_peer=4)
@@ -272,7 +272,7 @@ async def test_sync_survives_garbage_slow_readers_and_stream_floods(tmp_path: An
 
             with trio.fail_after(60):
                 status = await SyncClient(hosts[0]).status(hosts[1].peer_id)
-            assert status.genesis_hash == CHAIN.cid
+            assert status.genesis_hash == CHAIN.chain_id
             await still_gossiping(hosts)
             for s in slow + idle:
                 with trio.move_on_after(1):

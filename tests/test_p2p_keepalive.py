@@ -45,9 +45,9 @@ async def never_answer(stream: Any) -> None:
 
 
 async def test_a_peer_that_stops_answering_pings_is_disconnected_within_the_bound() -> None:
-    a = P2PHost(config("ka-a", **FAST), CHAIN.cid)
-    frozen = P2PHost(config("ka-frozen", ping_interval_s=0), CHAIN.cid)
-    healthy = P2PHost(config("ka-healthy", ping_interval_s=0), CHAIN.cid)
+    a = P2PHost(config("ka-a", **FAST), CHAIN.chain_id)
+    frozen = P2PHost(config("ka-frozen", ping_interval_s=0), CHAIN.chain_id)
+    healthy = P2PHost(config("ka-healthy", ping_interval_s=0), CHAIN.chain_id)
     closed = Disconnects()
     a.libp2p.get_network().register_notifee(closed)
     async with running([a, frozen, healthy]):
@@ -66,7 +66,7 @@ async def test_a_peer_that_stops_answering_pings_is_disconnected_within_the_boun
 
 
 async def test_pings_keep_answering_peers_connected_and_stop_with_the_host() -> None:
-    hosts = [P2PHost(config(f"ka-ok{i}", **FAST), CHAIN.cid) for i in range(2)]
+    hosts = [P2PHost(config(f"ka-ok{i}", **FAST), CHAIN.chain_id) for i in range(2)]
     async with running(hosts):
         await hosts[1].connect(hosts[0].addrs[0])
         await trio.sleep(6 * 0.5)  # several rounds of pings both ways

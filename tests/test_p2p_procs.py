@@ -63,8 +63,8 @@ async def connected_both_ways(a: P2PHost, peer_id_str: str) -> None:
 async def test_gossip_crosses_two_relay_processes_and_their_validators_stop_invalid() -> None:
     p1, p2 = free_port(), free_port()
     with child("proc1", p1) as (c1, i1), child("proc2", p2, (i1["addrs"][0],)) as (c2, i2):
-        a = P2PHost(config("procA", bootstrap=(i1["addrs"][0],)), CHAIN.cid)
-        c = P2PHost(config("procC", bootstrap=(i2["addrs"][0],)), CHAIN.cid)
+        a = P2PHost(config("procA", bootstrap=(i1["addrs"][0],)), CHAIN.chain_id)
+        c = P2PHost(config("procC", bootstrap=(i2["addrs"][0],)), CHAIN.chain_id)
         async with running([a, c]):
             await connected_both_ways(a, str(i1["peer_id"]))
             await connected_both_ways(c, str(i2["peer_id"]))
@@ -75,7 +75,7 @@ async def test_gossip_crosses_two_relay_processes_and_their_validators_stop_inva
             with trio.fail_after(60):  # the relay mesh forms on heartbeats: retry until through
                 while True:
                     n += 1
-                    good = CHAIN.commit(CHAIN.participants[1], 0, CHAIN.cid, b"p%d" % n)
+                    good = CHAIN.commit(CHAIN.participants[1], 0, CHAIN.chain_id, b"p%d" % n)
                     await a.gossip.publish(good)
                     with trio.move_on_after(2):
                         d = await receive(c, lambda d: True)
@@ -90,8 +90,12 @@ async def test_kill9_relay_then_restart_with_same_identity_restores_delivery() -
     port = free_port()
     with child("relay", port) as (r1, info):
         relay_addr = str(info["addrs"][0])
-        a = P2PHost(config("killA", bootstrap=(relay_addr,), reconnect_interval_s=0.5), CHAIN.cid)
-        c = P2PHost(config("killC", bootstrap=(relay_addr,), reconnect_interval_s=0.5), CHAIN.cid)
+        a = P2PHost(
+            config("killA", bootstrap=(relay_addr,), reconnect_interval_s=0.5), CHAIN.chain_id
+        )
+        c = P2PHost(
+            config("killC", bootstrap=(relay_addr,), reconnect_interval_s=0.5), CHAIN.chain_id
+        )
         async with running([a, c]):
             await through(a, c, b"before")
             os.kill(r1.pid, signal.SIGKILL)
@@ -99,7 +103,7 @@ async def test_kill9_relay_then_restart_with_same_identity_restores_delivery() -
             relay = a.add_peer_addr(relay_addr)
             await wait_for(lambda: not a.is_connected(relay) and not c.is_connected(relay))
             # delivery is broken while the relay is down
-            await a.gossip.publish(CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, b"lost"))
+            await a.gossip.publish(CHAIN.commit(CHAIN.participants[0], 0, CHAIN.chain_id, b"lost"))
             assert await absent(c, lambda d: True, 2.0)
             # a restart on the same port with the same key; A and C redial it by themselves
             with child("relay", port) as (r2, info2):
@@ -114,7 +118,7 @@ async def through(a: P2PHost, c: P2PHost, tag: bytes) -> None:
     with trio.fail_after(90):
         while True:
             n += 1
-            tx = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.cid, tag + b"%d" % n)
+            tx = CHAIN.commit(CHAIN.participants[0], 0, CHAIN.chain_id, tag + b"%d" % n)
             await a.gossip.publish(tx)
             with trio.move_on_after(1):
                 d = await receive(c, lambda d: True)
@@ -127,7 +131,7 @@ async def test_late_peer_syncs_blocks_and_models_from_another_process(tmp_path: 
     model = store.get_blob(blocks[-1].model_hash)
     store.close()
     with child("server", free_port(), store=tmp_path / "src") as (_, info):
-        late = P2PHost(config("latecomer", bootstrap=(str(info["addrs"][0]),)), CHAIN.cid)
+        late = P2PHost(config("latecomer", bootstrap=(str(info["addrs"][0]),)), CHAIN.chain_id)
         async with running([late]):
             server = next(iter(late._known))
             await wait_for(lambda: late.is_connected(server))
@@ -144,7 +148,7 @@ async def test_a_frozen_peer_process_is_disconnected_by_keepalive_and_redialled_
     """SIGSTOP: the peer's kernel still ACKs, so only unanswered pings show it is gone."""
     with child("frozen", free_port()) as (proc, info):
         fast = {"ping_interval_s": 0.5, "ping_timeout_s": 0.5, "ping_failures": 2}
-        a = P2PHost(config("freezeA", reconnect_interval_s=0.5, **fast), CHAIN.cid)
+        a = P2PHost(config("freezeA", reconnect_interval_s=0.5, **fast), CHAIN.chain_id)
         async with running([a]):
             peer = await a.connect(str(info["addrs"][0]))
             await trio.sleep(1.5)  # pings answered: it stays

@@ -88,7 +88,7 @@ async def connect_and_ban(target: P2PHost, x: Any) -> ID:
 
 
 async def test_a_banned_peer_alone_on_its_address_is_refused_before_the_handshake() -> None:
-    target = P2PHost(config("refuse-raw", ban_s=2.0), CHAIN.cid)
+    target = P2PHost(config("refuse-raw", ban_s=2.0), CHAIN.chain_id)
     async with running([target]), bare_hosts(1, "127.0.0.6") as (x,):
         assert await greeting("127.0.0.6", target) == GREETING
         peer = await connect_and_ban(target, x)
@@ -103,8 +103,8 @@ async def test_a_banned_peer_alone_on_its_address_is_refused_before_the_handshak
 
 
 async def test_a_banned_identity_on_a_shared_address_is_dropped_before_the_muxer() -> None:
-    target = P2PHost(config("refuse-id"), CHAIN.cid)
-    honest = P2PHost(config("refuse-id-honest"), CHAIN.cid)  # also on 127.0.0.1
+    target = P2PHost(config("refuse-id"), CHAIN.chain_id)
+    honest = P2PHost(config("refuse-id-honest"), CHAIN.chain_id)  # also on 127.0.0.1
     seen = Connections()
     target.libp2p.get_network().register_notifee(seen)
     async with running([target, honest]), bare_hosts(1, "127.0.0.1") as (x,):
@@ -123,8 +123,8 @@ async def test_a_banned_identity_on_a_shared_address_is_dropped_before_the_muxer
 
 
 async def test_identities_rotated_on_one_address_get_the_address_refused() -> None:
-    target = P2PHost(config("refuse-rotate", addr_ban_after=2), CHAIN.cid)
-    neighbour = P2PHost(config("refuse-rotate-neighbour"), CHAIN.cid)
+    target = P2PHost(config("refuse-rotate", addr_ban_after=2), CHAIN.chain_id)
+    neighbour = P2PHost(config("refuse-rotate-neighbour"), CHAIN.chain_id)
     dial_from(neighbour.libp2p, "127.0.0.8")  # a peer in good standing on the same address
     async with running([target, neighbour]), bare_hosts(2, "127.0.0.8") as (x1, x2):
         await neighbour.connect(target.addrs[0])

@@ -30,7 +30,7 @@ QUICK = SyncLimits(response_stall_s=1.0, open_timeout_s=2.0)
 
 def store_with_blob(path: Path) -> ChainStore:
     store = ChainStore.open(path)
-    store.init_genesis(CHAIN.cid, CHAIN.genesis.encode())
+    store.init_genesis(CHAIN.chain_id, CHAIN.genesis.encode())
     store.put_blob(BLOB)
     return store
 
@@ -70,8 +70,11 @@ def lie(request: ContentRequest, n: int) -> bytes | None:
 
 
 async def test_a_silent_peer_costs_one_stall_period_not_a_minute() -> None:
-    me, mute = P2PHost(config("leash-me"), CHAIN.cid), P2PHost(config("leash-mute"), CHAIN.cid)
-    mute.set_stream_handler(sync_protocol(CHAIN.cid), never_answer)
+    me, mute = (
+        P2PHost(config("leash-me"), CHAIN.chain_id),
+        P2PHost(config("leash-mute"), CHAIN.chain_id),
+    )
+    mute.set_stream_handler(sync_protocol(CHAIN.chain_id), never_answer)
     async with running([me, mute]):
         await me.connect(mute.addrs[0])
         start = trio.current_time()
@@ -83,11 +86,11 @@ async def test_a_silent_peer_costs_one_stall_period_not_a_minute() -> None:
 async def test_content_is_raced_so_silent_peers_first_in_line_cost_nothing(
     tmp_path: Path,
 ) -> None:
-    me = P2PHost(config("race-me"), CHAIN.cid)
-    mutes = [P2PHost(config(f"race-mute{i}"), CHAIN.cid) for i in range(2)]
-    good = P2PHost(config("race-good"), CHAIN.cid)
+    me = P2PHost(config("race-me"), CHAIN.chain_id)
+    mutes = [P2PHost(config(f"race-mute{i}"), CHAIN.chain_id) for i in range(2)]
+    good = P2PHost(config("race-good"), CHAIN.chain_id)
     for m in mutes:
-        m.set_stream_handler(sync_protocol(CHAIN.cid), never_answer)
+        m.set_stream_handler(sync_protocol(CHAIN.chain_id), never_answer)
     store = store_with_blob(tmp_path / "good")
     SyncServer(good, store)
     try:
@@ -109,9 +112,12 @@ async def test_content_is_raced_so_silent_peers_first_in_line_cost_nothing(
 
 
 async def test_a_liar_is_penalised_and_the_next_peer_serves(tmp_path: Path) -> None:
-    me, liar = P2PHost(config("lie-me"), CHAIN.cid), P2PHost(config("lie-liar"), CHAIN.cid)
-    good = P2PHost(config("lie-good"), CHAIN.cid)
-    liar.set_stream_handler(sync_protocol(CHAIN.cid), handler(lie))
+    me, liar = (
+        P2PHost(config("lie-me"), CHAIN.chain_id),
+        P2PHost(config("lie-liar"), CHAIN.chain_id),
+    )
+    good = P2PHost(config("lie-good"), CHAIN.chain_id)
+    liar.set_stream_handler(sync_protocol(CHAIN.chain_id), handler(lie))
     store = store_with_blob(tmp_path / "good")
     SyncServer(good, store)
     try:
@@ -131,8 +137,8 @@ async def test_a_liar_is_penalised_and_the_next_peer_serves(tmp_path: Path) -> N
 
 async def test_downloads_cut_by_the_servers_resume_across_peers(tmp_path: Path) -> None:
     """Each server answers two chunks per stream; six chunks still arrive, in one call."""
-    me = P2PHost(config("resume-me"), CHAIN.cid)
-    peers = [P2PHost(config(f"resume-{i}"), CHAIN.cid) for i in range(2)]
+    me = P2PHost(config("resume-me"), CHAIN.chain_id)
+    peers = [P2PHost(config(f"resume-{i}"), CHAIN.chain_id) for i in range(2)]
     stores = [store_with_blob(tmp_path / f"s{i}") for i in range(2)]
     for p, s in zip(peers, stores, strict=True):
         SyncServer(p, s, SyncLimits(max_requests_per_stream=2))
@@ -148,9 +154,12 @@ async def test_downloads_cut_by_the_servers_resume_across_peers(tmp_path: Path) 
 
 
 async def test_bad_bytes_handed_on_do_not_get_the_honest_peer_blamed(tmp_path: Path) -> None:
-    me, bad = P2PHost(config("poison-me"), CHAIN.cid), P2PHost(config("poison-bad"), CHAIN.cid)
-    good = P2PHost(config("poison-good"), CHAIN.cid)
-    bad.set_stream_handler(sync_protocol(CHAIN.cid), handler(garbage_then_hang_up))
+    me, bad = (
+        P2PHost(config("poison-me"), CHAIN.chain_id),
+        P2PHost(config("poison-bad"), CHAIN.chain_id),
+    )
+    good = P2PHost(config("poison-good"), CHAIN.chain_id)
+    bad.set_stream_handler(sync_protocol(CHAIN.chain_id), handler(garbage_then_hang_up))
     store = store_with_blob(tmp_path / "good")
     SyncServer(good, store)
     try:

@@ -39,7 +39,7 @@ from support.chainfactory import make_chain
 from support.p2p_util import bare_connect, bare_hosts, build_store, config, running, wait_for
 
 CHAIN = make_chain()
-PROTO = TProtocol(sync_protocol(CHAIN.cid))
+PROTO = TProtocol(sync_protocol(CHAIN.chain_id))
 PROMPT_S = 2.0  # an honest call under attack: well under one per-frame idle limit of a node
 
 # 16 slots, 4 of them reserved for useful peers; 4 per identity, 8 per address; a stream
@@ -125,8 +125,8 @@ async def test_twenty_identities_from_one_address_leave_an_honest_peer_served(
     store: ChainStore,
 ) -> None:
     blob_hash = store.put_blob(os.urandom(300_000))
-    target = P2PHost(config("slots-target"), CHAIN.cid)
-    honest = P2PHost(config("slots-honest"), CHAIN.cid)  # no merit: a newcomer, on 127.0.0.1
+    target = P2PHost(config("slots-target"), CHAIN.chain_id)
+    honest = P2PHost(config("slots-honest"), CHAIN.chain_id)  # no merit: a newcomer, on 127.0.0.1
     server = SyncServer(target, store, HELD)
     tally = Tally()
     async with running([target, honest]), bare_hosts(20, "127.0.0.2") as attackers:
@@ -152,9 +152,9 @@ async def test_a_useful_peer_gets_a_slot_from_attackers_on_its_own_address(
 ) -> None:
     """Attackers share the honest peer's address (a NAT, this loopback): merit decides."""
     blob_hash = store.put_blob(os.urandom(300_000))
-    target = P2PHost(config("merit-target"), CHAIN.cid)
-    useful = P2PHost(config("merit-useful"), CHAIN.cid)
-    newcomer = P2PHost(config("merit-newcomer"), CHAIN.cid)
+    target = P2PHost(config("merit-target"), CHAIN.chain_id)
+    useful = P2PHost(config("merit-useful"), CHAIN.chain_id)
+    newcomer = P2PHost(config("merit-newcomer"), CHAIN.chain_id)
     useful_store, _ = build_store(tmp_path / "useful", CHAIN, 1)
     model_hash = useful_store.put_blob(b"a block's model" * 1000)
     SyncServer(useful, useful_store)
@@ -194,7 +194,7 @@ async def test_a_useful_peer_gets_a_slot_from_attackers_on_its_own_address(
 
 async def served_until_closed(limits: SyncLimits, store: ChainStore, period: float) -> Any:
     """One stream with a request every `period` s until the server closes it: (answers, s)."""
-    target = P2PHost(config(f"budget-{period}-{limits.stream_lifetime_s}"), CHAIN.cid)
+    target = P2PHost(config(f"budget-{period}-{limits.stream_lifetime_s}"), CHAIN.chain_id)
     server = SyncServer(target, store, limits)
     async with running([target]), bare_hosts(1, "127.0.0.5") as (x,):
         await bare_connect([x], target)
@@ -230,7 +230,7 @@ async def test_a_busy_stream_ends_at_its_lifetime_or_request_count(store: ChainS
 
 
 async def test_the_address_limit_counts_every_identity_from_it(store: ChainStore) -> None:
-    target = P2PHost(config("addr-target"), CHAIN.cid)
+    target = P2PHost(config("addr-target"), CHAIN.chain_id)
     limits = SyncLimits(max_streams_per_addr=8, max_streams_per_peer=4, request_timeout_s=10)
     server = SyncServer(target, store, limits)
     async with (

@@ -49,7 +49,7 @@ BLOB_HASH = hashlib.sha256(BLOB).digest()
 class Host:
     """What SyncServer and SyncClient use of a P2PHost."""
 
-    chain_id = CHAIN.cid
+    chain_id = CHAIN.chain_id
 
     def __init__(self) -> None:
         self.merit = PeerMerit()
@@ -123,11 +123,13 @@ async def test_blocks_from_height_0_start_with_the_genesis_and_block_1_names_the
     finally:
         store.close()
     assert isinstance(answer, Blocks)
-    assert answer.blocks[0] == BlockEntry(0, CHAIN.cid, CHAIN.genesis.encode())
-    assert Genesis.decode(answer.blocks[0].raw).hash() == CHAIN.cid
+    assert answer.blocks[0] == BlockEntry(0, CHAIN.chain_id, CHAIN.genesis.encode())
+    assert Genesis.decode(answer.blocks[0].raw).hash() == CHAIN.chain_id
     assert [e.height for e in answer.blocks] == [0, 1, 2]  # up to the head, no further
     assert answer.blocks[1].block_hash == blocks[0].hash()
-    assert Block.decode(answer.blocks[1].raw).parent == CHAIN.cid  # height 1: parent = chain id
+    assert (
+        Block.decode(answer.blocks[1].raw).parent == CHAIN.chain_id
+    )  # height 1: parent = chain id
 
 
 def test_a_block_goes_without_raw_when_it_overruns_the_8_mib_budget() -> None:

@@ -91,7 +91,7 @@ def chain() -> Chain:
 
 
 def _round(chain: Chain, scores: dict[int, int]) -> tuple[Any, ...]:
-    block, models = chain.round_block(0, chain.cid, 1, scores)
+    block, models = chain.round_block(0, chain.chain_id, 1, scores)
     commits = {c.hash(): c for c in block.commits}
     proofs = {p.commit_id: p for p in block.proofs}
     return block, models, commits, proofs
@@ -99,19 +99,25 @@ def _round(chain: Chain, scores: dict[int, int]) -> tuple[Any, ...]:
 
 def test_built_block_is_the_block_validity_expects(chain: Chain) -> None:
     block, models, commits, proofs = _round(chain, {0: 3, 1: 2, 2: 1})
-    ranking = policy.ranking_for(block.reveal, commits, proofs, chain.cid)
+    ranking = policy.ranking_for(block.reveal, commits, proofs, chain.chain_id)
     me = ranking[0].participant
     built = policy.build_block(
-        ParentInfo(chain.cid, -1, 0), me, block.reveal, ranking, commits, proofs, block.model_hash
+        ParentInfo(chain.chain_id, -1, 0),
+        me,
+        block.reveal,
+        ranking,
+        commits,
+        proofs,
+        block.model_hash,
     )
-    built = sign(built, chain.key_of(me), chain.cid)
+    built = sign(built, chain.key_of(me), chain.chain_id)
     assert built == block
     model = models[chain.participants.index(chain.key_of(me))]
     assert (
         plaincheck.check_block(
             chain.genesis,
-            chain.cid,
-            ParentInfo(chain.cid, -1, 0),
+            chain.chain_id,
+            ParentInfo(chain.chain_id, -1, 0),
             built,
             model,
             hash_verify,
@@ -126,13 +132,15 @@ def test_ranking_leaves_out_proofs_of_commits_on_another_parent(chain: Chain) ->
     block, _, commits, proofs = _round(chain, {0: 3, 1: 2})
     other = next(iter(commits))
     commits = {**commits, other: dataclasses.replace(commits[other], parent=b32("fork"))}
-    ranking = policy.ranking_for(block.reveal, commits, proofs, chain.cid)
+    ranking = policy.ranking_for(block.reveal, commits, proofs, chain.chain_id)
     assert [r.commit_id for r in ranking] == [c for c in proofs if c != other]
 
 
 def test_on_block_lists_every_expensive_check_once(chain: Chain) -> None:
     block, _, _, _ = _round(chain, {0: 3, 1: 2, 2: 1})
-    pending = blocks.on_block(chain.genesis, chain.cid, ParentInfo(chain.cid, -1, 0), block)
+    pending = blocks.on_block(
+        chain.genesis, chain.chain_id, ParentInfo(chain.chain_id, -1, 0), block
+    )
     verifies = [c for c in pending.checks if isinstance(c, VerifyProof)]
     assert len(verifies) == len(block.proofs) == 3
     assert {(c.proof, c.commitment, c.k) for c in verifies} == {
@@ -146,7 +154,9 @@ def test_on_block_lists_every_expensive_check_once(chain: Chain) -> None:
 def test_conclude_reads_every_answer(chain: Chain) -> None:
     block, models, _, _ = _round(chain, {0: 3, 1: 2})
     model = models[chain.participants.index(chain.key_of(block.proposer))]
-    pending = blocks.on_block(chain.genesis, chain.cid, ParentInfo(chain.cid, -1, 0), block)
+    pending = blocks.on_block(
+        chain.genesis, chain.chain_id, ParentInfo(chain.chain_id, -1, 0), block
+    )
     blobs = {block.model_hash: model}
     good = plaincheck.answer_with(pending.checks, blobs, hash_verify, model_commitment, model_score)
     assert blocks.conclude(pending, good) == 3
@@ -167,9 +177,9 @@ def test_conclude_reads_every_answer(chain: Chain) -> None:
 
 def test_on_block_refuses_cheap_faults_before_any_expensive_check(chain: Chain) -> None:
     block, _, _, _ = _round(chain, {0: 3, 1: 2})
-    bad = sign(dataclasses.replace(block, rank=2), chain.key_of(block.proposer), chain.cid)
+    bad = sign(dataclasses.replace(block, rank=2), chain.key_of(block.proposer), chain.chain_id)
     with pytest.raises(InvalidError, match="claims 2"):
-        blocks.on_block(chain.genesis, chain.cid, ParentInfo(chain.cid, -1, 0), bad)
+        blocks.on_block(chain.genesis, chain.chain_id, ParentInfo(chain.chain_id, -1, 0), bad)
 
 
 def test_winner_is_the_default_rule_and_contributes_the_proposer_alone(chain: Chain) -> None:
@@ -181,7 +191,7 @@ def test_winner_is_the_default_rule_and_contributes_the_proposer_alone(chain: Ch
     stranger = sign(
         dataclasses.replace(block, proposer=b32("stranger")),
         chain.key_of(block.proposer),
-        chain.cid,
+        chain.chain_id,
     )
     with pytest.raises(InvalidError, match="no proof"):
         rule.score(stranger)
@@ -190,7 +200,7 @@ def test_winner_is_the_default_rule_and_contributes_the_proposer_alone(chain: Ch
 def test_phases_end_when_their_inputs_are_complete(chain: Chain) -> None:
     block, _, commits, proofs = _round(chain, {0: 3, 1: 2, 2: 1})
     keys = [k.public for k in chain.participants]
-    arrivals = [policy.Arrival(cid, c.participant, 1) for cid, c in commits.items()]
+    arrivals = [policy.Arrival(commit_id, c.participant, 1) for commit_id, c in commits.items()]
     assert policy.commits_complete(keys, arrivals)
     assert not policy.commits_complete(keys, arrivals[:-1])
     assert not policy.commits_complete([*keys, b32("late")], arrivals)

@@ -36,9 +36,9 @@ GENESIS_PARENT = ParentInfo(hash=b"", round=-1, height=0)
 
 
 def _check(chain: Chain, block: Block, model: bytes, parent: ParentInfo | None = None) -> int:
-    p = parent or ParentInfo(chain.cid, -1, 0)
+    p = parent or ParentInfo(chain.chain_id, -1, 0)
     return plaincheck.check_block(
-        chain.genesis, chain.cid, p, block, model, hash_verify, model_commitment, model_score
+        chain.genesis, chain.chain_id, p, block, model, hash_verify, model_commitment, model_score
     )
 
 
@@ -101,7 +101,7 @@ def test_chain_id_changes_with_any_genesis_field(chain: Chain) -> None:
     g2 = dataclasses.replace(
         chain.genesis, timing=Timing(**{**vars(chain.genesis.timing), "round_ms": 10_001})
     )
-    assert chain_id(g2) != chain.cid
+    assert chain_id(g2) != chain.chain_id
     assert Genesis.decode(g2.encode()) == g2
 
 
@@ -111,51 +111,51 @@ def test_chain_id_changes_with_any_genesis_field(chain: Chain) -> None:
 def test_valid_commit_passes(chain: Chain) -> None:
     rules.check_commit(
         chain.genesis,
-        chain.cid,
-        chain.commit(chain.participants[0], 0, chain.cid, b"m"),
+        chain.chain_id,
+        chain.commit(chain.participants[0], 0, chain.chain_id, b"m"),
         chain.genesis.participants,
     )
 
 
 def test_commit_with_tampered_signature_is_rejected(chain: Chain) -> None:
-    tx = chain.commit(chain.participants[0], 0, chain.cid, b"m")
+    tx = chain.commit(chain.participants[0], 0, chain.chain_id, b"m")
     bad = dataclasses.replace(tx, signature=_flip(tx.signature, 5))
     with pytest.raises(InvalidError, match="bad signature"):
-        rules.check_commit(chain.genesis, chain.cid, bad, chain.genesis.participants)
+        rules.check_commit(chain.genesis, chain.chain_id, bad, chain.genesis.participants)
 
 
 @pytest.mark.parametrize("field", ["round", "parent", "binding"])
 def test_commit_with_tampered_field_is_rejected(chain: Chain, field: str) -> None:
-    tx = chain.commit(chain.participants[0], 1, chain.cid, b"m")
+    tx = chain.commit(chain.participants[0], 1, chain.chain_id, b"m")
     value = getattr(tx, field)
     new = value + 1 if isinstance(value, int) else _flip(value)
     with pytest.raises(InvalidError, match="bad signature"):
         rules.check_commit(
             chain.genesis,
-            chain.cid,
+            chain.chain_id,
             dataclasses.replace(tx, **{field: new}),
             chain.genesis.participants,
         )
 
 
 def test_commit_signed_for_another_chain_is_rejected(chain: Chain) -> None:
-    tx = chain.commit(chain.participants[0], 0, chain.cid, b"m")
+    tx = chain.commit(chain.participants[0], 0, chain.chain_id, b"m")
     other = sign(tx, chain.participants[0], sha256(b"another chain"))
     with pytest.raises(InvalidError, match="bad signature"):
-        rules.check_commit(chain.genesis, chain.cid, other, chain.genesis.participants)
+        rules.check_commit(chain.genesis, chain.chain_id, other, chain.genesis.participants)
 
 
 def test_commit_from_non_participant_is_rejected(chain: Chain) -> None:
     outsider = SigningKey(sha256(b"outsider"))
-    tx = chain.commit(outsider, 0, chain.cid, b"m")
+    tx = chain.commit(outsider, 0, chain.chain_id, b"m")
     with pytest.raises(InvalidError, match="not a participant of round 0"):
-        rules.check_commit(chain.genesis, chain.cid, tx, chain.genesis.participants)
+        rules.check_commit(chain.genesis, chain.chain_id, tx, chain.genesis.participants)
 
 
 def test_commit_beyond_the_evaluation_plan_is_rejected(chain: Chain) -> None:
-    tx = chain.commit(chain.participants[0], 8, chain.cid, b"m")
+    tx = chain.commit(chain.participants[0], 8, chain.chain_id, b"m")
     with pytest.raises(InvalidError, match="beyond the evaluation plan"):
-        rules.check_commit(chain.genesis, chain.cid, tx, chain.genesis.participants)
+        rules.check_commit(chain.genesis, chain.chain_id, tx, chain.genesis.participants)
 
 
 @pytest.mark.parametrize(
@@ -176,58 +176,58 @@ def test_an_aggregating_rules_commit_needs_a_real_mask_key(
     the commit, with the reason, and a block carrying such a commit is invalid."""
     g = dataclasses.replace(chain.genesis, rule=RuleSpec("best-share", 50, 3, 16))
     who = chain.participants[0]
-    tx = chain.commit(who, 0, chain.cid, b"m")
-    bad = sign(dataclasses.replace(tx, mask_key=key), who, chain.cid)
+    tx = chain.commit(who, 0, chain.chain_id, b"m")
+    bad = sign(dataclasses.replace(tx, mask_key=key), who, chain.chain_id)
     with pytest.raises(InvalidError, match=reason):
-        rules.check_commit(g, chain.cid, bad, g.participants)
-    good = sign(dataclasses.replace(tx, mask_key=secagg.mask_public(7)), who, chain.cid)
-    rules.check_commit(g, chain.cid, good, g.participants)
+        rules.check_commit(g, chain.chain_id, bad, g.participants)
+    good = sign(dataclasses.replace(tx, mask_key=secagg.mask_public(7)), who, chain.chain_id)
+    rules.check_commit(g, chain.chain_id, good, g.participants)
     # the winner rule masks nothing: its commits carry no key
     with pytest.raises(InvalidError, match="carry no mask key"):
-        rules.check_commit(chain.genesis, chain.cid, good, chain.genesis.participants)
+        rules.check_commit(chain.genesis, chain.chain_id, good, chain.genesis.participants)
 
 
 # --- reveals -----------------------------------------------------------------------------
 
 
 def test_valid_reveal_passes(chain: Chain) -> None:
-    rules.check_reveal(chain.genesis, chain.cid, chain.reveal(3, [sha256(b"c")]))
+    rules.check_reveal(chain.genesis, chain.chain_id, chain.reveal(3, [sha256(b"c")]))
 
 
 def test_reveal_of_a_batch_not_in_the_genesis_root_is_rejected(chain: Chain) -> None:
     r = chain.reveal(2, [])
     batch = dataclasses.replace(r.batch, inputs=_flip(r.batch.inputs, 7))
-    forged = sign(dataclasses.replace(r, batch=batch), chain.publisher, chain.cid)
+    forged = sign(dataclasses.replace(r, batch=batch), chain.publisher, chain.chain_id)
     with pytest.raises(InvalidError, match="does not match the genesis Merkle root"):
-        rules.check_reveal(chain.genesis, chain.cid, forged)
+        rules.check_reveal(chain.genesis, chain.chain_id, forged)
 
 
 def test_reveal_of_another_rounds_batch_is_rejected(chain: Chain) -> None:
     r = chain.reveal(2, [])
-    forged = sign(dataclasses.replace(r, round=3), chain.publisher, chain.cid)
+    forged = sign(dataclasses.replace(r, round=3), chain.publisher, chain.chain_id)
     with pytest.raises(InvalidError, match="must reveal batch 3"):
-        rules.check_reveal(chain.genesis, chain.cid, forged)
+        rules.check_reveal(chain.genesis, chain.chain_id, forged)
 
 
 def test_reveal_with_wrong_label_count_is_rejected(chain: Chain) -> None:
     r = chain.reveal(2, [])
     batch = dataclasses.replace(r.batch, labels=r.batch.labels[:-1])
-    forged = sign(dataclasses.replace(r, batch=batch), chain.publisher, chain.cid)
+    forged = sign(dataclasses.replace(r, batch=batch), chain.publisher, chain.chain_id)
     with pytest.raises(InvalidError, match="labels"):
-        rules.check_reveal(chain.genesis, chain.cid, forged)
+        rules.check_reveal(chain.genesis, chain.chain_id, forged)
 
 
 def test_reveal_not_signed_by_the_publisher_is_rejected(chain: Chain) -> None:
-    r = sign(chain.reveal(2, []), chain.participants[0], chain.cid)
+    r = sign(chain.reveal(2, []), chain.participants[0], chain.chain_id)
     with pytest.raises(InvalidError, match="bad signature"):
-        rules.check_reveal(chain.genesis, chain.cid, r)
+        rules.check_reveal(chain.genesis, chain.chain_id, r)
 
 
 def test_reveal_with_tampered_sealed_set_is_rejected(chain: Chain) -> None:
     r = chain.reveal(2, [sha256(b"a")])
     forged = dataclasses.replace(r, sealed=(sha256(b"a"), sha256(b"b"))[::1])
     with pytest.raises(InvalidError, match="bad signature"):
-        rules.check_reveal(chain.genesis, chain.cid, forged)
+        rules.check_reveal(chain.genesis, chain.chain_id, forged)
 
 
 # --- proofs ------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ MODELS = [bytes([i]) + b"model" for i in range(3)]
 
 def _round(chain: Chain, sealed_ids: list[int] | None = None):  # type: ignore[no-untyped-def]
     ps = chain.participants
-    commits = [chain.commit(p, 0, chain.cid, MODELS[i]) for i, p in enumerate(ps)]
+    commits = [chain.commit(p, 0, chain.chain_id, MODELS[i]) for i, p in enumerate(ps)]
     ids = [c.hash() for c in commits]
     sealed = ids if sealed_ids is None else [ids[i] for i in sealed_ids]
     reveal = chain.reveal(0, sealed)
@@ -248,23 +248,25 @@ def _round(chain: Chain, sealed_ids: list[int] | None = None):  # type: ignore[n
 def test_valid_proof_passes(chain: Chain) -> None:
     commits, reveal = _round(chain)
     tx = chain.proof(chain.participants[1], commits[1], reveal.batch, 3, MODELS[1])
-    plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
+    plaincheck.check_proof_tx(chain.genesis, chain.chain_id, reveal, commits[1], tx, hash_verify)
 
 
 def test_proof_for_an_unsealed_commit_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain, sealed_ids=[0, 2])
     tx = chain.proof(chain.participants[1], commits[1], reveal.batch, 3, MODELS[1])
     with pytest.raises(InvalidError, match="not in the reveal's sealed set"):
-        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
+        plaincheck.check_proof_tx(
+            chain.genesis, chain.chain_id, reveal, commits[1], tx, hash_verify
+        )
 
 
 def test_proof_claiming_another_k_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain)
     tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
-    inflated = sign(dataclasses.replace(tx, k=4), chain.participants[0], chain.cid)
+    inflated = sign(dataclasses.replace(tx, k=4), chain.participants[0], chain.chain_id)
     with pytest.raises(InvalidError, match="does not verify"):
         plaincheck.check_proof_tx(
-            chain.genesis, chain.cid, reveal, commits[0], inflated, hash_verify
+            chain.genesis, chain.chain_id, reveal, commits[0], inflated, hash_verify
         )
 
 
@@ -272,7 +274,9 @@ def test_proof_against_another_participants_commit_is_rejected(chain: Chain) -> 
     commits, reveal = _round(chain)
     tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
     with pytest.raises(InvalidError, match="commit_id"):
-        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[1], tx, hash_verify)
+        plaincheck.check_proof_tx(
+            chain.genesis, chain.chain_id, reveal, commits[1], tx, hash_verify
+        )
 
 
 def test_copier_resigning_someone_elses_proof_is_rejected(chain: Chain) -> None:
@@ -281,17 +285,21 @@ def test_copier_resigning_someone_elses_proof_is_rejected(chain: Chain) -> None:
     stolen = sign(
         dataclasses.replace(tx, participant=chain.participants[1].public),
         chain.participants[1],
-        chain.cid,
+        chain.chain_id,
     )
     with pytest.raises(InvalidError, match="someone other"):
-        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], stolen, hash_verify)
+        plaincheck.check_proof_tx(
+            chain.genesis, chain.chain_id, reveal, commits[0], stolen, hash_verify
+        )
 
 
 def test_proof_with_k_above_batch_size_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain)
     tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 5, MODELS[0])
     with pytest.raises(InvalidError, match="exceeds the batch size"):
-        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], tx, hash_verify)
+        plaincheck.check_proof_tx(
+            chain.genesis, chain.chain_id, reveal, commits[0], tx, hash_verify
+        )
 
 
 def test_proof_with_tampered_signature_is_rejected(chain: Chain) -> None:
@@ -299,7 +307,9 @@ def test_proof_with_tampered_signature_is_rejected(chain: Chain) -> None:
     tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
     bad = dataclasses.replace(tx, signature=_flip(tx.signature, 63))
     with pytest.raises(InvalidError, match="bad signature"):
-        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], bad, hash_verify)
+        plaincheck.check_proof_tx(
+            chain.genesis, chain.chain_id, reveal, commits[0], bad, hash_verify
+        )
 
 
 # --- ranking -----------------------------------------------------------------------------
@@ -339,32 +349,32 @@ def test_tiebreak_rotates_between_rounds(chain: Chain) -> None:
 
 
 def test_valid_block_passes_and_scores_the_proposers_k(chain: Chain) -> None:
-    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    block, models = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 4, 2: 1})
     assert _check(chain, block, _proposer_model(chain, block, models)) == 4
 
 
 def test_fallback_proposer_with_its_true_rank_passes(chain: Chain) -> None:
-    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1}, proposer=0)
+    block, models = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 4, 2: 1}, proposer=0)
     assert block.rank == 2
     assert _check(chain, block, models[0]) == 3
 
 
 def test_block_claiming_a_better_rank_is_rejected(chain: Chain) -> None:
-    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1}, proposer=0)
-    liar = sign(dataclasses.replace(block, rank=1), chain.participants[0], chain.cid)
+    block, models = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 4, 2: 1}, proposer=0)
+    liar = sign(dataclasses.replace(block, rank=1), chain.participants[0], chain.chain_id)
     with pytest.raises(InvalidError, match="claims 1"):
         _check(chain, liar, models[0])
 
 
 def test_block_with_tampered_signature_is_rejected(chain: Chain) -> None:
-    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    block, models = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 4, 2: 1})
     bad = dataclasses.replace(block, signature=_flip(block.signature))
     with pytest.raises(InvalidError, match="bad signature"):
         _check(chain, bad, _proposer_model(chain, block, models))
 
 
 def test_block_whose_model_blob_mismatches_its_hash_is_rejected(chain: Chain) -> None:
-    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    block, models = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 4, 2: 1})
     with pytest.raises(InvalidError, match="model_hash"):
         _check(chain, block, _proposer_model(chain, block, models) + b"x")
 
@@ -377,30 +387,34 @@ def test_copier_of_a_commit_cannot_open_it_under_its_own_key(chain: Chain) -> No
     """
     honest, copier = chain.participants[0], chain.participants[1]
     model = bytes([4]) + b"honest model"
-    c_honest = chain.commit(honest, 0, chain.cid, model)
-    c_copy = sign(dataclasses.replace(c_honest, participant=copier.public), copier, chain.cid)
+    c_honest = chain.commit(honest, 0, chain.chain_id, model)
+    c_copy = sign(dataclasses.replace(c_honest, participant=copier.public), copier, chain.chain_id)
     reveal = chain.reveal(0, [c_honest.hash(), c_copy.hash()])
     p_honest = chain.proof(honest, c_honest, reveal.batch, 4, model)
     p_copy = sign(
         dataclasses.replace(p_honest, participant=copier.public, commit_id=c_copy.hash()),
         copier,
-        chain.cid,
+        chain.chain_id,
     )
-    plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, c_honest, p_honest, hash_verify)
+    plaincheck.check_proof_tx(
+        chain.genesis, chain.chain_id, reveal, c_honest, p_honest, hash_verify
+    )
     with pytest.raises(InvalidError, match="does not open the commit's binding"):
-        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, c_copy, p_copy, hash_verify)
+        plaincheck.check_proof_tx(
+            chain.genesis, chain.chain_id, reveal, c_copy, p_copy, hash_verify
+        )
 
 
 def test_copier_cannot_propose_with_a_model_that_does_not_match_its_commitment(
     chain: Chain,
 ) -> None:
-    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    block, models = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 4, 2: 1})
     winner = chain.participants.index(chain.key_of(block.proposer))
     other = next(i for i in range(3) if i != winner)
     forged = sign(
         dataclasses.replace(block, model_hash=sha256(models[other])),
         chain.key_of(block.proposer),
-        chain.cid,
+        chain.chain_id,
     )
     with pytest.raises(InvalidError, match="does not match the proposer's commitment"):
         _check(chain, forged, models[other])
@@ -410,10 +424,12 @@ def test_proof_of_another_length_is_rejected(chain: Chain) -> None:
     commits, reveal = _round(chain)
     tx = chain.proof(chain.participants[0], commits[0], reveal.batch, 2, MODELS[0])
     padded = sign(
-        dataclasses.replace(tx, proof=tx.proof + b"\x00"), chain.participants[0], chain.cid
+        dataclasses.replace(tx, proof=tx.proof + b"\x00"), chain.participants[0], chain.chain_id
     )
     with pytest.raises(InvalidError, match="proofs are 32"):
-        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], padded, hash_verify)
+        plaincheck.check_proof_tx(
+            chain.genesis, chain.chain_id, reveal, commits[0], padded, hash_verify
+        )
 
 
 def test_a_verifier_that_raises_is_a_rejection_not_a_crash(chain: Chain) -> None:
@@ -424,18 +440,18 @@ def test_a_verifier_that_raises_is_a_rejection_not_a_crash(chain: Chain) -> None
         raise IndexError("label out of range")
 
     with pytest.raises(InvalidError, match="IndexError"):
-        plaincheck.check_proof_tx(chain.genesis, chain.cid, reveal, commits[0], tx, broken)
+        plaincheck.check_proof_tx(chain.genesis, chain.chain_id, reveal, commits[0], tx, broken)
 
 
 def test_block_whose_model_scores_differently_in_the_clear_is_rejected(chain: Chain) -> None:
-    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    block, models = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 4, 2: 1})
     model = _proposer_model(chain, block, models)
     # Same commitment function input can't change, so swap the evaluator instead.
     with pytest.raises(InvalidError, match="in the clear"):
         plaincheck.check_block(
             chain.genesis,
-            chain.cid,
-            ParentInfo(chain.cid, -1, 0),
+            chain.chain_id,
+            ParentInfo(chain.chain_id, -1, 0),
             block,
             model,
             hash_verify,
@@ -445,17 +461,17 @@ def test_block_whose_model_scores_differently_in_the_clear_is_rejected(chain: Ch
 
 
 def test_block_including_an_unsealed_commit_is_rejected(chain: Chain) -> None:
-    block, models = chain.round_block(0, chain.cid, 1, {0: 3, 1: 4, 2: 1})
+    block, models = chain.round_block(0, chain.chain_id, 1, {0: 3, 1: 4, 2: 1})
     reveal = chain.reveal(0, list(block.reveal.sealed[:-1]))
     forged = sign(
-        dataclasses.replace(block, reveal=reveal), chain.key_of(block.proposer), chain.cid
+        dataclasses.replace(block, reveal=reveal), chain.key_of(block.proposer), chain.chain_id
     )
     with pytest.raises(InvalidError, match="sealed"):
         _check(chain, forged, _proposer_model(chain, block, models))
 
 
 def test_block_at_the_wrong_height_or_parent_is_rejected(chain: Chain) -> None:
-    block, models = chain.round_block(0, chain.cid, 2, {0: 3, 1: 4, 2: 1})
+    block, models = chain.round_block(0, chain.chain_id, 2, {0: 3, 1: 4, 2: 1})
     with pytest.raises(InvalidError, match="height"):
         _check(chain, block, _proposer_model(chain, block, models))
     block, models = chain.round_block(0, sha256(b"elsewhere"), 1, {0: 3, 1: 4, 2: 1})
@@ -464,13 +480,15 @@ def test_block_at_the_wrong_height_or_parent_is_rejected(chain: Chain) -> None:
 
 
 def test_block_repeating_the_parents_round_is_rejected(chain: Chain) -> None:
-    block, models = chain.round_block(3, chain.cid, 1, {0: 3, 1: 4})
+    block, models = chain.round_block(3, chain.chain_id, 1, {0: 3, 1: 4})
     with pytest.raises(InvalidError, match="does not follow"):
-        _check(chain, block, _proposer_model(chain, block, models), ParentInfo(chain.cid, 3, 0))
+        _check(
+            chain, block, _proposer_model(chain, block, models), ParentInfo(chain.chain_id, 3, 0)
+        )
 
 
 def test_block_whose_proposer_scored_zero_is_rejected(chain: Chain) -> None:
-    block, models = chain.round_block(0, chain.cid, 1, {0: 0, 1: 0})
+    block, models = chain.round_block(0, chain.chain_id, 1, {0: 0, 1: 0})
     with pytest.raises(InvalidError, match="at least 1"):
         _check(chain, block, _proposer_model(chain, block, models))
 

@@ -74,12 +74,12 @@ def check_bootstrap(addrs: tuple[str, ...]) -> None:
 
 def parse_chain_id(text: str) -> bytes:
     try:
-        cid = bytes.fromhex(text)
+        chain_id = bytes.fromhex(text)
     except ValueError:
-        cid = b""
-    if len(cid) != 32:
+        chain_id = b""
+    if len(chain_id) != 32:
         raise HomeError(f"--chain-id must be 64 hex digits (the genesis hash), got {text!r}")
-    return cid
+    return chain_id
 
 
 def read_genesis(path: str) -> Genesis:
@@ -94,9 +94,9 @@ def read_genesis(path: str) -> Genesis:
 
 
 async def fetch_genesis(
-    cid: bytes, bootstrap: tuple[str, ...], connect_timeout_s: float
+    chain_id: bytes, bootstrap: tuple[str, ...], connect_timeout_s: float
 ) -> Genesis:
-    """The genesis with hash `cid`, from the bootstrap peers (a throwaway identity asks)."""
+    """The genesis with hash `chain_id`, from the bootstrap peers (a throwaway identity asks)."""
     host = P2PHost(
         HostConfig(
             seed=os.urandom(32),
@@ -104,7 +104,7 @@ async def fetch_genesis(
             bootstrap=bootstrap,
             target_peers=0,  # one question to the bootstrap peers: no discovery
         ),
-        cid,
+        chain_id,
     )
     # A command, not a daemon: its failure is said below in one line, so py-libp2p's own
     # dumps of a refused stream (7 lines for a wrong chain id) stay unsaid.
@@ -112,13 +112,13 @@ async def fetch_genesis(
     level = lib.level
     lib.setLevel(logging.CRITICAL)
     try:
-        return await _ask_genesis(host, cid, bootstrap, connect_timeout_s)
+        return await _ask_genesis(host, chain_id, bootstrap, connect_timeout_s)
     finally:
         lib.setLevel(level)
 
 
 async def _ask_genesis(
-    host: P2PHost, cid: bytes, bootstrap: tuple[str, ...], connect_timeout_s: float
+    host: P2PHost, chain_id: bytes, bootstrap: tuple[str, ...], connect_timeout_s: float
 ) -> Genesis:
     data: bytes | None = None
     failure = ""
@@ -130,7 +130,7 @@ async def _ask_genesis(
         if peers:
             try:
                 with trio.fail_after(FETCH_TIMEOUT_S):
-                    data = await SyncClient(host).content_from_any(peers, cid)
+                    data = await SyncClient(host).content_from_any(peers, chain_id)
             except (SyncError, trio.TooSlowError) as exc:
                 failure = str(exc) or "timed out"
     if not peers:
@@ -141,10 +141,10 @@ async def _ask_genesis(
         )
     if data is None:
         raise HomeError(
-            f"the bootstrap peer does not serve chain {cid.hex()} ({failure}): check "
+            f"the bootstrap peer does not serve chain {chain_id.hex()} ({failure}): check "
             "--chain-id (`zkpot status` on a node of the chain prints it)"
         )
-    return Genesis.decode(data)  # its bytes hash to cid: SyncClient checked them
+    return Genesis.decode(data)  # its bytes hash to chain_id: SyncClient checked them
 
 
 def init_home(spec: JoinSpec) -> dict[str, object]:
@@ -168,8 +168,8 @@ async def join_home(spec: JoinSpec) -> dict[str, object]:
                 f"{spec.chain_id}: it is another chain's genesis"
             )
     else:
-        cid = parse_chain_id(spec.chain_id)
-        genesis = await fetch_genesis(cid, spec.bootstrap, spec.connect_timeout_s)
+        chain_id = parse_chain_id(spec.chain_id)
+        genesis = await fetch_genesis(chain_id, spec.bootstrap, spec.connect_timeout_s)
     try:
         rules.check_genesis(genesis)
     except ConsensusError as exc:

@@ -182,7 +182,10 @@ def format_round(r: dict[str, Any], names: Names | None = None) -> str:
         for c in r["commits"]:
             p = proofs.pop(c["id"], None)
             rows.append(_proof_row(c["id"], c["participant"], p, rank, names))
-        rows += [_proof_row(cid, p["participant"], p, rank, names) for cid, p in proofs.items()]
+        rows += [
+            _proof_row(commit_id, p["participant"], p, rank, names)
+            for commit_id, p in proofs.items()
+        ]
         out += ["", table(["commit", "participant", "k", "valid", "rank", "reason"], rows)]
     for note in r.get("notes", []):
         out.append(f"note: {note}")
@@ -190,13 +193,17 @@ def format_round(r: dict[str, Any], names: Names | None = None) -> str:
 
 
 def _proof_row(
-    cid: str, participant: str, p: dict[str, Any] | None, rank: dict[str, int], names: Names | None
+    commit_id: str,
+    participant: str,
+    p: dict[str, Any] | None,
+    rank: dict[str, int],
+    names: Names | None,
 ) -> list[object]:
     name = who(participant, names)
     if p is None:
-        return [short(cid), name, "no proof", None, None, None]
+        return [short(commit_id), name, "no proof", None, None, None]
     valid = {True: "valid", False: "INVALID", None: "pending"}[p["valid"]]
-    return [short(cid), name, p["k"], valid, rank.get(participant), p["reason"]]
+    return [short(commit_id), name, p["k"], valid, rank.get(participant), p["reason"]]
 
 
 def format_peers(p: dict[str, Any], names: Names | None = None) -> str:

@@ -85,7 +85,7 @@ class Sim:
         )
         self.chain = Chain(base.participants, base.publisher, g, base.batches)
         self.genesis: Genesis = g
-        self.cid = self.chain.cid
+        self.chain_id = self.chain.chain_id
         self.batch = self.chain.batches[0]
         self.weakened = weakened
         self.weak_shares = weak_shares  # share a silent member's seed for any Complete
@@ -95,23 +95,23 @@ class Sim:
             model = [(i + 1) * 7 + 3 * j - 5 for j in range(N)]
             p = Party(key, k, model, secagg.mask_secret(sha256(b"mask" + bytes([i]))))
             c = bytes([i + 2]) * 32
-            binding = rules.commit_binding(self.cid, key.public, 0, self.cid, c)
+            binding = rules.commit_binding(self.chain_id, key.public, 0, self.chain_id, c)
             p.commit = sign(
                 CommitTx(
                     0,
-                    self.cid,
+                    self.chain_id,
                     key.public,
                     binding,
                     mask_key=secagg.mask_public(p.secret),
                     signature=bytes(64),
                 ),
                 key,
-                self.cid,
+                self.chain_id,
             )
             p.proof = sign(
                 ProofTx(0, p.commit.hash(), key.public, c, k, b"\x00" * 32, bytes(64)),
                 key,
-                self.cid,
+                self.chain_id,
             )
             self.parties.append(p)
         self.adversary = self.parties[:adversaries]
@@ -143,7 +143,7 @@ class Sim:
     def _accept(self, msg: object) -> bool:
         a = self.agg
         if isinstance(msg, Selection):
-            aggcheck.check_selection(self.genesis, self.cid, msg, set(self.by_key))
+            aggcheck.check_selection(self.genesis, self.chain_id, msg, set(self.by_key))
             committer = {c: p.participant for c, p in self.proofs.items()}
             sealed = set(committer)
             return aggcheck.proposer_sealed(msg, sealed, committer) and a.add_selection(
@@ -153,17 +153,17 @@ class Sim:
         if sel is None:
             return False
         if isinstance(msg, MaskedUpdate):
-            aggcheck.check_update(self.genesis, self.cid, sel, msg)
+            aggcheck.check_update(self.genesis, self.chain_id, sel, msg)
             return a.add_update(msg)
         if isinstance(msg, Complete):
-            aggcheck.check_complete(self.cid, sel, msg)
+            aggcheck.check_complete(self.chain_id, sel, msg)
             return a.add_complete(msg, self.now)
         if isinstance(msg, SeedShare):
             comp = a.completes.get(msg.selection)
             owner = a.updates.get(msg.selection, {}).get(msg.owner)
             if comp is None or owner is None or owner.hash() != msg.update:
                 return False
-            aggcheck.check_seed_share(self.cid, sel, comp, owner, msg)
+            aggcheck.check_seed_share(self.chain_id, sel, comp, owner, msg)
             return a.add_share(msg)
         if isinstance(msg, Dispute):
             if self.weakened:  # v2: any pairs of members, signed by the proposer
@@ -171,18 +171,20 @@ class Sim:
                     x, y = secagg.pair_of(pid)
                     if not (x < y and x in sel.members and y in sel.members):
                         return False
-                rules.check_signature(msg, sel.proposer, self.cid)
-            elif not aggcheck.check_dispute(self.cid, sel, msg, a.updates.get(sel.hash(), {})):
+                rules.check_signature(msg, sel.proposer, self.chain_id)
+            elif not aggcheck.check_dispute(self.chain_id, sel, msg, a.updates.get(sel.hash(), {})):
                 return False
             return a.add_dispute(msg)
         if isinstance(msg, PairReveal):
             d = a.disputes.get(msg.selection)
             if d is None:
                 return False
-            aggcheck.check_reveal(self.cid, d, msg, self.mask_keys)
+            aggcheck.check_reveal(self.chain_id, d, msg, self.mask_keys)
             return a.add_reveal(msg)
         assert isinstance(msg, Unmask)
-        aggcheck.check_unmask(self.cid, sel, msg, a.updates.get(msg.selection, {}).get(msg.member))
+        aggcheck.check_unmask(
+            self.chain_id, sel, msg, a.updates.get(msg.selection, {}).get(msg.member)
+        )
         return a.add_unmask(msg)
 
     def settle(self) -> None:
@@ -202,8 +204,8 @@ class Sim:
         chosen = self.rule.select(self.batch, listed, PARENT_C)
         members = tuple(sorted(c.participant for c in chosen))
         ids = tuple(sorted(p.commit.hash() for p in proofs))
-        sel = Selection(0, self.cid, proposer.public, attempt, ids, members, bytes(64))
-        return sign(sel, proposer.key, self.cid)
+        sel = Selection(0, self.chain_id, proposer.public, attempt, ids, members, bytes(64))
+        return sign(sel, proposer.key, self.chain_id)
 
     def masked_update(
         self, p: Party, sel: Selection, lie_with: bytes | None = None
@@ -231,21 +233,23 @@ class Sim:
         pairs = tuple(lcommit(u) for _, u in pair_masks)
         self_c = lcommit(list(masks.self_mask))
         upd = secagg.unsigned_update(h, p.public, secagg.encode_vector(y), pairs, self_c, masks)
-        return sign(upd, p.key, self.cid)
+        return sign(upd, p.key, self.chain_id)
 
     def unmask(self, p: Party, sel: Selection) -> Unmask:
         seed = masking.self_seed(p.secret.to_bytes(32, "big"), sel.hash())
-        return sign(Unmask(sel.hash(), p.public, seed, bytes(64)), p.key, self.cid)
+        return sign(Unmask(sel.hash(), p.public, seed, bytes(64)), p.key, self.chain_id)
 
     def complete(self, proposer: Party, sel: Selection) -> Complete | None:
         got = self.agg.updates.get(sel.hash(), {})
         if not set(sel.members) <= set(got):
             return None
         hashes = tuple(got[m].hash() for m in sel.members)
-        return sign(Complete(sel.hash(), hashes, bytes(64)), proposer.key, self.cid)
+        return sign(Complete(sel.hash(), hashes, bytes(64)), proposer.key, self.chain_id)
 
     def dispute(self, proposer: Party, sel: Selection, pairs: list[bytes]) -> Dispute:
-        return sign(Dispute(sel.hash(), tuple(sorted(pairs)), bytes(64)), proposer.key, self.cid)
+        return sign(
+            Dispute(sel.hash(), tuple(sorted(pairs)), bytes(64)), proposer.key, self.chain_id
+        )
 
     # ------------------------------------------------------------------ honest behaviour
 
@@ -285,7 +289,7 @@ class Sim:
                 )
             for partner in partners:
                 r = secagg.reveal_pair(p.secret, p.public, partner, self.mask_keys[partner], h)
-                self.publish(sign(r, p.key, self.cid))
+                self.publish(sign(r, p.key, self.chain_id))
         completes = [(a.selections[h], c) for h, c in a.completes.items() if h in ms.answered]
         if self.weakened:
             choice = (
@@ -356,7 +360,7 @@ class Sim:
             sealed = upd.seed_shares[secagg.others_of(sel.members, owner).index(p.public)]
             value = secagg.open_share(p.secret, p.public, owner, self.mask_keys[owner], h, sealed)
             share = SeedShare(h, p.public, owner, upd.hash(), value.to_bytes(32, "big"), bytes(64))
-            self.publish(sign(share, p.key, self.cid))
+            self.publish(sign(share, p.key, self.chain_id))
 
     def _answers(self, p: Party, sel: Selection) -> bool:
         listed = [self.proofs[c] for c in sel.proofs if c in self.proofs]

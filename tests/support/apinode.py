@@ -56,7 +56,7 @@ def _block_with_model(
     """
     block, _ = chain.round_block(rnd, parent, height, scores)
     block = dataclasses.replace(block, model_hash=sha256(model))
-    return rules.sign(block, chain.key_of(block.proposer), chain.cid)
+    return rules.sign(block, chain.key_of(block.proposer), chain.chain_id)
 
 
 def build_node(path: Path, *, now_round: int = NOW_ROUND, store_initial: bool = True) -> Node:
@@ -65,12 +65,12 @@ def build_node(path: Path, *, now_round: int = NOW_ROUND, store_initial: bool = 
     genesis = dataclasses.replace(base.genesis, initial_model_hash=sha256(initial))
     chain = Chain(base.participants, base.publisher, genesis, base.batches)
     store = ChainStore.open(path)
-    store.init_genesis(chain.cid, genesis.encode())
+    store.init_genesis(chain.chain_id, genesis.encode())
     if store_initial:
         store.put_blob(initial)
 
-    hashes, blocks, models = [chain.cid], [], [initial]
-    parent, score = chain.cid, 0
+    hashes, blocks, models = [chain.chain_id], [], [initial]
+    parent, score = chain.chain_id, 0
     fork = b""
     for height, rnd in enumerate(BLOCK_ROUNDS, start=1):
         model = model_to_bytes(build_model(ARCH, rnd))

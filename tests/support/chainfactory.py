@@ -74,16 +74,18 @@ class Chain:
     cid: bytes = field(init=False)
 
     def __post_init__(self) -> None:
-        self.cid = chain_id(self.genesis)
+        self.chain_id = chain_id(self.genesis)
 
     def key_of(self, public: bytes) -> SigningKey:
         return next(k for k in self.participants if k.public == public)
 
     def commit(self, who: SigningKey, rnd: int, parent: bytes, model: bytes) -> CommitTx:
-        binding = rules.commit_binding(self.cid, who.public, rnd, parent, model_commitment(model))
+        binding = rules.commit_binding(
+            self.chain_id, who.public, rnd, parent, model_commitment(model)
+        )
         key = mask_key_for(who.public, rnd) if self.genesis.rule.name != "winner" else b""
         tx = CommitTx(rnd, parent, who.public, binding, mask_key=key, signature=bytes(64))
-        return sign(tx, who, self.cid)
+        return sign(tx, who, self.chain_id)
 
     def reveal(self, rnd: int, sealed: list[bytes]) -> Reveal:
         leaves = [b.hash() for b in self.batches]
@@ -94,7 +96,7 @@ class Chain:
             tuple(sorted(sealed)),
             bytes(64),
         )
-        return sign(r, self.publisher, self.cid)
+        return sign(r, self.publisher, self.chain_id)
 
     def proof(
         self, who: SigningKey, commit: CommitTx, batch: EvalBatch, k: int, model: bytes
@@ -103,7 +105,7 @@ class Chain:
         tx = ProofTx(
             commit.round, commit.hash(), who.public, c, k, hash_proof(batch, c, k), bytes(64)
         )
-        return sign(tx, who, self.cid)
+        return sign(tx, who, self.chain_id)
 
     def round_block(
         self,
@@ -142,7 +144,7 @@ class Chain:
             sha256(models[idx]),
             bytes(64),
         )
-        return sign(block, who, self.cid), models
+        return sign(block, who, self.chain_id), models
 
 
 def make_chain(n: int = 3, num_batches: int = 8, finality_depth: int = 3) -> Chain:

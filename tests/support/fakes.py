@@ -205,8 +205,6 @@ class FakeGossip:
     def __init__(self, net: FakeNet) -> None:
         self.net = net
         self.validators: dict[TopicKind, Validator] = {}
-        send, self.inbox = trio.open_memory_channel[Any](1000)
-        self._send = send
         self.published: list[Outgoing] = []
 
     def set_validator(self, kind: TopicKind, validator: Validator) -> None:
@@ -274,7 +272,7 @@ class FakeNetwork:
         validator = dst.gossip.validators.get(kind)
         if validator is None:
             return
-        verdict = await validator(item, src.peer_id)
+        verdict = await validator(item, item.encode(), src.peer_id)
         self.verdicts.append((str(dst.peer_id), type(item).__name__, verdict))
 
     async def node_of(self, peer: ID) -> FakeNode:
@@ -299,7 +297,7 @@ class FakeSync:
     async def status(self, peer: ID) -> Status:
         node = await self.network.node_of(peer)
         head = node.chain.node(node.chain.head)
-        return Status(node.chain.cid, head.hash, head.height, head.score)
+        return Status(node.chain.chain_id, head.hash, head.height, head.score)
 
     async def blocks(self, peer: ID, start: int, count: int) -> list[BlockEntry]:
         store = await self._store(peer)
@@ -394,7 +392,7 @@ def canonical(node: FakeNode) -> list[Block]:
     """A node's canonical chain, first block first."""
     out = []
     h = node.chain.head
-    while h != node.chain.cid:
+    while h != node.chain.chain_id:
         block = node.chain.block(h)
         assert block is not None
         out.append(block)

@@ -119,12 +119,12 @@ async def _copy_and_dispute(m: aggmember.Member, sel: Selection) -> None:
     copy = sign(
         Selection(sel.round, sel.parent, m.key.public, 7, sel.proofs, sel.members, bytes(64)),
         m.key,
-        m.cid,
+        m.chain_id,
     )
     await m.publish(copy)
     pairs = tuple(sorted(secagg.pair_id(a, b) for a in sel.members for b in sel.members if a < b))
     for target in (copy, sel):
-        await m.publish(sign(Dispute(target.hash(), pairs, bytes(64)), m.key, m.cid))
+        await m.publish(sign(Dispute(target.hash(), pairs, bytes(64)), m.key, m.chain_id))
 
 
 async def propose_when_due(

@@ -28,15 +28,16 @@ async def main(args: argparse.Namespace) -> None:
         reconnect_interval_s=0.5,
         target_peers=0,  # the test's topology (a line of relays) is what it tests
     )
-    host = P2PHost(config, chain.cid)
+    host = P2PHost(config, chain.chain_id)
     for kind in TopicKind:
-        host.gossip.set_validator(kind, consensus_validator(chain))  # type: ignore[arg-type]
+        host.gossip.set_validator(kind, consensus_validator(chain))
     store = ChainStore.open(args.store) if args.store else None
     if store is not None:
         SyncServer(host, store)
+    delivered = host.gossip.listen()
     async with host.run():
         print(json.dumps({"addrs": host.addrs, "peer_id": str(host.peer_id)}), flush=True)
-        async for d in host.gossip.inbox:
+        async for d in delivered:
             print("got", hashlib.sha256(d.raw).hexdigest(), flush=True)
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import itertools
 import os
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -39,6 +40,7 @@ from p2p import (
     HostConfig,
     P2PHost,
     TopicKind,
+    Validator,
     Verdict,
     key_pair_from_seed,
 )
@@ -60,9 +62,24 @@ def config(name: str, **kw: object) -> HostConfig:
     return HostConfig(seed=seed(name), gossip=gossip, **kw)  # type: ignore[arg-type]
 
 
+_inboxes: weakref.WeakKeyDictionary[P2PHost, trio.MemoryReceiveChannel[Delivered]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def inbox(host: P2PHost) -> trio.MemoryReceiveChannel[Delivered]:
+    """The host's accepted messages, from the first call on (`running` makes the call
+    before a host starts, so nothing delivered to it is missed)."""
+    if host not in _inboxes:
+        _inboxes[host] = host.gossip.listen()
+    return _inboxes[host]
+
+
 @asynccontextmanager
 async def running(hosts: list[P2PHost]) -> AsyncIterator[list[P2PHost]]:
     async with AsyncExitStack() as stack:
+        for h in hosts:
+            inbox(h)
         for h in hosts:
             await stack.enter_async_context(h.run())
         yield hosts
@@ -96,7 +113,7 @@ async def receive(
     """The first delivery matching `pred` (others are skipped)."""
     with trio.fail_after(timeout):
         while True:
-            d = await host.gossip.inbox.receive()
+            d = await inbox(host).receive()
             if pred(d):
                 return d
 
@@ -105,27 +122,27 @@ async def absent(host: P2PHost, pred: Callable[[Delivered], bool], wait: float) 
     """True if nothing matching `pred` arrives within `wait` seconds."""
     with trio.move_on_after(wait):
         while True:
-            d = await host.gossip.inbox.receive()
+            d = await inbox(host).receive()
             if pred(d):
                 return False
     return True
 
 
-def consensus_validator(chain: Chain) -> Callable[[GossipItem, ID], object]:
+def consensus_validator(chain: Chain) -> Validator:
     """The stateless consensus checks a node runs on gossip (no zk here)."""
     genesis: Genesis = chain.genesis
 
-    async def validate(item: GossipItem, forwarder: ID) -> Verdict:
+    async def validate(item: GossipItem, raw: bytes, forwarder: ID) -> Verdict:
         try:
             if isinstance(item, CommitTx):
-                rules.check_commit(genesis, chain.cid, item, genesis.participants)
+                rules.check_commit(genesis, chain.chain_id, item, genesis.participants)
             elif isinstance(item, Reveal):
-                rules.check_reveal(genesis, chain.cid, item)
+                rules.check_reveal(genesis, chain.chain_id, item)
             elif isinstance(item, ProofTx):
                 if item.participant not in genesis.participants:
                     return Verdict.REJECT
             elif isinstance(item, Block):
-                rules.check_reveal(genesis, chain.cid, item.reveal)
+                rules.check_reveal(genesis, chain.chain_id, item.reveal)
         except InvalidError:
             return Verdict.REJECT
         return Verdict.ACCEPT
@@ -135,15 +152,15 @@ def consensus_validator(chain: Chain) -> Callable[[GossipItem, ID], object]:
 
 def forged_commit(chain: Chain, rnd: int, tag: bytes) -> CommitTx:
     """A well-formed commit whose signature is wrong: decodes, fails consensus."""
-    good = chain.commit(chain.participants[0], rnd, chain.cid, b"model" + tag)
+    good = chain.commit(chain.participants[0], rnd, chain.chain_id, b"model" + tag)
     return dataclasses.replace(good, signature=bytes(64))
 
 
 def build_store(path: Path, chain: Chain, blocks: int) -> tuple[ChainStore, list[Block]]:
     """A real LevelDB store with `blocks` valid blocks on the canonical chain."""
     store = ChainStore.open(path)
-    store.init_genesis(chain.cid, chain.genesis.encode())
-    parent, score, out = chain.cid, 0, []
+    store.init_genesis(chain.chain_id, chain.genesis.encode())
+    parent, score, out = chain.chain_id, 0, []
     for i in range(blocks):
         block, models = chain.round_block(i, parent, i + 1, {0: 3, 1: 2, 2: 1})
         score += rule_for(chain.genesis).score(block)
