@@ -185,7 +185,7 @@ def build_chain(mat: Material, store_dir: Path, blocks: int, per_block: int) -> 
         )
         block = sign(block, mat.keys[best], chain_id)
         raw = block.encode()
-        trio.run(chain.apply, block, raw, model, max(1, ranking[0].k))
+        trio.run(chain.apply, block, raw, (model,), max(1, ranking[0].k))
         parent = sha256(raw)
     store.close()
     return genesis, len(raw)

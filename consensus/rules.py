@@ -4,7 +4,8 @@ Expensive or environment-bound checks are not run here: a rule names them as val
 (consensus.checks: the zk verification, a model's commitment, its re-evaluation) for the
 shell to answer, so this module stays pure and every rule can be replayed in a test
 (tests/support/plaincheck.py answers them with plain functions). Each `check_*` returns
-None or raises `InvalidError` whose message says which rule broke.
+None or raises `InvalidError` whose message says which rule broke. (A little over 300
+lines: every message's rules side by side, as the spec lists them.)
 """
 
 from __future__ import annotations

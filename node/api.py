@@ -5,7 +5,8 @@ or Membership change and treats it exactly as if it had come by gossip (checked,
 relayed), so it can do nothing a peer cannot. Exposing the API is about privacy and
 load, not safety; it still binds 127.0.0.1 unless the operator configures otherwise.
 Errors are JSON `{"error": "..."}` whose message says what to do: 400 for malformed
-input, 404 for things this node does not have.
+input, 404 for things this node does not have. (A little over 300 lines: one route
+table, each route a few lines over the view.)
 """
 
 from __future__ import annotations

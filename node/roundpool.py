@@ -103,8 +103,8 @@ class RoundState:
 
     def arrivals(self) -> list[policy.Arrival]:
         return [
-            policy.Arrival(chain_id, c.participant, self.received_ms[chain_id])
-            for chain_id, c in self.commits.items()
+            policy.Arrival(commit_id, c.participant, self.received_ms[commit_id])
+            for commit_id, c in self.commits.items()
         ]
 
 
@@ -168,11 +168,11 @@ class RoundPool:
 
     def record_commit(self, rnd: int, c: CommitTx, received_ms: int | None = None) -> None:
         st = self.state(rnd)
-        chain_id = c.hash()
-        if chain_id not in st.commits:
-            st.commits[chain_id] = c
-            st.received_ms[chain_id] = self.clock() if received_ms is None else received_ms
-            self.roundlog.record(rnd).commits[chain_id] = c.participant
+        commit_id = c.hash()
+        if commit_id not in st.commits:
+            st.commits[commit_id] = c
+            st.received_ms[commit_id] = self.clock() if received_ms is None else received_ms
+            self.roundlog.record(rnd).commits[commit_id] = c.participant
             st.touch()
 
     def hold_commit(self, c: CommitTx) -> None:

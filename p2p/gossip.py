@@ -22,7 +22,8 @@ here yet) drops the message without penalty. Rejected and ignored messages are
 never relayed; one past its budget is IGNORE. The validators are where the node acts
 on a message; accepted messages are not delivered again, except to a `listen`er
 (tools and tests that watch the topics). The topics' wire values (names, payload
-types, decoding) are p2p.topics.
+types, decoding) are p2p.topics. (A little over 300 lines: validation, delivery and
+publishing with backpressure share the router and its queues.)
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
 """Every patch and wrapper around py-libp2p 0.8.1 internals lives here, one per trap.
+(Over 300 lines on purpose: the one place that touches the library's internals, so an
+upgrade is checked against this file alone.)
 
 py-libp2p runs stream handlers and pubsub work as tasks in nurseries it owns; an
 exception that escapes any of them cancels the whole swarm or pubsub service, so a

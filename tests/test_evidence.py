@@ -17,7 +17,7 @@ from consensus.membership import genesis_roster
 from consensus.rules import sign
 from consensus.secagg import MaskedUpdate, SeedShare, Selection, Unmask
 from consensus.strategy import BestShare
-from consensus.types import BAD_UNMASK, CommitTx, Evidence, ProofTx
+from consensus.types import BAD_UNMASK, MAX_EVIDENCE_MESSAGES, CommitTx, Evidence, ProofTx
 from p2p.topics import MAX_GOSSIP_PAYLOAD
 from prover.client import CheckUpdate, MaskCommitment, MaskVector
 from support.chainfactory import Chain, make_chain
@@ -426,3 +426,9 @@ def test_a_wrong_vector_in_parts_is_quoted_whole_and_checked_whole(chain: Chain)
     ):
         with pytest.raises(InvalidError, match=why):
             evidence.offence(g, chain.chain_id, bad)
+
+
+def test_evidence_may_quote_a_bad_update_of_the_largest_vector_whole() -> None:
+    """types.MAX_EVIDENCE_MESSAGES is written out (types cannot import secagg): it must
+    be BAD_UPDATE's four messages plus the later parts of a vector in MAX_PARTS parts."""
+    assert MAX_EVIDENCE_MESSAGES == 4 + secagg.MAX_PARTS - 1

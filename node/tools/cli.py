@@ -2,6 +2,8 @@
 
 Subcommands for running nodes and testnets, inspecting a running node through its
 API, building circuit artifacts and checking genesis files and stores.
+(Over 300 lines: the whole argument tree in one place, so `zkpot --help` and the
+subcommands read as one; each subcommand's work lives in its own module.)
 """
 
 from __future__ import annotations
