@@ -83,6 +83,7 @@ class BlockRelay:
             if self.relayed[key] != sha256(raw):
                 log.info("round %d: a second block by %s, not relayed", item.round, short(key[0]))
             return Verdict.IGNORE
+        sources = [forwarder, *self._peers_with_pubkey(item.proposer)]
         try:
             checked = imp.admit(item, raw)
         except InvalidError as exc:
@@ -90,10 +91,10 @@ class BlockRelay:
             return Verdict.REJECT
         if not isinstance(checked, CheckedBlock):
             return Verdict.IGNORE  # a duplicate, refused, or not placeable now (see admit)
+        # nothing between admit and start_soon may raise: the flight must reach complete
         self.relayed[key] = checked.hash
         while len(self.relayed) > MAX_REFUSED:
             self.relayed.popitem(last=False)
-        sources = [forwarder, *self._peers_with_pubkey(item.proposer)]
         self._nursery.start_soon(self._complete, checked, sources)
         return Verdict.ACCEPT
 

@@ -85,7 +85,7 @@ class BlockImporter:
         self.own: set[bytes] = set()  # our own publishes pass our validator
         self._inflight: dict[bytes, Flight] = {}  # blocks being validated right now
         self.want_sync = want_sync  # a block arrived whose parent we lack
-        self.on_received = on_received  # a block passed the cheap rules
+        self.on_received = on_received  # another's block passed the cheap rules
         self.on_applied = on_applied  # a block is stored (and maybe head)
         self.fetched: OrderedDict[bytes, bytes] = OrderedDict()  # model blobs not stored yet
 
@@ -94,15 +94,18 @@ class BlockImporter:
         while len(self.refused) > MAX_REFUSED:
             self.refused.popitem(last=False)
 
-    def admit(self, block: Block, raw: bytes) -> CheckedBlock | Placement:
+    def admit(self, block: Block, raw: bytes, *, synced: bool = False) -> CheckedBlock | Placement:
         """The one gate of every block (gossip, sync, our own): where it stands
         (forkchoice.placement) and every cheap rule (blocks.on_block). Refusal happens
         here and only here: a block below finality or breaking a rule is remembered as
-        refused (InvalidError for the latter); an orphan wakes sync. An importable block
-        comes back checked, its flight registered; anything else, its placement."""
+        refused (InvalidError for the latter). An orphan by gossip wakes sync; one that
+        sync itself fetched (`synced`: in height order from our finalized block) does not
+        join our chain, and is refused, so that peer's chain is not fetched again at
+        once. An importable block comes back checked, its flight registered; anything
+        else, its placement."""
         h = sha256(raw)
         where = placement(self.chain.forks, h, block.parent, self.refused, self._inflight)
-        if where is Placement.BELOW_FINALITY:
+        if where is Placement.BELOW_FINALITY or (where is Placement.ORPHAN and synced):
             self.refuse(h, where.value)
         elif where is Placement.ORPHAN:
             self.want_sync()
@@ -117,7 +120,6 @@ class BlockImporter:
         except InvalidError as exc:
             self.refuse(h, str(exc))
             raise
-        self.on_received(block)
         flight = self._inflight[h] = Flight(block)
         return CheckedBlock(block, raw, h, pinfo, pending, flight, after)
 
@@ -154,7 +156,8 @@ class BlockImporter:
                 if not self.chain.has(block.parent):  # fork choice did not take the parent
                     return None
             try:
-                if own is None:
+                if own is None:  # another's block (our own was not received)
+                    self.on_received(block)
                     own = [await self.fetch_blob(b, sources) for b in blocks.block_blobs(block)]
                 answers = await self.checker.answer(
                     checked.pending.checks, self._blobs(checked.parent, own)
@@ -169,10 +172,11 @@ class BlockImporter:
             self._inflight.pop(h).done.set()
 
     async def import_block(self, block: Block, raw: bytes, sources: list[ID]) -> bool:
-        """Admit and complete (sync, tests): True once the block is in the chain. A copy
+        """Admit and complete a block sync fetched: True once it is in the chain. A copy
         of a block in flight waits for that validation's verdict instead of repeating it.
-        False: not placeable, or a valid block fork choice cannot take."""
-        checked = self.admit(block, raw)
+        False: not placeable (refused, or an orphan: refused too, see `admit`), or a
+        valid block fork choice cannot take."""
+        checked = self.admit(block, raw, synced=True)
         if isinstance(checked, CheckedBlock):
             return await self.complete(checked, sources) is not None
         busy = self._inflight.get(sha256(raw))

@@ -194,3 +194,27 @@ async def test_a_block_a_busy_worker_could_not_check_is_not_refused_and_imports_
         observer.prover.delay_s[Commit] = 0.01
         assert await importer.import_block(block, block.encode(), [forwarder.net.peer_id])
         assert observer.chain.head == block.hash()
+
+
+async def test_an_orphan_by_gossip_wakes_sync_and_one_sync_fetched_is_refused(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Gossip may bring a child before its parent: sync fetches the parent, nothing is
+    refused. Sync itself fetches in height order from our finalized block, so a block it
+    fetched whose parent we lack does not join our chain: refused, and sync is not woken
+    again at once (it would fetch that peer's chain in a loop)."""
+    chain = make_chain(n=3)
+    async with running_net(tmp_path, chain, start=False) as (_, nodes, nursery):
+        observer, forwarder = nodes[0], nodes[2]
+        parent, _ = chain.round_block(0, chain.chain_id, 1, SCORES)
+        child, _ = chain.round_block(1, parent.hash(), 2, SCORES)
+        await observe(observer, nursery, chain, parent, child)
+        importer, wakeup = observer.engine.importer, observer.engine.syncer.wakeup
+        assert await relay(observer, child, forwarder) is Verdict.IGNORE
+        assert child.hash() not in importer.refused
+        assert wakeup._event.is_set(), "sync is asked to fetch the parent"
+        await wakeup.wait(0)  # consumed
+        assert not await importer.import_block(child, child.encode(), [forwarder.net.peer_id])
+        assert child.hash() in importer.refused
+        assert not wakeup._event.is_set()
+        assert observer.net.penalties == []
