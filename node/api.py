@@ -177,6 +177,8 @@ def create_app(
             acc = None if blob is None else await board.of(h, blob)
             if acc is not None:
                 found["accuracy_ppm"], found["accuracy"] = round(acc * 1_000_000), acc
+            else:  # still being measured: a later read has it (node.accuracy)
+                found["accuracy_pending"] = board.measuring(h)
         return JSONResponse(found)
 
     async def peers(request: Request) -> Response:

@@ -249,6 +249,7 @@ async def run_node(home: Home, extra_bootstrap: tuple[str, ...] = ()) -> None:
             board = AccuracyBoard(
                 verifier, genesis.task.architecture, genesis.task.dataset, home.test_index_file
             )
+            await nursery.start(board.run)
             app = create_app(view, engine, board)
             api_port = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
             print(

@@ -94,17 +94,22 @@ def explorer_routes(view: NodeView, board: AccuracyBoard | None) -> list[Route]:
     """`/` (the page) and `/curve` (its plot's points: the final blocks, which no reorg
     can take back), read-only like the rest."""
 
-    async def accuracy(model_hash: str) -> float | None:
+    async def accuracies(model_hashes: list[str]) -> list[float | None]:
+        """Asked all at once, so a page waits once (node.accuracy's bound), not per block."""
         if board is None:
-            return None
-        h = bytes.fromhex(model_hash)
-        blob = await to_thread.run_sync(view.store.get_blob, h)
-        return None if blob is None else await board.of(h, blob)
+            return [None] * len(model_hashes)
+        hashes = [bytes.fromhex(m) for m in model_hashes]
+        blobs = await to_thread.run_sync(lambda: [view.store.get_blob(h) for h in hashes])
+        known = [(h, blob) for h, blob in zip(hashes, blobs, strict=True) if blob is not None]
+        found = dict(zip((h for h, _ in known), await board.of_many(known), strict=True))
+        return [found.get(h) for h in hashes]
 
     async def curve(request: Request) -> Response:
         final = await to_thread.run_sync(view.finalized_height)
         page = await to_thread.run_sync(view.blocks, max(0, final - CURVE_BLOCKS + 1), final)
         batch = view.genesis.eval_plan.batch_size
+        blocks_ = [b for b in page["blocks"] if not b["genesis"]]
+        accs = await accuracies([b["model_hash"] for b in blocks_])
         points = [
             {
                 "height": b["height"],
@@ -112,10 +117,9 @@ def explorer_routes(view: NodeView, board: AccuracyBoard | None) -> list[Route]:
                 "score": b["score"],
                 "score_share": None if b["score"] is None else b["score"] / batch,
                 "members": len(b["members"]),
-                "accuracy": await accuracy(b["model_hash"]),
+                "accuracy": acc,
             }
-            for b in page["blocks"]
-            if not b["genesis"]
+            for b, acc in zip(blocks_, accs, strict=True)
         ]
         return JSONResponse({"batch_size": batch, "finalized": final, "points": points})
 
@@ -123,9 +127,9 @@ def explorer_routes(view: NodeView, board: AccuracyBoard | None) -> list[Route]:
         status = view.status()
         recent = await to_thread.run_sync(view.blocks, None, None)
         blocks_ = recent["blocks"][-30:]
-        for b in blocks_:
-            if not b["genesis"]:
-                b["accuracy"] = await accuracy(b["model_hash"])
+        shown = [b for b in blocks_ if not b["genesis"]]
+        for b, acc in zip(shown, await accuracies([b["model_hash"] for b in shown]), strict=True):
+            b["accuracy"] = acc
         return HTMLResponse(render(status, blocks_, view.peers()))
 
     return [Route("/", page), Route("/curve", curve)]

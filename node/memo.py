@@ -22,6 +22,13 @@ class Memo(Generic[K, V]):
         self._done: OrderedDict[K, V] = OrderedDict()
         self._running: dict[K, trio.Event] = {}
 
+    def peek(self, key: K) -> V | None:
+        """The answer if it is known; never computes (a reader that must not wait)."""
+        return self._done.get(key)
+
+    def computing(self, key: K) -> bool:
+        return key in self._running
+
     async def get(self, key: K, compute: Callable[[], Awaitable[V]]) -> V:
         while key in self._running:
             await self._running[key].wait()

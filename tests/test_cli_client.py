@@ -21,7 +21,7 @@ from node.home import Home
 from node.tools.cli import main
 from node.tools.client import DEFAULT_API, ClientError, api_url_from_home
 from node.tools.names import names_near
-from node.tools.tables import format_participants, format_peers
+from node.tools.tables import format_participants, format_peers, format_round
 from p2p.identity import peer_id_of_key
 from prover.models import build_model, model_from_bytes
 from support import free_port
@@ -146,6 +146,14 @@ def test_chain_blocks_table_and_paging(
     code, out, _ = _run(capsys, "chain", "blocks", "--from", "0", "--api", server.url, "--json")
     assert code == 0
     assert [b["height"] for b in json.loads(out)["blocks"]] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_round_whose_accuracy_is_being_measured_says_so() -> None:
+    r = {"round": 6, "observed": True, "reveal": {"revealed": False, "sealed": []}}
+    r |= {"block": None, "proofs": [], "commits": [], "accuracy_ppm": None}
+    line = [x for x in format_round(r | {"accuracy_pending": True}).splitlines() if "accuracy" in x]
+    assert line == ["accuracy         measuring"]
+    assert "accuracy         -" in format_round(r)
 
 
 def test_chain_round(server: Server, capsys: pytest.CaptureFixture[str]) -> None:

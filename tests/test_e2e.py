@@ -81,8 +81,7 @@ def test_late_observer_and_killed_participant_catch_up_and_agree(net: Net) -> No
     assert (net.home(4).artifacts / "vk.key").is_file()  # fetched by hash from peers
     # ...and reports accuracy as the testnet's own nodes do (issue 22: joined nodes did not)
     rnd = net.get(4, f"/blocks/{target}")["round"]
-    assert net.get(4, f"/rounds/{rnd}")["accuracy"] == net.get(0, f"/rounds/{rnd}")["accuracy"]
-    assert net.get(4, f"/rounds/{rnd}")["accuracy"] is not None
+    assert net.accuracy(4, rnd) == net.accuracy(0, rnd)
 
 
 def _committed_without_proof(net: Net, key: str) -> int | None:

@@ -50,7 +50,7 @@ class LocalNet:
         self.root = root
         self.spec = spec
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.client = httpx.Client(timeout=5.0)
+        self.client = httpx.Client(timeout=10.0)
 
     def home(self, i: int) -> Home:
         return Home(self.root / f"node{i}")
@@ -97,6 +97,18 @@ class LocalNet:
         raise TimeoutError(
             f"nodes {nodes} did not finalize height {height}: {sts}\n{self.tail(nodes[-1])}"
         )
+
+    def accuracy(self, i: int, rnd: int, timeout: float = 120) -> float:
+        """Round `rnd`'s block model's test accuracy as node i reports it, once measured
+        (the API answers without it while it is: node.accuracy)."""
+        deadline = time.time() + timeout
+        while True:
+            acc = self.get(i, f"/rounds/{rnd}").get("accuracy")
+            if acc is not None:
+                return float(acc)
+            if time.time() > deadline:
+                raise TimeoutError(f"node{i} reports no accuracy for round {rnd}")
+            time.sleep(1)
 
     def tail(self, i: int) -> str:
         """The last lines of the node's log (for a failure's message)."""

@@ -172,7 +172,10 @@ def format_round(r: dict[str, Any], names: Names | None = None) -> str:
             "canonical block",
             None if block is None else f"height {block['height']}, {block['hash']}",
         ),
-        ("accuracy", _accuracy(r.get("accuracy_ppm"))),
+        (
+            "accuracy",
+            "measuring" if r.get("accuracy_pending") else _accuracy(r.get("accuracy_ppm")),
+        ),
     ]
     out = [pairs(items)]
     if r["proofs"] or r["commits"]:
