@@ -74,20 +74,21 @@ class BlockRelay:
         if not isinstance(item, Block):
             return Verdict.REJECT
         imp = self.importer
-        if forwarder == self.net.peer_id and sha256(raw) in imp.own:
+        h = sha256(raw)
+        if forwarder == self.net.peer_id and h in imp.own:
             return Verdict.ACCEPT  # our own block, already validated and applied
         if self._nursery is None:
             return Verdict.IGNORE  # not running (starting or stopping)
         key = (item.proposer, item.round)
         if key in self.relayed:
-            if self.relayed[key] != sha256(raw):
+            if self.relayed[key] != h:
                 log.info("round %d: a second block by %s, not relayed", item.round, short(key[0]))
             return Verdict.IGNORE
         sources = [forwarder, *self._peers_with_pubkey(item.proposer)]
         try:
-            checked = imp.admit(item, raw)
+            checked = imp.admit(item, raw, block_hash=h)
         except InvalidError as exc:
-            log.info("rejected block %s from %s: %s", short(sha256(raw), 12), forwarder, exc)
+            log.info("rejected block %s from %s: %s", short(h, 12), forwarder, exc)
             return Verdict.REJECT
         if not isinstance(checked, CheckedBlock):
             return Verdict.IGNORE  # a duplicate, refused, or not placeable now (see admit)

@@ -134,16 +134,17 @@ class Engine:
         if forwarder == self.net.peer_id:
             return Verdict.ACCEPT  # our own publish: `submit` checked it
         try:
-            if isinstance(item, JoinRequest):
-                return self.membership.on_request(item, str(forwarder))
-            return self.membership.on_change(item)
+            return self._membership_verdict(item, str(forwarder))
         except InvalidError as exc:
             log.info("rejected %s from %s: %s", item.NAME, forwarder, exc)
             return Verdict.REJECT
 
-    def _membership_verdict(self, item: JoinRequest | Membership) -> Verdict:
+    def _membership_verdict(
+        self, item: JoinRequest | Membership, forwarder: str | None = None
+    ) -> Verdict:
+        """`forwarder`: the gossip peer that brought it (None: this node's own API)."""
         if isinstance(item, JoinRequest):
-            return self.membership.on_request(item)
+            return self.membership.on_request(item, forwarder)
         return self.membership.on_change(item)
 
     async def submit(self, item: JoinRequest | Membership) -> str:

@@ -94,7 +94,9 @@ class BlockImporter:
         while len(self.refused) > MAX_REFUSED:
             self.refused.popitem(last=False)
 
-    def admit(self, block: Block, raw: bytes, *, synced: bool = False) -> CheckedBlock | Placement:
+    def admit(
+        self, block: Block, raw: bytes, *, block_hash: bytes | None = None, synced: bool = False
+    ) -> CheckedBlock | Placement:
         """The one gate of every block (gossip, sync, our own): where it stands
         (forkchoice.placement) and every cheap rule (blocks.on_block). Refusal happens
         here and only here: a block below finality or breaking a rule is remembered as
@@ -102,8 +104,8 @@ class BlockImporter:
         sync itself fetched (`synced`: in height order from our finalized block) does not
         join our chain, and is refused, so that peer's chain is not fetched again at
         once. An importable block comes back checked, its flight registered; anything
-        else, its placement."""
-        h = sha256(raw)
+        else, its placement. `block_hash`: sha256(raw), where the caller has it already."""
+        h = sha256(raw) if block_hash is None else block_hash
         where = placement(self.chain.forks, h, block.parent, self.refused, self._inflight)
         if where is Placement.BELOW_FINALITY or (where is Placement.ORPHAN and synced):
             self.refuse(h, where.value)
@@ -176,15 +178,16 @@ class BlockImporter:
         of a block in flight waits for that validation's verdict instead of repeating it.
         False: not placeable (refused, or an orphan: refused too, see `admit`), or a
         valid block fork choice cannot take."""
-        checked = self.admit(block, raw, synced=True)
+        h = sha256(raw)
+        checked = self.admit(block, raw, block_hash=h, synced=True)
         if isinstance(checked, CheckedBlock):
             return await self.complete(checked, sources) is not None
-        busy = self._inflight.get(sha256(raw))
+        busy = self._inflight.get(h)
         if checked is Placement.IN_FLIGHT and busy is not None:
             await busy.done.wait()
             if busy.invalid is not None:
                 raise busy.invalid
-        return self.chain.has(sha256(raw))
+        return self.chain.has(h)
 
     async def import_own(self, block: Block, own: Sequence[bytes]) -> Applied | None:
         """Our own block passes the same gate and checks as anyone's before it is applied;

@@ -63,6 +63,16 @@ def _topological_shuffle(
     return out
 
 
+def _line(n: int) -> ForkChoice:
+    """Blocks c1..cn on genesis, each of score 1, finality depth 2."""
+    fc = ForkChoice(G, finality_depth=2)
+    prev = G
+    for i in range(1, n + 1):
+        fc.on_block(h(f"c{i}"), prev, 1)
+        prev = h(f"c{i}")
+    return fc
+
+
 @settings(max_examples=200)
 @given(spec=trees, seed1=st.integers(0, 2**32), seed2=st.integers(0, 2**32))
 def test_same_blocks_in_any_order_give_the_same_head(
@@ -101,21 +111,13 @@ def test_equal_scores_go_to_the_lower_hash() -> None:
 
 
 def test_finality_follows_the_head_at_depth() -> None:
-    fc = ForkChoice(G, finality_depth=2)
-    prev = G
-    for i in range(1, 6):
-        fc.on_block(h(f"c{i}"), prev, 1)
-        prev = h(f"c{i}")
+    fc = _line(5)
     assert fc.finalized == h("c3")
     assert fc.is_final(h("c2")) and fc.is_final(h("c3")) and not fc.is_final(h("c4"))
 
 
 def test_reorg_never_crosses_finality() -> None:
-    fc = ForkChoice(G, finality_depth=2)
-    prev = G
-    for i in range(1, 5):
-        fc.on_block(h(f"c{i}"), prev, 1)
-        prev = h(f"c{i}")
+    fc = _line(4)
     assert fc.finalized == h("c2")
     # A far heavier branch forking below the finalized block is refused...
     with pytest.raises(ForkChoiceError, match="finalized"):
@@ -128,11 +130,7 @@ def test_reorg_never_crosses_finality() -> None:
 
 
 def test_placement_answers_each_case_in_order_of_precedence() -> None:
-    fc = ForkChoice(G, finality_depth=2)
-    prev = G
-    for i in range(1, 5):
-        fc.on_block(h(f"c{i}"), prev, 1)
-        prev = h(f"c{i}")
+    fc = _line(4)
     refused, flying = {h("bad")}, {h("fly")}
 
     def where(block: str, parent: bytes) -> Placement:
