@@ -103,3 +103,5 @@ class AccuracyBoard:
             await self._ppm.get(model_hash, one_job)
         except WorkerError as exc:
             log.info("no test accuracy for model %s: %s", short(model_hash, 12), exc)
+        except Exception:  # reporting only: a bug here must never end the node
+            log.exception("measuring model %s failed unexpectedly", short(model_hash, 12))
